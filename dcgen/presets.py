@@ -1,0 +1,69 @@
+"""Named presets: the voxel grid of each (debug, small, carlasc, occ3d) and, composed from the modules that
+own them, the model configs of the same name.
+
+A preset name is the one knob a user turns; everything it implies is looked up here. The grids follow SPEC §1:
+``carlasc`` is the CarlaSC Cartesian grid (±25.6 m, 8 layers over 3 m), ``occ3d`` the Occ3D grid (±40 m at 0.4 m),
+``small`` the same extent as carlasc at half the resolution, ``debug`` a tiny grid that trains in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from dcgen.data.classes import NUM_CLASSES_CARLASC, NUM_CLASSES_UNIFIED
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Shape and physical meaning of one clip ``occ[T, X, Y, Z]``."""
+
+    num_frames: int
+    size: tuple[int, int, int]  # X, Y, Z voxels; X forward, Y left, Z up; ego at the XY centre
+    num_classes: int  # unified ids 0..num_classes-1, 0 = free
+    voxel_size: tuple[float, float, float]  # metres per voxel along X, Y, Z
+    z_min: float  # height of the bottom of the grid relative to the ego's ground contact, metres
+    frame_rate: float  # Hz
+    layout_downsample: int = 4  # d of layout[T, X/d, Y/d]
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.num_frames, *self.size)
+
+    @property
+    def layout_size(self) -> tuple[int, int]:
+        return (self.size[0] // self.layout_downsample, self.size[1] // self.layout_downsample)
+
+    @property
+    def extent(self) -> tuple[float, float, float]:
+        return tuple(n * v for n, v in zip(self.size, self.voxel_size))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Grid":
+        return cls(
+            num_frames=int(d["num_frames"]),
+            size=tuple(int(v) for v in d["size"]),
+            num_classes=int(d["num_classes"]),
+            voxel_size=tuple(float(v) for v in d["voxel_size"]),
+            z_min=float(d["z_min"]),
+            frame_rate=float(d["frame_rate"]),
+            layout_downsample=int(d.get("layout_downsample", 4)),
+        )
+
+
+GRIDS: dict[str, Grid] = {
+    "debug": Grid(4, (32, 32, 4), NUM_CLASSES_CARLASC, (1.6, 1.6, 0.75), -2.2, 10.0),
+    "small": Grid(16, (64, 64, 8), NUM_CLASSES_CARLASC, (0.8, 0.8, 0.375), -2.2, 10.0),
+    "carlasc": Grid(16, (128, 128, 8), NUM_CLASSES_CARLASC, (0.4, 0.4, 0.375), -2.2, 10.0),
+    "occ3d": Grid(16, (200, 200, 16), NUM_CLASSES_UNIFIED, (0.4, 0.4, 0.4), -1.0, 10.0),
+}
+PRESET_NAMES = tuple(GRIDS)
+
+
+def grid(preset: str) -> Grid:
+    """The grid of a named preset; a clear error for an unknown name."""
+    if preset not in GRIDS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESET_NAMES)}")
+    return GRIDS[preset]
