@@ -1,0 +1,1 @@
+"""Networks: HexPlane VAE (encoder, projection, decoders), padded rollout, DiT. Pure torch; no Ray, no optimizers."""
