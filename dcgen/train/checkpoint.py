@@ -1,0 +1,111 @@
+"""The checkpoint format: a directory with unwrapped ``state_dict``s in ``state.pt`` and JSON metadata in
+``meta.json`` (kind, config, step, metrics, versions, git sha). Nothing is pickled: ``state.pt`` holds only
+tensors and plain containers and is loaded with ``torch.load(weights_only=True)``; the config in ``meta.json``
+rebuilds the exact model (nanoGPT's habit of keeping the config with the weights).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torch
+
+    import dcgen
+
+    return {"dcgen": dcgen.__version__, "torch": torch.__version__, "numpy": numpy.__version__}
+
+
+def save(path: str | os.PathLike, *, kind: str, config: dict, state: dict[str, Any], step: int,
+         metrics: dict | None = None, extra: dict | None = None) -> Path:
+    """Write a checkpoint directory atomically (a temp dir renamed into place)."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "config": config,
+        "step": int(step),
+        "metrics": metrics or {},
+        "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "git_sha": git_sha(),
+        **(extra or {}),
+    }
+    torch.save(state, tmp / STATE_FILE)
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    if path.exists():
+        old = path.with_name(f".{path.name}-old-{os.getpid()}")
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(path)
+    return path
+
+
+def read_meta(path: str | os.PathLike, kind: str | None = None) -> dict:
+    """The metadata of a checkpoint; a clear error for a missing, corrupt or wrong-kind checkpoint."""
+    path = Path(path)
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        raise ValueError(f"{path}: not a dcgen checkpoint (no {META_FILE})")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{meta_path}: unreadable checkpoint metadata ({e})") from e
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+    if kind is not None and meta.get("kind") != kind:
+        raise ValueError(f"{path}: a {meta.get('kind')!r} checkpoint, expected a {kind!r} checkpoint")
+    return meta
+
+
+def load(path: str | os.PathLike, kind: str | None = None, map_location="cpu") -> tuple[dict, dict]:
+    """``(meta, state)`` of a checkpoint, loaded with ``weights_only=True``."""
+    import torch
+
+    meta = read_meta(path, kind)
+    state_path = Path(path) / STATE_FILE
+    try:
+        state = torch.load(state_path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError/UnpicklingError/EOFError for damaged files
+        raise ValueError(f"{state_path}: corrupted or unreadable checkpoint weights ({type(e).__name__}: {e})") from e
+    return meta, state
+
+
+def checkpoint_id(path: str | os.PathLike) -> str:
+    """A short stable id of a checkpoint: kind, step and the first bytes of the weights' hash."""
+    import hashlib
+
+    meta = read_meta(path)
+    h = hashlib.sha256()
+    with open(Path(path) / STATE_FILE, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"{meta['kind']}-{meta['step']}-{h.hexdigest()[:12]}"
