@@ -57,6 +57,45 @@ def fail(message: str) -> None:
 
 # ---- train -----------------------------------------------------------------------------------------------
 
+def _scaling(workers: int, gpus_per_worker: float, address: Optional[str]):
+    from dcgen.train.runs import Scaling
+
+    return Scaling(workers=workers, gpus_per_worker=gpus_per_worker, address=address)
+
+
+@train_app.command("vae", help="Fit the HexPlane VAE on a scene store with Ray Train.\n\n"
+                   "Example: dcgen train vae --data city.zarr --preset small --out runs/vae")
+def train_vae_cmd(
+    data: str = typer.Option(..., help="Scene store with train and val splits."),
+    preset: str = typer.Option("small", help="debug | small | carlasc | occ3d (must match the store's grid)."),
+    out: Path = typer.Option(Path("runs/vae"), help="Run directory (checkpoints best/ and last/, metrics)."),
+    workers: int = typer.Option(1, help="Ray Train workers (data-parallel, DDP)."),
+    gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker (0 = CPU)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default per preset)."),
+    batch_size: Optional[int] = typer.Option(None, help="Clips per worker batch (default per preset)."),
+    lr: float = typer.Option(1e-3, help="AdamW learning rate."),
+    beta: float = typer.Option(0.0015, help="KL weight."),
+    projection: str = typer.Option("projection", help="projection | avgpool (ablation)."),
+    decoder: str = typer.Option("ess", help="ess | query (ablation)."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop after the epoch that passes this wall time."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
+    overwrite: bool = typer.Option(False, help="Delete an existing run in --out first."),
+    seed: int = typer.Option(0),
+    address: Optional[str] = typer.Option(None, help="Existing Ray cluster address (default: embedded local Ray)."),
+) -> None:
+    from dcgen.train.runs import train_vae
+
+    try:
+        summary = train_vae(data, preset, out, scaling=_scaling(workers, gpus_per_worker, address), epochs=epochs,
+                            batch_size=batch_size, lr=lr, beta=beta, projection=projection, decoder=decoder,
+                            resume=resume, overwrite=overwrite, max_minutes=max_minutes, seed=seed)
+    except ValueError as e:
+        fail(str(e))
+    m = summary["metrics"]
+    typer.echo(f"VAE trained: best val mIoU {m.get('best_val_miou', float('nan')):.4f} after {m.get('step')} steps; "
+               f"best checkpoint {summary['best']}")
+
+
 # ---- encode / sample ---------------------------------------------------------------------------------------
 
 # ---- eval ------------------------------------------------------------------------------------------------
