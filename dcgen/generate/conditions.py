@@ -1,0 +1,135 @@
+"""What one scene is conditioned on (SPEC §3), validated against a grid and a model's accepted conditions.
+
+A ``SceneRequest`` is the one currency between the batch job, the Serve endpoint and the pipeline: numpy arrays at
+voxel resolution, exactly as a scene store holds them, so conditions can be taken from a store's clips unchanged.
+The pipeline turns them into DiT inputs (encoding ``prev_clip`` and inpainting sources with the VAE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dcgen.presets import Grid
+
+# Names shared with dcgen.models.dit.CONDITIONS; "inpaint"/"outpaint" act at sampling time only.
+MODEL_CONDITIONS = ("command", "trajectory", "layout", "bev", "prev_clip")
+SAMPLING_CONDITIONS = ("inpaint", "outpaint")
+
+
+@dataclass
+class SceneRequest:
+    command: int | None = None  # 0 static, 1 forward, 2 left, 3 right
+    trajectory: np.ndarray | None = None  # [T, 3] float32 (x, y, yaw) relative to frame 0
+    layout: np.ndarray | None = None  # [T, X/d, Y/d] uint8 in {0, 1}: vehicle layout
+    bev: np.ndarray | None = None  # [X, Y] uint8 class ids: BEV semantic layout
+    prev_clip: np.ndarray | None = None  # [T, X, Y, Z] uint8: the clip this one continues
+    source: np.ndarray | None = None  # [T, X, Y, Z] uint8: the clip to inpaint / outpaint
+    inpaint_mask: np.ndarray | None = None  # [X, Y] bool, True = regenerate (voxel resolution)
+    outpaint_shift: int | None = None  # voxels along +X the scene moves forward; the new band is generated
+    guidance: float = 4.0  # classifier-free guidance scale on ε (1 = conditional model only)
+    extra: dict = field(default_factory=dict)
+
+    def used(self) -> tuple[str, ...]:
+        """Model conditions this request sets (sampling-time edits are reported by ``edit``)."""
+        return tuple(n for n in MODEL_CONDITIONS if getattr(self, n) is not None)
+
+    @property
+    def edit(self) -> str | None:
+        if self.inpaint_mask is not None:
+            return "inpaint"
+        if self.outpaint_shift is not None:
+            return "outpaint"
+        return None
+
+    def validate(self, grid: Grid, accepted: tuple[str, ...] | set[str], what: str = "request") -> "SceneRequest":
+        """Check shapes, dtypes and ranges against ``grid``; a condition the model was not trained with is an error.
+
+        Returns a copy with arrays in their canonical dtypes.
+        """
+        t, (x, y, z) = grid.num_frames, grid.size
+        lx, ly = grid.layout_size
+        for name in self.used():
+            if name not in accepted:
+                raise ValueError(f"{what}: condition {name!r} is not one the model was trained with "
+                                 f"(it accepts {sorted(accepted) or 'none'})")
+        out = SceneRequest(guidance=float(self.guidance), extra=dict(self.extra))
+        if not np.isfinite(out.guidance) or out.guidance < 0:
+            raise ValueError(f"{what}.guidance: {self.guidance} must be a finite number >= 0")
+        if self.command is not None:
+            c = int(self.command)
+            if c != self.command or not 0 <= c <= 3:
+                raise ValueError(f"{what}.command: {self.command!r} out of range; expected an integer 0..3 "
+                                 "(0 static, 1 forward, 2 left, 3 right)")
+            out.command = c
+        if self.trajectory is not None:
+            out.trajectory = _array(self.trajectory, (t, 3), np.float32, f"{what}.trajectory")
+            if not np.isfinite(out.trajectory).all():
+                raise ValueError(f"{what}.trajectory: holds NaN or inf")
+        if self.layout is not None:
+            out.layout = _classes(self.layout, (t, lx, ly), 2, f"{what}.layout")
+        if self.bev is not None:
+            out.bev = _classes(self.bev, (x, y), grid.num_classes, f"{what}.bev")
+        if self.prev_clip is not None:
+            out.prev_clip = _classes(self.prev_clip, (t, x, y, z), grid.num_classes, f"{what}.prev_clip")
+        if self.inpaint_mask is not None and self.outpaint_shift is not None:
+            raise ValueError(f"{what}: inpaint_mask and outpaint_shift are exclusive; give one")
+        if (self.inpaint_mask is not None or self.outpaint_shift is not None) and self.source is None:
+            raise ValueError(f"{what}.source: inpainting and outpainting need the source clip [T, X, Y, Z]")
+        if self.source is not None:
+            if "inpaint" not in accepted and "outpaint" not in accepted:
+                raise ValueError(f"{what}.source: this pipeline does not support inpainting")
+            out.source = _classes(self.source, (t, x, y, z), grid.num_classes, f"{what}.source")
+        if self.inpaint_mask is not None:
+            m = np.asarray(self.inpaint_mask)
+            if m.shape != (x, y):
+                raise ValueError(f"{what}.inpaint_mask: shape {list(m.shape)}, expected [{x}, {y}] (X, Y)")
+            if m.dtype != bool and not np.isin(m, (0, 1)).all():
+                raise ValueError(f"{what}.inpaint_mask: values must be 0/1 or booleans")
+            m = m.astype(bool)
+            if not m.any():
+                raise ValueError(f"{what}.inpaint_mask: covers nothing; nothing would be generated")
+            if m.all():
+                raise ValueError(f"{what}.inpaint_mask: covers everything; sample without a mask instead")
+            out.inpaint_mask = m
+        if self.outpaint_shift is not None:
+            s = int(self.outpaint_shift)
+            if s != self.outpaint_shift or not 0 < s < x:
+                raise ValueError(f"{what}.outpaint_shift: {self.outpaint_shift!r}; expected an integer 1..{x - 1} "
+                                 "voxels")
+            out.outpaint_shift = s
+        return out
+
+
+def _array(value, shape: tuple[int, ...], dtype, what: str) -> np.ndarray:
+    a = np.asarray(value)
+    if a.shape != shape:
+        raise ValueError(f"{what}: shape {list(a.shape)}, expected {list(shape)}")
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{what}: dtype {a.dtype} is not numeric")
+    return a.astype(dtype)
+
+
+def _classes(value, shape: tuple[int, ...], num_classes: int, what: str) -> np.ndarray:
+    a = np.asarray(value)
+    if a.shape != shape:
+        raise ValueError(f"{what}: shape {list(a.shape)}, expected {list(shape)}")
+    if a.dtype.kind not in "biu":
+        raise ValueError(f"{what}: dtype {a.dtype}; expected integer class ids")
+    if a.size and (a.min() < 0 or a.max() >= num_classes):
+        bad = int(a.max()) if a.max() >= num_classes else int(a.min())
+        raise ValueError(f"{what}: value {bad} out of range; expected 0..{num_classes - 1}")
+    return a.astype(np.uint8)
+
+
+def from_store_clip(clip: dict[str, np.ndarray], kind: str, guidance: float = 4.0) -> SceneRequest:
+    """The request that reproduces a store clip's ``kind`` of condition (``none`` gives an unconditional one)."""
+    if kind == "none":
+        return SceneRequest(guidance=guidance)
+    if kind == "command":
+        return SceneRequest(command=int(clip["command"]), guidance=guidance)
+    if kind in ("trajectory", "layout", "bev"):
+        return SceneRequest(**{kind: clip[kind]}, guidance=guidance)
+    raise ValueError(f"condition kind {kind!r} does not come from a single clip; expected none, command, "
+                     "trajectory, layout or bev")
