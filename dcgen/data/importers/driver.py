@@ -1,0 +1,173 @@
+"""Import a public dataset split into a scene store with Ray tasks (SPEC §1): scan, plan windows, write blocks.
+
+The only importer file that touches Ray (imported inside ``import_dataset``); the readers and the window logic it
+runs are plain functions. Steps: (1) refuse an existing output unless overwriting, and never overwrite something
+that is not a scene store; (2) check every file of every scene in parallel, one task per scene, before anything is
+written, so bad input leaves an existing store untouched; (3) number the windows in a fixed order and create the
+store pre-sized to that count; (4) one task per block of ``clips_per_task`` clips (a whole number of store shards)
+reads the frames it needs, derives side information and writes and commits its block, so parallel writers never
+share a shard and an error mid-import leaves a store that opens and lists only complete clips.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dcgen.data.importers import carlasc, occ3d_nuscenes, occ3d_waymo
+from dcgen.data.importers.source_format import SPLITS, Scene, SceneRef, SourceFormat
+from dcgen.data.importers.windows import Window, blocks, build_batch, plan_windows
+from dcgen.data.store import CLIPS_PER_CHUNK, SceneStore
+from dcgen.presets import GRIDS
+
+log = logging.getLogger("dcgen.import")
+
+FORMATS: dict[str, SourceFormat] = {f.name: f for f in (carlasc.FORMAT, occ3d_nuscenes.FORMAT, occ3d_waymo.FORMAT)}
+DATASETS: tuple[str, ...] = tuple(FORMATS)
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    """What to import and how to cut it; ``num_frames`` None means the preset's T."""
+
+    dataset: str
+    split: str = "train"
+    stride: int = 1
+    num_frames: int | None = None
+    clips_per_task: int = 2 * CLIPS_PER_CHUNK
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if self.dataset not in FORMATS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; expected one of {', '.join(DATASETS)}")
+        if self.split not in SPLITS:
+            raise ValueError(f"unknown split {self.split!r}; expected one of {', '.join(SPLITS)}")
+        if self.stride < 1:
+            raise ValueError(f"--stride must be >= 1, got {self.stride}")
+        if self.num_frames is not None and self.num_frames < 1:
+            raise ValueError(f"--frames must be >= 1, got {self.num_frames}")
+        if self.clips_per_task < 1 or self.clips_per_task % CLIPS_PER_CHUNK:
+            raise ValueError(f"clips per task must be a positive multiple of {CLIPS_PER_CHUNK} (one store shard), "
+                             f"got {self.clips_per_task}")
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    path: str
+    dataset: str
+    split: str
+    num_scenes: int
+    num_frames: int
+    num_clips: int
+    pose_sources: dict[str, int] = field(default_factory=dict)  # pose source -> number of scenes
+
+
+def import_dataset(src: str | Path, out: str, config: ImportConfig, ray_address: str | None = None) -> ImportResult:
+    """Import split ``config.split`` of the dataset at ``src`` into a new scene store at ``out``."""
+    from dcgen.runtime import init_ray
+
+    fmt = FORMATS[config.dataset]
+    src = Path(src).resolve()
+    out = out if "://" in str(out) else os.path.abspath(out)
+    _check_target(out, config.overwrite)
+
+    refs = fmt.list_scenes(src, config.split)
+    ray = init_ray(ray_address)
+    scan = ray.remote(_scan_scene)
+    scenes: list[Scene] = _get(ray, [scan.remote(fmt.name, r) for r in refs])
+
+    base = GRIDS[fmt.preset]
+    grid = dataclasses.replace(base, num_frames=config.num_frames or base.num_frames, frame_rate=fmt.frame_rate)
+    windows = plan_windows(scenes, grid.num_frames, config.stride)
+    if not windows:
+        longest = max(b - a for s in scenes for a, b in s.runs)
+        raise ValueError(f"{src}: no scene of split {config.split!r} has {grid.num_frames} consecutive frames "
+                         f"(longest gap-free run: {longest}); pass a smaller --frames")
+    pose_sources: dict[str, int] = {}
+    for s in scenes:
+        pose_sources[s.pose_source] = pose_sources.get(s.pose_source, 0) + 1
+    num_frames = sum(s.num_frames for s in scenes)
+    provenance = {
+        "importer": "dcgen.data.importers", "dataset": fmt.name, "src": str(src), "split": config.split,
+        "stride": config.stride, "num_frames": grid.num_frames, "scenes": len(scenes), "frames": num_frames,
+        "pose_sources": pose_sources,
+    }
+    store = SceneStore.create(out, grid, source=fmt.name, attrs=provenance, with_mask=True, capacity=len(windows),
+                              overwrite=config.overwrite, extra_arrays=fmt.extra_arrays)
+    log.info("importing %s %s: %d scenes, %d frames -> %d clips into %s", fmt.name, config.split, len(scenes),
+             num_frames, len(windows), out)
+
+    write = ray.remote(_write_block)
+    scenes_ref = ray.put(scenes)
+    todo = [(a, windows[a:b]) for a, b in blocks(len(windows), config.clips_per_task)]
+    max_in_flight = max(1, int(ray.cluster_resources().get("CPU", 1))) + 1
+    pending: list = []
+    try:
+        while todo or pending:
+            while todo and len(pending) < max_in_flight:
+                start, ws = todo.pop(0)
+                pending.append(write.remote(fmt.name, out, start, ws, scenes_ref, config.split))
+            done, pending = ray.wait(pending, num_returns=1)
+            _get(ray, done)
+    except ValueError as e:
+        if pending:  # blocks already running are valid work: let them finish and commit
+            ray.wait(pending, num_returns=len(pending))
+        listed = SceneStore.open(out).num_clips
+        raise ValueError(f"{e} (import stopped; {out} lists the {listed} of {len(windows)} clips written "
+                         "before the error)") from None
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref)
+        raise
+    store.finalize()
+    return ImportResult(out, fmt.name, config.split, len(scenes), num_frames, len(windows), pose_sources)
+
+
+def _scan_scene(dataset: str, ref: SceneRef) -> Scene:
+    return FORMATS[dataset].scan_scene(ref)
+
+
+def _write_block(dataset: str, out: str, start: int, windows: list[Window], scenes: list[Scene], split: str) -> int:
+    store = SceneStore.open(out, "a")
+    batch, rows = build_batch(FORMATS[dataset], scenes, windows, store.grid, split, store.array_names)
+    store.write(start, batch, rows)
+    return len(windows)
+
+
+def _get(ray, refs):
+    """``ray.get`` that re-raises a task's ValueError as itself (its message names the bad file)."""
+    from ray.exceptions import RayTaskError
+
+    try:
+        return ray.get(refs)
+    except RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, ValueError):
+            raise ValueError(str(cause)) from None
+        raise
+
+
+def _check_target(out: str, overwrite: bool) -> None:
+    """Refuse an existing output unless ``overwrite``; never replace something that is not a scene store."""
+    from pyarrow.fs import FileSelector, FileSystem, FileType, LocalFileSystem
+
+    fs, root = FileSystem.from_uri(out) if "://" in out else (LocalFileSystem(), out)
+    info = fs.get_file_info(root)
+    if info.type == FileType.NotFound:
+        return
+    if not overwrite:
+        raise ValueError(f"{out}: already exists; pass --overwrite to replace it")
+    if info.type == FileType.Directory and not fs.get_file_info(FileSelector(root)):
+        return
+    try:
+        with fs.open_input_stream(f"{root.rstrip('/')}/zarr.json") as f:
+            kind = json.loads(f.read()).get("attributes", {}).get("dcgen", {}).get("kind")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind != "scene-store":
+        raise ValueError(f"{out}: exists and is not a dcgen scene store; refusing to overwrite it (remove it "
+                         "yourself or choose another --out)")
