@@ -53,6 +53,63 @@ def fail(message: str) -> None:
 
 # ---- data ------------------------------------------------------------------------------------------------
 
+@data_app.command("import", help="Import a public dataset split into a scene store (clips of T frames).\n\n"
+                  "Example: dcgen data import carlasc /data/carlasc/Cartesian --out carlasc-train.zarr --split train")
+def data_import_cmd(
+    dataset: str = typer.Argument(..., help="carlasc | occ3d-nuscenes | occ3d-waymo"),
+    src: Path = typer.Argument(..., help="Dataset root: CarlaSC Cartesian/ (Train, Val, Test), Occ3D-nuScenes "
+                               "trainval/ (annotations.json, gts/), Occ3D-Waymo voxel root (training, validation)."),
+    out: str = typer.Option(..., "--out", help="Scene store to create (NAME.zarr)."),
+    split: str = typer.Option("train", help="train | val | test"),
+    stride: int = typer.Option(1, help="Frames between the starts of consecutive clips."),
+    frames: Optional[int] = typer.Option(None, help="Frames per clip (default: the preset's T, 16)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing scene store at --out."),
+    address: Optional[str] = typer.Option(None, help="Existing Ray cluster address (default: embedded local Ray)."),
+) -> None:
+    from dcgen.data.importers import ImportConfig, import_dataset
+
+    try:
+        config = ImportConfig(dataset, split=split, stride=stride, num_frames=frames, overwrite=overwrite)
+        result = import_dataset(src, out, config, ray_address=address)
+    except ValueError as e:
+        fail(str(e))
+    poses = ", ".join(f"{k}: {v} scenes" for k, v in result.pose_sources.items())
+    typer.echo(f"imported {result.num_clips} clips from {result.num_scenes} scenes ({result.num_frames} frames) "
+               f"of {result.dataset} {result.split} into {result.path}; poses from {poses}")
+
+
+@data_app.command("info", help="Summarise a scene store: clips per split, class mix, commands.\n\n"
+                  "Example: dcgen data info carlasc-train.zarr --json")
+def data_info_cmd(
+    store: str = typer.Argument(..., help="Scene store (NAME.zarr, local path or URI)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    import json
+
+    from dcgen.data.store import SceneStore
+
+    try:
+        info = SceneStore.open(store).describe()
+    except ValueError as e:
+        fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    g = info["grid"]
+    size = "x".join(str(v) for v in g["size"])
+    lines = [
+        f"store     {info['path']}",
+        f"source    {info['source']}",
+        f"grid      {g['num_frames']} frames x {size} voxels, {g['num_classes']} classes, {g['frame_rate']:g} Hz",
+        f"clips     {info['clips']} (capacity {info['capacity']})",
+        "splits    " + (", ".join(f"{k} {v}" for k, v in info["splits"].items()) or "none"),
+        "commands  " + ", ".join(f"{k} {v}" for k, v in info["commands"].items()),
+        "classes   " + ", ".join(f"{k} {v:.2%}" for k, v in info["class_fraction"].items() if v > 0),
+        "arrays    " + ", ".join(info["arrays"]),
+    ]
+    typer.echo("\n".join(lines))
+
+
 # ---- render ----------------------------------------------------------------------------------------------
 
 # ---- train -----------------------------------------------------------------------------------------------
