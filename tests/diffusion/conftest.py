@@ -1,0 +1,30 @@
+"""A tiny seeded DiT (the debug preset with every weight perturbed) and its conditions, shared by the sampler,
+guidance and inpainting tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dcgen.models.dit import DIT_PRESETS, DiT
+
+
+@pytest.fixture(scope="module")
+def tiny_dit() -> DiT:
+    model = DiT(DIT_PRESETS["debug"])
+    gen = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_cond() -> dict[str, torch.Tensor]:
+    cfg = DIT_PRESETS["debug"]
+    gen = torch.Generator().manual_seed(99)
+    return {
+        "command": torch.tensor([1, 2, 3]),
+        "trajectory": torch.randn(3, cfg.num_frames, 3, generator=gen),
+        "layout": (torch.rand(3, cfg.num_frames, *cfg.layout_size, generator=gen) > 0.7).float(),
+    }
