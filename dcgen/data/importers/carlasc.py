@@ -92,11 +92,11 @@ class CarlaSCFormat:
         return Scene(ref.name, tuple(frames), poses[numbers], "poses.txt", consecutive_runs(numbers))
 
     def read_frame(self, frame: Frame) -> dict[str, np.ndarray]:
-        raw = _read_raw(Path(frame.path), np.uint32)
-        counts = _read_raw(Path(frame.path).with_suffix(".bin"), np.float32)
+        raw_XYZ = _read_raw(Path(frame.path), np.uint32)
+        points_XYZ = _read_raw(Path(frame.path).with_suffix(".bin"), np.float32)
         return {
-            "occupancy": remap(raw, CARLASC_TO_UNIFIED, frame.path),
-            "mask": counts > 0,
+            "occupancy": remap(raw_XYZ, CARLASC_TO_UNIFIED, frame.path),
+            "mask": points_XYZ > 0,
         }
 
 

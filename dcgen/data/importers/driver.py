@@ -102,7 +102,6 @@ def import_dataset(src: str | Path, out: str, config: ImportConfig, ray_address:
              num_frames, len(windows), out)
 
     write = ray.remote(_write_block)
-    scenes_ref = ray.put(scenes)
     todo = [(a, windows[a:b]) for a, b in blocks(len(windows), config.clips_per_task)]
     max_in_flight = max(1, int(ray.cluster_resources().get("CPU", 1))) + 1
     pending: list = []
@@ -110,7 +109,8 @@ def import_dataset(src: str | Path, out: str, config: ImportConfig, ray_address:
         while todo or pending:
             while todo and len(pending) < max_in_flight:
                 start, ws = todo.pop(0)
-                pending.append(write.remote(fmt.name, out, start, ws, scenes_ref, config.split))
+                needed = {w.scene: scenes[w.scene] for w in ws}  # a task gets only its block's scenes
+                pending.append(write.remote(fmt.name, out, start, ws, needed, config.split))
             done, pending = ray.wait(pending, num_returns=1)
             _get(ray, done)
     except ValueError as e:
@@ -131,7 +131,8 @@ def _scan_scene(dataset: str, ref: SceneRef) -> Scene:
     return FORMATS[dataset].scan_scene(ref)
 
 
-def _write_block(dataset: str, out: str, start: int, windows: list[Window], scenes: list[Scene], split: str) -> int:
+def _write_block(dataset: str, out: str, start: int, windows: list[Window], scenes: dict[int, Scene],
+                 split: str) -> int:
     store = SceneStore.open(out, "a")
     batch, rows = build_batch(FORMATS[dataset], scenes, windows, store.grid, split, store.array_names)
     store.write(start, batch, rows)

@@ -100,12 +100,12 @@ class Occ3DNuScenesFormat:
 
     def read_frame(self, frame: Frame) -> dict[str, np.ndarray]:
         data = load_npz(frame.path, KEYS)
-        semantics = data["semantics"]
-        if semantics.shape != SIZE_XYZ:
-            raise ValueError(f"{frame.path}: array 'semantics' has shape {list(semantics.shape)}, expected "
+        semantics_XYZ = data["semantics"]
+        if semantics_XYZ.shape != SIZE_XYZ:
+            raise ValueError(f"{frame.path}: array 'semantics' has shape {list(semantics_XYZ.shape)}, expected "
                              f"{list(SIZE_XYZ)}")
         return {
-            "occupancy": remap(semantics, NUSCENES_TO_UNIFIED, frame.path),
+            "occupancy": remap(semantics_XYZ, NUSCENES_TO_UNIFIED, frame.path),
             "mask": observed(data["mask_lidar"], SIZE_XYZ, f"{frame.path}: 'mask_lidar'"),
             "mask_camera": observed(data["mask_camera"], SIZE_XYZ, f"{frame.path}: 'mask_camera'"),
         }

@@ -80,16 +80,16 @@ class Occ3DWaymoFormat:
 
     def read_frame(self, frame: Frame) -> dict[str, np.ndarray]:
         data = load_npz(frame.path, KEYS)
-        label = data["voxel_label"]
-        if label.shape != SIZE_XYZ:
-            raise ValueError(f"{frame.path}: array 'voxel_label' has shape {list(label.shape)}, expected "
+        label_XYZ = data["voxel_label"]
+        if label_XYZ.shape != SIZE_XYZ:
+            raise ValueError(f"{frame.path}: array 'voxel_label' has shape {list(label_XYZ.shape)}, expected "
                              f"{list(SIZE_XYZ)}")
-        camera = observed(data["final_voxel_state"], SIZE_XYZ, f"{frame.path}: 'final_voxel_state'")
-        infov = observed(data["infov"], SIZE_XYZ, f"{frame.path}: 'infov'")
+        camera_XYZ = observed(data["final_voxel_state"], SIZE_XYZ, f"{frame.path}: 'final_voxel_state'")
+        infov_XYZ = observed(data["infov"], SIZE_XYZ, f"{frame.path}: 'infov'")
         return {
-            "occupancy": remap(label, WAYMO_TO_UNIFIED, frame.path),
+            "occupancy": remap(label_XYZ, WAYMO_TO_UNIFIED, frame.path),
             "mask": observed(data["origin_voxel_state"], SIZE_XYZ, f"{frame.path}: 'origin_voxel_state'"),
-            "mask_camera": camera & infov,
+            "mask_camera": camera_XYZ & infov_XYZ,
         }
 
 

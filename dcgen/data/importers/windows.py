@@ -8,6 +8,7 @@ same whatever the number of workers. A block is a run of consecutive clips that 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -40,9 +41,12 @@ def blocks(num_windows: int, clips_per_block: int) -> list[tuple[int, int]]:
     return [(a, min(a + clips_per_block, num_windows)) for a in range(0, num_windows, clips_per_block)]
 
 
-def build_batch(fmt: SourceFormat, scenes: list[Scene], windows: list[Window], grid: Grid, split: str,
-                array_names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], list[dict]]:
-    """Read the frames ``windows`` need (each once) and assemble the store batch and manifest rows."""
+def build_batch(fmt: SourceFormat, scenes: Mapping[int, Scene] | Sequence[Scene], windows: list[Window], grid: Grid,
+                split: str, array_names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Read the frames ``windows`` need (each once) and assemble the store batch and manifest rows.
+
+    ``scenes`` maps each window's scene position to its scene (the full list, or only the scenes of the block).
+    """
     t, (x, y, z) = grid.num_frames, grid.size
     n = len(windows)
     lx, ly = grid.layout_size
