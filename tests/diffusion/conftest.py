@@ -16,7 +16,7 @@ def tiny_dit() -> DiT:
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-    return model.eval()
+    return model.eval().requires_grad_(False)
 
 
 @pytest.fixture(scope="module")

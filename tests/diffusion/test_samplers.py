@@ -53,25 +53,26 @@ def test_ddim_steps_match_their_closed_form(steps):
     assert float((out.double() - (u + MU)).abs().max()) < 1e-5
 
 
-@pytest.mark.parametrize("v", [None, 0.5])
-def test_ddpm_moments_match_the_linear_gaussian_recursion(v):
+@pytest.mark.parametrize("v, steps", [(0.5, 1000), (None, 200)])
+def test_ddpm_moments_match_the_linear_gaussian_recursion(v, steps):
     # x_{t-1} = A_t x_t + c_t + σ_t z, so mean and variance follow m ← A m + c, V ← A² V + σ².
+    sched = SCHED.respace(steps)
     m, var = 0.0, 1.0
-    for i in reversed(range(1000)):
-        a = SCHED.alphas_cumprod[i]
+    for i in reversed(range(steps)):
+        a = sched.alphas_cumprod[i]
         k = SD ** 2 * math.sqrt(a) / (a * SD ** 2 + 1 - a)
-        c1, c2 = SCHED.posterior_mean_coef1[i], SCHED.posterior_mean_coef2[i]
-        log_var = SCHED.posterior_log_variance_clipped[i]
+        c1, c2 = sched.posterior_mean_coef1[i], sched.posterior_mean_coef2[i]
+        log_var = sched.posterior_log_variance_clipped[i]
         if v is not None:
             f = (v + 1) / 2
-            log_var = f * math.log(SCHED.betas[i]) + (1 - f) * log_var
+            log_var = f * math.log(sched.betas[i]) + (1 - f) * log_var
         m = (c1 * k + c2) * m + c1 * MU * (1 - SD ** 2 * a / (a * SD ** 2 + 1 - a))
         var = (c1 * k + c2) ** 2 * var + (math.exp(log_var) if i > 0 else 0.0)
-    out = ddpm_sample(gaussian_eps_model(v), SCHED, (4, 1, 32, 32), gens(range(4))).double()
+    out = ddpm_sample(gaussian_eps_model(v), SCHED, (4, 1, 32, 32), gens(range(4)), num_steps=steps).double()
     n = out.numel()
     assert abs(out.mean().item() - m) < 4 * math.sqrt(var / n)
     assert abs(out.var().item() / var - 1) < 4 * math.sqrt(2 / n)
-    assert abs(m - MU) < 1e-3 and abs(math.sqrt(var) - SD) < 0.01
+    assert abs(m - MU) < 1e-3 and abs(math.sqrt(var) - SD) < 0.04
 
 
 def _tiny_fn(model, cond):

@@ -1,0 +1,198 @@
+"""DiT on the rollout: config, size, exact token dropping, conditions and their validation, a short training run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from dcgen.diffusion.losses import hybrid_loss
+from dcgen.diffusion.schedule import NoiseSchedule
+from dcgen.models.dit import CONDITIONS, DIT_PRESETS, DiT, DiTConfig, dropped_conditions
+from dcgen.models.hexplane import LatentDims
+from dcgen.models.rollout import RolloutLayout
+
+DEBUG = DIT_PRESETS["debug"]
+
+
+def perturbed_dit(config: DiTConfig = DEBUG, seed: int = 0, scale: float = 0.05) -> DiT:
+    """A DiT whose zero-initialised adaLN and head are perturbed so every path reaches the output."""
+    model = DiT(config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+    return model.eval().requires_grad_(False)
+
+
+def conditions(config: DiTConfig, batch: int, seed: int = 1) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    side = RolloutLayout(config.latent, config.patch).size
+    return {
+        "command": torch.randint(0, 4, (batch,), generator=gen),
+        "trajectory": torch.randn(batch, config.num_frames, 3, generator=gen),
+        "layout": (torch.rand(batch, config.num_frames, *config.layout_size, generator=gen) > 0.7).to(torch.uint8),
+        "bev": torch.randint(0, config.num_classes, (batch, *config.bev_size), generator=gen),
+        "prev_clip": torch.randn(batch, config.latent.channels, side, side, generator=gen),
+    }
+
+
+def inputs(batch: int = 2, seed: int = 2):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 16, 20, 20, generator=gen), torch.randint(0, 1000, (batch,), generator=gen)
+
+
+def test_config_round_trips_through_json():
+    for cfg in DIT_PRESETS.values():
+        assert DiTConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert DEBUG.out_channels == 32 and replace(DEBUG, learn_sigma=False).out_channels == 16
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="must be distinct names from"):
+        replace(DEBUG, conditions=("command", "weather"))
+    with pytest.raises(ValueError, match="width divisible by heads"):
+        replace(DEBUG, width=66, heads=4)
+    with pytest.raises(ValueError, match="Z'=3"):
+        replace(DEBUG, latent=LatentDims(2, 16, 16, 3, 16))
+
+
+def test_carlasc_has_about_43m_parameters():
+    with torch.device("meta"):
+        model = DiT(DIT_PRESETS["carlasc"])
+    n = sum(p.numel() for p in model.parameters())
+    assert 42.5e6 < n < 44.7e6, n
+    assert int(model.keep_idx.numel()) == 1444 - 28
+
+
+def test_fresh_model_predicts_zero():
+    x, t = inputs()
+    with torch.no_grad():
+        out = DiT(DEBUG)(x, t, conditions(DEBUG, 2))
+    assert out.shape == (2, 32, 20, 20)
+    assert float(out.abs().max()) == 0.0
+
+
+def test_dropping_padding_tokens_is_exact():
+    model = perturbed_dit()
+    x, t = inputs()
+    cond = conditions(DEBUG, 2)
+    dropped = model(x, t, cond)
+    kept = model(x, t, cond, drop_padding=False)
+    torch.testing.assert_close(dropped, kept, atol=1e-5, rtol=1e-5)
+    valid = model.rollout.valid_mask()
+    assert float(dropped[:, :, ~valid].abs().max()) == 0.0
+    assert float(dropped[:, :, valid].abs().min()) >= 0.0 and float(dropped[:, :, valid].abs().max()) > 0
+
+
+def test_padding_input_is_ignored():
+    model = perturbed_dit()
+    x, t = inputs()
+    x2 = x.clone()
+    x2[:, :, ~model.rollout.valid_mask()] = 7.0
+    assert torch.equal(model(x, t), model(x2, t))
+
+
+@pytest.mark.parametrize("name", CONDITIONS)
+def test_each_condition_changes_the_output(name):
+    model = perturbed_dit()
+    x, t = inputs()
+    cond = conditions(DEBUG, 2)
+    base = model(x, t, {name: cond[name]})
+    uncond = model(x, t)
+    other = conditions(DEBUG, 2, seed=5)
+    assert not torch.allclose(base, uncond, atol=1e-6)
+    assert not torch.allclose(base, model(x, t, {name: other[name]}), atol=1e-6)
+
+
+def test_missing_condition_equals_dropped_and_drop_is_per_sample():
+    model = perturbed_dit()
+    x, t = inputs()
+    cond = conditions(DEBUG, 2)
+    all_dropped = {k: torch.tensor([True, True]) for k in CONDITIONS}
+    torch.testing.assert_close(model(x, t, cond, all_dropped), model(x, t), atol=1e-6, rtol=0)
+    first_dropped = {k: torch.tensor([True, False]) for k in CONDITIONS}
+    mixed = model(x, t, cond, first_dropped)
+    torch.testing.assert_close(mixed[:1], model(x[:1], t[:1]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mixed[1:], model(x[1:], t[1:], {k: v[1:] for k, v in cond.items()}),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_unconfigured_condition_is_rejected():
+    cfg = replace(DEBUG, conditions=("command",))
+    model = DiT(cfg)
+    x, t = inputs()
+    with pytest.raises(ValueError, match="condition \\['trajectory'\\] given but this model was configured"):
+        model(x, t, {"trajectory": torch.zeros(2, 4, 3)})
+    with pytest.raises(ValueError, match="drop flag \\['bev'\\] given"):
+        model(x, t, {}, {"bev": torch.tensor([True, False])})
+
+
+@pytest.mark.parametrize("name, value, match", [
+    ("command", torch.tensor([0, 4]), "ids must lie in \\[0, 3\\], got range \\[0, 4\\]"),
+    ("command", torch.tensor([0.0, 1.0]), "must hold integer ids"),
+    ("bev", torch.full((2, 32, 32), 11), "ids must lie in \\[0, 10\\]"),
+    ("bev", torch.zeros(2, 16, 16, dtype=torch.long), "'bev' has shape \\[2, 16, 16\\], expected \\[2, 32, 32\\]"),
+    ("trajectory", torch.full((2, 4, 3), float("nan")), "non-finite"),
+    ("trajectory", torch.zeros(2, 16, 3), "expected \\[2, 4, 3\\]"),
+    ("layout", torch.full((2, 4, 8, 8), 2.0), "occupancy map in \\[0, 1\\]"),
+    ("prev_clip", torch.zeros(2, 16, 18, 18), "expected \\[2, 16, 20, 20\\]"),
+])
+def test_bad_condition_values_are_rejected(name, value, match):
+    model = DiT(DEBUG)
+    x, t = inputs()
+    with pytest.raises(ValueError, match=match):
+        model(x, t, {name: value})
+
+
+def test_bad_inputs_are_rejected():
+    model = DiT(DEBUG)
+    x, t = inputs()
+    with pytest.raises(ValueError, match="DiT input must have shape \\[B, 16, 20, 20\\]"):
+        model(x[:, :8], t)
+    with pytest.raises(ValueError, match="timesteps must have shape \\[2\\]"):
+        model(x, t[:1])
+    with pytest.raises(ValueError, match="drop flags for 'command' must be a bool tensor of shape \\[2\\]"):
+        model(x, t, {}, {"command": torch.tensor([1, 0])})
+
+
+def test_dropped_conditions_flags():
+    flags = dropped_conditions(DEBUG, 1000, 0.1, torch.Generator().manual_seed(0))
+    assert set(flags) == set(CONDITIONS)
+    rate = torch.stack(list(flags.values())).float().mean().item()
+    assert 0.07 < rate < 0.13
+    with pytest.raises(ValueError, match="drop probability must be in \\[0, 1\\], got 1.5"):
+        dropped_conditions(DEBUG, 4, 1.5, torch.Generator())
+
+
+def test_training_a_debug_dit_lowers_the_loss():
+    torch.manual_seed(0)
+    model = DiT(DEBUG)
+    schedule = NoiseSchedule.linear()
+    gen = torch.Generator().manual_seed(0)
+    valid = model.rollout.valid_mask()
+    x0 = torch.randn(4, 16, 20, 20, generator=gen) * valid
+    cond = conditions(DEBUG, 4)
+    t_eval = torch.randint(0, 1000, (4,), generator=gen)
+    noise_eval = torch.randn(x0.shape, generator=gen)
+
+    def evaluate():
+        with torch.no_grad():
+            x_t = schedule.q_sample(x0, t_eval, noise_eval)
+            out = model(x_t, t_eval, cond)
+            return hybrid_loss(schedule, out, x0, x_t, t_eval, noise_eval, valid)["loss"].mean().item()
+
+    before = evaluate()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(30):
+        t = torch.randint(0, 1000, (4,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        x_t = schedule.q_sample(x0, t, noise)
+        loss = hybrid_loss(schedule, model(x_t, t, cond), x0, x_t, t, noise, valid)["loss"].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = evaluate()
+    assert after < 0.8 * before, (before, after)
