@@ -1,0 +1,204 @@
+"""The HexPlane VAE (SPEC §2): a 4D semantic clip ↔ six latent planes, with its config and named presets.
+
+``HexPlaneVAE`` composes the encoder (embedding, two per-frame CNNs, projection modules), a per-plane
+``Linear(C → 2C)`` per pixel giving μ and log σ² (encoder step 4) and a decoder (ESS, or the per-point Query
+baseline). Latent planes are dicts keyed by ``PLANE_NAMES`` with shapes from ``LatentDims``; training samples them
+with the reparameterisation, diffusion encodes with μ. ``VAEConfig`` is everything needed to rebuild the network
+from a checkpoint; ``VAE_PRESETS`` holds one per grid preset (``debug`` trains in seconds on a CPU).
+
+Legend: B batch, T time, X/Y/Z space, K classes, C channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from dcgen.models.ess_decoder import ESSDecoder
+from dcgen.models.hexplane import PLANE_NAMES, LatentDims
+from dcgen.models.layers import check_planes
+from dcgen.models.projection import POOLINGS
+from dcgen.models.query_decoder import QueryDecoder
+from dcgen.models.vae_encoder import HexPlaneEncoder
+from dcgen.presets import GRIDS, PRESET_NAMES
+
+DECODERS = ("ess", "query")
+# log σ² is clamped so exp() stays finite early in training (and in float16).
+LOGVAR_RANGE = (-30.0, 20.0)
+# The posterior starts narrow (σ ≈ 0.14): the decoder multiplies six planes, so with σ ≈ 1 the product of six
+# noisy factors carries almost no signal and training stalls with the decoder ignoring the latent.
+INIT_LOGVAR = -4.0
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """The HexPlane VAE's grid, latent and widths; defaults are the SPEC §2 (carlasc) numbers."""
+
+    num_classes: int
+    num_frames: int
+    size: tuple[int, int, int]  # X, Y, Z voxels
+    latent_channels: int = 16  # C of every latent plane
+    embed_dim: int = 16  # class embedding width
+    encoder_width: int = 16  # per-frame CNN and projection-transformer width
+    projection: str = "projection"  # "projection" (learned attention pooling) | "avgpool" (ablation)
+    projection_heads: int = 2
+    projection_depth: int = 2
+    projection_mlp_ratio: int = 2
+    decoder: str = "ess"  # "ess" | "query" (ablation)
+    decoder_width: int = 64  # plane conv block output, channels of the product volume
+    decoder_hidden: int = 128  # per-frame 3D CNN width (ESS)
+    decoder_out: int = 32  # channels at full resolution before the head (ESS)
+    num_freqs: int = 3  # Fourier frequencies per coordinate: 2 · 3 · 4 = 24 channels
+    query_hidden: int = 256  # Query decoder MLP width
+    query_layers: int = 4
+    query_chunk: int = 1 << 16  # voxels per Query-decoder chunk
+
+    def __post_init__(self):
+        object.__setattr__(self, "size", tuple(int(v) for v in self.size))
+        if len(self.size) != 3:
+            raise ValueError(f"VAEConfig.size={self.size}, expected three sizes (X, Y, Z)")
+        if self.projection not in POOLINGS:
+            raise ValueError(f"VAEConfig.projection={self.projection!r}, expected one of {', '.join(POOLINGS)}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"VAEConfig.decoder={self.decoder!r}, expected one of {', '.join(DECODERS)}")
+        if self.num_classes < 2:
+            raise ValueError(f"VAEConfig.num_classes={self.num_classes}, expected >= 2 (free + one class)")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int) and value < 1:
+                raise ValueError(f"VAEConfig.{f.name}={value}, expected a positive integer")
+        if self.encoder_width % self.projection_heads:
+            raise ValueError(f"VAEConfig.encoder_width={self.encoder_width} is not divisible by "
+                             f"projection_heads={self.projection_heads}")
+        if min(self.num_frames, *self.size) < 1:
+            raise ValueError(f"VAEConfig grid (T, X, Y, Z)={self.shape}, expected positive sizes")
+        LatentDims.from_grid(self.num_frames, self.size, self.latent_channels)  # raises unless every axis halves
+
+    @property
+    def dims(self) -> LatentDims:
+        return LatentDims.from_grid(self.num_frames, self.size, self.latent_channels)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(T, X, Y, Z)`` of the clips this VAE reads."""
+        return (self.num_frames, *self.size)
+
+    def replace(self, **changes) -> "VAEConfig":
+        return VAEConfig.from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["size"] = list(self.size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VAEConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown VAEConfig keys {unknown}; expected a subset of {sorted(known)}")
+        return cls(**d)
+
+
+def _preset(name: str, **widths) -> VAEConfig:
+    g = GRIDS[name]
+    return VAEConfig(num_classes=g.num_classes, num_frames=g.num_frames, size=g.size, **widths)
+
+
+VAE_PRESETS: dict[str, VAEConfig] = {
+    "debug": _preset("debug", embed_dim=8, encoder_width=8, decoder_width=16, decoder_hidden=32, decoder_out=16,
+                     query_hidden=64),
+    "small": _preset("small"),
+    "carlasc": _preset("carlasc"),
+    "occ3d": _preset("occ3d"),
+}
+
+
+def vae_preset(name: str) -> VAEConfig:
+    """The VAE config of a named preset; a clear error for an unknown name."""
+    if name not in VAE_PRESETS:
+        raise ValueError(f"unknown VAE preset {name!r}; expected one of {', '.join(PRESET_NAMES)}")
+    return VAE_PRESETS[name]
+
+
+class HexPlaneVAE(nn.Module):
+    """``occ [B, T, X, Y, Z]`` → HexPlane posterior (μ, log σ²) → ``logits [B, K, T, X, Y, Z]``."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.config = config
+        self.dims = config.dims
+        c = config
+        self.encoder = HexPlaneEncoder(c.num_classes, self.dims, c.num_frames, c.embed_dim, c.encoder_width,
+                                       c.projection, c.projection_heads, c.projection_depth, c.projection_mlp_ratio)
+        self.to_posterior = nn.ModuleDict({n: nn.Conv2d(c.encoder_width, 2 * c.latent_channels, 1)
+                                           for n in PLANE_NAMES})
+        for head in self.to_posterior.values():
+            nn.init.constant_(head.bias[c.latent_channels:], INIT_LOGVAR)
+        if c.decoder == "ess":
+            self.decoder = ESSDecoder(c.num_classes, self.dims, c.num_frames, c.decoder_width, c.decoder_hidden,
+                                      c.decoder_out, c.num_freqs)
+        else:
+            self.decoder = QueryDecoder(c.num_classes, self.dims, c.num_frames, c.decoder_width, c.query_hidden,
+                                        c.query_layers, c.num_freqs, c.query_chunk)
+
+    @property
+    def plane_shapes(self) -> dict[str, tuple[int, int, int]]:
+        return {n: self.dims.plane_shape(n) for n in PLANE_NAMES}
+
+    def _check_occ(self, occ_BTXYZ: torch.Tensor) -> None:
+        if not isinstance(occ_BTXYZ, torch.Tensor):
+            raise ValueError(f"occupancy must be a torch.Tensor, got {type(occ_BTXYZ).__name__}")
+        if occ_BTXYZ.dtype.is_floating_point or occ_BTXYZ.dtype.is_complex or occ_BTXYZ.dtype == torch.bool:
+            raise ValueError(f"occupancy dtype {occ_BTXYZ.dtype}, expected integer class ids (e.g. torch.long)")
+        if occ_BTXYZ.dim() != 5 or tuple(occ_BTXYZ.shape[1:]) != self.config.shape:
+            want = ", ".join(map(str, self.config.shape))
+            raise ValueError(f"occupancy shape {tuple(occ_BTXYZ.shape)}, expected (B, {want})")
+        lo, hi = torch.aminmax(occ_BTXYZ)
+        if lo.item() < 0 or hi.item() >= self.config.num_classes:
+            raise ValueError(f"occupancy class ids span [{lo.item()}, {hi.item()}], "
+                             f"expected ids in [0, {self.config.num_classes - 1}]")
+
+    def encode(self, occ_BTXYZ: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The posterior ``(μ, log σ²)``, each a HexPlane dict of ``[B, C, ·, ·]`` planes."""
+        self._check_occ(occ_BTXYZ)
+        feats = self.encoder(occ_BTXYZ.long())
+        mu, logvar = {}, {}
+        for name in PLANE_NAMES:
+            mu[name], lv = self.to_posterior[name](feats[name]).chunk(2, dim=1)
+            logvar[name] = lv.clamp(*LOGVAR_RANGE)
+        return mu, logvar
+
+    @staticmethod
+    def reparameterize(mu: dict[str, torch.Tensor], logvar: dict[str, torch.Tensor],
+                       generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """``z = μ + σ · ε`` per plane, ``ε ~ N(0, I)`` drawn from ``generator`` when given."""
+        z = {}
+        for name in PLANE_NAMES:
+            eps = torch.randn(mu[name].shape, generator=generator, device=mu[name].device, dtype=mu[name].dtype)
+            z[name] = mu[name] + torch.exp(0.5 * logvar[name]) * eps
+        return z
+
+    def decode(self, planes: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Six latent planes → ``logits [B, K, T, X, Y, Z]`` (a permuted view; ``argmax(1)`` gives classes)."""
+        check_planes(planes, self.plane_shapes, "HexPlaneVAE.decode")
+        return self.decoder(dict(planes))
+
+    def forward(self, occ_BTXYZ: torch.Tensor, sample: bool | None = None,
+                generator: torch.Generator | None = None):
+        """``(logits, μ, log σ²)``; decodes a posterior sample if ``sample`` (default: training mode), else μ."""
+        mu, logvar = self.encode(occ_BTXYZ)
+        sample = self.training if sample is None else sample
+        z = self.reparameterize(mu, logvar, generator) if sample else mu
+        return self.decode(z), mu, logvar
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    @property
+    def compression_ratio(self) -> float:
+        """Input voxels ÷ latent floats (SPEC §2: 23.1 for carlasc)."""
+        t, x, y, z = self.config.shape
+        return t * x * y * z / self.dims.num_floats

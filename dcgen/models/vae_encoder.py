@@ -1,0 +1,90 @@
+"""The HexPlane VAE encoder: semantic clip → six feature planes (SPEC §2, encoder steps 1–3).
+
+Every voxel's class id is embedded (``Embedding(num_classes, 16)``). Two per-frame 3D CNNs (frames folded into the
+batch) turn the embedding into ``(B, C, T, X', Y', Z')`` features: conv3³ → residual block → a stride-2 stage
+(conv3³ stride 2, InstanceNorm, LeakyReLU, residual block) that halves X, Y and Z. The spatial branch sees the
+embedding; the temporal branch sees the embedding ⊕ a one-hot frame index, so its features know their time.
+Projection modules h_S then collapse the spatial features over T into a volume and the volume over Z, Y, X into
+xy, xz, yz, and the temporal features over (Y, Z), (X, Z), (X, Y) into tx, ty, tz, whose T is halved by a
+(2, 1)-stride conv. The per-plane Linear(C → 2C) that turns these planes into μ, log σ² lives in ``vae.py``.
+
+Legend: B batch, T time, X/Y/Z space, C channels, E embedding width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dcgen.models.hexplane import LatentDims
+from dcgen.models.layers import LEAK, ResBlock3d
+from dcgen.models.projection import AxisProjection
+
+
+class FrameCNN(nn.Module):
+    """Per-frame 3D CNN ``[N, C_in, X, Y, Z] → [N, C, X/2, Y/2, Z/2]``."""
+
+    def __init__(self, in_channels: int, channels: int):
+        super().__init__()
+        self.stem = nn.Conv3d(in_channels, channels, 3, padding=1)
+        self.res_full = ResBlock3d(channels)
+        self.down = nn.Conv3d(channels, channels, 3, stride=2, padding=1)
+        self.down_norm = nn.InstanceNorm3d(channels, affine=True)
+        self.res_half = ResBlock3d(channels)
+
+    def forward(self, x_NCXYZ: torch.Tensor) -> torch.Tensor:
+        h_NCXYZ = self.res_full(self.stem(x_NCXYZ))
+        h_NCXYZ = F.leaky_relu(self.down_norm(self.down(h_NCXYZ)), LEAK)
+        return self.res_half(h_NCXYZ)
+
+
+class HexPlaneEncoder(nn.Module):
+    """``occ [B, T, X, Y, Z]`` (long class ids) → dict of six ``[B, C, ·, ·]`` feature planes."""
+
+    def __init__(self, num_classes: int, dims: LatentDims, num_frames: int, embed_dim: int = 16,
+                 channels: int = 16, pooling: str = "projection", num_heads: int = 2, depth: int = 2,
+                 mlp_ratio: int = 2):
+        super().__init__()
+        self.num_frames = num_frames
+        self.embedding = nn.Embedding(num_classes, embed_dim)
+        self.spatial_cnn = FrameCNN(embed_dim, channels)
+        self.temporal_cnn = FrameCNN(embed_dim + num_frames, channels)
+        t, x, y, z = num_frames, dims.x, dims.y, dims.z
+
+        def proj(axes: str, sizes: tuple[int, ...], collapse: str) -> AxisProjection:
+            return AxisProjection(channels, axes, sizes, collapse, pooling, num_heads, depth, mlp_ratio)
+
+        self.to_volume = proj("txyz", (t, x, y, z), "t")
+        self.to_spatial = nn.ModuleDict({
+            "xy": proj("xyz", (x, y, z), "z"),
+            "xz": proj("xyz", (x, y, z), "y"),
+            "yz": proj("xyz", (x, y, z), "x"),
+        })
+        self.to_temporal = nn.ModuleDict({
+            "tx": proj("txyz", (t, x, y, z), "yz"),
+            "ty": proj("txyz", (t, x, y, z), "xz"),
+            "tz": proj("txyz", (t, x, y, z), "xy"),
+        })
+        self.halve_t = nn.ModuleDict({n: nn.Conv2d(channels, channels, (2, 1), stride=(2, 1))
+                                      for n in self.to_temporal})
+
+    def _frames(self, cnn: FrameCNN, x_BTEXYZ: torch.Tensor) -> torch.Tensor:
+        b, t = x_BTEXYZ.shape[:2]
+        h_NCXYZ = cnn(x_BTEXYZ.flatten(0, 1))
+        return h_NCXYZ.view(b, t, *h_NCXYZ.shape[1:]).transpose(1, 2)
+
+    def forward(self, occ_BTXYZ: torch.Tensor) -> dict[str, torch.Tensor]:
+        b, t, x, y, z = occ_BTXYZ.shape
+        emb_BTEXYZ = self.embedding(occ_BTXYZ).permute(0, 1, 5, 2, 3, 4)
+        frame_BTTXYZ = torch.eye(t, device=occ_BTXYZ.device, dtype=emb_BTEXYZ.dtype).view(1, t, t, 1, 1, 1)
+        timed_BTEXYZ = torch.cat([emb_BTEXYZ, frame_BTTXYZ.expand(b, t, t, x, y, z)], dim=2)
+
+        spatial_BCTXYZ = self._frames(self.spatial_cnn, emb_BTEXYZ)
+        volume_BCXYZ = self.to_volume(spatial_BCTXYZ)
+        planes = {name: proj(volume_BCXYZ) for name, proj in self.to_spatial.items()}
+
+        temporal_BCTXYZ = self._frames(self.temporal_cnn, timed_BTEXYZ)
+        for name, proj in self.to_temporal.items():
+            planes[name] = self.halve_t[name](proj(temporal_BCTXYZ))
+        return planes
