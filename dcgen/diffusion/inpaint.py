@@ -21,7 +21,7 @@ from dcgen.diffusion.schedule import NoiseSchedule
 from dcgen.models.rollout import RolloutLayout
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Inpainting:
     """The source rollout and the rollout-space mask (1 = generate) a sampler constrains each step with."""
 
