@@ -1,0 +1,118 @@
+"""VAE loss terms against hand computations and a brute-force Lovász extension."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dcgen.models.hexplane import PLANE_NAMES
+from dcgen.train.vae_losses import class_weights, kl_divergence, lovasz_softmax, vae_loss, weighted_cross_entropy
+
+
+def test_class_weights_hand_computed():
+    w = class_weights([100, 10, 0, 1])
+    expected = [1.0, 10 ** (1 / 3), 0.0, 100 ** (1 / 3)]
+    assert w.dtype == torch.float32
+    assert torch.allclose(w, torch.tensor(expected), atol=1e-6)
+    assert torch.equal(class_weights(torch.tensor([5, 5])), torch.ones(2))
+
+
+@pytest.mark.parametrize("counts,match", [
+    ([[1, 2], [3, 4]], "one count per class"),
+    ([3, -1, 2], "non-negative"),
+    ([0, 0, 0], "all zero"),
+])
+def test_class_weights_reject_bad_counts(counts, match):
+    with pytest.raises(ValueError, match=match):
+        class_weights(counts)
+
+
+def test_weighted_cross_entropy_hand_computed():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]]).T.unsqueeze(0)  # [1, K=3, P=2]
+    target = torch.tensor([[0, 1]])
+    w = torch.tensor([1.0, 3.0, 5.0])
+    nll = [-F.log_softmax(torch.tensor([2.0, 0.0, -1.0]), 0)[0], -F.log_softmax(torch.tensor([0.5, 1.5, 0.0]), 0)[1]]
+    expected = (1.0 * nll[0] + 3.0 * nll[1]) / (1.0 + 3.0)
+    assert torch.allclose(weighted_cross_entropy(logits, target, w), expected)
+
+
+def _jaccard_loss(gt: set, mistakes: set) -> float:
+    """Δ_J(M) = 1 − |G \\ M| / |G ∪ M| (Berman et al., eq. 5)."""
+    return 1.0 - len(gt - mistakes) / len(gt | mistakes)
+
+
+def _lovasz_extension_brute(errors: list[float], gt: set) -> float:
+    """max over all orderings of Σ m_π(i) (Δ(S_i) − Δ(S_{i−1})): the Lovász extension of a submodular Δ."""
+    best = -math.inf
+    for order in itertools.permutations(range(len(errors))):
+        total, prefix, prev = 0.0, set(), 0.0
+        for i in order:
+            prefix = prefix | {i}
+            cur = _jaccard_loss(gt, prefix)
+            total += errors[i] * (cur - prev)
+            prev = cur
+        best = max(best, total)
+    return best
+
+
+def test_lovasz_matches_brute_force_extension():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(1, 3, 6, generator=g), dim=1)  # K = 3, P = 6
+    target = torch.tensor([[0, 2, 2, 0, 2, 0]])  # class 1 absent
+    expected = []
+    for c in (0, 2):
+        fg = [int(v) for v in (target[0] == c)]
+        errors = [abs(f - p) for f, p in zip(fg, probs[0, c].tolist())]
+        expected.append(_lovasz_extension_brute(errors, {i for i, f in enumerate(fg) if f}))
+    assert lovasz_softmax(probs, target).item() == pytest.approx(sum(expected) / 2, abs=1e-6)
+
+
+def test_lovasz_of_hard_predictions_is_one_minus_iou():
+    target = torch.tensor([[0, 1, 1, 2, 2, 2, 0, 1]])
+    pred = torch.tensor([[0, 1, 2, 2, 2, 0, 0, 1]])
+    probs = F.one_hot(pred, 4).permute(0, 2, 1).float()  # class 3 absent from both
+    ious = []
+    for c in (0, 1, 2):
+        t, p = target == c, pred == c
+        ious.append((t & p).sum().item() / (t | p).sum().item())
+    expected = sum(1 - v for v in ious) / 3
+    assert lovasz_softmax(probs, target).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_kl_hand_computed_and_mean_over_all_latent_elements():
+    mu = {n: torch.zeros(1, 2, 2, 2) for n in PLANE_NAMES}
+    logvar = {n: torch.zeros(1, 2, 2, 2) for n in PLANE_NAMES}
+    assert kl_divergence(mu, logvar).item() == 0.0
+    mu["xy"] = torch.ones(1, 2, 2, 2)  # 8 of 48 elements at KL 0.5
+    logvar["tz"] = torch.full((1, 2, 2, 2), math.log(2.0))  # 8 at 0.5 (2 − 1 − log 2)
+    expected = (8 * 0.5 + 8 * 0.5 * (2 - 1 - math.log(2.0))) / 48
+    assert kl_divergence(mu, logvar).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_vae_loss_combines_the_parts_and_backpropagates():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 4, 3, 5, generator=g, requires_grad=True)
+    target = torch.randint(0, 4, (2, 3, 5), generator=g)
+    mu = {n: torch.randn(2, 3, 2, 2, generator=g, requires_grad=True) for n in PLANE_NAMES}
+    logvar = {n: torch.randn(2, 3, 2, 2, generator=g) for n in PLANE_NAMES}
+    w = torch.tensor([0.5, 1.0, 2.0, 1.5])
+    total, parts = vae_loss(logits, target, mu, logvar, w, beta=0.01, lovasz_weight=2.0)
+    assert set(parts) == {"ce", "lovasz", "kl", "total"}
+    assert total.item() == pytest.approx((parts["ce"] + 2.0 * parts["lovasz"] + 0.01 * parts["kl"]).item(), rel=1e-6)
+    assert parts["lovasz"].item() == pytest.approx(lovasz_softmax(logits.softmax(1), target).item(), rel=1e-6)
+    total.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+    assert mu["xy"].grad is not None
+
+
+def test_vae_loss_rejects_mismatched_inputs():
+    logits = torch.randn(1, 4, 3, 5)
+    mu = {n: torch.zeros(1, 1, 1, 1) for n in PLANE_NAMES}
+    with pytest.raises(ValueError, match=r"logits shape \(1, 4, 3, 5\) does not match target shape \(1, 3, 4\)"):
+        vae_loss(logits, torch.zeros(1, 3, 4, dtype=torch.long), mu, mu, torch.ones(4))
+    with pytest.raises(ValueError, match=r"class weights have shape \(3,\), expected \(4,\)"):
+        vae_loss(logits, torch.zeros(1, 3, 5, dtype=torch.long), mu, mu, torch.ones(3))
