@@ -51,7 +51,8 @@ def check_grid(grid: Grid) -> None:
 
 
 def generate_clip(grid: Grid, seed: int, index: int, *, city: CityConfig = CityConfig(),
-                  traffic: TrafficConfig = TrafficConfig(), lidar: LidarConfig = LidarConfig()) -> dict[str, np.ndarray]:
+                  traffic: TrafficConfig = TrafficConfig(),
+                  lidar: LidarConfig = LidarConfig()) -> dict[str, np.ndarray]:
     """Clip ``index`` of job ``seed``: occupancy [T,X,Y,Z] uint8, mask [T,X,Y,Z] bool, ego_pose [T,4,4],
     trajectory [T,3], command [] uint8, layout [T,X/d,Y/d], bev [X,Y]. Same (seed, index) gives the same bytes."""
     check_grid(grid)

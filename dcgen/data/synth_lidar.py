@@ -6,8 +6,8 @@ it) reaches above the ray, or whose tree canopy hangs below it. Along one azimut
 the solids' elevation slopes, (top - sensor height) / range, and a running minimum of the canopies'; a voxel is
 observed when its top lies on or above the first and its bottom on or below the second, and it lies inside the
 sensor's vertical field of view. Free voxels in front of the first hit are observed, everything behind it is
-not, the ground under the sensor is a blind disc, and below-ground layers are never seen. Columns are resampled
-on a polar grid around the sensor (half-voxel range steps, one-voxel arcs at the corners), fixed per grid.
+not, the ground under the sensor is a blind disc, and the solid ground hides every layer below it. Columns are
+resampled on a polar grid around the sensor (one-voxel range steps and arcs), fixed per grid.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from dcgen.data.synth_raster import surface_layer
 from dcgen.presets import Grid
 
 
@@ -97,7 +98,7 @@ def visibility(solid_top: np.ndarray, canopy_bottom: np.ndarray, grid: Grid, lid
         ceiling = np.minimum(_running(canopy_bottom.reshape(t, xy), g, lidar.height, np.minimum, np.inf), ceiling)
     # ... up to layer k_hi: the voxel's bottom face z_min + k vz stays under the lowest canopy ray
     k_hi = np.floor((lidar.height + ceiling * g.col_r - grid.z_min) / vz)
-    k_lo = np.clip(k_lo, 0, nz)
+    k_lo = np.clip(k_lo, max(surface_layer(grid), 0), nz)  # the ground is solid: nothing below it is seen
     count = np.clip(np.broadcast_to(k_hi, k_lo.shape) - k_lo + 1, 0, nz).astype(np.uint8)
     kz = np.arange(nz, dtype=np.uint8)
     seen = (kz - k_lo.astype(np.uint8)[..., None]) < count[..., None]
