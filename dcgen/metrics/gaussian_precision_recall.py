@@ -1,0 +1,111 @@
+"""Precision and recall under Gaussian fits (the "Gaussian variant" SPEC §4 reports beside the k-NN estimate).
+
+Formulation used by dcgen (the paper does not spell its own out): fit N(mu_r, S_r) to the real features. A sample
+is *inside* the real distribution when its squared Mahalanobis distance under that Gaussian is at most tau_r, the
+``quantile`` (default 0.95) of the real samples' own squared distances. Precision is the fraction of generated
+samples inside the real distribution; recall, symmetrically, the fraction of real samples inside the Gaussian
+fitted to the generated features, with the generated samples' quantile. Identical distributions score about
+``quantile`` on both; a shifted or over-dispersed generator loses precision, a collapsed one loses recall.
+
+Two details keep the threshold honest in high dimension, where a Gaussian fitted to N samples fits those same
+samples much better than new ones (in-sample squared distances average about D, fresh ones about D·N/(N-D)):
+- tau comes from *leave-one-out* distances, each real sample measured against the Gaussian fitted without it,
+  in closed form by Sherman-Morrison: with u = x_i - mean, scatter A = (N-1) S + (N-2) lam I and
+  b = uᵀ A⁻¹ u, c = N/(N-1), the distance is (N-2) c² b / (1 - c b);
+- a ridge lam = ``ridge`` · tr(S)/D is added to the covariance (fixed from the full set) so rank-deficient
+  features (dead units, N < D) give large, finite distances instead of a singular matrix.
+Everything is float64, through one symmetric eigendecomposition of S per set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dcgen.metrics.feature_stats import (FeatureStats, ROW_BLOCK, check_features, check_same_dim,
+                                         mean_and_covariance)
+
+DEFAULT_QUANTILE = 0.95
+DEFAULT_RIDGE = 1e-6
+MIN_SAMPLES = 3  # leave-one-out needs a covariance of N - 1 >= 2 samples
+
+
+@dataclass(frozen=True)
+class GaussianFit:
+    """A set's mean, eigendecomposition of its unbiased covariance, ridge and sample count."""
+
+    mean_D: np.ndarray
+    evals_D: np.ndarray  # eigenvalues of the covariance, clamped at 0
+    evecs_DD: np.ndarray
+    ridge: float  # lam, absolute, added to every eigenvalue
+    num_samples: int
+
+    @classmethod
+    def from_stats(cls, stats: FeatureStats, ridge: float = DEFAULT_RIDGE) -> "GaussianFit":
+        if stats.num_samples < MIN_SAMPLES:
+            raise ValueError(f"a Gaussian precision/recall fit needs at least {MIN_SAMPLES} samples (leave-one-out "
+                             f"covariance of N - 1 >= 2), got {stats.num_samples}")
+        spread = float(np.trace(stats.cov_DD)) / stats.dim
+        if spread <= 0.0:
+            raise ValueError("all feature vectors of a set are identical; a Gaussian fit needs some spread")
+        evals_D, evecs_DD = np.linalg.eigh(stats.cov_DD)
+        return cls(stats.mean_D, np.clip(evals_D, 0.0, None), evecs_DD, ridge * spread, stats.num_samples)
+
+    def _projected_sq(self, feats_ND: np.ndarray) -> np.ndarray:
+        """``[N, D]`` squared coordinates of the centred samples along the covariance's eigenvectors."""
+        out_ND = np.empty((feats_ND.shape[0], self.mean_D.shape[0]))
+        for start in range(0, feats_ND.shape[0], ROW_BLOCK):
+            block = feats_ND[start:start + ROW_BLOCK].astype(np.float64) - self.mean_D
+            z = block @ self.evecs_DD
+            out_ND[start:start + ROW_BLOCK] = z * z
+        return out_ND
+
+    def mahalanobis_sq(self, feats_ND: np.ndarray) -> np.ndarray:
+        """``[N]`` squared Mahalanobis distances of new samples under N(mean, S + lam I)."""
+        return self._projected_sq(feats_ND) @ (1.0 / (self.evals_D + self.ridge))
+
+    def loo_mahalanobis_sq(self, feats_ND: np.ndarray) -> np.ndarray:
+        """``[N]`` leave-one-out squared distances of the samples the fit was made from (same order)."""
+        n = self.num_samples
+        if feats_ND.shape[0] != n:
+            raise ValueError(f"leave-one-out distances need the {n} samples of the fit, got {feats_ND.shape[0]}")
+        scatter_D = self.evals_D * (n - 1) + (n - 2) * self.ridge
+        b_N = self._projected_sq(feats_ND) @ (1.0 / scatter_D)
+        c = n / (n - 1)
+        return (n - 2) * c * c * b_N / (1.0 - c * b_N)
+
+
+def _inside_fraction(fit: GaussianFit, own_ND: np.ndarray, other_ND: np.ndarray, quantile: float) -> float:
+    """Fraction of ``other`` within the ``quantile`` of ``own``'s leave-one-out distances under ``fit``."""
+    tau = np.quantile(fit.loo_mahalanobis_sq(own_ND), quantile)
+    return float((fit.mahalanobis_sq(other_ND) <= tau).mean())
+
+
+def gaussian_precision_recall(real_features, fake_features, quantile: float = DEFAULT_QUANTILE,
+                              ridge: float = DEFAULT_RIDGE, real_stats: FeatureStats | None = None,
+                              fake_stats: FeatureStats | None = None) -> tuple[float, float]:
+    """``(precision, recall)`` of generated vs real features under Gaussian fits (see the module docstring).
+
+    ``real_stats`` / ``fake_stats`` may pass statistics already computed from the same arrays (saves a covariance).
+    """
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    if not ridge > 0.0:
+        raise ValueError(f"ridge must be positive (a fraction of the mean variance), got {ridge}")
+    why = "a leave-one-out Gaussian fit"
+    real_ND = check_features(real_features, "real features", MIN_SAMPLES, why)
+    fake_ND = check_features(fake_features, "generated features", MIN_SAMPLES, why)
+    check_same_dim(real_ND.shape[1], fake_ND.shape[1], "real features", "generated features")
+    fits = []
+    for feats_ND, stats, what in ((real_ND, real_stats, "real"), (fake_ND, fake_stats, "generated")):
+        if stats is None:
+            stats = FeatureStats(*mean_and_covariance(feats_ND), feats_ND.shape[0])
+        elif stats.num_samples != feats_ND.shape[0] or stats.dim != feats_ND.shape[1]:
+            raise ValueError(f"{what} statistics describe {stats.num_samples} × {stats.dim} features but the "
+                             f"{what} features are {feats_ND.shape[0]} × {feats_ND.shape[1]}; expected the same set")
+        fits.append(GaussianFit.from_stats(stats, ridge))
+    real_fit, fake_fit = fits
+    precision = _inside_fraction(real_fit, real_ND, fake_ND, quantile)
+    recall = _inside_fraction(fake_fit, fake_ND, real_ND, quantile)
+    return precision, recall
