@@ -72,21 +72,21 @@ def generate_clip(grid: Grid, seed: int, index: int, *, city: CityConfig = CityC
     for block in blocks_in(plan, *window):
         scenery.extend(furnish(plan, block, city))
     win = MapWindow.covering(*window, res=min(grid.voxel_size[:2]) / 2)
-    columns = sample_frames(paint_map(scenery, win, grid), win, ex, ey, eyaw, grid)
-    stamp_actors(columns, populate(plan, ego, times, window, traffic), times, ex, ey, eyaw, grid)
+    columns_TXYC = sample_frames(paint_map(scenery, win, grid), win, ex, ey, eyaw, grid)
+    stamp_actors(columns_TXYC, populate(plan, ego, times, window, traffic), times, ex, ey, eyaw, grid)
 
-    occupancy = columns_to_voxels(columns, grid)
-    solid_top = columns[..., TOP_DM].astype(np.float32) / 10.0
-    canopy = np.where(columns[..., CROWN_DM] == NO_CROWN_DM, np.inf,
-                      columns[..., CROWN_DM].astype(np.float32) / 10.0).astype(np.float32)
-    mask = visibility(solid_top, canopy, grid, lidar)
+    occ_TXYZ = columns_to_voxels(columns_TXYC, grid)
+    top_TXY = columns_TXYC[..., TOP_DM].astype(np.float32) / 10.0
+    canopy_TXY = np.where(columns_TXYC[..., CROWN_DM] == NO_CROWN_DM, np.inf,
+                          columns_TXYC[..., CROWN_DM].astype(np.float32) / 10.0).astype(np.float32)
+    mask_TXYZ = visibility(top_TXY, canopy_TXY, grid, lidar)
 
     world = pose_from_xyyaw(world_xy[0], world_xy[1], world_yaw)
-    ego_pose = np.stack([world @ pose_from_xyyaw(x, y, yaw) for x, y, yaw in zip(ex, ey, eyaw)])
-    side = derive_side_info(occupancy, ego_pose, grid.layout_downsample)
+    ego_pose_T44 = np.stack([world @ pose_from_xyyaw(x, y, yaw) for x, y, yaw in zip(ex, ey, eyaw)])
+    side = derive_side_info(occ_TXYZ, ego_pose_T44, grid.layout_downsample)
     return {
-        "occupancy": occupancy,
-        "mask": mask,
+        "occupancy": occ_TXYZ,
+        "mask": mask_TXYZ,
         "ego_pose": side["ego_pose"],
         "trajectory": side["trajectory"],
         "command": np.asarray(side["command"], dtype=np.uint8),

@@ -8,6 +8,7 @@ observed when its top lies on or above the first and its bottom on or below the 
 sensor's vertical field of view. Free voxels in front of the first hit are observed, everything behind it is
 not, the ground under the sensor is a blind disc, and the solid ground hides every layer below it. Columns are
 resampled on a polar grid around the sensor (one-voxel range steps and arcs), fixed per grid.
+Shapes: T frames, Z layers, P = X*Y columns, A azimuth bins, R range bins.
 """
 
 from __future__ import annotations
@@ -83,23 +84,23 @@ def _running(values_TC: np.ndarray, g: _Polar, height: float, ufunc, empty: floa
     return run[:, g.col_az, g.col_prev]
 
 
-def visibility(solid_top: np.ndarray, canopy_bottom: np.ndarray, grid: Grid, lidar: LidarConfig) -> np.ndarray:
+def visibility(top_TXY: np.ndarray, canopy_TXY: np.ndarray, grid: Grid, lidar: LidarConfig) -> np.ndarray:
     """``[T, X, Y, Z]`` bool observed voxels from ``[T, X, Y]`` solid tops and canopy bottoms (metres above the
     ground; +inf where a column has no canopy)."""
     g = _polar(grid, lidar)
-    t, nz, vz = solid_top.shape[0], grid.size[2], grid.voxel_size[2]
+    t, nz, vz = top_TXY.shape[0], grid.size[2], grid.voxel_size[2]
     xy = grid.size[0] * grid.size[1]
-    floor = np.maximum(_running(solid_top.reshape(t, xy), g, lidar.height, np.maximum, -np.inf),
+    floor = np.maximum(_running(top_TXY.reshape(t, xy), g, lidar.height, np.maximum, -np.inf),
                        np.float32(np.tan(np.radians(lidar.fov_down_deg))))
     # observed from layer k_lo up: the voxel's top face z_min + (k + 1) vz reaches the ray grazing the occluders
     k_lo = np.ceil((lidar.height + floor * g.col_r - grid.z_min) / vz - 1.0)
     ceiling = np.float32(np.tan(np.radians(lidar.fov_up_deg)))
     if g.with_canopy:
-        ceiling = np.minimum(_running(canopy_bottom.reshape(t, xy), g, lidar.height, np.minimum, np.inf), ceiling)
+        ceiling = np.minimum(_running(canopy_TXY.reshape(t, xy), g, lidar.height, np.minimum, np.inf), ceiling)
     # ... up to layer k_hi: the voxel's bottom face z_min + k vz stays under the lowest canopy ray
     k_hi = np.floor((lidar.height + ceiling * g.col_r - grid.z_min) / vz)
     k_lo = np.clip(k_lo, max(surface_layer(grid), 0), nz)  # the ground is solid: nothing below it is seen
     count = np.clip(np.broadcast_to(k_hi, k_lo.shape) - k_lo + 1, 0, nz).astype(np.uint8)
     kz = np.arange(nz, dtype=np.uint8)
-    seen = (kz - k_lo.astype(np.uint8)[..., None]) < count[..., None]
-    return seen.reshape(t, *grid.size)
+    seen_TPZ = (kz - k_lo.astype(np.uint8)[..., None]) < count[..., None]
+    return seen_TPZ.reshape(t, *grid.size)

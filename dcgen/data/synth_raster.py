@@ -8,6 +8,7 @@ decimetres, packed in 8 bytes so a frame samples all of it with one nearest-neig
 then stamped into each frame's columns in ego coordinates, and the columns expand to voxels layer by layer.
 A voxel holds a solid or canopy when its centre height lies inside it; the ground cover fills the one layer
 holding the ground surface, and solids standing on the ground (bottom <= 0) replace it.
+Shapes: T frames, X/Y/Z voxels, C = the 8 bytes of a packed column.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dcgen.presets import Grid
 
 VEGETATION = CLASS_IDS["vegetation"]
 # byte layout of a packed column
-SURF, CLS, LO, HI, CROWN_LO, CROWN_HI, TOP_DM, CROWN_DM = range(8)
+SURF, CLS, LO, HI, CROWN_LO, CROWN_HI, TOP_DM, CROWN_DM = range(8)  # C = 8 bytes
 NO_CROWN_DM = 255
 
 
@@ -143,7 +144,7 @@ def column_centres(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     return (np.arange(nx) + 0.5) * vx - nx * vx / 2, (np.arange(ny) + 0.5) * vy - ny * vy / 2
 
 
-def sample_frames(packed_map: np.ndarray, win: MapWindow, ego_x: np.ndarray, ego_y: np.ndarray,
+def sample_frames(map_XYC: np.ndarray, win: MapWindow, ego_x: np.ndarray, ego_y: np.ndarray,
                   ego_yaw: np.ndarray, grid: Grid) -> np.ndarray:
     """``[T, X, Y, 8]`` packed columns seen from each ego pose (map frame), nearest-neighbour."""
     cx, cy = (c.astype(np.float32) for c in column_centres(grid))
@@ -154,12 +155,12 @@ def sample_frames(packed_map: np.ndarray, win: MapWindow, ego_x: np.ndarray, ego
         + c[:, None, None] * cy[None, None, :]
     ix = np.clip((wx / win.res).astype(np.int64), 0, win.nx - 1)
     iy = np.clip((wy / win.res).astype(np.int64), 0, win.ny - 1)
-    flat = packed_map.reshape(-1, 8).view(np.uint64)[:, 0]
+    flat = map_XYC.reshape(-1, 8).view(np.uint64)[:, 0]
     return flat[ix * win.ny + iy].view(np.uint8).reshape(*ix.shape, 8)
 
 
-def stamp_actors(columns: np.ndarray, actors: Actors, times: np.ndarray, ego_x: np.ndarray, ego_y: np.ndarray,
-                 ego_yaw: np.ndarray, grid: Grid) -> None:
+def stamp_actors(columns_TXYC: np.ndarray, actors: Actors, times: np.ndarray, ego_x: np.ndarray,
+                 ego_y: np.ndarray, ego_yaw: np.ndarray, grid: Grid) -> None:
     """Write every actor's box into the packed ``[T, X, Y, 8]`` columns of the frames that see it, in place."""
     if not len(actors):
         return
@@ -193,21 +194,21 @@ def stamp_actors(columns: np.ndarray, actors: Actors, times: np.ndarray, ego_x: 
     lo, hi = height_layers(actors.bottom, actors.top, grid)
     n_hit = n_idx[p]
     cell = (t_idx[p], ii[p, a_i, 0], jj[p, 0, b_j])
-    columns[(*cell, CLS)] = actors.cls[n_hit]
-    columns[(*cell, LO)] = lo[n_hit]
-    columns[(*cell, HI)] = hi[n_hit]
-    columns[(*cell, TOP_DM)] = _decimetres(actors.top[n_hit])
+    columns_TXYC[(*cell, CLS)] = actors.cls[n_hit]
+    columns_TXYC[(*cell, LO)] = lo[n_hit]
+    columns_TXYC[(*cell, HI)] = hi[n_hit]
+    columns_TXYC[(*cell, TOP_DM)] = _decimetres(actors.top[n_hit])
 
 
-def columns_to_voxels(columns: np.ndarray, grid: Grid) -> np.ndarray:
+def columns_to_voxels(columns_TXYC: np.ndarray, grid: Grid) -> np.ndarray:
     """``[T, X, Y, Z]`` uint8 class ids from packed columns."""
-    surf, cls, lo, hi, crown_lo, crown_hi = (np.ascontiguousarray(columns[..., c])
+    surf, cls, lo, hi, crown_lo, crown_hi = (np.ascontiguousarray(columns_TXYC[..., c])
                                              for c in (SURF, CLS, LO, HI, CROWN_LO, CROWN_HI))
     num_solid, num_crown = hi - lo, crown_hi - crown_lo
     k_s = surface_layer(grid)
-    occ = np.empty((grid.size[2], *surf.shape), dtype=np.uint8)
+    occ_ZTXY = np.empty((grid.size[2], *surf.shape), dtype=np.uint8)
     for k in range(grid.size[2]):  # layer-major: each step is a long contiguous numpy loop
         # k in [lo, hi) as one unsigned comparison: k - lo wraps around below lo
         layer = np.where(np.uint8(k) - crown_lo < num_crown, np.uint8(VEGETATION), surf if k == k_s else np.uint8(0))
-        occ[k] = np.where(np.uint8(k) - lo < num_solid, cls, layer)
-    return np.moveaxis(occ, 0, -1).copy()
+        occ_ZTXY[k] = np.where(np.uint8(k) - lo < num_solid, cls, layer)
+    return np.moveaxis(occ_ZTXY, 0, -1).copy()
