@@ -205,7 +205,8 @@ def plan_span(plan: CityPlan) -> float:
 
 
 def _orderly(lane: list[tuple], direction: int, horizon: float) -> list[tuple]:
-    """Drop cars (later ones first: queues were appended last but win) that would touch the car ahead."""
+    """Keep the queued cars, then each moving car that stays clear of every car kept so far. Speeds are constant,
+    so checking the gaps at both ends of the clip and whether the order flips covers the whole clip."""
     if not lane:
         return lane
     queued = [c for c in lane if c[4] == 0.0]
