@@ -4,6 +4,9 @@ own them, the model configs of the same name.
 A preset name is the one knob a user turns; everything it implies is looked up here. The grids follow SPEC §1:
 ``carlasc`` is the CarlaSC Cartesian grid (±25.6 m, 8 layers over 3 m), ``occ3d`` the Occ3D grid (±40 m at 0.4 m),
 ``small`` the same extent as carlasc at half the resolution, ``debug`` a tiny grid that trains in seconds.
+CarlaSC's published z range (−2.2 … 0.8 m) is relative to its roof LiDAR; dcgen measures heights from the ego's
+ground contact, so the same 3 m slab starts 0.2 m below the road (ground in the bottom layer, buildings and
+vehicles up to 2.8 m) instead of leaving five underground layers always empty.
 """
 
 from __future__ import annotations
@@ -54,9 +57,9 @@ class Grid:
 
 
 GRIDS: dict[str, Grid] = {
-    "debug": Grid(4, (32, 32, 4), NUM_CLASSES_CARLASC, (1.6, 1.6, 0.75), -2.2, 10.0),
-    "small": Grid(16, (64, 64, 8), NUM_CLASSES_CARLASC, (0.8, 0.8, 0.375), -2.2, 10.0),
-    "carlasc": Grid(16, (128, 128, 8), NUM_CLASSES_CARLASC, (0.4, 0.4, 0.375), -2.2, 10.0),
+    "debug": Grid(4, (32, 32, 4), NUM_CLASSES_CARLASC, (1.6, 1.6, 0.75), -0.2, 10.0),
+    "small": Grid(16, (64, 64, 8), NUM_CLASSES_CARLASC, (0.8, 0.8, 0.375), -0.2, 10.0),
+    "carlasc": Grid(16, (128, 128, 8), NUM_CLASSES_CARLASC, (0.4, 0.4, 0.375), -0.2, 10.0),
     "occ3d": Grid(16, (200, 200, 16), NUM_CLASSES_UNIFIED, (0.4, 0.4, 0.4), -1.0, 10.0),
 }
 PRESET_NAMES = tuple(GRIDS)
