@@ -11,8 +11,8 @@
 Memory: the product volume and everything after it is the big tensor. It is built directly in the
 ``(B, T, C, X', Y', Z')`` layout, so folding frames into the batch is a view, and in the order
 (xy·xz·yz) · (tx·ty) · tz so only one full-size intermediate exists. The head's 1×1 conv over the concatenation is
-computed as ``W_feat · feat + W_fourier · fourier``: the Fourier term depends only on (t, x, y, z), is computed once
-per call and broadcast over the batch, so the 24 channels are never materialised per sample.
+computed as ``W_feat · feat + W_fourier · fourier``; each Fourier channel depends on a single coordinate, so the
+second term is four small per-axis tables added by broadcasting and the 24-channel grid is never materialised.
 For mixed precision prefer bfloat16: the product of six small factors can underflow float16.
 
 Legend: B batch, N = B·T frames, T time, X/Y/Z space (primed = latent), C channels, K classes, F Fourier channels.
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcgen.models.hexplane import LatentDims
-from dcgen.models.layers import LEAK, ResBlock3d, StackedPlaneConvBlock, fourier_features, num_fourier_channels
+from dcgen.models.layers import LEAK, ResBlock3d, StackedPlaneConvBlock, fourier_encode, num_fourier_channels
 
 TEMPORAL_PLANES = ("tx", "ty", "tz")
 
@@ -60,10 +60,23 @@ class ESSDecoder(nn.Module):
         self.head_feat = nn.Conv3d(out_channels, num_classes, 1)
         self.head_fourier = nn.Conv3d(num_fourier_channels(4, num_freqs), num_classes, 1, bias=False)
 
-    def fourier_logits(self, device, dtype) -> torch.Tensor:
-        """The Fourier half of the head, ``[T, K, X, Y, Z]``, shared by every sample."""
-        fourier_FTXYZ = fourier_features((self.num_frames, *self.size), self.num_freqs, device=device, dtype=dtype)
-        return self.head_fourier(fourier_FTXYZ.transpose(0, 1))
+    def fourier_logits(self, device, dtype) -> list[torch.Tensor]:
+        """The Fourier half of the head as per-axis terms ``[T, K, 1, 1, 1]``, ``[1, K, X, 1, 1]``, ``[1, K, 1, Y, 1]``,
+        ``[1, K, 1, 1, Z]``: each Fourier channel depends on one coordinate only, so ``W_fourier · fourier(t, x, y, z)``
+        is the sum of one term per axis, and adding them broadcast never builds the 24-channel grid."""
+        weight_KF = self.head_fourier.weight.flatten(1)
+        per_axis = 2 * self.num_freqs
+        terms = []
+        for axis, n in enumerate((self.num_frames, *self.size)):
+            feats_NF = fourier_encode(torch.arange(n, device=device).unsqueeze(1), self.num_freqs)
+            term_KN = weight_KF[:, axis * per_axis:(axis + 1) * per_axis] @ feats_NF.to(weight_KF.dtype).T
+            if axis == 0:
+                terms.append(term_KN.T.reshape(n, -1, 1, 1, 1).to(dtype))
+            else:
+                shape = [1, -1, 1, 1, 1]
+                shape[axis + 1] = n
+                terms.append(term_KN.reshape(shape).to(dtype))
+        return terms
 
     def forward(self, planes: dict[str, torch.Tensor]) -> torch.Tensor:
         planes = self.plane_block(planes)
@@ -78,6 +91,6 @@ class ESSDecoder(nn.Module):
 
         logits_NKXYZ = self.head_feat(h_NCXYZ)
         logits_BTKXYZ = logits_NKXYZ.view(b, t, *logits_NKXYZ.shape[1:])
-        # In place is safe: a conv's backward needs its input, not its output.
-        logits_BTKXYZ.add_(self.fourier_logits(h_NCXYZ.device, h_NCXYZ.dtype))
+        for term in self.fourier_logits(h_NCXYZ.device, h_NCXYZ.dtype):
+            logits_BTKXYZ.add_(term)  # in place is safe: a conv's backward needs its input, not its output
         return logits_BTKXYZ.transpose(1, 2)

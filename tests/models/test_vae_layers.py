@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dcgen.models.ess_decoder import hexplane_product
+from dcgen.models.ess_decoder import ESSDecoder, hexplane_product
 from dcgen.models.hexplane import PLANE_NAMES, LatentDims
 from dcgen.models.layers import StackedPlaneConvBlock, fourier_features, masked_instance_norm
 from dcgen.models.projection import AttentionPool, AxisProjection
@@ -127,3 +127,13 @@ def test_projection_rejects_bad_arguments():
     proj = AxisProjection(4, "xyz", (2, 3, 4), "z")
     with pytest.raises(ValueError, match=r"expects sizes \(2, 3, 4\), got \(2, 3, 5\)"):
         proj(torch.randn(1, 4, 2, 3, 5))
+
+
+def test_ess_per_axis_fourier_terms_equal_the_conv_on_concatenated_channels():
+    torch.manual_seed(0)
+    dec = ESSDecoder(num_classes=5, dims=DIMS, num_frames=4)
+    total = sum(dec.fourier_logits("cpu", torch.float32))  # broadcasts to [T, K, X, Y, Z]
+    grid = fourier_features((4, 12, 10, 6), 3)  # [24, T, X, Y, Z]
+    ref = F.conv3d(grid.transpose(0, 1), dec.head_fourier.weight)  # frames as batch: [T, K, X, Y, Z]
+    assert total.shape == ref.shape == (4, 5, 12, 10, 6)
+    assert torch.allclose(total, ref, atol=1e-5)
