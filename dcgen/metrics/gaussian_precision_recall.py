@@ -83,11 +83,12 @@ def _inside_fraction(fit: GaussianFit, own_ND: np.ndarray, other_ND: np.ndarray,
 
 
 def gaussian_precision_recall(real_features, fake_features, quantile: float = DEFAULT_QUANTILE,
-                              ridge: float = DEFAULT_RIDGE, real_stats: FeatureStats | None = None,
-                              fake_stats: FeatureStats | None = None) -> tuple[float, float]:
+                              ridge: float = DEFAULT_RIDGE, real_fit: GaussianFit | None = None,
+                              fake_fit: GaussianFit | None = None) -> tuple[float, float]:
     """``(precision, recall)`` of generated vs real features under Gaussian fits (see the module docstring).
 
-    ``real_stats`` / ``fake_stats`` may pass statistics already computed from the same arrays (saves a covariance).
+    ``real_fit`` / ``fake_fit`` may pass fits already made from the same arrays (saves a covariance and an
+    eigendecomposition each); ``ridge`` is then theirs.
     """
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"quantile must be in (0, 1), got {quantile}")
@@ -98,13 +99,14 @@ def gaussian_precision_recall(real_features, fake_features, quantile: float = DE
     fake_ND = check_features(fake_features, "generated features", MIN_SAMPLES, why)
     check_same_dim(real_ND.shape[1], fake_ND.shape[1], "real features", "generated features")
     fits = []
-    for feats_ND, stats, what in ((real_ND, real_stats, "real"), (fake_ND, fake_stats, "generated")):
-        if stats is None:
-            stats = FeatureStats(*mean_and_covariance(feats_ND), feats_ND.shape[0])
-        elif stats.num_samples != feats_ND.shape[0] or stats.dim != feats_ND.shape[1]:
-            raise ValueError(f"{what} statistics describe {stats.num_samples} × {stats.dim} features but the "
-                             f"{what} features are {feats_ND.shape[0]} × {feats_ND.shape[1]}; expected the same set")
-        fits.append(GaussianFit.from_stats(stats, ridge))
+    for feats_ND, fit, what in ((real_ND, real_fit, "real"), (fake_ND, fake_fit, "generated")):
+        if fit is None:
+            fit = GaussianFit.from_stats(FeatureStats(*mean_and_covariance(feats_ND), feats_ND.shape[0]), ridge)
+        elif fit.num_samples != feats_ND.shape[0] or fit.mean_D.shape[0] != feats_ND.shape[1]:
+            raise ValueError(f"the {what} Gaussian fit describes {fit.num_samples} × {fit.mean_D.shape[0]} "
+                             f"features but the {what} features are {feats_ND.shape[0]} × {feats_ND.shape[1]}; "
+                             "expected a fit of the same set")
+        fits.append(fit)
     real_fit, fake_fit = fits
     precision = _inside_fraction(real_fit, real_ND, fake_ND, quantile)
     recall = _inside_fraction(fake_fit, fake_ND, real_ND, quantile)

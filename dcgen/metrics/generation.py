@@ -1,16 +1,19 @@
 """All generation metrics of SPEC §4 on one pair of feature sets: IS (from the generated samples' class
 probabilities), FID, KID, k-NN precision/recall and the Gaussian precision/recall, in the units of the paper's
-Table 2. The real set's statistics can be passed in precomputed (``FeatureStats.load``); otherwise each covariance
-is computed once and shared by FID and the Gaussian precision/recall.
+Table 2. Each covariance is computed once and eigendecomposed once, shared by FID and the Gaussian precision/recall;
+the real set's statistics can be passed in precomputed (``FeatureStats.load``), but must describe the very
+``real_features`` given, since the Gaussian precision/recall measures those samples against them.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from dcgen.metrics.feature_stats import MIN_SAMPLES_COVARIANCE, FeatureStats, check_features, check_same_dim
+from dcgen.metrics.feature_stats import FeatureStats, check_features, check_same_dim
 from dcgen.metrics.fid import frechet_distance
-from dcgen.metrics.gaussian_precision_recall import DEFAULT_QUANTILE, DEFAULT_RIDGE, gaussian_precision_recall
+from dcgen.metrics.gaussian_precision_recall import DEFAULT_QUANTILE, DEFAULT_RIDGE, GaussianFit
+from dcgen.metrics.gaussian_precision_recall import MIN_SAMPLES as GAUSSIAN_MIN_SAMPLES
+from dcgen.metrics.gaussian_precision_recall import gaussian_precision_recall
 from dcgen.metrics.inception_score import inception_score
 from dcgen.metrics.kid import kernel_inception_distance
 from dcgen.metrics.precision_recall import DEFAULT_BATCH, DEFAULT_K, knn_precision_recall
@@ -54,20 +57,25 @@ def generation_metrics(real_features, fake_features, fake_probs=None,
     ``fake_probs`` ``[M, K]`` are the feature network's class probabilities for the generated samples (IS).
     KID uses subsets of ``min(kid_subset_size, N, M)`` samples so small evaluations still run.
     """
-    real_ND = check_features(real_features, "real features", MIN_SAMPLES_COVARIANCE, "a covariance")
-    fake_MD = check_features(fake_features, "generated features", MIN_SAMPLES_COVARIANCE, "a covariance")
+    need = max(config.pr_k + 1, GAUSSIAN_MIN_SAMPLES)
+    why = "the k-NN and Gaussian precision/recall"
+    real_ND = check_features(real_features, "real features", need, why)
+    fake_MD = check_features(fake_features, "generated features", need, why)
     check_same_dim(real_ND.shape[1], fake_MD.shape[1], "real features", "generated features")
     if real_stats is None:
         real_stats = FeatureStats.from_features(real_ND, "real features")
     fake_stats = FeatureStats.from_features(fake_MD, "generated features")
     check_same_dim(real_stats.dim, fake_stats.dim, "real statistics", "generated features")
 
-    fid = frechet_distance(real_stats, fake_stats)
+    # One eigendecomposition per covariance serves both FID (S_real^½) and the Gaussian precision/recall.
+    real_fit = GaussianFit.from_stats(real_stats, config.gaussian_ridge)
+    fake_fit = GaussianFit.from_stats(fake_stats, config.gaussian_ridge)
+    fid = frechet_distance(real_stats, fake_stats, (real_fit.evals_D, real_fit.evecs_DD))
     subset = min(config.kid_subset_size, real_ND.shape[0], fake_MD.shape[0])
     kid_mean, kid_std = kernel_inception_distance(real_ND, fake_MD, config.kid_subsets, subset, config.seed)
     precision, recall = knn_precision_recall(real_ND, fake_MD, config.pr_k, config.batch_size)
     g_precision, g_recall = gaussian_precision_recall(real_ND, fake_MD, config.gaussian_quantile,
-                                                      config.gaussian_ridge, real_stats, fake_stats)
+                                                      config.gaussian_ridge, real_fit, fake_fit)
     is_mean = is_std = None
     if fake_probs is not None:
         probs = check_features(fake_probs, "generated class probabilities")

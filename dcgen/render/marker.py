@@ -12,7 +12,7 @@ RIM = np.array([0, 0, 0], dtype=np.uint8)
 
 
 def _triangle_mask(rows: np.ndarray, cols: np.ndarray, tip_r: float, c: float, height: float) -> np.ndarray:
-    """Pixels whose centres lie in the upward triangle with tip ``(tip_r, c)``, base ``height`` below, as wide as tall."""
+    """Pixels whose centres lie in the upward triangle with tip ``(tip_r, c)``, ``height`` tall and as wide."""
     dr = rows + 0.5 - tip_r
     return (dr >= 0) & (dr <= height) & (np.abs(cols + 0.5 - c) <= 0.5 * dr + 0.5)
 

@@ -228,7 +228,7 @@ def test_knn_precision_recall_rejects_bad_input():
         knn_precision_recall(a, a, k=0)
 
 
-# ---- Gaussian precision / recall --------------------------------------------------------------------------------------
+# ---- Gaussian precision / recall ------------------------------------------------------------------------------------
 
 def gaussian_pr_brute_force(real, fake, quantile, ridge):
     def inside(own, other):
@@ -340,6 +340,11 @@ def test_generation_metrics_combines_all_five_deterministically():
     assert generation_metrics(real, fake).is_mean is None
     with pytest.raises(ValueError, match="cover 99 samples"):
         generation_metrics(real, fake, probs[:99], config)
+    with pytest.raises(ValueError, match="at least 4 are needed for the k-NN and Gaussian precision/recall"):
+        generation_metrics(real, fake[:3], config=config)
+    stats_of_other_set = FeatureStats.from_features(real[:100])
+    with pytest.raises(ValueError, match="expected a fit of the same set"):
+        generation_metrics(real, fake, config=config, real_stats=stats_of_other_set)
 
 
 @pytest.mark.slow
