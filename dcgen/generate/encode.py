@@ -1,0 +1,140 @@
+"""Encode a scene store into a latent store (SPEC §3: the DiT trains on the VAE μ packed into the padded rollout).
+
+Ray Data reads the clips (``read_scenes``) and ``map_batches`` runs an actor pool: one VAE per actor (one GPU per
+actor when the cluster has GPUs, CPU slots otherwise), each writing its batches' latents straight into the latent
+store (one clip per chunk, so writers never share a chunk) and returning per-channel sums for the statistics. The
+driver checks everything first (checkpoint, grid, output), copies the conditions, and marks the store complete
+only after every latent is written.
+
+Legend: B batch, C latent channels, S rollout side, T/X/Y/Z clip axes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+log = logging.getLogger("dcgen.encode")
+
+
+def check_vae_matches_store(vae_config, grid, vae_path: str, data: str) -> None:
+    """The VAE must read clips of the store's shape and class range."""
+    if tuple(vae_config.shape) != tuple(grid.shape) or grid.num_classes > vae_config.num_classes:
+        raise ValueError(f"{data}: store grid T={grid.num_frames} XYZ={list(grid.size)} K={grid.num_classes} does "
+                         f"not match the VAE {vae_path} (T={vae_config.num_frames} XYZ={list(vae_config.size)} "
+                         f"K={vae_config.num_classes})")
+
+
+class EncodeActor:
+    """One VAE on this actor's device; ``__call__`` encodes a batch of clips, writes their latents and returns
+    per-row channel sums over the valid rollout pixels."""
+
+    def __init__(self, vae_path: str, out: str, clip_index: np.ndarray, device: str):
+        import torch
+
+        from dcgen.data.latent_store import LatentStore
+        from dcgen.generate.loading import load_vae
+        from dcgen.models.rollout import RolloutLayout
+
+        self.device = torch.device(device)
+        self.vae = load_vae(vae_path, self.device).model
+        self.store = LatentStore.open(out, "a", require_complete=False)
+        self.rollout = RolloutLayout(self.vae.dims, self.store.patch)
+        self.clip_index = np.asarray(clip_index, dtype=np.int64)
+        self.valid_SS = self.rollout.valid_mask(self.device).float()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        index = np.asarray(batch["index"], dtype=np.int64)
+        rows = np.searchsorted(self.clip_index, index)
+        assert np.array_equal(self.clip_index[rows], index), "clip missing from the latent store's index"
+        occ_BTXYZ = torch.from_numpy(np.asarray(batch["occupancy"]).astype(np.int64)).to(self.device)
+        with torch.no_grad():
+            mu, _ = self.vae.encode(occ_BTXYZ)
+            rollout_BCSS = self.rollout.pack({k: v.float() for k, v in mu.items()})
+        self.store.write_latents(rows, rollout_BCSS.cpu().numpy())
+        sum_BC = (rollout_BCSS * self.valid_SS).sum(dim=(2, 3))
+        sumsq_BC = (rollout_BCSS.square() * self.valid_SS).sum(dim=(2, 3))
+        return {"row": rows, "sum": sum_BC.double().cpu().numpy(), "sumsq": sumsq_BC.double().cpu().numpy()}
+
+
+def _pool(ray, workers: int | None) -> tuple[int, dict]:
+    """Actor count and per-actor resources: one GPU each when the cluster has GPUs, else a CPU each, leaving one
+    CPU to the read tasks."""
+    res = ray.cluster_resources()
+    gpus, cpus = int(res.get("GPU", 0)), float(res.get("CPU", 1))
+    if gpus:
+        return (workers or gpus), {"num_gpus": 1, "num_cpus": 1}
+    return (workers or max(1, int(cpus) - 1)), {"num_cpus": 1}
+
+
+def encode_store(vae_ckpt: str, data: str, out: str, batch_size: int = 8, overwrite: bool = False, *,
+                 workers: int | None = None, ray_address: str | None = None) -> dict:
+    """Write the latent store ``out`` for every complete clip of the scene store ``data``; returns its summary."""
+    from dcgen.data.latent_store import LatentStore, previous_clips
+    from dcgen.data.ray_dataset import read_scenes
+    from dcgen.data.store import SceneStore, _exists
+    from dcgen.generate.loading import load_vae
+    from dcgen.models.rollout import RolloutLayout
+    from dcgen.runtime import init_ray
+    from dcgen.train.checkpoint import checkpoint_id
+
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    vae_ckpt = str(vae_ckpt)
+    out = out if "://" in str(out) else os.path.abspath(out)
+    if _exists(out) and not overwrite:
+        raise ValueError(f"{out}: already exists; pass --overwrite to replace it")
+    vae = load_vae(vae_ckpt).model  # a corrupt or foreign checkpoint fails here, before anything is written
+    store = SceneStore.open(data)
+    check_vae_matches_store(vae.config, store.grid, vae_ckpt, data)
+    if out == os.path.abspath(data):
+        raise ValueError(f"--out {out} is the scene store itself; choose another path")
+
+    table = store.manifest()
+    index = table.column("index").to_numpy().astype(np.int64)
+    if index.size == 0:
+        raise ValueError(f"{data}: no complete clips to encode")
+    scenes = table.column("scene").to_pylist()
+    prev = previous_clips(scenes, table.column("frame_start").to_numpy(), store.grid.num_frames)
+    rollout = RolloutLayout(vae.dims)
+    conditions = {k: [] for k in ("command", "trajectory", "layout", "bev")}
+    for a in range(0, index.size, 256):
+        part = store.read(index[a:a + 256], tuple(conditions))
+        for k in conditions:
+            conditions[k].append(part[k])
+    conditions = {k: np.concatenate(v) for k, v in conditions.items()}
+    if overwrite and _exists(out):
+        LatentStore.open(out, require_complete=False)  # replace only a latent store, never anything else
+    latents = LatentStore.create(
+        out, grid=store.grid, dims=vae.dims, rollout_size=rollout.size, rollout_patch=rollout.patch,
+        conditions=conditions, clip_index=index, splits=table.column("split").to_pylist(), prev_index=prev,
+        source=str(data), vae_checkpoint=os.path.abspath(vae_ckpt), vae_checkpoint_id=checkpoint_id(vae_ckpt),
+        overwrite=overwrite)
+
+    ray = init_ray(ray_address)
+    size, resources = _pool(ray, workers)
+    device = "cuda" if "num_gpus" in resources else "cpu"
+    ds = read_scenes(data, None, ("occupancy",)).map_batches(
+        EncodeActor, fn_constructor_kwargs={"vae_path": os.path.abspath(vae_ckpt), "out": out, "clip_index": index,
+                                            "device": device},
+        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size), **resources)
+    c = vae.dims.channels
+    total, total_sq, seen = np.zeros(c), np.zeros(c), np.zeros(index.size, dtype=bool)
+    for part in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        total += part["sum"].sum(0)
+        total_sq += part["sumsq"].sum(0)
+        seen[part["row"]] = True
+    if not seen.all():
+        raise RuntimeError(f"encode wrote {int(seen.sum())} of {index.size} latents; the store stays incomplete")
+    pixels = float(rollout.valid_mask().sum()) * index.size
+    mean = total / pixels
+    std = np.sqrt(np.maximum(total_sq / pixels - mean ** 2, 0.0))
+    latents.finalize(mean, std)
+    log.info("encoded %d clips of %s into %s", index.size, data, out)
+    return latents.describe()

@@ -1,0 +1,66 @@
+"""Rebuild the trained networks from their checkpoints (the config in ``meta.json`` makes the exact model; SPEC §2-3),
+with one clear error for a missing, corrupt, wrong-kind or mismatched checkpoint.
+
+A VAE checkpoint holds ``{"model"}``; a DiT checkpoint ``{"model", "ema"}`` (plus optimizer state in the training
+run's own checkpoints); sampling uses the EMA weights (SPEC §3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dcgen.train import checkpoint
+
+
+@dataclass(frozen=True)
+class Loaded:
+    model: torch.nn.Module
+    meta: dict
+    checkpoint_id: str
+    path: str
+
+
+def _weights(state: dict, key: str, path) -> dict:
+    if not isinstance(state, dict) or key not in state:
+        have = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path}: checkpoint holds no {key!r} weights (it has {have})")
+    return state[key]
+
+
+def _load_into(model: torch.nn.Module, weights: dict, path) -> None:
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f"{path}: weights do not fit the model its config describes ({first})") from e
+
+
+def load_vae(path: str | Path, device: torch.device | str = "cpu") -> Loaded:
+    """The HexPlane VAE of a ``vae`` checkpoint, in eval mode on ``device``."""
+    from dcgen.models.vae import HexPlaneVAE, VAEConfig
+
+    meta, state = checkpoint.load(path, kind="vae")
+    try:
+        config = VAEConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: VAE config in the checkpoint is invalid ({e})") from e
+    model = HexPlaneVAE(config)
+    _load_into(model, _weights(state, "model", path), path)
+    return Loaded(model.to(device).eval().requires_grad_(False), meta, checkpoint.checkpoint_id(path), str(path))
+
+
+def load_dit(path: str | Path, device: torch.device | str = "cpu", use_ema: bool = True) -> Loaded:
+    """The DiT of a ``dit`` checkpoint (EMA weights unless ``use_ema=False``), in eval mode on ``device``."""
+    from dcgen.models.dit import DiT, DiTConfig
+
+    meta, state = checkpoint.load(path, kind="dit")
+    try:
+        config = DiTConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: DiT config in the checkpoint is invalid ({e})") from e
+    model = DiT(config)
+    _load_into(model, _weights(state, "ema" if use_ema else "model", path), path)
+    return Loaded(model.to(device).eval().requires_grad_(False), meta, checkpoint.checkpoint_id(path), str(path))
