@@ -1,0 +1,90 @@
+"""The model deployment: one ``GenerationPipeline`` per replica, fed one scene at a time through ``@serve.batch``.
+
+The ingress splits a request of ``count`` scenes into ``count`` ``SceneJob``s (scene i seeded ``scene_seed(seed, i)``,
+SPEC §3 / STYLE: per-scene seeds), so scenes of concurrent requests share model batches. A batch is split by
+(sampler, steps), the only arguments ``GenerationPipeline.generate`` takes per call; each scene's bytes depend only
+on its own conditions and seed (the pipeline's fixed micro-batches), never on its batch mates. The pipeline runs in
+a worker thread so the replica keeps queueing the next batch meanwhile. A batch that raises is retried scene by
+scene, so one failing scene fails only its own request and the replica stays up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from ray import serve
+
+from dcgen.generate.conditions import SceneRequest
+
+log = logging.getLogger("dcgen.serve")
+
+
+@dataclass(frozen=True)
+class SceneJob:
+    """One scene in the batch queue: validated conditions and the scene's own generator seed."""
+
+    request: SceneRequest
+    seed: int
+    sampler: str = "ddim"
+    steps: int | None = None
+
+
+@dataclass(frozen=True)
+class SceneResult:
+    occupancy_TXYZ: np.ndarray | None
+    batch_size: int  # scenes in the @serve.batch call this scene was part of
+    error: str | None = None
+    invalid: bool = False  # the pipeline rejected the scene's conditions (a client error, not a server fault)
+
+
+@serve.deployment(max_ongoing_requests=16)
+class SceneModel:
+    def __init__(self, vae: str, dit: str, device: str = "auto", use_ema: bool = True, micro_batch: int = 8,
+                 max_batch_size: int = 8, batch_wait_s: float = 0.05):
+        from dcgen.generate.pipeline import GenerationPipeline
+
+        self.pipeline = GenerationPipeline.from_checkpoints(vae, dit, device=device, use_ema=use_ema,
+                                                            micro_batch=micro_batch)
+        self.generate.set_max_batch_size(max_batch_size)
+        self.generate.set_batch_wait_timeout_s(batch_wait_s)
+
+    def info(self) -> dict:
+        return self.pipeline.info()
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def generate(self, jobs: list[SceneJob]) -> list[SceneResult]:
+        results: list[SceneResult | None] = [None] * len(jobs)
+        groups: dict[tuple, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault((job.sampler, job.steps), []).append(i)
+        for (sampler, steps), idx in groups.items():
+            try:
+                occ = await self._run([jobs[i] for i in idx], sampler, steps)
+                for k, i in enumerate(idx):
+                    results[i] = SceneResult(occ[k], len(jobs))
+            except Exception as e:  # noqa: BLE001 - isolate the failing scene below
+                if len(idx) == 1:
+                    results[idx[0]] = _failure(e, len(jobs))
+                    continue
+                log.warning("batch of %d scenes failed (%s); retrying one by one", len(idx), e)
+                for i in idx:
+                    try:
+                        results[i] = SceneResult((await self._run([jobs[i]], sampler, steps))[0], len(jobs))
+                    except Exception as e1:  # noqa: BLE001
+                        results[i] = _failure(e1, len(jobs))
+        return results
+
+    async def _run(self, jobs: list[SceneJob], sampler: str, steps: int | None) -> np.ndarray:
+        return await asyncio.to_thread(self.pipeline.generate, [j.request for j in jobs], [j.seed for j in jobs],
+                                       sampler, steps)
+
+
+def _failure(e: Exception, batch_size: int) -> SceneResult:
+    invalid = isinstance(e, ValueError)
+    if not invalid:
+        log.exception("scene generation failed", exc_info=e)
+    return SceneResult(None, batch_size, error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
+                       invalid=invalid)

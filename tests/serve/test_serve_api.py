@@ -1,0 +1,171 @@
+"""Serve API pieces without a server: request decoding, schemas, config, token, format negotiation, deploy file."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from dcgen.client import scene_body
+from dcgen.presets import GRIDS
+from dcgen.serve import api
+from dcgen.serve.api import EncodedArray, ScenesRequest
+from dcgen.serve.app import _field_of, _token_ok, app_builder, response_format
+from dcgen.serve.config import ServeConfig, read_token, token_digest
+
+ROOT = Path(__file__).resolve().parents[2]
+GRID = GRIDS["debug"]
+ACCEPTED = ("command", "trajectory", "layout", "bev", "prev_clip", "inpaint", "outpaint")
+
+
+def _schema(name: str) -> dict:
+    return json.loads((ROOT / "schemas" / f"{name}.schema.json").read_text())
+
+
+def test_schema_files_are_generated_from_the_models():
+    hint = "regenerate: python -c \"from dcgen.serve.api import write_schemas; write_schemas('schemas')\""
+    assert _schema("serve-request") == api.request_schema(), hint
+    assert _schema("serve-response") == api.response_schema(), hint
+    jsonschema.Draft202012Validator.check_schema(_schema("serve-request"))
+    jsonschema.Draft202012Validator.check_schema(_schema("serve-response"))
+
+
+def test_client_bodies_satisfy_the_request_schema_and_model():
+    t, (x, y, z) = GRID.num_frames, GRID.size
+    rng = np.random.default_rng(0)
+    body = scene_body(2, 5, command=1, trajectory=rng.normal(size=(t, 3)), layout=np.zeros((t, x // 4, y // 4), int),
+                      bev=rng.integers(0, 11, (x, y)), source=rng.integers(0, 11, (t, x, y, z)),
+                      inpaint_mask=np.eye(x, y, dtype=bool), steps=4, guidance=2.0)
+    jsonschema.validate(body, _schema("serve-request"))
+    scene = ScenesRequest.model_validate(body).to_scene_request().validate(GRID, ACCEPTED)
+    assert scene.edit == "inpaint" and scene.used() == ("command", "trajectory", "layout", "bev")
+    np.testing.assert_array_equal(scene.source, body_source := np.asarray(scene.source))
+    assert body_source.dtype == np.uint8
+
+
+def test_nested_lists_and_encoded_arrays_decode_to_the_same_values():
+    traj = np.arange(12, dtype=np.float32).reshape(4, 3) / 7
+    a = ScenesRequest.model_validate({"trajectory": traj.tolist()}).to_scene_request()
+    b = ScenesRequest.model_validate({"trajectory": EncodedArray.of(traj).model_dump()}).to_scene_request()
+    np.testing.assert_array_equal(a.validate(GRID, ACCEPTED).trajectory, b.validate(GRID, ACCEPTED).trajectory)
+    big_endian = np.arange(6, dtype=">i4").reshape(2, 3)
+    np.testing.assert_array_equal(EncodedArray.of(big_endian).to_numpy("x"), big_endian)
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"count": 0}, "count"),
+    ({"count": "2"}, "count"),
+    ({"command": True}, "command"),
+    ({"command": 4}, "command"),
+    ({"seed": -1}, "seed"),
+    ({"seed": 2**32}, "seed"),
+    ({"sampler": "euler"}, "sampler"),
+    ({"steps": 0}, "steps"),
+    ({"guidance": float("nan")}, "guidance"),
+    ({"guidance": -1.0}, "guidance"),
+    ({"comand": 1}, "comand"),
+    ({"trajectory": [[0.0, "a", 1.0]]}, "trajectory"),
+    ({"bev": {"dtype": "complex64", "shape": [1], "data": ""}}, "bev"),
+])
+def test_model_and_schema_reject_bad_fields(body, field):
+    with pytest.raises(ValidationError) as e:
+        ScenesRequest.model_validate(body)
+    assert _field_of(("body", *e.value.errors()[0]["loc"])).split(".")[0] == field
+    if body.get("guidance") != body.get("guidance"):  # NaN is not JSON; the schema cannot see it
+        return
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(body, _schema("serve-request"))
+
+
+@pytest.mark.parametrize("value, message", [
+    ({"dtype": "uint8", "shape": [2, 2], "data": "not base64!"}, "bev.data: not valid base64"),
+    ({"dtype": "uint8", "shape": [2, 2], "data": base64.b64encode(b"abc").decode()}, "3 bytes, expected 4"),
+    ([[1, 2], [3]], "bev: ragged nested arrays"),
+])
+def test_array_decoding_errors_name_the_field(value, message):
+    with pytest.raises(ValueError, match=message):
+        ScenesRequest.model_validate({"bev": value}).to_scene_request("body")
+
+
+def test_response_examples_satisfy_the_response_schema():
+    schema = _schema("serve-response")
+    meta = api.ScenesMetadata(shape=[1, 4, 32, 32, 4], seed=3, scene_seeds=[5], sampler="ddim", steps=4,
+                              guidance=4.0, conditions=["command"], edit=None, class_counts=[[1] * 11],
+                              batch_sizes=[1], checkpoints={"vae": "v", "dit": "d"}, seconds=0.1)
+    jsonschema.validate(meta.model_dump(), schema)
+    jsonschema.validate({"status": "ok", "api_version": "v1"}, schema)
+    jsonschema.validate({"error": {"status": 422, "message": "count: bad", "field": "count"}}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"error": {"status": 422}}, schema)
+
+
+def test_npz_round_trip_without_pickle():
+    occ = np.random.default_rng(1).integers(0, 11, (2, 4, 8, 8, 2)).astype(np.uint8)
+    out = api.decode_npz(api.encode_npz(occ, [1, 2**63 - 1]))
+    np.testing.assert_array_equal(out["occupancy"], occ)
+    assert out["scene_seeds"].tolist() == [1, 2**63 - 1]
+
+
+def test_response_format_negotiation():
+    assert response_format(None, "") == "npz"
+    assert response_format(None, "application/json") == "json"
+    assert response_format(None, "application/json, application/x-npz") == "npz"
+    assert response_format("json", "application/x-npz") == "json"
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"host": "my-laptop"}, "host 'my-laptop' is not an IP address"),
+    ({"port": 0}, "port: 0; expected an integer 1..65535"),
+    ({"replicas": 0}, "replicas: 0"),
+    ({"replicas": 3, "max_replicas": 2}, "max_replicas: 2; expected an integer >= 3"),
+    ({"max_batch_size": 0}, "max_batch_size: 0"),
+    ({"batch_wait_s": -0.1}, "batch_wait_s: -0.1"),
+    ({"gpus_per_replica": float("nan")}, "gpus_per_replica: nan"),
+    ({"max_count": 0}, "max_count: 0"),
+    ({"token_env": "MY-TOKEN"}, "token_env 'MY-TOKEN'"),
+    ({"vae": ""}, "vae: ''; expected a checkpoint directory path"),
+])
+def test_serve_config_rejects_bad_values(changes, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("'", "'")):
+        ServeConfig(**{"vae": "v", "dit": "d", **changes})
+
+
+def test_serve_config_from_dict_rejects_unknown_keys():
+    with pytest.raises(ValueError, match=r"unknown keys \['batch'\]"):
+        ServeConfig.from_dict({"vae": "v", "dit": "d", "batch": 3})
+    assert ServeConfig.from_dict(ServeConfig("v", "d").to_dict()) == ServeConfig("v", "d")
+
+
+def test_token_from_environment(monkeypatch):
+    monkeypatch.delenv("DCGEN_TEST_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="DCGEN_TEST_TOKEN is not set or empty"):
+        read_token("DCGEN_TEST_TOKEN")
+    monkeypatch.setenv("DCGEN_TEST_TOKEN", "short")
+    with pytest.raises(ValueError, match="the token is 5 characters"):
+        read_token("DCGEN_TEST_TOKEN")
+    monkeypatch.setenv("DCGEN_TEST_TOKEN", "s3cret-s3cret-s3cret")
+    settings = ServeConfig("v", "d", token_env="DCGEN_TEST_TOKEN").ingress_settings()
+    assert settings.token_sha256 == token_digest("s3cret-s3cret-s3cret")
+    assert _token_ok("Bearer s3cret-s3cret-s3cret", settings.token_sha256)
+    assert not _token_ok("Bearer s3cret-s3cret-s3creT", settings.token_sha256)
+    assert not _token_ok("Basic s3cret-s3cret-s3cret", settings.token_sha256)
+    assert not _token_ok("", settings.token_sha256)
+
+
+def test_deploy_file_is_a_valid_serve_config_that_builds(monkeypatch):
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load((ROOT / "jobs" / "serve_config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(raw)
+    (app,) = schema.applications
+    assert app.import_path == "dcgen.serve.app:app_builder"
+    assert schema.http_options.host == "127.0.0.1"
+    monkeypatch.setenv(app.args["token_env"], "x" * 32)
+    built = app_builder(app.args)
+    assert built._bound_deployment.name == "SceneIngress"
