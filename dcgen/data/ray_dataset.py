@@ -1,7 +1,12 @@
 """A Ray Data ``Datasource`` over a scene store (ray.data.read_zarr refuses zarr v3; PLATFORM-NOTES).
 
-One read task per contiguous run of complete clips, cut on shard boundaries and at least ``min_clips_per_task`` long,
-so each task reads whole chunks with slices. The datasource holds only the path and index ranges (it is pickled).
+Read tasks are coarse: each reads about one Ray Data block of clips (``clips_per_task``, by default enough clips to
+fill the context's target block size, a whole number of shards; 32 carlasc clips with their masks), cut only where
+a new shard starts so no two tasks decompress the same shard. A task reads each contiguous run of its clips with
+zarr slices and hands the numpy arrays straight to ``batch_to_block``: one block per task, no re-splitting
+(``read_scenes`` asks Ray for exactly one output block per task unless told otherwise). Tasks of a split whose
+clips interleave with another's (synthetic val clips are spread through the indices) still read whole groups of
+clips rather than one short run each. The datasource holds only the path and the index groups (it is pickled).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from dcgen.data.store import SceneStore
+
+TARGET_BLOCK_BYTES = 128 * 2**20  # Ray Data's default target_max_block_size
 
 
 def contiguous_runs(indices: np.ndarray) -> list[tuple[int, int]]:
@@ -40,46 +47,101 @@ def task_ranges(indices: np.ndarray, parallelism: int, min_clips: int, align: in
     return out
 
 
+def default_clips_per_task(clip_bytes: int, align: int, target_bytes: int = TARGET_BLOCK_BYTES) -> int:
+    """Clips that fill about one block of ``target_bytes``, rounded up to whole shards of ``align`` clips."""
+    if clip_bytes < 1 or align < 1 or target_bytes < 1:
+        raise ValueError(f"clip_bytes={clip_bytes}, align={align}, target_bytes={target_bytes}: expected "
+                         "positive values")
+    clips = -(-target_bytes // clip_bytes)
+    return -(-clips // align) * align
+
+
+def index_groups(indices: np.ndarray, clips_per_task: int, align: int) -> list[np.ndarray]:
+    """Consecutive groups of sorted ``indices``, each of ≥ ``clips_per_task`` indices but the last, cut only
+    where the next index falls in a new shard of ``align`` clips (so no shard is read by two tasks)."""
+    if clips_per_task < 1:
+        raise ValueError(f"clips_per_task={clips_per_task}: expected a positive number of clips")
+    indices = np.asarray(indices, dtype=np.int64)
+    if indices.size == 0:
+        return []
+    shard = indices // align
+    cuts = np.flatnonzero(np.diff(shard) != 0) + 1  # positions where a new shard begins
+    groups, start = [], 0
+    while start < indices.size:
+        k = int(np.searchsorted(cuts, start + clips_per_task))
+        stop = int(cuts[k]) if k < cuts.size else int(indices.size)
+        groups.append(indices[start:stop])
+        start = stop
+    return groups
+
+
+def read_clips(store: SceneStore, group: np.ndarray, arrays: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The clips at sorted ``group`` as numpy arrays, one zarr slice per contiguous run."""
+    runs = contiguous_runs(group)
+    out = {}
+    for name in arrays:
+        arr = store.array(name)
+        parts = [np.asarray(arr[a:b]) for a, b in runs]
+        out[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return out
+
+
 class SceneDatasource(Datasource):
+    """Clips of one split of a scene store, ``clips_per_task`` per read task (default: about one block)."""
+
     def __init__(self, path: str, split: str | None = None, arrays: tuple[str, ...] | None = None,
-                 min_clips_per_task: int = 8):
+                 clips_per_task: int | None = None, target_block_bytes: int = TARGET_BLOCK_BYTES):
         store = SceneStore.open(path)
         self.path = path
         self.indices = store.indices(split)
         if self.indices.size == 0:
             raise ValueError(f"{path}: split {split!r} has no complete clips")
         self.arrays = tuple(arrays or store.array_names)
-        self.align = store.clips_per_chunk
-        self.min_clips = min_clips_per_task
+        for name in self.arrays:
+            store.array(name)  # raises naming the arrays the store has
         self._clip_bytes = sum(int(np.prod(store.array(n).shape[1:])) * store.array(n).dtype.itemsize
                                for n in self.arrays)
+        if clips_per_task is None:
+            clips_per_task = default_clips_per_task(self._clip_bytes, store.clips_per_chunk, target_block_bytes)
+        self.groups = index_groups(self.indices, clips_per_task, store.clips_per_chunk)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.groups)
 
     def estimate_inmemory_data_size(self) -> int:
         return int(self.indices.size) * self._clip_bytes
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context=None) -> list[ReadTask]:
+        # The task size is the datasource's choice (coarse tasks amortise per-task cost); Ray splits the output
+        # blocks itself when more blocks than tasks are requested.
         path, arrays = self.path, self.arrays
 
-        def make(start: int, stop: int) -> ReadTask:
+        def make(group: np.ndarray) -> ReadTask:
             def read() -> Iterator:
                 from ray.data.block import BlockAccessor
 
-                batch = SceneStore.open(path).read(slice(start, stop), arrays)
-                batch["index"] = np.arange(start, stop, dtype=np.int64)
+                batch = read_clips(SceneStore.open(path), group, arrays)
+                batch["index"] = group
                 yield BlockAccessor.batch_to_block(batch)
 
-            meta = BlockMetadata(num_rows=stop - start, size_bytes=(stop - start) * self._clip_bytes,
+            meta = BlockMetadata(num_rows=int(group.size), size_bytes=int(group.size) * self._clip_bytes,
                                  exec_stats=None, input_files=None)
             return ReadTask(read, meta, per_task_row_limit=per_task_row_limit)
 
-        return [make(a, b) for a, b in task_ranges(self.indices, parallelism, self.min_clips, self.align)]
+        return [make(g) for g in self.groups]
 
 
 def read_scenes(path: str, split: str | None = None, arrays: tuple[str, ...] | None = None,
-                min_clips_per_task: int = 8, override_num_blocks: int | None = None):
-    """A ``ray.data.Dataset`` with one row per complete clip (columns = arrays + ``index``)."""
-    import ray
+                clips_per_task: int | None = None, override_num_blocks: int | None = None):
+    """A ``ray.data.Dataset`` with one row per complete clip (columns = arrays + ``index``).
 
-    return ray.data.read_datasource(SceneDatasource(path, split, arrays, min_clips_per_task),
-                                    override_num_blocks=override_num_blocks)
+    One output block per read task unless ``override_num_blocks`` asks for more (Ray then splits the blocks).
+    """
+    import ray
+    from ray.data import DataContext
+
+    target = DataContext.get_current().target_max_block_size or TARGET_BLOCK_BYTES
+    source = SceneDatasource(path, split, arrays, clips_per_task, target)
+    return ray.data.read_datasource(source, override_num_blocks=override_num_blocks or source.num_tasks)
