@@ -157,7 +157,7 @@ def write_synthetic_city(out: str, preset: str, num_clips: int, seed: int = 0, v
     log.info("synth-city: %d %s clips, seed %d, %d blocks -> %s", num_clips, preset, seed, len(todo), out)
     try:
         while todo or pending:
-            while todo and len(pending) < limit + 1:
+            while todo and len(pending) < limit:  # exactly ``workers`` tasks, even on a larger cluster
                 a, b = todo.pop(0)
                 pending.append(task.remote(out, int(seed), a, b, float(val_fraction)))
             ready, pending = ray.wait(pending, num_returns=1)
