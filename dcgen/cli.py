@@ -183,6 +183,97 @@ def train_vae_cmd(
 
 # ---- eval ------------------------------------------------------------------------------------------------
 
+# ---- serve -----------------------------------------------------------------------------------------------
+
+@app.command("serve", help="Serve conditioned scenes over HTTP (Ray Serve; API v1: POST /v1/scenes, GET /v1/info, "
+             "GET /v1/health), batching scenes of concurrent requests.\n\n"
+             "Example: DCGEN_TOKEN=$(openssl rand -hex 24) dcgen serve --vae runs/vae/best --dit runs/dit/best "
+             "--token-env DCGEN_TOKEN")
+def serve_cmd(
+    vae: str = typer.Option(..., "--vae", help="VAE checkpoint directory."),
+    dit: str = typer.Option(..., "--dit", help="DiT checkpoint directory (trained on latents of --vae)."),
+    host: str = typer.Option("127.0.0.1", help="Bind address; 0.0.0.0 exposes the server to the network."),
+    port: int = typer.Option(8000, help="HTTP port."),
+    replicas: int = typer.Option(1, help="Model replicas (the minimum with --max-replicas)."),
+    max_replicas: Optional[int] = typer.Option(None, help="Autoscale model replicas up to this many."),
+    gpus_per_replica: float = typer.Option(0.0, help="GPUs per model replica (0 = CPU)."),
+    cpus_per_replica: float = typer.Option(1.0, help="CPUs per model replica."),
+    max_batch_size: int = typer.Option(8, help="Scenes per model batch (1 = no batching)."),
+    batch_wait_s: float = typer.Option(0.05, help="Seconds a batch waits to fill."),
+    micro_batch: int = typer.Option(8, help="The pipeline's network batch; scenes match 'dcgen synth' run with the "
+                                    "same value."),
+    token_env: Optional[str] = typer.Option(None, help="Environment variable holding a bearer token clients must "
+                                            "send (>= 16 characters); default: no authentication."),
+    max_count: int = typer.Option(16, help="Most scenes one request may ask for (more: HTTP 413)."),
+    max_body_mb: float = typer.Option(64.0, help="Largest request body in MiB (larger: HTTP 413)."),
+    address: Optional[str] = typer.Option(None, help="Existing Ray cluster address (default: embedded local Ray)."),
+) -> None:
+    import time
+
+    from dcgen.serve.config import ServeConfig
+
+    try:
+        config = ServeConfig(vae=vae, dit=dit, host=host, port=port, replicas=replicas, max_replicas=max_replicas,
+                             gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica,
+                             max_batch_size=max_batch_size, batch_wait_s=batch_wait_s, micro_batch=micro_batch,
+                             token_env=token_env, max_count=max_count, max_body_bytes=int(max_body_mb * 2**20))
+        from dcgen.train import checkpoint
+
+        config.ingress_settings()  # the token must be there before anything starts
+        checkpoint.read_meta(vae, kind="vae")  # a wrong path fails here, not in a replica that Serve restarts
+        checkpoint.read_meta(dit, kind="dit")
+        from dcgen.serve.app import start
+
+        url = start(config, address=address)
+    except ValueError as e:
+        fail(str(e))
+    except RuntimeError as e:  # Serve could not deploy (e.g. the model replica failed to load the checkpoints)
+        fail(f"the Serve application did not start: {str(e).strip().splitlines()[0]}")
+    auth = f"bearer token from ${token_env}" if token_env else "no authentication"
+    typer.echo(f"serving on {url} ({auth}); try: curl {url}/v1/info   (Ctrl-C stops)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        serve.shutdown()
+
+
+# `bench serve` lives here beside `serve` (the bench section holds the other benchmarks).
+@bench_app.command("serve", help="Serve benchmark: requests/s and p50/p99 latency at concurrency 1, 8, 32 with "
+                   "batching on and off, and their ratio (JSON).\n\nExample: dcgen bench serve --out bench-serve.json")
+def bench_serve_cmd(
+    out: Path = typer.Option(Path("bench-serve.json"), help="JSON file to write."),
+    preset: str = typer.Option("debug", help="Preset of the fresh networks served when no checkpoints are given."),
+    vae: Optional[str] = typer.Option(None, help="Trained VAE checkpoint (default: fresh --preset networks)."),
+    dit: Optional[str] = typer.Option(None, help="Trained DiT checkpoint (with --vae)."),
+    concurrency: str = typer.Option("1,8,32", help="Comma-separated numbers of concurrent clients."),
+    steps: int = typer.Option(50, help="DDIM steps per scene."),
+    max_batch_size: int = typer.Option(32, help="Batch size with batching on (also the pipeline micro-batch)."),
+    batch_wait_s: float = typer.Option(0.2, help="Seconds a batch waits to fill (clients resubmit within it)."),
+    cpus_per_replica: float = typer.Option(1.0, help="CPUs of the model replica."),
+    gpus_per_replica: float = typer.Option(0.0, help="GPUs of the model replica."),
+) -> None:
+    from dcgen.serve.bench import bench_serve
+
+    try:
+        levels = tuple(int(c) for c in concurrency.split(","))
+    except ValueError:
+        fail(f"--concurrency {concurrency!r}; expected comma-separated integers like 1,8,32")
+    try:
+        report = bench_serve(out, vae=vae, dit=dit, preset=preset, concurrency=levels, steps=steps,
+                             max_batch_size=max_batch_size, batch_wait_s=batch_wait_s,
+                             cpus_per_replica=cpus_per_replica, gpus_per_replica=gpus_per_replica,
+                             log=lambda m: typer.echo(m, err=True))
+    except ValueError as e:
+        fail(str(e))
+    t = report["target"]
+    typer.echo(f"wrote {out}: batched/unbatched throughput " + ", ".join(f"c={c} {r:.2f}x" for c, r in
+                                                                         report["ratio"].items())
+               + f"; target >= {t['min_ratio']:g}x at c={t['concurrency']} {'met' if t['met'] else 'NOT met'}")
+
+
 # ---- bench -----------------------------------------------------------------------------------------------
 
 @bench_app.command("data", help="Data-path benchmark (JSON): synthetic clips/s with 1 and 2 workers, store "

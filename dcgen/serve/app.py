@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from collections import Counter
@@ -148,9 +149,12 @@ class SceneIngress:
             log.exception("model call failed")
             raise ApiError(503, f"the model deployment could not generate: {type(e).__name__}") from None
         failed = [r for r in results if r.error is not None]
+        if failed and failed[0].invalid:  # the pipeline's own checks, beyond the grid (e.g. latent alignment)
+            message = re.sub(r"^requests\[\d+\]\.?", "", failed[0].error)
+            head = message.split(":", 1)[0]
+            raise ApiError(422, message, head if head.isidentifier() else None)
         if failed:
-            bad = failed[0]
-            raise ApiError(422 if bad.invalid else 500, f"generation failed: {bad.error}")
+            raise ApiError(500, f"generation failed on the model replica: {failed[0].error}")
         occ_NTXYZ = np.stack([r.occupancy_TXYZ for r in results])
         batch_sizes = [r.batch_size for r in results]
         self._requests += 1

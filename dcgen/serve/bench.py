@@ -5,7 +5,9 @@ Each request asks for one command-conditioned scene with its own seed, sent by t
 ``AsyncDcgenClient`` tasks over loopback HTTP. "Off" is a batch of one on a pipeline whose micro-batch is one (so it
 does no padded work); "on" batches up to ``max_batch_size`` scenes with the same micro-batch. Trained checkpoints are
 used when given; otherwise freshly initialised networks of the preset are written as checkpoints and served: serving
-time does not depend on the weights. Every number is measured in this run.
+time does not depend on the weights. ``pipeline_ceiling`` times the pipeline in-process at micro-batch 1 and at a
+full batch: the most batching can gain on the hardware (on a CPU, where compute grows with the batch, little; the
+target assumes an accelerator that a batch of one leaves idle). Every number is measured in this run.
 """
 
 from __future__ import annotations
@@ -57,6 +59,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def pipeline_ceiling(vae: str, dit: str, batch: int, steps: int, guidance: float, device: str,
+                     threads: int, repeats: int = 2) -> dict:
+    """In-process seconds per scene at micro-batch 1 and at a full micro-batch of ``batch``: the most any batching
+    can gain on this hardware, with no HTTP or Serve in the way."""
+    import torch
+
+    from dcgen.generate.conditions import SceneRequest
+    from dcgen.generate.pipeline import GenerationPipeline
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = {}
+        for m in (1, batch):
+            pipe = GenerationPipeline.from_checkpoints(vae, dit, device=device, micro_batch=m)
+            reqs = [SceneRequest(command=1, guidance=guidance)] * max(m, 4)
+            pipe.generate(reqs[:1], [0], steps=2)
+            best = float("inf")
+            for _ in range(repeats):  # the best of a few runs: a shared machine only ever adds time
+                t0 = time.perf_counter()
+                pipe.generate(reqs, list(range(len(reqs))), steps=steps)
+                best = min(best, (time.perf_counter() - t0) / len(reqs))
+            out[str(m)] = best
+    finally:
+        torch.set_num_threads(before)
+    return {"seconds_per_scene": out, "max_ratio": out["1"] / out[str(batch)], "threads": threads}
+
+
 async def _level(url: str, concurrency: int, num_requests: int, steps: int, guidance: float, first_seed: int) -> dict:
     from dcgen.client import AsyncDcgenClient
 
@@ -84,31 +114,37 @@ async def _level(url: str, concurrency: int, num_requests: int, steps: int, guid
 
 def bench_serve(out: str | Path, *, vae: str | None = None, dit: str | None = None, preset: str = "debug",
                 concurrency: tuple[int, ...] = CONCURRENCY, requests_per_client: int = 2, min_requests: int = 8,
-                steps: int = 50, guidance: float = 4.0, max_batch_size: int = 32, batch_wait_s: float = 0.05,
+                steps: int = 50, guidance: float = 4.0, max_batch_size: int = 32, batch_wait_s: float = 0.2,
                 cpus_per_replica: float = 1.0, gpus_per_replica: float = 0.0, log=print) -> dict:
     """Run the benchmark on a local Serve (loopback, a free port) and write the JSON report to ``out``."""
     import json
 
+    if (vae is None) != (dit is None):
+        raise ValueError("give both --vae and --dit checkpoints, or neither (freshly initialised networks of --preset)")
+    if not concurrency or any(c < 1 for c in concurrency):
+        raise ValueError(f"concurrency levels {list(concurrency)}; expected integers >= 1")
     from ray import serve
 
     from dcgen.serve.app import start
     from dcgen.serve.config import ServeConfig
-
-    if (vae is None) != (dit is None):
-        raise ValueError("give both --vae and --dit checkpoints, or neither (freshly initialised networks of --preset)")
-    if any(c < 1 for c in concurrency):
-        raise ValueError(f"concurrency levels {list(concurrency)}; expected integers >= 1")
     tmp = tempfile.TemporaryDirectory(prefix="dcgen-bench-serve-")
     try:
         if vae is None:
             vae, dit = write_untrained_checkpoints(preset, tmp.name, conditions=("command",))
         modes = {"batched": (max_batch_size, max_batch_size), "unbatched": (1, 1)}
-        report: dict = {"preset": preset if tmp.name in vae else None, "vae": vae, "dit": dit,
-                        "untrained": tmp.name in vae, "steps": steps, "sampler": "ddim", "guidance": guidance,
+        untrained = vae.startswith(tmp.name)
+        report: dict = {"networks": f"freshly initialised {preset} networks" if untrained else "trained checkpoints",
+                        "vae": None if untrained else vae, "dit": None if untrained else dit, "steps": steps,
+                        "sampler": "ddim", "guidance": guidance,
                         "scenes_per_request": 1, "batch_wait_s": batch_wait_s, "cpus_per_replica": cpus_per_replica,
                         "gpus_per_replica": gpus_per_replica,
                         "machine": {"python": platform.python_version(), "processor": platform.processor(),
                                     "platform": platform.platform()}}
+        device = "cuda" if gpus_per_replica > 0 else "cpu"
+        report["pipeline_ceiling"] = pipeline_ceiling(vae, dit, max_batch_size, steps, guidance, device,
+                                                      max(1, int(cpus_per_replica)))
+        log(f"in-process pipeline: {report['pipeline_ceiling']['seconds_per_scene']} s/scene by micro-batch; "
+            f"batching can gain at most {report['pipeline_ceiling']['max_ratio']:.2f}x on this hardware")
         port = free_port()
         for mode, (batch, micro) in modes.items():
             cfg = ServeConfig(vae=vae, dit=dit, port=port, max_batch_size=batch, micro_batch=micro,
