@@ -179,7 +179,146 @@ def train_vae_cmd(
                f"best checkpoint {summary['best']}")
 
 
+@train_app.command("dit", help="Fit the DiT on a latent store (from 'dcgen encode') with Ray Train.\n\n"
+                   "Example: dcgen train dit --latents latents.zarr --vae runs/vae/best --cond command,trajectory,layout "
+                   "--preset small --out runs/dit")
+def train_dit_cmd(
+    latents: str = typer.Option(..., help="Latent store written by 'dcgen encode'."),
+    vae: Optional[str] = typer.Option(None, help="VAE checkpoint that made the latents (checked, and recorded)."),
+    cond: str = typer.Option("auto", help="Comma-separated conditions: command, trajectory, layout, bev, prev_clip; "
+                             "'none' for an unconditional model; 'auto' = all the latents support."),
+    preset: str = typer.Option("small", help="debug | small | carlasc | occ3d (must match the latents)."),
+    out: Path = typer.Option(Path("runs/dit"), help="Run directory (checkpoints best/ and last/, metrics)."),
+    workers: int = typer.Option(1, help="Ray Train workers (data-parallel, DDP)."),
+    gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker (0 = CPU)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default per preset)."),
+    batch_size: Optional[int] = typer.Option(None, help="Latents per worker batch (default per preset)."),
+    lr: float = typer.Option(1e-4, help="AdamW learning rate."),
+    ema_decay: Optional[float] = typer.Option(None, help="EMA decay (default per preset: 0.99 debug ... 0.9999)."),
+    cond_drop: float = typer.Option(0.1, help="Probability of dropping each condition (classifier-free guidance)."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop after the epoch that passes this wall time."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
+    overwrite: bool = typer.Option(False, help="Delete an existing run in --out first."),
+    seed: int = typer.Option(0),
+    address: Optional[str] = typer.Option(None, help="Existing Ray cluster address (default: embedded local Ray)."),
+) -> None:
+    from dcgen.train.runs import train_dit
+
+    try:
+        summary = train_dit(latents, out, vae=vae, conditions=cond, preset=preset,
+                            scaling=_scaling(workers, gpus_per_worker, address), epochs=epochs,
+                            batch_size=batch_size, lr=lr, ema_decay=ema_decay, cond_drop=cond_drop, resume=resume,
+                            overwrite=overwrite, max_minutes=max_minutes, seed=seed)
+    except ValueError as e:
+        fail(str(e))
+    m = summary["metrics"]
+    typer.echo(f"DiT trained with conditions {', '.join(summary['conditions']) or 'none'}: best val loss "
+               f"{m.get('best_val_loss', float('nan')):.4f} after {m.get('step')} steps; best checkpoint "
+               f"{summary['best']}")
+
+
+@train_app.callback()
+def train_all_cmd(
+    ctx: typer.Context,
+    data: Optional[str] = typer.Option(None, help="Scene store with train and val splits (whole pipeline)."),
+    preset: str = typer.Option("small", help="debug | small | carlasc | occ3d (must match the store's grid)."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/PRESET): vae/, latents.zarr, dit/, "
+                                       "features/."),
+    cond: str = typer.Option("auto", help="DiT conditions (see 'dcgen train dit --help')."),
+    workers: int = typer.Option(1, help="Ray Train workers (data-parallel, DDP)."),
+    gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker (0 = CPU)."),
+    vae_epochs: Optional[int] = typer.Option(None, help="VAE epochs (default per preset)."),
+    dit_epochs: Optional[int] = typer.Option(None, help="DiT epochs (default per preset)."),
+    max_minutes: Optional[float] = typer.Option(None, help="Wall-time bound of each training stage."),
+    seed: int = typer.Option(0),
+    address: Optional[str] = typer.Option(None, help="Existing Ray cluster address (default: embedded local Ray)."),
+) -> None:
+    """Train models on Ray Train. With no subcommand: the whole pipeline, VAE -> encode -> DiT (-> feature
+    networks), each stage skipped when its checkpoint exists.
+
+    Example: dcgen train --data city.zarr --preset small --out runs/small
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if data is None:
+        typer.echo(ctx.get_help())
+        fail("give --data STORE to run the whole pipeline, or a subcommand (vae, dit, ...)")
+    from dcgen.train.runs import train_pipeline
+
+    try:
+        summary = train_pipeline(data, preset, out or Path("runs") / preset, conditions=cond,
+                                 scaling=_scaling(workers, gpus_per_worker, address), vae_epochs=vae_epochs,
+                                 dit_epochs=dit_epochs, max_minutes=max_minutes, seed=seed, log=typer.echo)
+    except ValueError as e:
+        fail(str(e))
+    typer.echo(f"pipeline done in {summary['run_dir']}: VAE {summary['vae']}, latents {summary['latents']}, "
+               f"DiT {summary['dit']}")
+
+
 # ---- encode / sample ---------------------------------------------------------------------------------------
+
+@app.command("encode", help="Encode every clip of a scene store with a trained VAE into a latent store (the VAE "
+             "mu as a padded rollout, with the clips' conditions) for DiT training.\n\n"
+             "Example: dcgen encode --vae runs/vae/best --data city.zarr --out latents.zarr")
+def encode_cmd(
+    vae: str = typer.Option(..., help="VAE checkpoint directory (e.g. runs/vae/best)."),
+    data: str = typer.Option(..., help="Scene store to encode (all complete clips, every split)."),
+    out: str = typer.Option(..., help="Latent store to create (NAME.zarr)."),
+    batch_size: int = typer.Option(8, help="Clips per encoder batch."),
+    workers: Optional[int] = typer.Option(None, help="Encoder actors (default: one per GPU, else CPUs - 1)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing latent store at --out."),
+    address: Optional[str] = typer.Option(None, help="Existing Ray cluster address (default: embedded local Ray)."),
+) -> None:
+    from dcgen.generate.encode import encode_store
+
+    try:
+        info = encode_store(vae, data, out, batch_size=batch_size, overwrite=overwrite, workers=workers,
+                            ray_address=address)
+    except ValueError as e:
+        fail(str(e))
+    splits = ", ".join(f"{k} {v}" for k, v in info["splits"].items())
+    typer.echo(f"encoded {info['num_clips']} clips ({splits}; {info['clips_with_previous']} with a previous clip) "
+               f"into {info['path']} with VAE {info['vae_checkpoint_id']}")
+
+
+@app.command("sample", help="Generate scenes with a trained VAE + DiT into a scene store (render it with "
+             "'dcgen render').\n\n"
+             "Example: dcgen sample --vae runs/small/vae/best --dit runs/small/dit/best --n 4 --cond command=left "
+             "--out samples.zarr")
+def sample_cmd(
+    vae: str = typer.Option(..., help="VAE checkpoint directory."),
+    dit: str = typer.Option(..., help="DiT checkpoint directory (trained on latents of --vae)."),
+    out: str = typer.Option(..., help="Scene store to create (NAME.zarr)."),
+    n: int = typer.Option(4, help="Scenes to generate."),
+    cond: list[str] = typer.Option([], help="KEY=VALUE conditions: command=0..3|static|forward|left|right."),
+    trajectory_from: Optional[str] = typer.Option(None, help="Scene store whose clip i gives scene i's trajectory."),
+    layout_from: Optional[str] = typer.Option(None, help="Scene store whose clip i gives scene i's vehicle layout."),
+    bev_from: Optional[str] = typer.Option(None, help="Scene store whose clip i gives scene i's BEV layout."),
+    prev_from: Optional[str] = typer.Option(None, help="Scene store whose clip i is continued by scene i."),
+    from_split: Optional[str] = typer.Option(None, help="Split of the --*-from stores to take clips from."),
+    seed: int = typer.Option(0, help="Job seed: scene k uses scene_seed(seed, k)."),
+    sampler: str = typer.Option("ddim", help="ddim | ddpm."),
+    steps: Optional[int] = typer.Option(None, help="Sampling steps (default 50 DDIM, 1000 DDPM)."),
+    guidance: float = typer.Option(4.0, help="Classifier-free guidance scale (1 = conditional model only)."),
+    chain: int = typer.Option(1, help="Clips per scene, each continuing the previous (needs prev_clip)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    micro_batch: int = typer.Option(8, help="Scenes per network call."),
+    overwrite: bool = typer.Option(False, help="Replace an existing store at --out."),
+) -> None:
+    from dcgen.generate.sample_store import parse_cond, sample_to_store
+
+    sources = {k: v for k, v in (("trajectory", trajectory_from), ("layout", layout_from), ("bev", bev_from),
+                                 ("prev_clip", prev_from)) if v is not None}
+    try:
+        summary = sample_to_store(vae, dit, out, n=n, cond=parse_cond(cond), sources=sources, split=from_split,
+                                  seed=seed, sampler=sampler, steps=steps, guidance=guidance, chain=chain,
+                                  device=device, micro_batch=micro_batch, overwrite=overwrite)
+    except ValueError as e:
+        fail(str(e))
+    typer.echo(f"generated {summary['scenes']} scenes ({summary['clips']} clips) in {summary['seconds']:.1f} s on "
+               f"{summary['device']} into {summary['path']}")
+
+
 
 # ---- eval ------------------------------------------------------------------------------------------------
 
@@ -316,3 +455,32 @@ def bench_data_cmd(
     for name, t in result["targets"].items():
         lines.append(f"  target {name}: {t['value']} {t['op']} {t['threshold']}: {'pass' if t['passed'] else 'FAIL'}")
     typer.echo("\n".join(lines))
+
+
+@bench_app.command("dit", help="DiT benchmark: sampling s/scene at DDPM-1000 vs DDIM-50/25, training s/iter, "
+                   "parameter counts (JSON).\n\nExample: dcgen bench dit --preset debug --out bench-dit.json")
+def bench_dit_cmd(
+    preset: str = typer.Option("debug", help="debug | small | carlasc | occ3d."),
+    out: Path = typer.Option(Path("bench-dit.json"), help="JSON file to write."),
+    scenes: int = typer.Option(4, help="Scenes per sampling call."),
+    ddpm_steps: int = typer.Option(1000, help="Ancestral DDPM steps."),
+    guidance: float = typer.Option(4.0, help="Guidance scale while sampling (4 = two DiT passes per step)."),
+    train_iters: int = typer.Option(5, help="Timed training iterations (after 2 warm-up ones)."),
+    train_batch: Optional[int] = typer.Option(None, help="Training batch (default per preset)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    vae: Optional[str] = typer.Option(None, help="Trained VAE checkpoint (default: fresh networks)."),
+    dit: Optional[str] = typer.Option(None, help="Trained DiT checkpoint (with --vae)."),
+) -> None:
+    import json
+
+    from dcgen.generate.bench import bench_dit
+
+    try:
+        result = bench_dit(preset, scenes=scenes, ddpm_steps=ddpm_steps, guidance=guidance, train_batch=train_batch,
+                           train_iters=train_iters, device=device, vae=vae, dit=dit)
+    except ValueError as e:
+        fail(str(e))
+    out.write_text(json.dumps(result, indent=2))
+    s = result["sampling_seconds_per_scene"]
+    typer.echo(f"wrote {out}: " + ", ".join(f"{k} {v:.3f} s/scene" for k, v in s.items())
+               + f"; training {result['train_seconds_per_iter']:.3f} s/iter; DiT {result['dit_parameters']:,} params")

@@ -35,6 +35,15 @@ class MotionSearch:
     max_left: float = 1.2
     shift_step: float = 0.4
 
+    @classmethod
+    def for_grid(cls, grid: Grid, max_speed: float = 12.0, max_yaw_rate: float = 0.5) -> "MotionSearch":
+        """Hypotheses covering what a car can do over the clip's duration, at about half a voxel of resolution."""
+        seconds = (grid.num_frames - 1) / grid.frame_rate
+        step = 0.5 * min(grid.voxel_size[:2])
+        reach = min(max_speed * seconds, 0.5 * grid.extent[0])
+        return cls(max_yaw=min(1.0, max_yaw_rate * seconds + 0.05), yaw_step=0.02, max_forward=reach + step,
+                   max_backward=2 * step, max_left=max(2 * step, 0.25 * reach), shift_step=step)
+
     def hypotheses(self) -> np.ndarray:
         """``[H, 3]`` (yaw, forward, left); every axis holds exactly 0."""
         def axis(lo: float, hi: float, step: float) -> np.ndarray:
@@ -55,7 +64,7 @@ def static_bev(occ_XYZ: np.ndarray) -> np.ndarray:
     return np.where(static_XYZ.any(axis=2), bev_XY, FREE).astype(np.uint8)
 
 
-def estimate_motion(occ_TXYZ: np.ndarray, grid: Grid, search: MotionSearch = MotionSearch()) -> dict[str, float]:
+def estimate_motion(occ_TXYZ: np.ndarray, grid: Grid, search: MotionSearch | None = None) -> dict[str, float]:
     """The ego motion (yaw, forward, left) from frame 0 to the last frame that best aligns the static classes.
 
     Returns ``{"yaw", "forward", "left", "agreement", "margin"}``: agreement is the fraction of frame-0 static
@@ -68,7 +77,7 @@ def estimate_motion(occ_TXYZ: np.ndarray, grid: Grid, search: MotionSearch = Mot
     return motion_between(occ_TXYZ[0], occ_TXYZ[-1], grid, search)
 
 
-def estimate_trajectory(occ_TXYZ: np.ndarray, grid: Grid, search: MotionSearch = MotionSearch()) -> np.ndarray:
+def estimate_trajectory(occ_TXYZ: np.ndarray, grid: Grid, search: MotionSearch | None = None) -> np.ndarray:
     """``[T, 3]`` float32 (x, y, yaw) of every frame relative to frame 0, as the store's ``trajectory`` holds it,
     estimated frame by frame from the occupancy (for generated clips, which have no poses)."""
     occ_TXYZ = np.asarray(occ_TXYZ)
@@ -82,8 +91,9 @@ def estimate_trajectory(occ_TXYZ: np.ndarray, grid: Grid, search: MotionSearch =
 
 
 def motion_between(first_XYZ: np.ndarray, last_XYZ: np.ndarray, grid: Grid,
-                   search: MotionSearch = MotionSearch()) -> dict[str, float]:
+                   search: MotionSearch | None = None) -> dict[str, float]:
     """``estimate_motion`` between two frames of one clip."""
+    search = search or MotionSearch.for_grid(grid)
     first_XY, last_XY = static_bev(np.asarray(first_XYZ)), static_bev(np.asarray(last_XYZ))
     nx, ny = grid.size[:2]
     vx, vy = grid.voxel_size[:2]
@@ -120,11 +130,12 @@ def motion_between(first_XYZ: np.ndarray, last_XYZ: np.ndarray, grid: Grid,
 
 
 def turn_direction(occ_TXYZ: np.ndarray, grid: Grid, threshold: float | None = None,
-                   search: MotionSearch = MotionSearch()) -> int:
+                   search: MotionSearch | None = None) -> int:
     """2 (left) or 3 (right) when the estimated yaw passes ``threshold`` either way, else 1 (straight or static).
 
     The default threshold is 1.5 yaw steps of the search: below that the estimate cannot tell a turn from noise.
     """
+    search = search or MotionSearch.for_grid(grid)
     threshold = 1.5 * search.yaw_step if threshold is None else threshold
     yaw = estimate_motion(occ_TXYZ, grid, search)["yaw"]
     if yaw > threshold:

@@ -102,3 +102,204 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
         raise RuntimeError(f"VAE training failed: {result.error}")
     final = result.return_value or {}
     return {"best": str(out / "best"), "last": str(out / "last"), "metrics": final, "run_dir": str(out)}
+
+
+# ---- DiT ---------------------------------------------------------------------------------------------------
+
+# Per-preset defaults a user can override: (epochs, batch size, EMA decay). The debug preset trains for a few
+# hundred steps, after which a 0.9999 average would still be the initial weights.
+DIT_DEFAULTS = {"debug": (40, 8, 0.99), "small": (60, 16, 0.999), "carlasc": (400, 32, 0.9999),
+                "occ3d": (400, 16, 0.9999)}
+
+
+def parse_conditions(spec, latents=None) -> tuple[str, ...]:
+    """DiT conditions from ``"command,trajectory"`` (or a sequence); ``"none"`` for an unconditional model;
+    ``None``/``"auto"`` for every condition the latent store can train (``prev_clip`` only if it has clips with a
+    previous clip)."""
+    from dcgen.models.dit import CONDITIONS
+
+    if spec is None or spec == "auto":
+        names = [c for c in CONDITIONS if c != "prev_clip" or (latents is not None and latents.has_previous)]
+        return tuple(names)
+    names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
+    names = [n for n in names if n]
+    if names == ["none"]:
+        return ()
+    unknown = [n for n in names if n not in CONDITIONS]
+    if unknown or not names:
+        raise ValueError(f"--cond {spec!r}: unknown condition(s) {unknown}; expected a comma-separated subset of "
+                         f"{', '.join(CONDITIONS)} (or 'none', or 'auto')")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--cond {spec!r} names a condition twice")
+    if "prev_clip" in names and latents is not None and not latents.has_previous:
+        raise ValueError(f"--cond prev_clip: {latents.path} has no clip whose previous clip (T frames earlier in "
+                         "the same scene) is in the store, so temporal extension cannot be trained on it")
+    return tuple(names)
+
+
+def dit_config_for(preset: str, latents, conditions: tuple[str, ...]):
+    """The DiT preset's config with exactly ``conditions``, checked against the latent store's dims and grid."""
+    from dataclasses import replace
+
+    from dcgen.models.dit import DIT_PRESETS
+    from dcgen.models.rollout import RolloutLayout
+
+    if preset not in DIT_PRESETS:
+        raise ValueError(f"unknown DiT preset {preset!r}; expected one of {', '.join(DIT_PRESETS)}")
+    cfg = replace(DIT_PRESETS[preset], conditions=tuple(conditions))
+    g = latents.grid
+    if (cfg.latent != latents.dims or cfg.num_frames != g.num_frames or tuple(cfg.layout_size) != g.layout_size
+            or tuple(cfg.bev_size) != tuple(g.size[:2]) or cfg.num_classes < g.num_classes):
+        raise ValueError(f"{latents.path}: latents {latents.dims} of grid T={g.num_frames} XYZ={list(g.size)} do "
+                         f"not match the DiT preset {preset!r} (latents {cfg.latent})")
+    side = RolloutLayout(cfg.latent, cfg.patch).size
+    if latents.size != side:
+        raise ValueError(f"{latents.path}: rollout side {latents.size} does not match the DiT's {side}")
+    return cfg
+
+
+def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditions=None, preset: str = "small",
+              scaling: Scaling = Scaling(), epochs: int | None = None, batch_size: int | None = None,
+              lr: float = 1e-4, ema_decay: float | None = None, cond_drop: float = 0.1, resume: bool = False,
+              overwrite: bool = False, max_minutes: float | None = None, report_every: int = 20, seed: int = 0,
+              fail_at_step: int | None = None) -> dict:
+    """Fit the DiT on a latent store with Ray Train; returns the final metrics and checkpoint paths."""
+    from dcgen.data.latent_dataset import read_latents
+    from dcgen.data.latent_store import LatentStore
+    from dcgen.diffusion.schedule import ScheduleConfig
+    from dcgen.runtime import init_ray
+    from dcgen.train import checkpoint, ray_trainer
+    from dcgen.train.dit_loop import DiTTrainConfig
+    from dcgen.train.vae_loop import steps_per_epoch
+
+    out = Path(out).resolve()
+    store = LatentStore.open(latents)
+    if vae is not None:
+        checkpoint.read_meta(vae, kind="vae")
+        vae_id = checkpoint.checkpoint_id(vae)
+        if vae_id != store.vae_checkpoint_id:
+            raise ValueError(f"{latents} was encoded with VAE {store.vae_checkpoint_id!r}, but --vae {vae} is "
+                             f"{vae_id!r}; pass the VAE that made the latents (or encode again)")
+    names = parse_conditions(conditions, store)
+    model_cfg = dit_config_for(preset, store, names)
+    n_train, n_val = store.rows("train").size, store.rows("val").size
+    if n_train == 0 or n_val == 0:
+        raise ValueError(f"{latents}: needs clips in both the train and val splits (has {n_train} train, "
+                         f"{n_val} val)")
+    d_epochs, d_batch, d_ema = DIT_DEFAULTS.get(preset, (100, 16, 0.9999))
+    epochs, batch_size = epochs or d_epochs, batch_size or d_batch
+    ema_decay = d_ema if ema_decay is None else ema_decay
+    run = DiTTrainConfig(
+        model=model_cfg.to_dict(), schedule=ScheduleConfig().to_dict(),
+        steps_per_epoch=steps_per_epoch(n_train, batch_size, scaling.workers),
+        vae_checkpoint_id=store.vae_checkpoint_id, grid=store.grid.to_dict(),
+        vae_checkpoint=str(vae or store.meta.get("vae_checkpoint", "")), epochs=epochs,
+        batch_size=batch_size, lr=lr, ema_decay=ema_decay, cond_drop=cond_drop, report_every=report_every, seed=seed,
+        out_dir=str(out), max_minutes=max_minutes, fail_at_step=fail_at_step,
+        extra={"latents": str(latents), "preset": preset, "train_clips": int(n_train), "val_clips": int(n_val)})
+    prepare_run_dir(out, resume, overwrite)
+    init_ray(scaling.address)
+    datasets = {"train": read_latents(latents, "train"), "val": read_latents(latents, "val")}
+    (out / "run.json").write_text(json.dumps({"kind": "dit", "run": asdict(run), "scaling": asdict(scaling)},
+                                             indent=2))
+    result = ray_trainer.fit("dcgen.train.dit_loop:train_dit", asdict(run), datasets=datasets,
+                             storage_path=str(out / "ray"), name="dit", num_workers=scaling.workers,
+                             gpus_per_worker=scaling.gpus_per_worker, cpus_per_worker=_cpus_per_worker(scaling),
+                             max_failures=scaling.max_failures)
+    if result.error:
+        raise RuntimeError(f"DiT training failed: {result.error}")
+    final = result.return_value or {}
+    return {"best": str(out / "best"), "last": str(out / "last"), "metrics": final, "run_dir": str(out),
+            "conditions": list(names)}
+
+
+# ---- the whole pipeline --------------------------------------------------------------------------------------
+
+def _stage_done(path: Path, kind: str | None) -> bool:
+    """True when ``path`` holds a checkpoint of ``kind``; a damaged one is an error, not a reason to redo it."""
+    from dcgen.train import checkpoint
+
+    if not path.exists():
+        return False
+    checkpoint.read_meta(path, kind=kind)
+    return True
+
+
+def _has_ray_run(run_dir: Path) -> bool:
+    ray_dir = run_dir / "ray"
+    return ray_dir.is_dir() and any(ray_dir.iterdir())
+
+
+def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, scaling: Scaling = Scaling(),
+                   vae_epochs: int | None = None, dit_epochs: int | None = None, max_minutes: float | None = None,
+                   seed: int = 0, log=print) -> dict:
+    """VAE -> encode -> DiT (-> the metric feature networks when ``train_features`` exists) into ``out``.
+
+    Each stage is skipped when its result is already there (``OUT/vae/best``, a complete ``OUT/latents.zarr``,
+    ``OUT/dit/best``, ``OUT/features/best``) and resumed when its run was interrupted. ``max_minutes`` bounds each
+    training stage separately.
+    """
+    import inspect
+
+    from dcgen.data.latent_store import LatentStore
+    from dcgen.generate.encode import encode_store
+    from dcgen.train import checkpoint
+
+    out = Path(out).resolve()
+    store = SceneStore.open(data)
+    check_store_matches(store, preset)
+    out.mkdir(parents=True, exist_ok=True)
+    stages: dict[str, dict] = {}
+
+    vae_dir = out / "vae"
+    if _stage_done(vae_dir / "best", "vae"):
+        log(f"vae: {vae_dir / 'best'} exists, skipping")
+        stages["vae"] = {"skipped": True, "best": str(vae_dir / "best")}
+    else:
+        log(f"vae: training into {vae_dir}")
+        stages["vae"] = train_vae(data, preset, vae_dir, scaling=scaling, epochs=vae_epochs, seed=seed,
+                                  resume=_has_ray_run(vae_dir), max_minutes=max_minutes)
+    vae_best = vae_dir / "best"
+    vae_id = checkpoint.checkpoint_id(vae_best)
+
+    latents = out / "latents.zarr"
+    done = False
+    if latents.exists():
+        existing = LatentStore.open(str(latents), require_complete=False)
+        if existing.complete and existing.vae_checkpoint_id != vae_id:
+            raise ValueError(f"{latents} was encoded with VAE {existing.vae_checkpoint_id!r}, not {vae_best} "
+                             f"({vae_id!r}); remove it (and {out / 'dit'}) to encode again")
+        done = existing.complete
+    if done:
+        log(f"encode: {latents} is complete, skipping")
+        stages["encode"] = {"skipped": True, "latents": str(latents)}
+    else:
+        log(f"encode: {data} -> {latents}")
+        stages["encode"] = encode_store(str(vae_best), data, str(latents), overwrite=latents.exists(),
+                                        ray_address=scaling.address)
+
+    dit_dir = out / "dit"
+    if _stage_done(dit_dir / "best", "dit"):
+        log(f"dit: {dit_dir / 'best'} exists, skipping")
+        stages["dit"] = {"skipped": True, "best": str(dit_dir / "best")}
+    else:
+        log(f"dit: training into {dit_dir}")
+        stages["dit"] = train_dit(str(latents), dit_dir, vae=str(vae_best), conditions=conditions, preset=preset,
+                                  scaling=scaling, epochs=dit_epochs, resume=_has_ray_run(dit_dir),
+                                  max_minutes=max_minutes, seed=seed)
+
+    features = globals().get("train_features")
+    if features is None:
+        log("features: dcgen.train.runs.train_features is not available, skipping")
+        stages["features"] = {"skipped": True, "reason": "not available"}
+    elif _stage_done(out / "features" / "best", None):
+        log(f"features: {out / 'features' / 'best'} exists, skipping")
+        stages["features"] = {"skipped": True, "best": str(out / "features" / "best")}
+    else:
+        log(f"features: training into {out / 'features'}")
+        offered = {"data": data, "preset": preset, "out": out / "features", "scaling": scaling, "seed": seed,
+                   "max_minutes": max_minutes}
+        accepted = inspect.signature(features).parameters
+        stages["features"] = features(**{k: v for k, v in offered.items() if k in accepted})
+    return {"run_dir": str(out), "vae": str(vae_best), "latents": str(latents), "dit": str(dit_dir / "best"),
+            "stages": stages}

@@ -1,0 +1,147 @@
+"""``dcgen bench dit``: sampling seconds per scene (ancestral DDPM at 1000 steps vs DDIM at 50 and 25), DiT
+training seconds per iteration and parameter counts (SPEC §3: ~43 M at carlasc; §5: 3.91 s per CarlaSC sample on
+an A100 at 1000 steps).
+
+Sampling is timed end to end through ``GenerationPipeline.generate`` (DiT steps with classifier-free guidance on a
+command, then the VAE decode), on trained checkpoints when given, else on freshly initialised networks of the
+preset: the time does not depend on the weights. Every number is measured in this run; nothing is extrapolated.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+
+def parameter_counts() -> dict[str, int]:
+    """DiT parameters of every preset (built on the meta device: no memory, no time)."""
+    from dcgen.models.dit import DIT_PRESETS, DiT
+
+    out = {}
+    for name, cfg in DIT_PRESETS.items():
+        with torch.device("meta"):
+            out[name] = sum(p.numel() for p in DiT(cfg).parameters())
+    return out
+
+
+def _pipeline(preset: str, vae: str | None, dit: str | None, device, micro_batch: int):
+    from dcgen.diffusion.schedule import NoiseSchedule
+    from dcgen.generate.pipeline import GenerationPipeline
+    from dcgen.models.dit import DIT_PRESETS, DiT
+    from dcgen.models.vae import HexPlaneVAE, vae_preset
+    from dcgen.presets import grid
+
+    if (vae is None) != (dit is None):
+        raise ValueError("give both --vae and --dit checkpoints, or neither (fresh networks of the preset)")
+    if vae is not None:
+        return GenerationPipeline.from_checkpoints(vae, dit, device=str(device), micro_batch=micro_batch)
+    torch.manual_seed(0)
+    cfg = replace(DIT_PRESETS[preset], conditions=("command",))
+    return GenerationPipeline(HexPlaneVAE(vae_preset(preset)), DiT(cfg), grid(preset), NoiseSchedule.linear(),
+                              device=device, micro_batch=micro_batch)
+
+
+def time_sampling(pipe, scenes: int, sampler: str, steps: int, guidance: float) -> float:
+    """Seconds per scene of one ``generate`` call for ``scenes`` command-conditioned scenes."""
+    from dcgen.generate.conditions import SceneRequest
+
+    command = 2 if "command" in pipe.conditions else None
+    requests = [SceneRequest(command=command, guidance=guidance) for _ in range(scenes)]
+    _sync(pipe.device)
+    t0 = time.perf_counter()
+    pipe.generate(requests, list(range(scenes)), sampler=sampler, steps=steps)
+    _sync(pipe.device)
+    return (time.perf_counter() - t0) / scenes
+
+
+def time_training(preset: str, device, batch_size: int, iters: int, warmup: int = 2) -> float:
+    """Seconds per DiT training iteration (every condition, AdamW, hybrid loss, EMA) on random latents."""
+    from dcgen.diffusion.schedule import NoiseSchedule
+    from dcgen.models.dit import DIT_PRESETS, DiT
+    from dcgen.train.dit_loop import diffusion_loss
+    from dcgen.train.ema import EMA
+
+    cfg = DIT_PRESETS[preset]
+    model = DiT(cfg).to(device)
+    ema = EMA(model, 0.9999)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    schedule = NoiseSchedule.linear()
+    valid_SS = model.rollout.valid_mask(device).float()
+    gen = torch.Generator().manual_seed(0)
+    b, s, c = batch_size, model.rollout.size, cfg.latent.channels
+    batch = {
+        "latent": torch.randn(b, c, s, s, generator=gen).to(device) * valid_SS,
+        "prev_latent": torch.randn(b, c, s, s, generator=gen).to(device) * valid_SS,
+        "has_prev": torch.ones(b, dtype=torch.bool, device=device),
+        "command": torch.randint(0, 4, (b,), generator=gen).to(device),
+        "trajectory": torch.randn(b, cfg.num_frames, 3, generator=gen).to(device),
+        "layout": torch.randint(0, 2, (b, cfg.num_frames, *cfg.layout_size), generator=gen).to(device),
+        "bev": torch.randint(0, cfg.num_classes, (b, *cfg.bev_size), generator=gen).to(device),
+    }
+    times = []
+    for i in range(warmup + iters):
+        _sync(device)
+        t0 = time.perf_counter()
+        loss = diffusion_loss(model, schedule, batch, cfg.conditions, valid_SS, gen, 0.1, amp=True).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ema.update(model)
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_dit(preset: str = "debug", *, scenes: int = 4, ddpm_steps: int = 1000, ddim_steps: tuple[int, ...] = (50, 25),
+              guidance: float = 4.0, train_batch: int | None = None, train_iters: int = 5, device: str = "auto",
+              vae: str | None = None, dit: str | None = None, micro_batch: int | None = None) -> dict:
+    """The benchmark as a JSON-able dict."""
+    from dcgen.models.dit import DIT_PRESETS
+    from dcgen.runtime import pick_device
+    from dcgen.train.runs import DIT_DEFAULTS
+
+    if preset not in DIT_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(DIT_PRESETS)}")
+    if scenes < 1 or train_iters < 1 or ddpm_steps < 1 or any(s < 1 for s in ddim_steps):
+        raise ValueError(f"scenes, train iterations and step counts must be >= 1, got scenes={scenes}, "
+                         f"train_iters={train_iters}, ddpm_steps={ddpm_steps}, ddim_steps={list(ddim_steps)}")
+    dev = pick_device(device)
+    pipe = _pipeline(preset, vae, dit, dev, micro_batch or scenes)
+    time_sampling(pipe, scenes, "ddim", 2, guidance)  # warm-up: allocations, kernel selection
+    sampling = {f"ddpm_{ddpm_steps}": time_sampling(pipe, scenes, "ddpm", ddpm_steps, guidance)}
+    for steps in ddim_steps:
+        sampling[f"ddim_{steps}"] = time_sampling(pipe, scenes, "ddim", steps, guidance)
+    ratios = {f"ddpm_{ddpm_steps}_over_{k}": sampling[f"ddpm_{ddpm_steps}"] / v
+              for k, v in sampling.items() if k.startswith("ddim")}
+    batch = train_batch or DIT_DEFAULTS.get(preset, (0, 16, 0))[1]
+    params = parameter_counts()
+    return {
+        "preset": preset,
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "weights": "checkpoints" if vae else "fresh",
+        "checkpoints": pipe.checkpoint_ids,
+        "scenes": scenes,
+        "micro_batch": pipe.micro_batch,
+        "guidance": guidance,
+        "sampling_seconds_per_scene": sampling,
+        "sampling_speedup": ratios,
+        "train_batch": batch,
+        "train_seconds_per_iter": time_training(preset, dev, batch, train_iters),
+        "dit_parameters": params[preset] if vae is None else sum(p.numel() for p in pipe.dit.parameters()),
+        "dit_parameters_by_preset": params,
+        "vae_parameters": sum(p.numel() for p in pipe.vae.parameters()),
+        "reference": {"paper_dit_parameters_carlasc": 43_000_000, "paper_seconds_per_sample_a100_ddpm_1000": 3.91},
+    }

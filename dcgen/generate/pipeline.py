@@ -1,0 +1,287 @@
+"""Checkpoints + conditions + seeds -> scenes (SPEC §3): the in-process generator behind ``dcgen sample``, the batch
+job and the server.
+
+``GenerationPipeline`` holds the VAE and the DiT (EMA weights) of one training run. ``generate`` validates each
+``SceneRequest`` against the grid and the model's conditions, turns it into DiT inputs (voxel conditions as they
+are; ``prev_clip`` and inpainting sources encoded to the VAE μ rollout; an inpainting mask reduced to latent XY;
+outpainting = the source latent shifted along X with the new band masked), samples with one generator per scene
+seeded from its seed and a per-scene guidance scale, and decodes with the VAE (argmax).
+
+A scene's bytes never depend on what else is in the call: the networks always run on micro-batches of exactly
+``micro_batch`` scenes (padded with dummy rows), so every kernel sees the same shapes; every configured condition
+is always passed (absent ones as zeros with their drop flag set), so the conditioning has the same shape whatever
+the request; and scenes that edit a source (whose sampler draws extra noise each step) are batched apart from
+plain ones. ``chain`` continues clips through the ``prev_clip`` condition into sequences of k·T frames.
+
+Legend: N scenes, M micro-batch, C latent channels, S rollout side, T/X/Y/Z clip axes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from dcgen.data.classes import CLASSES
+from dcgen.diffusion.guidance import guide
+from dcgen.diffusion.inpaint import Inpainting, shift_x
+from dcgen.diffusion.samplers import DDIM_STEPS, ddim_sample, ddpm_sample
+from dcgen.diffusion.schedule import NoiseSchedule, ScheduleConfig
+from dcgen.generate.conditions import SAMPLING_CONDITIONS, SceneRequest
+from dcgen.models.dit import DiT
+from dcgen.models.rollout import RolloutLayout
+from dcgen.models.vae import HexPlaneVAE
+from dcgen.presets import Grid
+from dcgen.runtime import scene_seed
+
+SAMPLERS = ("ddim", "ddpm")
+
+
+@dataclass(frozen=True)
+class SamplerDefaults:
+    sampler: str = "ddim"
+    steps: int = DDIM_STEPS
+    ddpm_steps: int = 1000
+    eta: float = 0.0
+    guidance: float = 4.0
+
+
+class GenerationPipeline:
+    """A trained VAE + DiT pair; ``generate(requests, seeds)`` -> ``occ [N, T, X, Y, Z] uint8``."""
+
+    def __init__(self, vae: HexPlaneVAE, dit: DiT, grid: Grid, schedule: NoiseSchedule, *,
+                 device: torch.device | str = "cpu", micro_batch: int = 8, checkpoint_ids: dict | None = None):
+        if micro_batch < 1:
+            raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
+        if vae.dims != dit.config.latent:
+            raise ValueError(f"the DiT works on latents {dit.config.latent} but the VAE makes {vae.dims}")
+        if tuple(vae.config.shape) != tuple(grid.shape) or vae.config.num_classes < grid.num_classes:
+            raise ValueError(f"grid {grid.shape} with {grid.num_classes} classes does not match the VAE "
+                             f"({vae.config.shape}, {vae.config.num_classes} classes)")
+        self.device = torch.device(device)
+        self.vae = vae.to(self.device).eval().requires_grad_(False)
+        self.dit = dit.to(self.device).eval().requires_grad_(False)
+        self.grid = grid
+        self.schedule = schedule
+        self.micro_batch = int(micro_batch)
+        self.rollout: RolloutLayout = dit.rollout
+        self.valid_SS = self.rollout.valid_mask(self.device)
+        self.conditions: tuple[str, ...] = tuple(dit.config.conditions)
+        self.accepted: tuple[str, ...] = self.conditions + SAMPLING_CONDITIONS
+        self.checkpoint_ids = dict(checkpoint_ids or {})
+        self.defaults = SamplerDefaults()
+        self._down = grid.size[0] // vae.dims.x
+
+    @classmethod
+    def from_checkpoints(cls, vae: str, dit: str, device: str = "auto", use_ema: bool = True,
+                         micro_batch: int = 8) -> "GenerationPipeline":
+        """Load a VAE and a DiT checkpoint; the DiT must have been trained on latents of this very VAE."""
+        from dcgen.generate.loading import load_dit, load_vae
+        from dcgen.runtime import pick_device
+
+        dev = pick_device(device)
+        v = load_vae(vae, dev)
+        d = load_dit(dit, dev, use_ema=use_ema)
+        want = d.meta.get("vae_checkpoint_id")
+        if want != v.checkpoint_id:
+            raise ValueError(f"DiT checkpoint {dit} was trained on latents of VAE {want!r}, but {vae} is "
+                             f"{v.checkpoint_id!r}; pass the VAE checkpoint the DiT was trained with")
+        grid = Grid.from_dict(d.meta["grid"])
+        schedule = NoiseSchedule.linear(ScheduleConfig.from_dict(d.meta["schedule"]))
+        return cls(v.model, d.model, grid, schedule, device=dev, micro_batch=micro_batch,
+                   checkpoint_ids={"vae": v.checkpoint_id, "dit": d.checkpoint_id})
+
+    def info(self) -> dict:
+        return {
+            "grid": self.grid.to_dict(),
+            "frames": self.grid.num_frames,
+            "classes": [{"id": c.id, "name": c.name, "rgb": list(c.rgb)} for c in CLASSES[:self.grid.num_classes]],
+            "accepted": list(self.accepted),
+            "checkpoints": dict(self.checkpoint_ids),
+            "sampler_defaults": {**asdict(self.defaults), "samplers": list(SAMPLERS)},
+            "micro_batch": self.micro_batch,
+            "device": str(self.device),
+        }
+
+    # ---- networks on fixed-size micro-batches ---------------------------------------------------------------
+
+    def _pad(self, rows: list, fill) -> list:
+        return rows + [fill] * (self.micro_batch - len(rows))
+
+    @torch.no_grad()
+    def encode(self, occ_NTXYZ: np.ndarray) -> torch.Tensor:
+        """VAE μ rollouts ``[N, C, S, S]`` (on the pipeline's device) of voxel clips."""
+        occ_NTXYZ = np.asarray(occ_NTXYZ)
+        out = []
+        for a in range(0, len(occ_NTXYZ), self.micro_batch):
+            part = list(occ_NTXYZ[a:a + self.micro_batch])
+            n = len(part)
+            occ_MTXYZ = torch.from_numpy(np.stack(self._pad(part, np.zeros_like(part[0]))).astype(np.int64))
+            mu, _ = self.vae.encode(occ_MTXYZ.to(self.device))
+            out.append(self.rollout.pack({k: v.float() for k, v in mu.items()})[:n])
+        return torch.cat(out) if out else torch.zeros(0, *self._latent_shape(), device=self.device)
+
+    @torch.no_grad()
+    def decode(self, rollout_NCSS: torch.Tensor) -> np.ndarray:
+        """Class ids ``[N, T, X, Y, Z] uint8`` of rollouts (argmax of the VAE decoder)."""
+        out = []
+        for a in range(0, rollout_NCSS.shape[0], self.micro_batch):
+            part = rollout_NCSS[a:a + self.micro_batch].to(self.device, torch.float32)
+            n = part.shape[0]
+            full = torch.zeros(self.micro_batch, *part.shape[1:], device=self.device)
+            full[:n] = part
+            logits = self.vae.decode(self.rollout.unpack(full))
+            out.append(logits.argmax(1)[:n].to(torch.uint8).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, *self.grid.shape), np.uint8)
+
+    def _latent_shape(self) -> tuple[int, int, int]:
+        return (self.dit.config.latent.channels, self.rollout.size, self.rollout.size)
+
+    # ---- requests -> DiT inputs ------------------------------------------------------------------------------
+
+    def _conditions(self, reqs: list[SceneRequest | None]) -> tuple[dict, dict, torch.Tensor]:
+        """Condition tensors for every configured condition (zeros where absent), the conditional pass's drop
+        flags (True where absent), and for each row whether it sets any condition."""
+        cfg, m, dev = self.dit.config, self.micro_batch, self.device
+        blank = {
+            "command": lambda: np.zeros((), np.int64),
+            "trajectory": lambda: np.zeros((cfg.num_frames, 3), np.float32),
+            "layout": lambda: np.zeros((cfg.num_frames, *cfg.layout_size), np.float32),
+            "bev": lambda: np.zeros(cfg.bev_size, np.int64),
+        }
+        dtype = {"command": torch.long, "trajectory": torch.float32, "layout": torch.float32, "bev": torch.long}
+        reqs = self._pad(reqs, None)
+        cond, drop = {}, {}
+        for name in self.conditions:
+            present = [r is not None and getattr(r, name) is not None for r in reqs]
+            drop[name] = torch.tensor([not p for p in present], device=dev)
+            if name == "prev_clip":
+                if any(present):
+                    clips = [r.prev_clip if p else np.zeros(self.grid.shape, np.uint8) for r, p in zip(reqs, present)]
+                    cond[name] = self.encode(np.stack(clips))
+                else:
+                    cond[name] = torch.zeros(m, *self._latent_shape(), device=dev)
+                continue
+            values = [np.asarray(getattr(r, name)) if p else blank[name]() for r, p in zip(reqs, present)]
+            cond[name] = torch.from_numpy(np.stack(values).astype(np.float32 if dtype[name] == torch.float32
+                                                                  else np.int64)).to(dev, dtype[name])
+        any_B = ~torch.stack(list(drop.values())).all(0) if drop else torch.zeros(m, dtype=torch.bool, device=dev)
+        return cond, drop, any_B
+
+    def _edit(self, reqs: list[SceneRequest | None]) -> Inpainting:
+        """The inpainting constraint of a micro-batch of edit requests (dummy rows regenerate everything)."""
+        d, m = self.rollout.dims, self.micro_batch
+        reqs = self._pad(reqs, None)
+        sources = [r.source if r is not None else np.zeros(self.grid.shape, np.uint8) for r in reqs]
+        src_MCSS = self.encode(np.stack(sources))
+        mask_MXY = torch.ones(m, d.x, d.y, device=self.device)
+        rows = []
+        for k, r in enumerate(reqs):
+            row = src_MCSS[k:k + 1]
+            if r is not None and r.inpaint_mask is not None:
+                mask_MXY[k] = torch.from_numpy(self._latent_mask(r.inpaint_mask)).to(self.device)
+            elif r is not None:
+                cells = r.outpaint_shift // self._down
+                row = shift_x(self.rollout, row, cells)
+                mask_MXY[k] = 0
+                mask_MXY[k, d.x - cells:] = 1
+            rows.append(row)
+        return Inpainting(torch.cat(rows), self.rollout.xy_to_rollout(mask_MXY))
+
+    def _latent_mask(self, mask_XY: np.ndarray) -> np.ndarray:
+        """A voxel XY mask (True = regenerate) at latent resolution: a latent cell is regenerated if any voxel it
+        covers is."""
+        d, k = self.rollout.dims, self._down
+        return mask_XY.reshape(d.x, k, d.y, k).any(axis=(1, 3)).astype(np.float32)
+
+    def _validate(self, requests: Sequence[SceneRequest], seeds: Sequence[int]) -> list[SceneRequest]:
+        if len(requests) != len(seeds):
+            raise ValueError(f"{len(requests)} requests but {len(seeds)} seeds; give one seed per scene")
+        out = []
+        for i, r in enumerate(requests):
+            if not isinstance(r, SceneRequest):
+                raise ValueError(f"requests[{i}] is a {type(r).__name__}, expected a SceneRequest")
+            v = r.validate(self.grid, self.accepted, what=f"requests[{i}]")
+            if v.outpaint_shift is not None and v.outpaint_shift % self._down:
+                raise ValueError(f"requests[{i}].outpaint_shift: {v.outpaint_shift} voxels is not a whole number of "
+                                 f"latent cells; expected a multiple of {self._down}")
+            out.append(v)
+        for i, s in enumerate(seeds):
+            if int(s) != s or s < 0:
+                raise ValueError(f"seeds[{i}]: {s!r}; expected a non-negative integer")
+        return out
+
+    # ---- sampling ---------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample_latents(self, requests: Sequence[SceneRequest], seeds: Sequence[int], sampler: str = "ddim",
+                       steps: int | None = None, eta: float = 0.0) -> torch.Tensor:
+        """Sampled rollouts ``[N, C, S, S]`` (on CPU) of the requests, scene i from ``seeds[i]``."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+        steps = steps if steps is not None else (self.defaults.steps if sampler == "ddim" else self.defaults.ddpm_steps)
+        if not 1 <= int(steps) <= self.schedule.num_steps:
+            raise ValueError(f"sampling steps must be in [1, {self.schedule.num_steps}], got {steps}")
+        reqs = self._validate(requests, seeds)
+        out = torch.zeros(len(reqs), *self._latent_shape())
+        plain = [i for i, r in enumerate(reqs) if r.edit is None]
+        edits = [i for i, r in enumerate(reqs) if r.edit is not None]
+        for group, edit in ((plain, False), (edits, True)):
+            for a in range(0, len(group), self.micro_batch):
+                idx = group[a:a + self.micro_batch]
+                rows = self._sample_micro([reqs[i] for i in idx], [int(seeds[i]) for i in idx], sampler,
+                                          int(steps), eta, edit)
+                out[idx] = rows[:len(idx)].cpu()
+        return out
+
+    def _sample_micro(self, reqs: list[SceneRequest], seeds: list[int], sampler: str, steps: int, eta: float,
+                      edit: bool) -> torch.Tensor:
+        m, c = self.micro_batch, self.dit.config.latent.channels
+        cond, drop_cond, any_B = self._conditions(list(reqs))
+        drop_all = {k: torch.ones_like(v) for k, v in drop_cond.items()}
+        scale_M1 = torch.tensor(self._pad([r.guidance for r in reqs], 1.0), device=self.device).view(m, 1, 1, 1)
+        guided_B = any_B & (scale_M1.view(m) != 1.0)
+
+        def model_fn(x_MCSS: torch.Tensor, t_M: torch.Tensor) -> torch.Tensor:
+            out_c = self.dit(x_MCSS, t_M, cond, drop_cond)
+            if not bool(guided_B.any()):
+                return out_c
+            out_u = self.dit(x_MCSS, t_M, cond, drop_all)
+            eps_u, eps_c = out_u[:, :c], out_c[:, :c]
+            mixed = torch.cat([eps_u + scale_M1 * (eps_c - eps_u), out_c[:, c:]], dim=1)
+            return torch.where(guided_B.view(m, 1, 1, 1), mixed, out_c)
+
+        gens = [torch.Generator().manual_seed(s) for s in self._pad(list(seeds), 0)]
+        inpaint = self._edit(list(reqs)) if edit else None
+        shape = (m, *self._latent_shape())
+        if sampler == "ddim":
+            return ddim_sample(model_fn, self.schedule, shape, gens, num_steps=steps, eta=eta,
+                               valid_SS=self.valid_SS, inpaint=inpaint, device=self.device)
+        return ddpm_sample(model_fn, self.schedule, shape, gens, num_steps=steps, valid_SS=self.valid_SS,
+                           inpaint=inpaint, device=self.device)
+
+    def generate(self, requests: Sequence[SceneRequest], seeds: Sequence[int], sampler: str = "ddim",
+                 steps: int | None = None, eta: float = 0.0) -> np.ndarray:
+        """Scenes ``[N, T, X, Y, Z] uint8``; scene i depends only on ``requests[i]`` and ``seeds[i]``."""
+        return self.decode(self.sample_latents(requests, seeds, sampler, steps, eta))
+
+    def chain(self, requests: Sequence[SceneRequest], seeds: Sequence[int], k: int, sampler: str = "ddim",
+              steps: int | None = None, eta: float = 0.0) -> np.ndarray:
+        """``[N, k·T, X, Y, Z]``: k clips per scene, clip j > 0 conditioned on clip j − 1 (``prev_clip``) and the
+        first request's command and guidance (trajectory, layouts and edits describe one clip and are not carried
+        over). Clip 0 uses ``seeds[i]``, clip j the seed ``scene_seed(seeds[i], j)``."""
+        if "prev_clip" not in self.conditions:
+            raise ValueError(f"chaining needs a DiT trained with the 'prev_clip' condition; this one has "
+                             f"{list(self.conditions)}")
+        if int(k) != k or k < 1:
+            raise ValueError(f"chain length k must be an integer >= 1, got {k!r}")
+        self._validate(requests, seeds)
+        clips = [self.generate(requests, seeds, sampler, steps, eta)]
+        for j in range(1, int(k)):
+            nxt = [SceneRequest(command=r.command, prev_clip=prev, guidance=r.guidance)
+                   for r, prev in zip(requests, clips[-1])]
+            clips.append(self.generate(nxt, [scene_seed(int(s), j) for s in seeds], sampler, steps, eta))
+        return np.concatenate(clips, axis=1)
+

@@ -1,0 +1,218 @@
+"""The DiT training loop (SPEC §3), plain PyTorch against a ``TrainContext``.
+
+Each step draws t uniformly and ε ~ N(0, I), noises the rollout latent (x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε), drops
+every condition independently with p = 0.1 (and ``prev_clip`` always where a clip has no previous clip), and
+minimises the hybrid loss (ε MSE + VLB for the learned variance) masked to the six planes. AdamW (lr 1e-4, wd 0),
+EMA of the weights (0.9999; debug runs use a smaller decay so the average means something after few steps), AMP
+bf16 on CUDA. Every epoch the validation loss of the EMA weights (fixed t and ε, so epochs compare) picks the best
+checkpoint; checkpoints carry weights, EMA, optimizer, step, the DiT config (with its conditions), the schedule,
+the grid and the id of the VAE that made the latents. Resumes from the context's latest checkpoint.
+
+Legend: B batch, C latent channels, S rollout side.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dcgen.train import checkpoint
+from dcgen.train.context import MetricsLog, TrainContext, unwrap
+
+KIND = "dit"
+VAL_SEED_OFFSET = 1_000_003
+
+
+@dataclass(frozen=True)
+class DiTTrainConfig:
+    model: dict  # DiTConfig.to_dict()
+    schedule: dict  # ScheduleConfig.to_dict()
+    steps_per_epoch: int
+    vae_checkpoint_id: str
+    grid: dict  # Grid.to_dict() of the clips the latents encode
+    vae_checkpoint: str = ""
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    ema_decay: float = 0.9999
+    cond_drop: float = 0.1
+    report_every: int = 20
+    seed: int = 0
+    amp: bool = True
+    out_dir: str | None = None  # run directory: metrics.jsonl, tensorboard/, best/, last/
+    max_minutes: float | None = None  # stop (after a full epoch's checkpoint) once this much time has passed
+    fail_at_step: int | None = None  # fault injection for restart tests: the worker process exits once there
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.cond_drop <= 1.0:
+            raise ValueError(f"condition dropout must be in [0, 1], got {self.cond_drop}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {self.ema_decay}")
+        if self.epochs < 1 or self.batch_size < 1 or self.steps_per_epoch < 1:
+            raise ValueError(f"epochs, batch size and steps per epoch must be >= 1, got {self.epochs}, "
+                             f"{self.batch_size}, {self.steps_per_epoch}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DiTTrainConfig":
+        return cls(**d)
+
+
+def batch_conditions(batch: dict[str, torch.Tensor], conditions: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The DiT condition tensors of a latent-store batch (``prev_clip`` is the previous clip's latent)."""
+    source = {"command": ("command", torch.long), "trajectory": ("trajectory", torch.float32),
+              "layout": ("layout", torch.float32), "bev": ("bev", torch.long),
+              "prev_clip": ("prev_latent", torch.float32)}
+    return {name: batch[source[name][0]].to(source[name][1]) for name in conditions}
+
+
+def _generator(*key: int) -> torch.Generator:
+    """A CPU generator from an integer key; draws are moved to the device (same numbers on CPU and CUDA)."""
+    seed = int(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in key]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def diffusion_loss(model, schedule, batch: dict[str, torch.Tensor], conditions: tuple[str, ...],
+                   valid_SS: torch.Tensor, gen: torch.Generator, drop_prob: float, amp: bool) -> torch.Tensor:
+    """Per-sample hybrid loss ``[B]`` of one batch with t, ε and the condition drops drawn from ``gen``."""
+    from dcgen.diffusion.losses import hybrid_loss
+
+    x0_BCSS = batch["latent"].float()
+    b, device = x0_BCSS.shape[0], x0_BCSS.device
+    t_B = torch.randint(0, schedule.num_steps, (b,), generator=gen).to(device)
+    noise_BCSS = (torch.randn(x0_BCSS.shape, generator=gen).to(device)) * valid_SS
+    flags = torch.rand(len(conditions), b, generator=gen) < drop_prob
+    drop = {name: flags[i].to(device) for i, name in enumerate(conditions)}
+    if "prev_clip" in drop:
+        drop["prev_clip"] = drop["prev_clip"] | ~batch["has_prev"].bool()
+    x_t_BCSS = schedule.q_sample(x0_BCSS, t_B, noise_BCSS)
+    with _autocast(device, amp):
+        out_BCSS = model(x_t_BCSS, t_B, batch_conditions(batch, conditions), drop)
+    return hybrid_loss(schedule, out_BCSS.float(), x0_BCSS, x_t_BCSS, t_B, noise_BCSS, valid_SS)["loss"]
+
+
+@torch.no_grad()
+def evaluate(models: dict, ctx: TrainContext, schedule, conditions, valid_SS, batch_size: int, seed: int,
+             amp: bool) -> dict[str, float]:
+    """Validation loss of each model over this worker's shard with the same t and ε every epoch, reduced."""
+    sums = torch.zeros(len(models) + 1, dtype=torch.float64, device=ctx.device)
+    for name, model in models.items():
+        model.eval()
+    gen_state = _generator(seed, VAL_SEED_OFFSET, ctx.rank).get_state()
+    for batch in ctx.batches("val", batch_size, epoch=0, shuffle=False):
+        for i, model in enumerate(models.values()):
+            gen = torch.Generator().set_state(gen_state)
+            loss_B = diffusion_loss(model, schedule, batch, conditions, valid_SS, gen, 0.0, amp)
+            sums[i] += loss_B.double().sum()
+        gen_state = gen.get_state()
+        sums[-1] += batch["latent"].shape[0]
+    for model in models.values():
+        model.train()
+    sums = ctx.all_reduce(sums)
+    n = max(float(sums[-1]), 1.0)
+    return {f"val_loss{'' if name == 'ema' else '_' + name}": float(sums[i]) / n for i, name in enumerate(models)}
+
+
+def train_dit(ctx: TrainContext, run: dict) -> dict:
+    cfg = DiTTrainConfig.from_dict(run)
+    from dcgen.diffusion.schedule import NoiseSchedule, ScheduleConfig
+    from dcgen.models.dit import DiT, DiTConfig
+    from dcgen.train.ema import EMA
+
+    torch.manual_seed(cfg.seed)
+    if ctx.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model_cfg = DiTConfig.from_dict(cfg.model)
+    schedule = NoiseSchedule.linear(ScheduleConfig.from_dict(cfg.schedule))
+    conditions = tuple(model_cfg.conditions)
+    model = ctx.prepare(DiT(model_cfg))
+    net = unwrap(model)
+    ema = EMA(net, cfg.ema_decay)
+    valid_SS = net.rollout.valid_mask(ctx.device).float()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, start_epoch, best = 0, 0, float("inf")
+    if (latest := ctx.latest_checkpoint()) is not None:
+        meta, state = checkpoint.load(latest, kind=KIND, map_location=ctx.device)
+        net.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        step, start_epoch, best = meta["step"], meta["epoch"] + 1, meta["best_val_loss"]
+    log = MetricsLog(cfg.out_dir, enabled=ctx.rank == 0)
+    gen = _generator(cfg.seed, ctx.rank, step)
+    t0 = time.time()
+    result = {"step": step, "best_val_loss": best}
+    for epoch in range(start_epoch, cfg.epochs):
+        t_epoch, n_steps, train_sum = time.time(), 0, 0.0
+        for batch in ctx.batches("train", cfg.batch_size, epoch, shuffle=True):
+            if cfg.fail_at_step is not None and step == cfg.fail_at_step and cfg.out_dir:
+                marker = Path(cfg.out_dir) / f".failed-at-{step}"
+                if not marker.exists():
+                    marker.parent.mkdir(parents=True, exist_ok=True)
+                    marker.touch()
+                    os._exit(1)
+            loss = diffusion_loss(model, schedule, batch, conditions, valid_SS, gen, cfg.cond_drop, cfg.amp).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            ema.update(net)
+            step += 1
+            n_steps += 1
+            train_sum += float(loss.detach())
+            if step % cfg.report_every == 0:
+                log.log({"step": step, "epoch": epoch, "train_loss": float(loss.detach())})
+        val = evaluate({"ema": ema.shadow, "raw": net}, ctx, schedule, conditions, valid_SS, cfg.batch_size,
+                       cfg.seed, cfg.amp)
+        seconds = time.time() - t_epoch
+        row = {"step": step, "epoch": epoch, **val, "train_loss": train_sum / max(n_steps, 1),
+               "epoch_seconds": seconds, "s_per_iter": seconds / max(n_steps, 1)}
+        is_best = val["val_loss"] < best
+        best = min(best, val["val_loss"])
+        row["best_val_loss"] = best
+        log.log(row)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt_dir = Path(tmp) / "checkpoint"
+            if ctx.rank == 0:
+                state = {"model": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                         "rng": torch.get_rng_state()}
+                checkpoint.save(ckpt_dir, kind=KIND, config=model_cfg.to_dict(), state=state, step=step,
+                                metrics=row, extra=_meta_extra(cfg, epoch, best))
+                if cfg.out_dir and "://" not in cfg.out_dir:
+                    export(ckpt_dir, Path(cfg.out_dir) / "last")
+                    if is_best:
+                        export(ckpt_dir, Path(cfg.out_dir) / "best")
+            ctx.report(row, ckpt_dir if ctx.rank == 0 else None)
+        result = row
+        if cfg.max_minutes is not None and time.time() - t0 > cfg.max_minutes * 60:
+            break
+    return result
+
+
+def _meta_extra(cfg: DiTTrainConfig, epoch: int, best: float) -> dict:
+    return {"epoch": epoch, "best_val_loss": best, "vae_checkpoint_id": cfg.vae_checkpoint_id,
+            "vae_checkpoint": cfg.vae_checkpoint, "conditions": list(cfg.model["conditions"]),
+            "schedule": dict(cfg.schedule), "grid": dict(cfg.grid), "ema_decay": cfg.ema_decay,
+            "train": asdict(cfg)}
+
+
+def export(src: Path, dest: Path) -> None:
+    """Copy a checkpoint for sampling (weights and EMA weights, no optimizer), replacing ``dest`` atomically."""
+    meta, state = checkpoint.load(src, kind=KIND)
+    extra = {k: v for k, v in meta.items() if k not in ("format_version", "kind", "config", "step", "metrics",
+                                                          "saved", "versions", "git_sha")}
+    checkpoint.save(dest, kind=KIND, config=meta["config"], state={"model": state["model"], "ema": state["ema"]},
+                    step=meta["step"], metrics=meta["metrics"], extra=extra)

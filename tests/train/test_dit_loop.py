@@ -1,0 +1,156 @@
+"""DiT training: condition drops, checkpoints (weights, EMA, optimizer, VAE id, conditions), resume on a local
+context and on Ray Train (with a worker failure), the ``train dit`` / ``train`` drivers and their errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dcgen.cli import app
+from dcgen.data.latent_store import LatentStore
+from dcgen.diffusion.schedule import NoiseSchedule
+from dcgen.models.dit import DIT_PRESETS, DiT
+from dcgen.presets import Grid
+from dcgen.train import checkpoint
+from dcgen.train.dit_loop import diffusion_loss
+from dcgen.train.runs import Scaling, parse_conditions, train_dit
+
+from conftest import train_debug_dit
+
+ALL = ("command", "trajectory", "layout", "bev", "prev_clip")
+
+
+class Spy(torch.nn.Module):
+    """Records the drop flags a DiT would get."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.net = DiT(config)
+        self.drops = []
+
+    def forward(self, x, t, cond, drop):
+        self.drops.append({k: v.clone() for k, v in drop.items()})
+        return self.net(x, t, cond, drop)
+
+
+def _batch(cfg, b=6):
+    s = DiT(cfg).rollout.size
+    g = torch.Generator().manual_seed(0)
+    return {"latent": torch.randn(b, 16, s, s, generator=g), "prev_latent": torch.randn(b, 16, s, s, generator=g),
+            "has_prev": torch.tensor([True, False] * (b // 2)), "command": torch.randint(0, 4, (b,), generator=g),
+            "trajectory": torch.randn(b, cfg.num_frames, 3, generator=g),
+            "layout": torch.randint(0, 2, (b, cfg.num_frames, *cfg.layout_size), generator=g),
+            "bev": torch.randint(0, cfg.num_classes, (b, *cfg.bev_size), generator=g)}
+
+
+def test_prev_clip_is_dropped_where_there_is_no_previous_clip():
+    cfg = DIT_PRESETS["debug"]
+    spy = Spy(cfg)
+    batch = _batch(cfg)
+    valid = spy.net.rollout.valid_mask().float()
+    loss = diffusion_loss(spy, NoiseSchedule.linear(), batch, ALL, valid, torch.Generator().manual_seed(1), 0.0,
+                          amp=False)
+    assert loss.shape == (6,) and torch.isfinite(loss).all()
+    drop = spy.drops[-1]
+    assert torch.equal(drop["prev_clip"], ~batch["has_prev"])
+    assert not any(drop[k].any() for k in ALL[:-1])
+    diffusion_loss(spy, NoiseSchedule.linear(), batch, ALL, valid, torch.Generator().manual_seed(1), 1.0, amp=False)
+    assert all(spy.drops[-1][k].all() for k in ALL)
+
+
+def test_parse_conditions():
+    with_prev = SimpleNamespace(has_previous=True, path="x.zarr")
+    without = SimpleNamespace(has_previous=False, path="x.zarr")
+    assert parse_conditions("command, layout", with_prev) == ("command", "layout")
+    assert parse_conditions("auto", with_prev) == ALL
+    assert parse_conditions(None, without) == ALL[:-1]
+    assert parse_conditions("none", with_prev) == ()
+    with pytest.raises(ValueError, match=r"unknown condition\(s\) \['weather'\]"):
+        parse_conditions("command,weather", with_prev)
+    with pytest.raises(ValueError, match="names a condition twice"):
+        parse_conditions("command,command", with_prev)
+    with pytest.raises(ValueError, match="has no clip whose previous clip"):
+        parse_conditions("prev_clip", without)
+
+
+def test_local_run_checkpoints_exports_and_resumes(tmp_path, debug_latents):
+    out = tmp_path / "run"
+    best = train_debug_dit(debug_latents, out, ("command", "layout"), epochs=2)
+    store = LatentStore.open(debug_latents)
+    meta, state = checkpoint.load(best, kind="dit")
+    assert set(state) == {"model", "ema"}
+    assert meta["config"]["conditions"] == ["command", "layout"] and meta["conditions"] == ["command", "layout"]
+    assert meta["vae_checkpoint_id"] == store.vae_checkpoint_id and Grid.from_dict(meta["grid"]) == store.grid
+    assert meta["schedule"]["num_steps"] == 1000
+    assert any(not torch.equal(state["model"][k], state["ema"][k]) for k in state["model"])
+    ckpts = sorted(out.glob("ckpt-*"))
+    assert len(ckpts) == 2
+    full_meta, full = checkpoint.load(ckpts[-1], kind="dit")
+    assert {"model", "ema", "optimizer", "rng"} <= set(full)
+    steps_2 = full_meta["step"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if "val_loss" in r] == [0, 1]
+    # a new context on the same run directory continues from the latest checkpoint
+    train_debug_dit(debug_latents, out, ("command", "layout"), epochs=3)
+    last_meta = checkpoint.read_meta(out / "last", kind="dit")
+    assert last_meta["epoch"] == 2 and last_meta["step"] == steps_2 + steps_2 // 2
+    assert [r["epoch"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+            if "val_loss" in r] == [0, 1, 2]
+
+
+def test_ray_train_run_survives_a_failure_and_resumes(tmp_path, ray_local, debug_latents, debug_vae):
+    out = tmp_path / "dit"
+    steps = -(-LatentStore.open(debug_latents).rows("train").size // 8)
+    summary = train_dit(debug_latents, out, vae=debug_vae, conditions="command,trajectory", preset="debug",
+                        scaling=Scaling(max_failures=1), epochs=2, batch_size=8, fail_at_step=steps + 1)
+    assert (out / f".failed-at-{steps + 1}").exists(), "the injected failure did not happen"
+    assert summary["metrics"]["step"] == 2 * steps and summary["conditions"] == ["command", "trajectory"]
+    meta = checkpoint.read_meta(summary["best"], kind="dit")
+    assert meta["config"]["conditions"] == ["command", "trajectory"]
+    assert meta["vae_checkpoint_id"] == checkpoint.checkpoint_id(debug_vae)
+    with pytest.raises(ValueError, match="pass --resume"):
+        train_dit(debug_latents, out, conditions="command,trajectory", preset="debug", epochs=3)
+    again = train_dit(debug_latents, out, conditions="command,trajectory", preset="debug", epochs=3, batch_size=8,
+                      resume=True)
+    assert again["metrics"]["step"] == 3 * steps and again["metrics"]["epoch"] == 2
+
+
+def test_train_dit_refuses_bad_inputs(tmp_path, debug_latents, debug_dit):
+    with pytest.raises(ValueError, match="expected a 'vae' checkpoint"):
+        train_dit(debug_latents, tmp_path / "a", vae=debug_dit, preset="debug")
+    other_vae = tmp_path / "vae"
+    meta, state = checkpoint.load(LatentStore.open(debug_latents).meta["vae_checkpoint"], kind="vae")
+    state["model"] = {k: v + 1 for k, v in state["model"].items()}
+    checkpoint.save(other_vae, kind="vae", config=meta["config"], state=state, step=meta["step"])
+    with pytest.raises(ValueError, match="was encoded with VAE"):
+        train_dit(debug_latents, tmp_path / "b", vae=str(other_vae), preset="debug")
+    with pytest.raises(ValueError, match="do not match the DiT preset 'small'"):
+        train_dit(debug_latents, tmp_path / "c", preset="small")
+    with pytest.raises(ValueError, match="unknown DiT preset"):
+        train_dit(debug_latents, tmp_path / "d", preset="huge")
+    assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def test_train_cli_errors_and_skipped_stages(tmp_path, debug_city, debug_vae, debug_latents, debug_dit):
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "dit", "--latents", debug_latents, "--cond", "command,weather",
+                                 "--preset", "debug", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "error: --cond 'command,weather': unknown condition(s) ['weather']" in \
+        result.output
+    out = tmp_path / "pipe"
+    shutil.copytree(debug_vae, out / "vae" / "best")
+    shutil.copytree(debug_latents, out / "latents.zarr")
+    shutil.copytree(debug_dit, out / "dit" / "best")
+    result = runner.invoke(app, ["train", "--data", debug_city, "--preset", "debug", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "vae:" in result.output and "exists, skipping" in result.output
+    assert "encode: " in result.output and "is complete, skipping" in result.output
+    assert "pipeline done" in result.output
+    result = runner.invoke(app, ["train", "--data", debug_city, "--preset", "small", "--out", str(out)])
+    assert result.exit_code == 2 and "does not match the model preset 'small'" in result.output
