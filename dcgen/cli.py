@@ -368,14 +368,22 @@ def serve_cmd(
         fail(str(e))
     except RuntimeError as e:  # Serve could not deploy (e.g. the model replica failed to load the checkpoints)
         fail(f"the Serve application did not start: {str(e).strip().splitlines()[0]}")
+    import signal
+
     auth = f"bearer token from ${token_env}" if token_env else "no authentication"
     typer.echo(f"serving on {url} ({auth}); try: curl {url}/v1/info   (Ctrl-C stops)")
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)  # `kill`, docker stop and systemd shut down as cleanly as Ctrl-C
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         from ray import serve
 
+        typer.echo("stopping the server", err=True)
         serve.shutdown()
 
 

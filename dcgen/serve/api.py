@@ -208,7 +208,7 @@ def decode_npz(payload: bytes) -> dict[str, np.ndarray]:
 
 # ---- JSON Schemas ---------------------------------------------------------------------------------------------
 
-SCHEMA_BASE = "https://dcgen.dev/schemas/"
+SCHEMA_BASE = "dcgen/"  # the $id prefix of the other schemas in schemas/
 
 
 def request_schema() -> dict:
@@ -223,11 +223,12 @@ def response_schema() -> dict:
         s = model.model_json_schema(ref_template="#/$defs/{model}")
         defs.update(s.pop("$defs", {}))
         defs[model.__name__] = s
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_BASE + "serve-response.schema.json",
-            "title": "dcgen Serve API v1 JSON responses",
-            "description": "POST /v1/scenes?format=json -> ScenesMetadata; GET /v1/info -> InfoResponse; GET /v1/health "
-                           "-> HealthResponse; any 4xx/5xx -> ErrorResponse. The default POST /v1/scenes answer is an "
-                           ".npz (application/x-npz) holding occupancy uint8 [N, T, X, Y, Z] and scene_seeds uint64 [N].",
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": SCHEMA_BASE + "serve-response.schema.json", "title": "dcgen Serve API v1 JSON responses",
+            "description": "POST /v1/scenes?format=json -> ScenesMetadata; GET /v1/info -> InfoResponse; GET "
+                           "/v1/health -> HealthResponse; any 4xx/5xx -> ErrorResponse. The default POST /v1/scenes "
+                           "answer is an .npz (application/x-npz) holding occupancy uint8 [N, T, X, Y, Z] and "
+                           "scene_seeds uint64 [N].",
             "oneOf": [{"$ref": f"#/$defs/{m.__name__}"} for m in RESPONSES], "$defs": defs}
 
 

@@ -19,6 +19,7 @@ import re
 import secrets
 import time
 from collections import Counter
+from typing import Literal
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
@@ -29,11 +30,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dcgen.serve.api import (API_VERSION, NPZ_MEDIA_TYPE, HealthResponse, InfoResponse, ScenesMetadata,
                              ScenesRequest, ServeStats, encode_npz)
+from dcgen.presets import Grid
+from dcgen.runtime import scene_seed
 from dcgen.serve.config import IngressSettings, ServeConfig
 from dcgen.serve.model import SceneJob, SceneModel
 
 log = logging.getLogger("dcgen.serve")
 OPEN_PATHS = ("/v1/health",)  # liveness probes need no token; they reveal nothing
+INFO_TTL_S = 30.0  # the model's description is re-read this often (a redeploy may swap checkpoints)
 
 
 class ApiError(StarletteHTTPException):
@@ -107,6 +111,7 @@ class SceneIngress:
         self.model = model
         self.settings = settings
         self._info: dict | None = None
+        self._info_time = 0.0
         self._stats: Counter = Counter()
         self._requests = 0
 
@@ -114,8 +119,9 @@ class SceneIngress:
         return http_app(self)
 
     async def model_info(self) -> dict:
-        if self._info is None:
+        if self._info is None or time.monotonic() - self._info_time > INFO_TTL_S:
             self._info = await self.model.info.remote()
+            self._info_time = time.monotonic()
         return self._info
 
     def stats(self) -> ServeStats:
@@ -129,8 +135,6 @@ class SceneIngress:
             raise ApiError(413, f"count: {body.count} scenes exceeds this server's limit of {self.settings.max_count}",
                            "count")
         info = await self.model_info()
-        from dcgen.presets import Grid
-
         grid = Grid.from_dict(info["grid"])
         try:
             scene = body.to_scene_request("body").validate(grid, tuple(info["accepted"]), what="body")
@@ -139,8 +143,6 @@ class SceneIngress:
             head = message.split(":", 1)[0]
             raise ApiError(422, message, None if head == "body" else head.split(".")[0]) from None
         seed = body.seed if body.seed is not None else secrets.randbelow(2**32)
-        from dcgen.runtime import scene_seed
-
         seeds = [scene_seed(seed, i) for i in range(body.count)]
         jobs = [SceneJob(scene, s, body.sampler, body.steps) for s in seeds]
         try:
@@ -157,13 +159,14 @@ class SceneIngress:
             raise ApiError(500, f"generation failed on the model replica: {failed[0].error}")
         occ_NTXYZ = np.stack([r.occupancy_TXYZ for r in results])
         batch_sizes = [r.batch_size for r in results]
+        checkpoints = results[0].checkpoints  # from the replica that made the scenes, current even mid-redeploy
         self._requests += 1
         self._stats.update(batch_sizes)
         shape = ",".join(str(v) for v in occ_NTXYZ.shape)
         headers = {"X-Dcgen-Shape": shape, "X-Dcgen-Dtype": "uint8", "X-Dcgen-Seed": str(seed),
                    "X-Dcgen-Scene-Seeds": ",".join(str(s) for s in seeds),
                    "X-Dcgen-Batch-Sizes": ",".join(str(b) for b in batch_sizes),
-                   "X-Dcgen-Checkpoints": ",".join(f"{k}={v}" for k, v in sorted(info["checkpoints"].items()))}
+                   "X-Dcgen-Checkpoints": ",".join(f"{k}={v}" for k, v in sorted(checkpoints.items()))}
         if fmt == "npz":
             return Response(encode_npz(occ_NTXYZ, seeds), media_type=NPZ_MEDIA_TYPE,
                             headers={**headers, "Content-Disposition": 'attachment; filename="scenes.npz"'})
@@ -172,7 +175,7 @@ class SceneIngress:
         meta = ScenesMetadata(shape=list(occ_NTXYZ.shape), seed=seed, scene_seeds=seeds, sampler=body.sampler,
                               steps=body.steps, guidance=body.guidance, conditions=list(scene.used()),
                               edit=scene.edit, class_counts=counts, batch_sizes=batch_sizes,
-                              checkpoints=dict(info["checkpoints"]), seconds=time.perf_counter() - t0)
+                              checkpoints=dict(checkpoints), seconds=time.perf_counter() - t0)
         return JSONResponse(meta.model_dump(), headers=headers)
 
 
@@ -220,7 +223,7 @@ def http_app(ingress: SceneIngress) -> FastAPI:
               responses={200: {"content": {NPZ_MEDIA_TYPE: {}}, "description": "the clips (.npz) or, with "
                                "?format=json, their metadata"}})
     async def scenes(body: ScenesRequest, request: Request,
-                     format: str | None = Query(None, pattern="^(npz|json)$", description="npz (default) or json")):
+                     format: Literal["npz", "json"] | None = Query(None, description="npz (default) or json")):
         return await ingress.scenes(body, response_format(format, request.headers.get("accept", "")))
 
     return app

@@ -162,8 +162,8 @@ def bench_serve(out: str | Path, *, vae: str | None = None, dit: str | None = No
             report[mode] = {"max_batch_size": batch, "micro_batch": micro, "levels": levels}
             serve.delete(cfg.app_name)
         serve.shutdown()
-        ratio = {c: report["batched"]["levels"][c]["requests_per_s"] / report["unbatched"]["levels"][c]["requests_per_s"]
-                 for c in report["batched"]["levels"]}
+        on, off = report["batched"]["levels"], report["unbatched"]["levels"]
+        ratio = {c: on[c]["requests_per_s"] / off[c]["requests_per_s"] for c in on}
         report["ratio"] = ratio
         top = str(max(concurrency))
         report["target"] = {"concurrency": int(top), "min_ratio": TARGET_RATIO, "ratio": ratio[top],

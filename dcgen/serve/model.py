@@ -36,6 +36,7 @@ class SceneJob:
 class SceneResult:
     occupancy_TXYZ: np.ndarray | None
     batch_size: int  # scenes in the @serve.batch call this scene was part of
+    checkpoints: dict  # ids of the VAE and DiT checkpoints of the replica that answered
     error: str | None = None
     invalid: bool = False  # the pipeline rejected the scene's conditions (a client error, not a server fault)
 
@@ -48,6 +49,7 @@ class SceneModel:
 
         self.pipeline = GenerationPipeline.from_checkpoints(vae, dit, device=device, use_ema=use_ema,
                                                             micro_batch=micro_batch)
+        self.checkpoints = dict(self.pipeline.checkpoint_ids)
         self.generate.set_max_batch_size(max_batch_size)
         self.generate.set_batch_wait_timeout_s(batch_wait_s)
 
@@ -64,27 +66,28 @@ class SceneModel:
             try:
                 occ = await self._run([jobs[i] for i in idx], sampler, steps)
                 for k, i in enumerate(idx):
-                    results[i] = SceneResult(occ[k], len(jobs))
+                    results[i] = SceneResult(occ[k], len(jobs), self.checkpoints)
             except Exception as e:  # noqa: BLE001 - isolate the failing scene below
                 if len(idx) == 1:
-                    results[idx[0]] = _failure(e, len(jobs))
+                    results[idx[0]] = self._failure(e, len(jobs))
                     continue
                 log.warning("batch of %d scenes failed (%s); retrying one by one", len(idx), e)
                 for i in idx:
                     try:
-                        results[i] = SceneResult((await self._run([jobs[i]], sampler, steps))[0], len(jobs))
+                        occ = await self._run([jobs[i]], sampler, steps)
+                        results[i] = SceneResult(occ[0], len(jobs), self.checkpoints)
                     except Exception as e1:  # noqa: BLE001
-                        results[i] = _failure(e1, len(jobs))
+                        results[i] = self._failure(e1, len(jobs))
         return results
 
     async def _run(self, jobs: list[SceneJob], sampler: str, steps: int | None) -> np.ndarray:
         return await asyncio.to_thread(self.pipeline.generate, [j.request for j in jobs], [j.seed for j in jobs],
                                        sampler, steps)
 
-
-def _failure(e: Exception, batch_size: int) -> SceneResult:
-    invalid = isinstance(e, ValueError)
-    if not invalid:
-        log.exception("scene generation failed", exc_info=e)
-    return SceneResult(None, batch_size, error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
-                       invalid=invalid)
+    def _failure(self, e: Exception, batch_size: int) -> SceneResult:
+        invalid = isinstance(e, ValueError)
+        if not invalid:
+            log.error("scene generation failed", exc_info=e)
+        text = str(e).strip()
+        return SceneResult(None, batch_size, self.checkpoints, error=text.splitlines()[0] if text else type(e).__name__,
+                           invalid=invalid)
