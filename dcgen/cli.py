@@ -51,12 +51,47 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+# ---- remote runs (Ray Jobs) --------------------------------------------------------------------------------
+# A long command opts in with: a `ctx: typer.Context` parameter, `cluster: Optional[Path] = CLUSTER_OPTION` and
+# `address: Optional[str] = ADDRESS_OPTION` parameters, and `address = remote(ctx, cluster, address)` as the first
+# line of its body (pass joins_ray=False if it starts no Ray, entrypoint_gpus=1 if it computes in its own process
+# on a GPU). A new top-level command also needs its entry point jobs/<command>.py.
+
+CLUSTER_OPTION = typer.Option(None, "--cluster", help="Ray cluster-launcher YAML (e.g. cluster.yaml): run this "
+                              "command there as a Ray Job, bringing the cluster up if no head runs.")
+ADDRESS_OPTION = typer.Option(None, "--address", help="http(s)://HEAD:8265 runs this command as a Ray Job on that "
+                              "cluster's job server (log streamed, exit status returned); ray://HOST:10001, "
+                              "HOST:6379 or 'auto' joins that Ray from here. Default: an embedded local Ray.")
+
+
+def remote(ctx: typer.Context, cluster: Optional[Path], address: Optional[str], *, joins_ray: bool = True,
+           entrypoint_gpus: float = 0.0) -> Optional[str]:
+    """With --cluster or a job-server --address, run the current command as a Ray Job and exit with its status;
+    otherwise return the address to run with here (None: the embedded local Ray)."""
+    from dcgen.jobs_client import is_job_server
+
+    if cluster is None and not is_job_server(address):
+        if address is not None and not joins_ray:
+            fail(f"--address {address!r}: this command starts no Ray here, so --address must be a job server URL "
+                 "such as http://HEAD:8265")
+        return address
+    from dcgen.jobs_client import run_remote
+
+    try:
+        code = run_remote(ctx, cluster=cluster, address=address, entrypoint_gpus=entrypoint_gpus,
+                          log=lambda m: typer.echo(m, err=True), write=lambda s: typer.echo(s, nl=False))
+    except ValueError as e:
+        fail(str(e))
+    raise typer.Exit(code=code)
+
+
 # ---- data ------------------------------------------------------------------------------------------------
 
 @data_app.command("synth-city", help="Generate a synthetic city scene store: seeded CarlaSC-like clips with "
                   "LiDAR masks, poses, commands and layouts, in parallel Ray tasks.\n\n"
                   "Example: dcgen data synth-city --clips 1000 --out city.zarr --preset carlasc --seed 0")
 def data_synth_city_cmd(
+    ctx: typer.Context,
     clips: int = typer.Option(..., "--clips", help="Number of clips to generate."),
     out: str = typer.Option(..., "--out", help="Scene store to create (NAME.zarr)."),
     preset: str = typer.Option("carlasc", help="Grid preset: debug | small | carlasc | occ3d."),
@@ -64,8 +99,10 @@ def data_synth_city_cmd(
     workers: Optional[int] = typer.Option(None, help="Parallel tasks (default: all CPUs of the Ray cluster)."),
     val_fraction: float = typer.Option(0.1, help="Share of clips in the 'val' split (chosen by index)."),
     overwrite: bool = typer.Option(False, help="Replace an existing scene store at --out."),
-    address: Optional[str] = typer.Option(None, help="Existing Ray cluster address (default: embedded local Ray)."),
+    cluster: Optional[Path] = CLUSTER_OPTION,
+    address: Optional[str] = ADDRESS_OPTION,
 ) -> None:
+    address = remote(ctx, cluster, address)
     from dcgen.data.synth_city import write_synthetic_city
 
     def progress(done: int, total: int, seconds: float) -> None:
@@ -82,6 +119,7 @@ def data_synth_city_cmd(
 @data_app.command("import", help="Import a public dataset split into a scene store (clips of T frames).\n\n"
                   "Example: dcgen data import carlasc /data/carlasc/Cartesian --out carlasc-train.zarr --split train")
 def data_import_cmd(
+    ctx: typer.Context,
     dataset: str = typer.Argument(..., help="carlasc | occ3d-nuscenes | occ3d-waymo"),
     src: Path = typer.Argument(..., help="Dataset root: CarlaSC Cartesian/ (Train, Val, Test), Occ3D-nuScenes "
                                "trainval/ (annotations.json, gts/), Occ3D-Waymo voxel root (training, validation)."),
@@ -90,8 +128,10 @@ def data_import_cmd(
     stride: int = typer.Option(1, help="Frames between the starts of consecutive clips."),
     frames: Optional[int] = typer.Option(None, help="Frames per clip (default: the preset's T, 16)."),
     overwrite: bool = typer.Option(False, help="Replace an existing scene store at --out."),
-    address: Optional[str] = typer.Option(None, help="Existing Ray cluster address (default: embedded local Ray)."),
+    cluster: Optional[Path] = CLUSTER_OPTION,
+    address: Optional[str] = ADDRESS_OPTION,
 ) -> None:
+    address = remote(ctx, cluster, address)
     from dcgen.data.importers import ImportConfig, import_dataset
 
     try:
@@ -149,6 +189,7 @@ def _scaling(workers: int, gpus_per_worker: float, address: Optional[str]):
 @train_app.command("vae", help="Fit the HexPlane VAE on a scene store with Ray Train.\n\n"
                    "Example: dcgen train vae --data city.zarr --preset small --out runs/vae")
 def train_vae_cmd(
+    ctx: typer.Context,
     data: str = typer.Option(..., help="Scene store with train and val splits."),
     preset: str = typer.Option("small", help="debug | small | carlasc | occ3d (must match the store's grid)."),
     out: Path = typer.Option(Path("runs/vae"), help="Run directory (checkpoints best/ and last/, metrics)."),
@@ -164,8 +205,10 @@ def train_vae_cmd(
     resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
     overwrite: bool = typer.Option(False, help="Delete an existing run in --out first."),
     seed: int = typer.Option(0),
-    address: Optional[str] = typer.Option(None, help="Existing Ray cluster address (default: embedded local Ray)."),
+    cluster: Optional[Path] = CLUSTER_OPTION,
+    address: Optional[str] = ADDRESS_OPTION,
 ) -> None:
+    address = remote(ctx, cluster, address)
     from dcgen.train.runs import train_vae
 
     try:
@@ -183,6 +226,7 @@ def train_vae_cmd(
                    "Example: dcgen train dit --latents latents.zarr --vae runs/vae/best --cond command,trajectory,layout "
                    "--preset small --out runs/dit")
 def train_dit_cmd(
+    ctx: typer.Context,
     latents: str = typer.Option(..., help="Latent store written by 'dcgen encode'."),
     vae: Optional[str] = typer.Option(None, help="VAE checkpoint that made the latents (checked, and recorded)."),
     cond: str = typer.Option("auto", help="Comma-separated conditions: command, trajectory, layout, bev, prev_clip; "
@@ -200,8 +244,10 @@ def train_dit_cmd(
     resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
     overwrite: bool = typer.Option(False, help="Delete an existing run in --out first."),
     seed: int = typer.Option(0),
-    address: Optional[str] = typer.Option(None, help="Existing Ray cluster address (default: embedded local Ray)."),
+    cluster: Optional[Path] = CLUSTER_OPTION,
+    address: Optional[str] = ADDRESS_OPTION,
 ) -> None:
+    address = remote(ctx, cluster, address)
     from dcgen.train.runs import train_dit
 
     try:
@@ -231,7 +277,8 @@ def train_all_cmd(
     dit_epochs: Optional[int] = typer.Option(None, help="DiT epochs (default per preset)."),
     max_minutes: Optional[float] = typer.Option(None, help="Wall-time bound of each training stage."),
     seed: int = typer.Option(0),
-    address: Optional[str] = typer.Option(None, help="Existing Ray cluster address (default: embedded local Ray)."),
+    cluster: Optional[Path] = CLUSTER_OPTION,
+    address: Optional[str] = ADDRESS_OPTION,
 ) -> None:
     """Train models on Ray Train. With no subcommand: the whole pipeline, VAE -> encode -> DiT (-> feature
     networks), each stage skipped when its checkpoint exists.
@@ -243,6 +290,7 @@ def train_all_cmd(
     if data is None:
         typer.echo(ctx.get_help())
         fail("give --data STORE to run the whole pipeline, or a subcommand (vae, dit, ...)")
+    address = remote(ctx, cluster, address)
     from dcgen.train.runs import train_pipeline
 
     try:
@@ -261,14 +309,17 @@ def train_all_cmd(
              "mu as a padded rollout, with the clips' conditions) for DiT training.\n\n"
              "Example: dcgen encode --vae runs/vae/best --data city.zarr --out latents.zarr")
 def encode_cmd(
+    ctx: typer.Context,
     vae: str = typer.Option(..., help="VAE checkpoint directory (e.g. runs/vae/best)."),
     data: str = typer.Option(..., help="Scene store to encode (all complete clips, every split)."),
     out: str = typer.Option(..., help="Latent store to create (NAME.zarr)."),
     batch_size: int = typer.Option(8, help="Clips per encoder batch."),
     workers: Optional[int] = typer.Option(None, help="Encoder actors (default: one per GPU, else CPUs - 1)."),
     overwrite: bool = typer.Option(False, help="Replace an existing latent store at --out."),
-    address: Optional[str] = typer.Option(None, help="Existing Ray cluster address (default: embedded local Ray)."),
+    cluster: Optional[Path] = CLUSTER_OPTION,
+    address: Optional[str] = ADDRESS_OPTION,
 ) -> None:
+    address = remote(ctx, cluster, address)
     from dcgen.generate.encode import encode_store
 
     try:
@@ -286,6 +337,7 @@ def encode_cmd(
              "Example: dcgen sample --vae runs/small/vae/best --dit runs/small/dit/best --n 4 --cond command=left "
              "--out samples.zarr")
 def sample_cmd(
+    ctx: typer.Context,
     vae: str = typer.Option(..., help="VAE checkpoint directory."),
     dit: str = typer.Option(..., help="DiT checkpoint directory (trained on latents of --vae)."),
     out: str = typer.Option(..., help="Scene store to create (NAME.zarr)."),
@@ -304,7 +356,11 @@ def sample_cmd(
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     micro_batch: int = typer.Option(8, help="Scenes per network call."),
     overwrite: bool = typer.Option(False, help="Replace an existing store at --out."),
+    cluster: Optional[Path] = CLUSTER_OPTION,
+    address: Optional[str] = typer.Option(None, "--address", help="http(s)://HEAD:8265 runs this command as a Ray "
+                                          "Job on that cluster's job server, on a GPU unless --device cpu."),
 ) -> None:
+    remote(ctx, cluster, address, joins_ray=False, entrypoint_gpus=0.0 if device == "cpu" else 1.0)
     from dcgen.generate.sample_store import parse_cond, sample_to_store
 
     sources = {k: v for k, v in (("trajectory", trajectory_from), ("layout", layout_from), ("bev", bev_from),
@@ -419,6 +475,108 @@ def bench_serve_cmd(
     typer.echo(f"wrote {out}: batched/unbatched throughput " + ", ".join(f"c={c} {r:.2f}x" for c, r in
                                                                          report["ratio"].items())
                + f"; target >= {t['min_ratio']:g}x at c={t['concurrency']} {'met' if t['met'] else 'NOT met'}")
+
+
+# ---- jobs ------------------------------------------------------------------------------------------------
+
+jobs_app = typer.Typer(help="Ray Jobs on a cluster: list, logs, stop. (Submit one by adding --cluster or --address "
+                       "to a long command, e.g. dcgen train vae ... --cluster cluster.yaml.)", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+JOBS_ADDRESS_OPTION = typer.Option(None, "--address", help="The cluster's job server, e.g. http://HEAD:8265.")
+JOBS_CLUSTER_OPTION = typer.Option(None, "--cluster", help="Cluster-launcher YAML whose (running) head to ask.")
+TOKEN_ENV_OPTION = typer.Option(None, "--token-env", help="Environment variable holding the cluster's auth token "
+                                "(default: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token).")
+
+
+def _job_server(cluster: Optional[Path], address: Optional[str], token_env: Optional[str]):
+    from dcgen import jobs_client
+
+    if (cluster is None) == (address is None):
+        fail("give the cluster's job server with --address http://HEAD:8265 or --cluster cluster.yaml (one of them)")
+    try:
+        if cluster is not None:
+            from dcgen.cluster import head_job_server
+
+            address = head_job_server(cluster, create=False)
+        return jobs_client.connect(address, token_env)
+    except ValueError as e:
+        fail(str(e))
+
+
+@jobs_app.command("list", help="Jobs submitted to the cluster, oldest first.\n\n"
+                  "Example: dcgen jobs list --address http://127.0.0.1:8265")
+def jobs_list_cmd(
+    address: Optional[str] = JOBS_ADDRESS_OPTION,
+    cluster: Optional[Path] = JOBS_CLUSTER_OPTION,
+    token_env: Optional[str] = TOKEN_ENV_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print the jobs as JSON."),
+) -> None:
+    import datetime as dt
+    import json
+
+    from dcgen import jobs_client
+
+    client = _job_server(cluster, address, token_env)
+    try:
+        rows = jobs_client.list_jobs(client)
+    except ValueError as e:
+        fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo("no jobs")
+        return
+    width = max(len(r["id"]) for r in rows)
+    typer.echo(f"{'ID':<{width}}  {'STATUS':<9}  {'STARTED':<19}  COMMAND")
+    for r in rows:
+        started = dt.datetime.fromtimestamp(r["start_time"] / 1000).strftime("%Y-%m-%d %H:%M:%S") \
+            if r["start_time"] else "-"
+        typer.echo(f"{r['id']:<{width}}  {r['status']:<9}  {started:<19}  {r['command']}")
+
+
+@jobs_app.command("logs", help="Print a job's log (--follow: stream it until the job ends, then exit with its "
+                  "status).\n\nExample: dcgen jobs logs dcgen-train-vae-20260101-120000-a1b2c3 --address "
+                  "http://127.0.0.1:8265")
+def jobs_logs_cmd(
+    job_id: str = typer.Argument(..., help="Submission id (see 'dcgen jobs list')."),
+    follow: bool = typer.Option(False, "--follow", help="Stream until the job ends; exit with its status."),
+    address: Optional[str] = JOBS_ADDRESS_OPTION,
+    cluster: Optional[Path] = JOBS_CLUSTER_OPTION,
+    token_env: Optional[str] = TOKEN_ENV_OPTION,
+) -> None:
+    from dcgen import jobs_client
+
+    client = _job_server(cluster, address, token_env)
+    try:
+        if not follow:
+            typer.echo(jobs_client.job_logs(client, job_id), nl=False)
+            return
+        info = jobs_client.follow(client, job_id, write=lambda s: typer.echo(s, nl=False))
+    except ValueError as e:
+        fail(str(e))
+    code = jobs_client.exit_code(info)
+    if code:
+        typer.echo(f"error: job {job_id} {info.status} (exit code {code}): {jobs_client.status_message(info)}",
+                   err=True)
+    raise typer.Exit(code=code)
+
+
+@jobs_app.command("stop", help="Stop a running job.\n\nExample: dcgen jobs stop JOB_ID --address http://127.0.0.1:8265")
+def jobs_stop_cmd(
+    job_id: str = typer.Argument(..., help="Submission id (see 'dcgen jobs list')."),
+    address: Optional[str] = JOBS_ADDRESS_OPTION,
+    cluster: Optional[Path] = JOBS_CLUSTER_OPTION,
+    token_env: Optional[str] = TOKEN_ENV_OPTION,
+) -> None:
+    from dcgen import jobs_client
+
+    client = _job_server(cluster, address, token_env)
+    try:
+        stopped = jobs_client.stop_job(client, job_id)
+    except ValueError as e:
+        fail(str(e))
+    typer.echo(f"stop requested for job {job_id}" if stopped else f"job {job_id} had already ended")
 
 
 # ---- bench -----------------------------------------------------------------------------------------------
