@@ -29,6 +29,9 @@ class RayContext:
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         self.device = ray.train.torch.get_device()
+        # Ray pins OMP_NUM_THREADS to the worker's (often fractional, so 1) CPU share; on CPU the loop is
+        # compute-bound, so the workers of a node split its cores instead.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, ctx.get_local_world_size())))
         self._shuffle_buffer = shuffle_buffer
         self._latest: Path | None = None
         ckpt = ray.train.get_checkpoint()

@@ -50,6 +50,23 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def check_same_model(out: Path, model_cfg: dict, preset: str) -> None:
+    """``--resume`` continues the network the run was started with: same preset grid and options."""
+    run_file = out / "run.json"
+    if not run_file.is_file():
+        return  # a run interrupted before it wrote run.json has no checkpoint either; the loop checks its own
+    try:
+        saved = json.loads(run_file.read_text())["run"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{run_file}: unreadable run description ({e}); pass --overwrite to start over") from e
+    if saved.get("model") != model_cfg:
+        old = saved.get("extra", {}).get("preset", "?")
+        keys = sorted(k for k in set(saved.get("model") or {}) | set(model_cfg)
+                      if (saved.get("model") or {}).get(k) != model_cfg.get(k))
+        raise ValueError(f"{out}: the run was started with preset {old!r} and a different VAE ({', '.join(keys)} "
+                         f"differ) than --preset {preset!r} with these options; resume with the original ones")
+
+
 def _cpus_per_worker(scaling: Scaling) -> float:
     if scaling.cpus_per_worker is not None:
         return scaling.cpus_per_worker
@@ -82,6 +99,8 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
     d_epochs, d_batch = VAE_DEFAULTS.get(preset, (10, 4))
     epochs, batch_size = epochs or d_epochs, batch_size or d_batch
     prepare_run_dir(out, resume, overwrite)
+    if resume:
+        check_same_model(out, model_cfg.to_dict(), preset)
     hist = store.class_histogram("train")
     init_ray(scaling.address)
     arrays = ("occupancy", "mask") if store.has_mask else ("occupancy",)

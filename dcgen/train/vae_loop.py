@@ -1,8 +1,11 @@
 """The VAE training loop (SPEC §2), plain PyTorch against a ``TrainContext``.
 
-AdamW (lr 1e-3, wd 0), MultiStep ×0.7 at 50/60/70/80/90 % of training, loss = class-weighted CE + Lovász-softmax +
-β·KL, validation mIoU every epoch (observed voxels only), best checkpoint by val mIoU. AMP (bf16) and TF32 on CUDA.
-Resumes from the context's latest checkpoint: weights, optimizer, scheduler, step, epoch, best score and RNG.
+AdamW (lr 1e-3, wd 0), learning rate ×0.7 at 50/60/70/80/90 % of the run's steps, loss = class-weighted CE +
+Lovász-softmax + β·KL, validation mIoU every epoch (observed voxels only), best checkpoint by val mIoU. AMP (bf16)
+and TF32 on CUDA. Resumes from the context's latest checkpoint: weights, optimizer, step, epoch, best score and RNG;
+the learning rate is a closed-form function of (step, total steps), so a resumed run with more epochs follows the
+schedule of its new length. ``max_minutes`` stops training at the first step past the deadline (all workers agree),
+then validates and checkpoints that last, possibly partial, epoch.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from dcgen.train import checkpoint
 from dcgen.train.context import MetricsLog, TrainContext, unwrap
 
+KIND = "vae"
 MILESTONES = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -39,13 +43,27 @@ class VAETrainConfig:
     seed: int = 0
     amp: bool = True
     out_dir: str | None = None  # run directory: metrics.jsonl, tensorboard/, best/, last/
-    max_minutes: float | None = None  # stop (after a full epoch's checkpoint) once this much time has passed
-    fail_at_step: int | None = None  # fault injection for restart tests: the worker process exits once there
+    max_minutes: float | None = None  # stop training at the first step past this wall time, then checkpoint
+    fail_at_step: int | None = None  # fault injection for restart tests: rank 0's process exits once there
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.steps_per_epoch < 1:
+            raise ValueError(f"epochs, batch size and steps per epoch must be >= 1, got {self.epochs}, "
+                             f"{self.batch_size}, {self.steps_per_epoch}")
+        if not self.lr > 0:
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be positive (or None for no limit), got {self.max_minutes}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "VAETrainConfig":
         return cls(**d)
+
+
+def lr_factor(step: int, total_steps: int, gamma: float, milestones=MILESTONES) -> float:
+    """The MultiStep factor ``gamma ** (number of milestones f·total_steps already reached)`` at ``step``."""
+    return gamma ** sum(step >= max(1, int(f * total_steps)) for f in milestones)
 
 
 def flip_batch_y(batch: dict[str, torch.Tensor], flip_B: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -64,6 +82,18 @@ def build_model(model_cfg: dict):
     return HexPlaneVAE(VAEConfig.from_dict(model_cfg))
 
 
+def check_resumable(meta: dict, model_cfg: dict, path) -> None:
+    """A run resumes only from a checkpoint of the same network: same grid, classes and widths."""
+    saved = meta.get("config")
+    if saved != model_cfg:
+        grid_first = {"num_frames": 0, "size": 1, "num_classes": 2}
+        diff = sorted((k for k in set(saved or {}) | set(model_cfg) if (saved or {}).get(k) != model_cfg.get(k)),
+                      key=lambda k: (grid_first.get(k, 3), k))
+        shown = ", ".join(f"{k}: checkpoint {(saved or {}).get(k)!r} vs run {model_cfg.get(k)!r}" for k in diff[:4])
+        raise ValueError(f"{path}: checkpoint is of a different VAE than this run ({shown}); resume it with the "
+                         "preset and options it was trained with, or start a new run")
+
+
 def _autocast(device: torch.device, enabled: bool):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -72,20 +102,41 @@ def _autocast(device: torch.device, enabled: bool):
 
 @torch.no_grad()
 def evaluate(model, ctx: TrainContext, batch_size: int, num_classes: int, amp: bool) -> dict:
-    """Validation mIoU over this worker's shard, reduced across workers."""
+    """Validation IoU over this worker's shard (posterior mean decoded), confusion counts summed over workers."""
     from dcgen.metrics.recon_iou import IoUAccumulator
 
     acc = IoUAccumulator(num_classes)
     model.eval()
     for batch in ctx.batches("val", batch_size, epoch=0, shuffle=False):
-        occ = batch["occupancy"]
+        occ_BTXYZ = batch["occupancy"]
         with _autocast(ctx.device, amp):
-            logits, _, _ = model(occ)
-        acc.update(logits.argmax(1), occ, batch.get("mask"))
+            logits_BKTXYZ, _, _ = model(occ_BTXYZ, sample=False)
+        acc.update(logits_BKTXYZ.argmax(1), occ_BTXYZ, batch.get("mask"))
     model.train()
     counts = ctx.all_reduce(torch.as_tensor(acc.counts, dtype=torch.float64, device=ctx.device)).cpu().numpy()
-    acc.counts = counts.astype("int64")
+    acc.counts = counts.round().astype("int64")
+    if acc.counts.sum() == 0:
+        raise ValueError("validation saw no observed voxel: the val split is empty or fully masked")
     return {"val_miou": acc.miou(), "val_binary_iou": acc.binary_iou(), "val_per_class_iou": acc.per_class_iou()}
+
+
+def _past_deadline(ctx: TrainContext, deadline: float | None) -> bool:
+    """Whether any worker is past ``deadline``: every rank gets the same answer, so all stop at the same step."""
+    if deadline is None:
+        return False
+    late = torch.tensor([1.0 if time.time() > deadline else 0.0], dtype=torch.float64, device=ctx.device)
+    return bool(ctx.all_reduce(late).item() > 0)
+
+
+def _maybe_fail(cfg: VAETrainConfig, rank: int, step: int) -> None:
+    """Fault injection: rank 0 exits hard (no cleanup, like a killed process) the first time it reaches the step."""
+    if cfg.fail_at_step is None or step != cfg.fail_at_step or rank != 0 or not cfg.out_dir:
+        return
+    marker = Path(cfg.out_dir) / f".failed-at-{step}"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        os._exit(1)
 
 
 def train_vae(ctx: TrainContext, run: dict) -> dict:
@@ -99,64 +150,71 @@ def train_vae(ctx: TrainContext, run: dict) -> dict:
     model = ctx.prepare(build_model(cfg.model))
     net = unwrap(model)
     num_classes = net.config.num_classes
+    if len(cfg.class_weights) != num_classes:
+        raise ValueError(f"{len(cfg.class_weights)} class weights given for a VAE of {num_classes} classes")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * cfg.steps_per_epoch
-    sched = torch.optim.lr_scheduler.MultiStepLR(
-        opt, milestones=[max(1, int(f * total_steps)) for f in MILESTONES], gamma=cfg.lr_gamma)
-    weights = torch.tensor(cfg.class_weights, dtype=torch.float32, device=ctx.device)
+    weights_K = torch.tensor(cfg.class_weights, dtype=torch.float32, device=ctx.device)
     step, start_epoch, best = 0, 0, -1.0
     if (latest := ctx.latest_checkpoint()) is not None:
-        meta, state = checkpoint.load(latest, kind="vae", map_location=ctx.device)
+        meta, state = checkpoint.load(latest, kind=KIND, map_location=ctx.device)
+        check_resumable(meta, cfg.model, latest)
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())
         step, start_epoch, best = meta["step"], meta["epoch"] + 1, meta["best_val_miou"]
+    for group in opt.param_groups:
+        group["initial_lr"] = cfg.lr  # this run's lr, even if the resumed one used another
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, cfg.lr_gamma),
+                                              last_epoch=step - 1)
     log = MetricsLog(cfg.out_dir, enabled=ctx.rank == 0)
-    gen = torch.Generator().manual_seed(cfg.seed * 7919 + ctx.rank)
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + ctx.rank * 104729 + step)
     t0 = time.time()
+    deadline = t0 + cfg.max_minutes * 60 if cfg.max_minutes is not None else None
     result = {"step": step, "best_val_miou": best}
     for epoch in range(start_epoch, cfg.epochs):
-        t_epoch, n_steps = time.time(), 0
+        t_epoch, n_steps, loss_sum, stopped = time.time(), 0, 0.0, False
         for batch in ctx.batches("train", cfg.batch_size, epoch, shuffle=True):
-            if cfg.fail_at_step is not None and step == cfg.fail_at_step and cfg.out_dir:
-                marker = Path(cfg.out_dir) / f".failed-at-{step}"
-                if not marker.exists():
-                    marker.parent.mkdir(parents=True, exist_ok=True)
-                    marker.touch()
-                    os._exit(1)
+            if _past_deadline(ctx, deadline):
+                stopped = True
+                break
+            _maybe_fail(cfg, ctx.rank, step)
             if cfg.random_flip:
                 batch = flip_batch_y(batch, torch.rand(batch["occupancy"].shape[0], generator=gen) < 0.5)
-            occ = batch["occupancy"]
+            occ_BTXYZ = batch["occupancy"]
             with _autocast(ctx.device, cfg.amp):
-                logits, mu, logvar = model(occ)
-                loss, parts = vae_loss(logits.float(), occ, mu, logvar, weights, beta=cfg.beta,
-                                       lovasz_weight=cfg.lovasz_weight)
+                logits_BKTXYZ, mu, logvar = model(occ_BTXYZ)
+            loss, parts = vae_loss(logits_BKTXYZ.float(), occ_BTXYZ, mu, logvar, weights_K, beta=cfg.beta,
+                                   lovasz_weight=cfg.lovasz_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             step += 1
             n_steps += 1
+            loss_sum += float(parts["total"])
             if step % cfg.report_every == 0:
                 log.log({"step": step, "epoch": epoch, "lr": sched.get_last_lr()[0],
                          **{f"train_{k}": float(v) for k, v in parts.items()}})
+        if stopped and n_steps == 0 and epoch > start_epoch:
+            break  # the previous epoch's checkpoint is the last word
         val = evaluate(model, ctx, cfg.batch_size, num_classes, cfg.amp)
-        elapsed = time.time() - t0
+        seconds = time.time() - t_epoch
         row = {"step": step, "epoch": epoch, "val_miou": val["val_miou"], "val_binary_iou": val["val_binary_iou"],
-               "epoch_seconds": time.time() - t_epoch, "s_per_iter": (time.time() - t_epoch) / max(n_steps, 1)}
+               "train_loss": loss_sum / max(n_steps, 1), "epoch_seconds": seconds,
+               "s_per_iter": seconds / max(n_steps, 1), "minutes": (time.time() - t0) / 60,
+               "partial_epoch": stopped}
         is_best = val["val_miou"] > best
         best = max(best, val["val_miou"])
         row["best_val_miou"] = best
-        log.log(row)
+        log.log(row | {"val_per_class_iou": val["val_per_class_iou"]})
         with tempfile.TemporaryDirectory() as tmp:
             ckpt_dir = Path(tmp) / "checkpoint"
             if ctx.rank == 0:
-                state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "rng": torch.get_rng_state()}
+                state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state()}
                 meta_extra = {"epoch": epoch, "best_val_miou": best, "per_class_iou": val["val_per_class_iou"],
-                              "train": asdict(cfg) | {"class_weights": list(cfg.class_weights)}}
-                checkpoint.save(ckpt_dir, kind="vae", config=net.config.to_dict(), state=state, step=step,
+                              "train": asdict(cfg)}
+                checkpoint.save(ckpt_dir, kind=KIND, config=net.config.to_dict(), state=state, step=step,
                                 metrics=row, extra=meta_extra)
                 if cfg.out_dir and "://" not in cfg.out_dir:
                     _export(ckpt_dir, Path(cfg.out_dir) / "last")
@@ -164,7 +222,7 @@ def train_vae(ctx: TrainContext, run: dict) -> dict:
                         _export(ckpt_dir, Path(cfg.out_dir) / "best")
             ctx.report(row, ckpt_dir if ctx.rank == 0 else None)
         result = row
-        if cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60:
+        if stopped:
             break
     return result
 
