@@ -201,7 +201,8 @@ def train_vae_cmd(
     beta: float = typer.Option(0.0015, help="KL weight."),
     projection: str = typer.Option("projection", help="projection | avgpool (ablation)."),
     decoder: str = typer.Option("ess", help="ess | query (ablation)."),
-    max_minutes: Optional[float] = typer.Option(None, help="Stop after the epoch that passes this wall time."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop training at the first step past this many "
+                                                "minutes, then validate and checkpoint."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
     overwrite: bool = typer.Option(False, help="Delete an existing run in --out first."),
     seed: int = typer.Option(0),
@@ -377,6 +378,37 @@ def sample_cmd(
 
 
 # ---- eval ------------------------------------------------------------------------------------------------
+
+@eval_app.command("recon", help="Reconstruction quality of a trained VAE on a store split: per-class IoU, mIoU "
+                  "(free and unobserved voxels excluded), binary IoU, and GIFs of ground truth above "
+                  "reconstruction.\n\nExample: dcgen eval recon --vae runs/vae/best --data city.zarr --out eval-recon")
+def eval_recon_cmd(
+    vae: str = typer.Option(..., help="VAE checkpoint directory (e.g. runs/vae/best)."),
+    data: str = typer.Option(..., help="Scene store of the VAE's grid."),
+    split: str = typer.Option("val", help="Split to evaluate (train | val | test | all)."),
+    out: Optional[Path] = typer.Option(None, help="Directory for recon.json and the GIFs (default: print only)."),
+    batch_size: int = typer.Option(4, help="Clips per forward pass."),
+    renders: int = typer.Option(3, help="Clips rendered as GIFs into --out."),
+    max_clips: Optional[int] = typer.Option(None, help="Evaluate only the split's first N clips."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
+) -> None:
+    import json
+
+    from dcgen.metrics.recon_eval import evaluate_reconstruction
+
+    try:
+        result = evaluate_reconstruction(vae, data, None if split == "all" else split, out, batch_size=batch_size,
+                                         device=device, num_renders=renders, max_clips=max_clips)
+    except ValueError as e:
+        fail(str(e))
+    if as_json:
+        typer.echo(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2))
+        return
+    typer.echo(f"{result['num_clips']} {split} clips of {data}, VAE {result['vae_checkpoint_id']}:")
+    typer.echo(result["table"])
+    if out is not None:
+        typer.echo(f"wrote {out / 'recon.json'} and {len(result['renders'])} GIFs")
 
 # ---- serve -----------------------------------------------------------------------------------------------
 
@@ -580,6 +612,38 @@ def jobs_stop_cmd(
 
 
 # ---- bench -----------------------------------------------------------------------------------------------
+
+@bench_app.command("vae", help="VAE ablation benchmark (JSON): training s/iter and peak memory of Projection+ESS, "
+                   "Projection+Query, AvgPool+ESS, AvgPool+Query as ratios to Projection+ESS (same preset and "
+                   "batch, each in a fresh process), and encode/decode clips/s.\n\n"
+                   "Example: dcgen bench vae --preset small --out bench-vae.json")
+def bench_vae_cmd(
+    preset: str = typer.Option("small", help="debug | small | carlasc | occ3d."),
+    out: Path = typer.Option(Path("bench-vae.json"), help="JSON file to write."),
+    batch_size: int = typer.Option(2, help="Clips per training step (the same for every variant)."),
+    iters: int = typer.Option(3, help="Timed iterations per variant (median reported)."),
+    warmup: int = typer.Option(1, help="Untimed iterations first."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: all cores)."),
+) -> None:
+    import json
+
+    from dcgen.train.bench_vae import bench_vae
+
+    try:
+        result = bench_vae(preset, batch_size=batch_size, iters=iters, warmup=warmup, device=device,
+                           threads=threads, log=lambda m: typer.echo(m, err=True))
+    except ValueError as e:
+        fail(str(e))
+    out.write_text(json.dumps(result, indent=2))
+    lines = [f"wrote {out} ({preset}, batch {batch_size}, {result['device']}):"]
+    for name, v in result["variants"].items():
+        lines.append(f"  {name:<18} {v['s_per_iter']:8.3f} s/iter ({v['time_ratio']:.2f}x)  "
+                     f"{v['peak_step_bytes'] / 2**20:9.1f} MiB ({v['memory_ratio']:.2f}x)")
+    q = result["ess_vs_query"]["projection"]
+    lines.append(f"  ESS vs Query: {q['time']:.2f}x time, {q['memory']:.2f}x memory; encode "
+                 f"{result['encode_clips_per_s']:.2f} clips/s, decode {result['decode_clips_per_s']:.2f} clips/s")
+    typer.echo("\n".join(lines))
 
 @bench_app.command("data", help="Data-path benchmark (JSON): synthetic clips/s with 1 and 2 workers, store "
                    "write/read MB/s, Ray Data read vs a plain zarr read, bytes on disk per clip vs raw uint8, "

@@ -1,0 +1,44 @@
+"""``dcgen bench vae``: every variant measured in one run with ratios to Projection+ESS, codec throughput, JSON
+from the CLI, and bad options refused before any process starts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from dcgen.cli import app
+from dcgen.train.bench_vae import VARIANTS, bench_vae, variant_name
+
+
+def test_bad_options_are_errors():
+    with pytest.raises(ValueError, match="unknown VAE preset 'huge'"):
+        bench_vae("huge")
+    with pytest.raises(ValueError, match="need batch size >= 1, iters >= 1, warmup >= 0; got 0, 3, 1"):
+        bench_vae("debug", batch_size=0)
+
+
+def test_cli_error_is_one_line():
+    res = CliRunner().invoke(app, ["bench", "vae", "--preset", "huge"])
+    assert res.exit_code == 2 and res.output.strip().startswith("error: unknown VAE preset 'huge'")
+
+
+@pytest.mark.slow
+def test_debug_bench_measures_every_variant(tmp_path):
+    out = tmp_path / "bench-vae.json"
+    res = CliRunner().invoke(app, ["bench", "vae", "--preset", "debug", "--iters", "1", "--warmup", "0",
+                                   "--batch-size", "1", "--threads", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    result = json.loads(out.read_text())
+    assert set(result["variants"]) == {variant_name(p, d) for p, d in VARIANTS}
+    ref = result["variants"]["projection+ess"]
+    assert ref["time_ratio"] == 1.0 and ref["memory_ratio"] == 1.0
+    for v in result["variants"].values():
+        assert v["s_per_iter"] > 0 and v["peak_step_bytes"] > 0 and len(v["iter_seconds"]) == 1
+    # the variants differ only in the pooling and decoder, so the parameter counts differ
+    assert len({v["parameters"] for v in result["variants"].values()}) == 4
+    assert result["encode_clips_per_s"] > 0 and result["decode_clips_per_s"] > 0
+    assert result["ess_vs_query"]["projection"]["time"] == pytest.approx(
+        ref["s_per_iter"] / result["variants"]["projection+query"]["s_per_iter"])
+    assert "ESS vs Query" in res.output
