@@ -625,6 +625,7 @@ def bench_vae_cmd(
     warmup: int = typer.Option(1, help="Untimed iterations first."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: all cores)."),
+    widths: Optional[str] = typer.Option(None, help="Layer widths of another preset (e.g. carlasc) on this grid."),
 ) -> None:
     import json
 
@@ -632,11 +633,11 @@ def bench_vae_cmd(
 
     try:
         result = bench_vae(preset, batch_size=batch_size, iters=iters, warmup=warmup, device=device,
-                           threads=threads, log=lambda m: typer.echo(m, err=True))
+                           threads=threads, widths=widths, log=lambda m: typer.echo(m, err=True))
     except ValueError as e:
         fail(str(e))
     out.write_text(json.dumps(result, indent=2))
-    lines = [f"wrote {out} ({preset}, batch {batch_size}, {result['device']}):"]
+    lines = [f"wrote {out} ({preset} grid, {result['widths']} widths, batch {batch_size}, {result['device']}):"]
     for name, v in result["variants"].items():
         lines.append(f"  {name:<18} {v['s_per_iter']:8.3f} s/iter ({v['time_ratio']:.2f}x)  "
                      f"{v['peak_step_bytes'] / 2**20:9.1f} MiB ({v['memory_ratio']:.2f}x)")

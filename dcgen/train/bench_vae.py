@@ -1,6 +1,7 @@
 """``dcgen bench vae``: the VAE ablation of SPEC §5 measured here — training seconds per iteration and peak memory
 of Projection+ESS, Projection+Query, AvgPool+ESS and AvgPool+Query at one preset and batch, as ratios to
-Projection+ESS — plus encode and decode throughput (clips/s) of Projection+ESS.
+Projection+ESS — plus encode and decode throughput (clips/s) of Projection+ESS. ``widths`` runs the preset's grid
+at another preset's layer widths (e.g. the ``small`` grid at the SPEC's ``carlasc`` widths).
 
 Every variant trains the same synthetic-city batch with the full loss (weighted CE + Lovász + β·KL) and AdamW, in
 its own freshly spawned process, so no variant inherits another's allocator state; the four processes take their
@@ -31,6 +32,21 @@ TARGET_MEMORY_RATIO = 0.35
 
 def variant_name(projection: str, decoder: str) -> str:
     return f"{projection}+{decoder}"
+
+
+WIDTH_FIELDS = ("embed_dim", "encoder_width", "decoder_width", "decoder_hidden", "decoder_out", "query_hidden")
+
+
+def bench_config(preset: str, widths: str | None = None, projection: str = "projection", decoder: str = "ess"):
+    """The ``preset`` VAE config, with the layer widths of the ``widths`` preset when given (e.g. the small grid at
+    the carlasc widths), and the given pooling and decoder."""
+    from dcgen.models.vae import vae_preset
+
+    cfg = vae_preset(preset)
+    if widths is not None:
+        other = vae_preset(widths)
+        cfg = cfg.replace(**{f: getattr(other, f) for f in WIDTH_FIELDS})
+    return cfg.replace(projection=projection, decoder=decoder)
 
 
 def _status_kib(field: str) -> int:
@@ -70,11 +86,11 @@ def _sync(device) -> None:
 class _TrainingStep:
     """One variant's model, optimizer and batch; ``__call__`` runs and times one training step."""
 
-    def __init__(self, preset: str, projection: str, decoder: str, batch_size: int, device: str,
-                 threads: int | None, seed: int = 0):
+    def __init__(self, preset: str, widths: str | None, projection: str, decoder: str, batch_size: int,
+                 device: str, threads: int | None, seed: int = 0):
         import torch
 
-        from dcgen.models.vae import HexPlaneVAE, vae_preset
+        from dcgen.models.vae import HexPlaneVAE
         from dcgen.runtime import pick_device
         from dcgen.train.vae_losses import class_weights
 
@@ -82,7 +98,7 @@ class _TrainingStep:
             torch.set_num_threads(threads)
         self.device = pick_device(device)
         torch.manual_seed(seed)
-        self.model = HexPlaneVAE(vae_preset(preset).replace(projection=projection, decoder=decoder)).to(self.device)
+        self.model = HexPlaneVAE(bench_config(preset, widths, projection, decoder)).to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
         occ_BTXYZ, counts = _batch(preset, batch_size, seed)
         self.occ_BTXYZ = occ_BTXYZ.to(self.device)
@@ -144,7 +160,7 @@ def _variant_process(conn, *args) -> None:
     conn.close()
 
 
-def measure_training(preset: str, batch_size: int, iters: int, warmup: int, device: str,
+def measure_training(preset: str, widths: str | None, batch_size: int, iters: int, warmup: int, device: str,
                      threads: int | None, log=None) -> dict:
     """Every variant's s/iter and peak step memory. The four run in their own processes at once but step in
     turn, round after round (the order rotating), so a change of machine load hits them all alike."""
@@ -155,7 +171,8 @@ def measure_training(preset: str, batch_size: int, iters: int, warmup: int, devi
         for (projection, decoder), name in zip(VARIANTS, names):
             parent, child = ctx.Pipe()
             procs[name] = ctx.Process(target=_variant_process, daemon=True,
-                                      args=(child, preset, projection, decoder, batch_size, device, threads))
+                                      args=(child, preset, widths, projection, decoder, batch_size, device,
+                                            threads))
             procs[name].start()
             conns[name] = parent
         def recv(name: str):
@@ -197,19 +214,19 @@ def measure_training(preset: str, batch_size: int, iters: int, warmup: int, devi
                 proc.terminate()
 
 
-def measure_codec(preset: str, batch_size: int, iters: int, warmup: int, device: str, threads: int | None,
-                  seed: int = 0) -> dict:
+def measure_codec(preset: str, widths: str | None, batch_size: int, iters: int, warmup: int, device: str,
+                  threads: int | None, seed: int = 0) -> dict:
     """Encode (clip → μ planes) and decode (planes → class ids) clips/s of Projection+ESS in eval mode."""
     import torch
 
-    from dcgen.models.vae import HexPlaneVAE, vae_preset
+    from dcgen.models.vae import HexPlaneVAE
     from dcgen.runtime import pick_device
 
     if threads:
         torch.set_num_threads(threads)
     dev = pick_device(device)
     torch.manual_seed(seed)
-    model = HexPlaneVAE(vae_preset(preset)).to(dev).eval()
+    model = HexPlaneVAE(bench_config(preset, widths)).to(dev).eval()
     occ_BTXYZ, _ = _batch(preset, batch_size, seed)
     occ_BTXYZ = occ_BTXYZ.to(dev)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu",
@@ -237,20 +254,19 @@ def _in_fresh_process(fn, *args):
 
 
 def bench_vae(preset: str = "small", batch_size: int = 2, iters: int = 3, warmup: int = 1, device: str = "auto",
-              threads: int | None = None, log=None) -> dict:
+              threads: int | None = None, widths: str | None = None, log=None) -> dict:
     """The four variants' training cost as ratios to Projection+ESS, and encode/decode clips/s (JSON-able)."""
     import torch
 
-    from dcgen.models.vae import vae_preset
     from dcgen.runtime import pick_device
 
-    vae_preset(preset)  # an unknown preset fails here, before any process starts
+    config = bench_config(preset, widths)  # an unknown preset fails here, before any process starts
     if batch_size < 1 or iters < 1 or warmup < 0:
         raise ValueError(f"need batch size >= 1, iters >= 1, warmup >= 0; got {batch_size}, {iters}, {warmup}")
     dev = pick_device(device)
     threads = threads or (None if dev.type == "cuda" else os.cpu_count())
     load_before = os.getloadavg()
-    variants = measure_training(preset, batch_size, iters, warmup, str(dev), threads, log)
+    variants = measure_training(preset, widths, batch_size, iters, warmup, str(dev), threads, log)
     ref = variants[variant_name("projection", "ess")]
     for v in variants.values():
         v["time_ratio"] = v["s_per_iter"] / ref["s_per_iter"]
@@ -264,10 +280,11 @@ def bench_vae(preset: str = "small", batch_size: int = 2, iters: int = 3, warmup
                                     "memory": ess["peak_step_bytes"] / max(query["peak_step_bytes"], 1)}
     if log is not None:
         log("  encode / decode ...")
-    codec = _in_fresh_process(measure_codec, preset, batch_size, iters, warmup, str(dev), threads)
+    codec = _in_fresh_process(measure_codec, preset, widths, batch_size, iters, warmup, str(dev), threads)
     main = ess_vs_query["projection"]
     return {
-        "preset": preset, "batch_size": batch_size, "iters": iters, "warmup": warmup, "device": str(dev),
+        "preset": preset, "widths": widths or preset, "config": config.replace(decoder="ess").to_dict(),
+        "batch_size": batch_size, "iters": iters, "warmup": warmup, "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
         "threads": threads,
         "memory_measure": ("torch.cuda.max_memory_allocated above the allocation before the first step"

@@ -17,6 +17,18 @@ def test_bad_options_are_errors():
         bench_vae("huge")
     with pytest.raises(ValueError, match="need batch size >= 1, iters >= 1, warmup >= 0; got 0, 3, 1"):
         bench_vae("debug", batch_size=0)
+    with pytest.raises(ValueError, match="unknown VAE preset 'wide'"):
+        bench_vae("debug", widths="wide")
+
+
+def test_widths_of_another_preset_keep_the_grid():
+    from dcgen.models.vae import vae_preset
+    from dcgen.train.bench_vae import bench_config
+
+    cfg = bench_config("small", "carlasc", decoder="query")
+    assert cfg.shape == vae_preset("small").shape and cfg.decoder == "query"
+    assert (cfg.decoder_hidden, cfg.query_hidden) == (vae_preset("carlasc").decoder_hidden,
+                                                      vae_preset("carlasc").query_hidden)
 
 
 def test_cli_error_is_one_line():
