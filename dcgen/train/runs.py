@@ -67,6 +67,18 @@ def check_same_model(out: Path, model_cfg: dict, preset: str) -> None:
                          f"differ) than --preset {preset!r} with these options; resume with the original ones")
 
 
+def check_latest_checkpoint(ray_run: Path, model_cfg: dict) -> None:
+    """The checkpoint Ray Train will resume from (the newest) must load and be of this network; checked here so a
+    damaged one is one clear error rather than a worker failing ``max_failures`` times."""
+    from dcgen.train import checkpoint
+    from dcgen.train.vae_loop import KIND, check_resumable
+
+    found = sorted(ray_run.glob("checkpoint_*"))  # Ray names them by creation time
+    if found:
+        meta, _ = checkpoint.load(found[-1], kind=KIND)
+        check_resumable(meta, model_cfg, found[-1])
+
+
 def _cpus_per_worker(scaling: Scaling) -> float:
     if scaling.cpus_per_worker is not None:
         return scaling.cpus_per_worker
@@ -101,6 +113,7 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
     prepare_run_dir(out, resume, overwrite)
     if resume:
         check_same_model(out, model_cfg.to_dict(), preset)
+        check_latest_checkpoint(out / "ray" / "vae", model_cfg.to_dict())
     hist = store.class_histogram("train")
     init_ray(scaling.address)
     arrays = ("occupancy", "mask") if store.has_mask else ("occupancy",)
@@ -177,6 +190,25 @@ def dit_config_for(preset: str, latents, conditions: tuple[str, ...]):
     return cfg
 
 
+def check_same_dit(out: Path, run) -> None:
+    """``--resume`` continues the network the run was started with: same DiT (conditions included) and VAE."""
+    run_file = out / "run.json"
+    if not run_file.is_file():
+        return
+    try:
+        saved = json.loads(run_file.read_text())["run"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{run_file}: unreadable run description ({e}); pass --overwrite to start over") from e
+    if saved.get("model") != run.model:
+        keys = sorted(k for k in set(saved.get("model") or {}) | set(run.model)
+                      if (saved.get("model") or {}).get(k) != run.model.get(k))
+        raise ValueError(f"{out}: the run was started with a different DiT ({', '.join(keys)} differ: it has "
+                         f"conditions {saved.get('model', {}).get('conditions')}); resume with the original options")
+    if saved.get("vae_checkpoint_id") != run.vae_checkpoint_id:
+        raise ValueError(f"{out}: the run was trained on latents of VAE {saved.get('vae_checkpoint_id')!r}, these "
+                         f"are from {run.vae_checkpoint_id!r}; resume with the original latents")
+
+
 def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditions=None, preset: str = "small",
               scaling: Scaling = Scaling(), epochs: int | None = None, batch_size: int | None = None,
               lr: float = 1e-4, ema_decay: float | None = None, cond_drop: float = 0.1, resume: bool = False,
@@ -217,6 +249,8 @@ def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditio
         out_dir=str(out), max_minutes=max_minutes, fail_at_step=fail_at_step,
         extra={"latents": str(latents), "preset": preset, "train_clips": int(n_train), "val_clips": int(n_val)})
     prepare_run_dir(out, resume, overwrite)
+    if resume:
+        check_same_dit(out, run)
     init_ray(scaling.address)
     datasets = {"train": read_latents(latents, "train"), "val": read_latents(latents, "val")}
     (out / "run.json").write_text(json.dumps({"kind": "dit", "run": asdict(run), "scaling": asdict(scaling)},

@@ -165,6 +165,20 @@ def test_resume_with_another_preset_or_network_is_an_error(city, tmp_path):
     assert (out / "keep.txt").read_text() == "precious"
 
 
+def test_resume_from_a_truncated_ray_checkpoint_is_an_error_before_any_worker(city, tmp_path):
+    from dcgen.models.vae import vae_preset
+
+    out = fake_run(tmp_path / "run")
+    model = vae_preset("debug")
+    for name in ("checkpoint_2026-01-01_00-00-00.000001", "checkpoint_2026-01-01_00-00-09.000001"):
+        checkpoint.save(out / "ray" / "vae" / name, kind="vae", config=model.to_dict(), state={"w": torch.ones(99)},
+                        step=1)
+    newest = out / "ray" / "vae" / "checkpoint_2026-01-01_00-00-09.000001" / "state.pt"
+    newest.write_bytes(newest.read_bytes()[:64])
+    with pytest.raises(ValueError, match="checkpoint_2026-01-01_00-00-09.000001/state.pt: corrupted or unreadable"):
+        train_vae(city, "debug", out, resume=True)
+
+
 def test_store_grid_must_match_the_preset_and_nothing_is_overwritten(city, tmp_path):
     out = fake_run(tmp_path / "run")
     with pytest.raises(ValueError, match=r"store grid T=4 XYZ=\[32, 32, 4\] K=11 does not match the model preset "
