@@ -224,3 +224,13 @@ def test_two_workers_survive_a_killed_worker_then_resume_with_more_epochs(ray_lo
     assert more["metrics"]["step"] == 3 * per_epoch and more["metrics"]["epoch"] == 2
     assert [r["epoch"] for r in rows(out)] == [0, 1, 2]
     assert checkpoint.read_meta(out / "last", kind="vae")["step"] == 3 * per_epoch
+
+
+def test_cli_reports_user_errors_on_one_line(city, tmp_path):
+    from typer.testing import CliRunner
+
+    from dcgen.cli import app
+
+    res = CliRunner().invoke(app, ["train", "vae", "--data", city, "--preset", "small", "--out", str(tmp_path)])
+    assert res.exit_code == 2
+    assert res.output.startswith("error: ") and "does not match the model preset 'small'" in res.output
