@@ -1,0 +1,571 @@
+"""``dcgen synth``: mass production of conditioned scenes on Ray Data with per-batch quality gates (issue 6).
+
+The job's n scenes are cut into blocks of ``batch_size`` scenes (whole shards of the output store). Ray Data runs
+block ids → condition rows (``block_conditions``: each scene's requested conditions, source clips read from the
+``--source`` store) → ``map_batches`` on an actor pool of ``SynthWorker``s (one generation pipeline per GPU, or per
+CPU slot locally; or, with ``--serve APP``, a handle to the running Serve model deployment, whose scenes are the
+same bytes) → generate → quality gate → write. A worker owns its block: it writes the accepted scenes straight to
+their final index range (arrays first, then the block's manifest part, so the store is always consistent) or, when
+the gate fails, writes the attempt to the ``rejected`` store and regenerates the block with fresh seeds, up to
+``max_attempts``; a block failing every attempt is given up (reported; the store then stays incomplete).
+
+Resumable: a block is done once its manifest part exists; re-running the same command skips done blocks and
+continues a block's attempts after the ones recorded as rejected. The job spec is saved in the store's attributes
+(``provenance.job``); another job on an existing store is an error unless ``--overwrite``.
+
+Output (``OUT``, readable with zarr and pyarrow alone): the scene store arrays (occupancy; trajectory = the
+requested one, else estimated from the clip; command = the requested one, else derived; layout and bev derived
+from the generated occupancy), the requested conditions as ``cond_*`` arrays, and manifest columns for provenance
+(seed, attempt, scenario entry, conditions, source clip, the block's gate numbers and thresholds, per-scene
+occupancy and flicker). ``OUT/rejected`` is a scene store of the same arrays holding every failed attempt, scene k
+of attempt a at index ``a * padded_n + k`` (valid only where its manifest lists it).
+
+Legend: B scenes per block, T/X/Y/Z clip axes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+
+from dcgen.data.store import ArraySpec, SceneStore
+from dcgen.generate.conditions import SceneRequest
+from dcgen.generate.job import Scenario, SynthJob, identity_difference, inpaint_mask
+from dcgen.presets import Grid
+
+log = logging.getLogger("dcgen.synth")
+SOURCE = "dcgen-synth"
+REJECTED = "rejected"
+
+COND_ARRAYS: dict[str, ArraySpec] = {a.name: a for a in (
+    ArraySpec("cond_command", "int16", ("clip",), "requested driving command (0 static, 1 forward, 2 left, "
+              "3 right); -1 where the scene had none"),
+    ArraySpec("cond_trajectory", "float32", ("clip", "t", "xyyaw"), "requested ego trajectory (x, y, yaw per "
+              "frame); zeros where the manifest's 'conditions' lack trajectory"),
+    ArraySpec("cond_layout", "uint8", ("clip", "t", "lx", "ly"), "requested vehicle layout; zeros where the "
+              "manifest's 'conditions' lack layout"),
+    ArraySpec("cond_bev", "uint8", ("clip", "x", "y"), "requested BEV semantic layout; zeros where the manifest's "
+              "'conditions' lack bev"),
+    ArraySpec("cond_inpaint_mask", "bool", ("clip", "x", "y"), "true where the source clip was regenerated "
+              "(inpainting); all false for other scenes"),
+    ArraySpec("cond_outpaint_shift", "int32", ("clip",), "voxels the source scene was moved along +X "
+              "(outpainting); 0 for other scenes"),
+    ArraySpec("cond_source_index", "int64", ("clip",), "index of the --source store clip the conditions came from "
+              "(provenance.job.source); -1 for none"),
+    ArraySpec("cond_guidance", "float32", ("clip",), "classifier-free guidance scale the scene was sampled with"),
+)}
+
+
+def cond_arrays(scenario: Scenario) -> list[ArraySpec]:
+    """The ``cond_*`` arrays a job's output holds: those its scenario can set, plus guidance."""
+    e = scenario.entries
+    used = {
+        "cond_command": any(x.command is not None for x in e),
+        "cond_trajectory": any(x.trajectory is not None for x in e),
+        "cond_layout": any(x.layout is not None for x in e),
+        "cond_bev": any(x.bev is not None for x in e),
+        "cond_inpaint_mask": any(x.inpaint is not None for x in e),
+        "cond_outpaint_shift": any(x.outpaint is not None for x in e),
+        "cond_source_index": scenario.needs_source,
+        "cond_guidance": True,
+    }
+    return [COND_ARRAYS[n] for n, on in used.items() if on]
+
+
+def rejected_path(out: str) -> str:
+    return posixpath.join(str(out).rstrip("/"), REJECTED)
+
+
+# ---- condition rows ------------------------------------------------------------------------------------------
+
+def block_conditions(job: SynthJob, block: int, source: SceneStore | None,
+                     pool: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The requested conditions of every scene of ``block`` as arrays with a leading B (absent ones zero, with
+    ``has_*`` flags; ``command`` -1 when absent); ``source_occ`` holds the source clips when the scenario extends or
+    edits them. ``pool`` is the source store's clip indices of the job's split (read when None)."""
+    grid = Grid.from_dict(job.grid)
+    t, (x, y, z) = grid.num_frames, grid.size
+    lx, ly = grid.layout_size
+    ks = np.asarray(job.block_range(block), dtype=np.int64)
+    b = ks.size
+    entries = [job.scenario.entry_of(k) for k in ks]
+    out = {
+        "k": ks, "entry": np.asarray(entries, np.int32), "source_index": np.full(b, -1, np.int64),
+        "command": np.full(b, -1, np.int16), "trajectory": np.zeros((b, t, 3), np.float32),
+        "has_trajectory": np.zeros(b, bool), "layout": np.zeros((b, t, lx, ly), np.uint8),
+        "has_layout": np.zeros(b, bool), "bev": np.zeros((b, x, y), np.uint8), "has_bev": np.zeros(b, bool),
+        "inpaint_mask": np.zeros((b, x, y), bool), "outpaint_shift": np.zeros(b, np.int32),
+        "guidance": np.zeros(b, np.float32),
+    }
+    if job.scenario.needs_source_clips:
+        out["source_occ"] = np.zeros((b, t, x, y, z), np.uint8)
+    src: dict[str, np.ndarray] = {}
+    if job.scenario.needs_source:
+        if pool is None:
+            pool = source.indices(job.source_split)
+        perm = job.source_permutation()
+        out["source_index"] = np.asarray([pool[perm[k % perm.size]] if job.scenario.entries[e].needs_source else -1
+                                          for k, e in zip(ks, entries)], np.int64)
+        wanted = out["source_index"][out["source_index"] >= 0]
+        names = ("command", "trajectory", "layout", "bev") + (("occupancy",) if "source_occ" in out else ())
+        if wanted.size:
+            order = np.unique(wanted)
+            got = source.read(order, names)
+            rows = {int(i): r for r, i in enumerate(order)}
+            src = {n: got[n] for n in names}
+            src["row"] = np.asarray([rows.get(int(i), -1) for i in out["source_index"]])
+    for i, (k, e_idx) in enumerate(zip(ks, entries)):
+        e = job.scenario.entries[e_idx]
+        r = int(src["row"][i]) if src else -1
+        out["guidance"][i] = job.guidance if e.guidance is None else e.guidance
+        if e.command == "cycle":
+            out["command"][i] = int(k) % 4
+        elif e.command == "source":
+            out["command"][i] = int(src["command"][r])
+        elif e.command is not None:
+            out["command"][i] = int(e.command)
+        if e.trajectory is not None:
+            out["trajectory"][i] = src["trajectory"][r] if e.trajectory == "source" else np.asarray(e.trajectory)
+            out["has_trajectory"][i] = True
+        for name in ("layout", "bev"):
+            if getattr(e, name) is not None:
+                out[name][i] = src[name][r]
+                out[f"has_{name}"][i] = True
+        if e.inpaint is not None:
+            out["inpaint_mask"][i] = inpaint_mask(e.inpaint, grid)
+        if e.outpaint is not None:
+            out["outpaint_shift"][i] = e.outpaint
+        if "source_occ" in out and (e.extend or e.edit is not None):
+            out["source_occ"][i] = src["occupancy"][r]
+    return out
+
+
+def requests_from_conditions(job: SynthJob, cond: dict[str, np.ndarray]) -> list[SceneRequest]:
+    """One ``SceneRequest`` per scene of a block's condition arrays."""
+    reqs = []
+    for i, e_idx in enumerate(cond["entry"]):
+        e = job.scenario.entries[int(e_idx)]
+        source_occ = cond["source_occ"][i] if "source_occ" in cond else None
+        reqs.append(SceneRequest(
+            command=int(cond["command"][i]) if cond["command"][i] >= 0 else None,
+            trajectory=cond["trajectory"][i] if cond["has_trajectory"][i] else None,
+            layout=cond["layout"][i] if cond["has_layout"][i] else None,
+            bev=cond["bev"][i] if cond["has_bev"][i] else None,
+            prev_clip=source_occ if e.extend else None,
+            source=source_occ if e.edit is not None else None,
+            inpaint_mask=cond["inpaint_mask"][i] if e.inpaint is not None else None,
+            outpaint_shift=int(cond["outpaint_shift"][i]) if e.outpaint is not None else None,
+            guidance=float(cond["guidance"][i])))
+    return reqs
+
+
+# ---- block output --------------------------------------------------------------------------------------------
+
+def block_arrays(occ_BTXYZ: np.ndarray, reqs: list[SceneRequest], cond: dict[str, np.ndarray], grid: Grid,
+                 names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The store arrays of a generated block (derived side arrays + ``cond_*``) and each scene's trajectory origin."""
+    from dcgen.generate.sample_store import clip_arrays
+
+    clips, origins = [], []
+    for occ_TXYZ, req in zip(occ_BTXYZ, reqs):
+        arrays, origin = clip_arrays(occ_TXYZ, grid, req)
+        clips.append(arrays)
+        origins.append(origin)
+    batch = {k: np.stack([c[k] for c in clips]) for k in clips[0]}
+    cond_values = {
+        "cond_command": cond["command"].astype(np.int16), "cond_trajectory": cond["trajectory"],
+        "cond_layout": cond["layout"], "cond_bev": cond["bev"], "cond_inpaint_mask": cond["inpaint_mask"],
+        "cond_outpaint_shift": cond["outpaint_shift"].astype(np.int32),
+        "cond_source_index": cond["source_index"].astype(np.int64),
+        "cond_guidance": cond["guidance"].astype(np.float32),
+    }
+    batch.update({n: cond_values[n] for n in names if n.startswith("cond_")})
+    return batch, origins
+
+
+def block_rows(job: SynthJob, block: int, attempt: int, seeds: list[int], reqs: list[SceneRequest],
+               cond: dict[str, np.ndarray], origins: list[str], gate, record: dict) -> list[dict]:
+    """Manifest rows of a block: provenance of every scene and the block's gate numbers."""
+    rows = []
+    gate_json = json.dumps(record, sort_keys=True)
+    for i, (k, seed, req) in enumerate(zip(cond["k"], seeds, reqs)):
+        e = job.scenario.entries[int(cond["entry"][i])]
+        used = list(req.used()) + ([req.edit] if req.edit else [])
+        rows.append({"index": int(k), "scene": f"synth-{int(k):09d}", "frame_start": 0, "split": "train",
+                     "seed": int(seed), "source": SOURCE, "scene_index": int(k), "attempt": int(attempt),
+                     "block": int(block),
+                     "entry": int(cond["entry"][i]), "entry_name": e.name, "conditions": ",".join(used),
+                     "guidance": float(req.guidance), "source_index": int(cond["source_index"][i]),
+                     "trajectory_origin": origins[i], "occupied_fraction": float(gate.occupied_B[i]),
+                     "flicker": float(gate.flicker_B[i]), "gate": gate_json})
+    return rows
+
+
+# ---- generation backends ------------------------------------------------------------------------------------
+
+class LocalBackend:
+    """A ``GenerationPipeline`` in this process."""
+
+    def __init__(self, vae: str, dit: str, device: str, micro_batch: int):
+        from dcgen.generate.pipeline import GenerationPipeline
+
+        self.pipeline = GenerationPipeline.from_checkpoints(vae, dit, device=device, micro_batch=micro_batch)
+
+    def generate(self, reqs: list[SceneRequest], seeds: list[int], sampler: str, steps: int) -> np.ndarray:
+        return self.pipeline.generate(reqs, seeds, sampler=sampler, steps=steps)
+
+
+class ServeBackend:
+    """The model deployment of a running ``dcgen serve`` application: every scene is one ``SceneJob`` sent through
+    the deployment handle, so scenes of this job share model batches with the deployment's other clients."""
+
+    def __init__(self, app: str):
+        self.handle = serve_handle(app)
+
+    def generate(self, reqs: list[SceneRequest], seeds: list[int], sampler: str, steps: int) -> np.ndarray:
+        from dcgen.serve.model import SceneJob
+
+        responses = [self.handle.generate.remote(SceneJob(r, int(s), sampler, steps)) for r, s in zip(reqs, seeds)]
+        results = [r.result() for r in responses]
+        failed = [r.error for r in results if r.error is not None]
+        if failed:
+            raise RuntimeError(f"the Serve deployment failed a scene: {failed[0]}")
+        return np.stack([r.occupancy_TXYZ for r in results])
+
+
+SERVE_MODEL_DEPLOYMENT = "SceneModel"
+
+
+def serve_handle(app: str):
+    from ray import serve
+
+    try:
+        return serve.get_deployment_handle(SERVE_MODEL_DEPLOYMENT, app_name=app)
+    except Exception as e:  # Serve raises several types when the application or deployment is missing
+        raise ValueError(f"--serve {app}: no running Serve application {app!r} with a {SERVE_MODEL_DEPLOYMENT} "
+                         f"deployment on this Ray ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                         "start one with 'dcgen serve' (its app name) first") from None
+
+
+def check_serve(job: SynthJob) -> None:
+    """The deployment must serve the job's checkpoints with the job's micro-batch (else its scenes would differ)."""
+    info = serve_handle(job.serve_app).info.remote().result()
+    if dict(info["checkpoints"]) != dict(job.checkpoints):
+        raise ValueError(f"--serve {job.serve_app}: the deployment serves checkpoints {info['checkpoints']}, not the "
+                         f"job's --vae/--dit {job.checkpoints}; its scenes would not be the job's")
+    if int(info["micro_batch"]) != job.micro_batch:
+        raise ValueError(f"--serve {job.serve_app}: the deployment runs micro-batch {info['micro_batch']} but the job "
+                         f"asks for --micro-batch {job.micro_batch}; pass --micro-batch {info['micro_batch']} (a "
+                         "scene's bytes depend on it)")
+
+
+# ---- the worker ---------------------------------------------------------------------------------------------
+
+class SynthWorker:
+    """One actor of the pool: a generation backend, the gate, and write access to the output stores. Each call
+    takes one block's condition row and returns one summary row."""
+
+    def __init__(self, job: dict, out: str, device: str, thresholds: dict, reference, features_device: str = "auto"):
+        from dcgen.generate.gates import Gate, feature_function
+
+        self.job = SynthJob.from_dict(job)
+        self.grid = Grid.from_dict(self.job.grid)
+        if self.job.serve_app is not None:
+            self.backend = ServeBackend(self.job.serve_app)
+        else:
+            self.backend = LocalBackend(self.job.vae, self.job.dit, device, self.job.micro_batch)
+        gates = self.job.gates or {}
+        features = None
+        if any(c.startswith(("fid", "kid")) for c in thresholds):
+            features = feature_function(gates["features"], features_device, bool(gates.get("use_2d")))
+        self.gate = Gate(thresholds, reference, self.grid.num_classes, features)
+        self.store = SceneStore.open(out, "a")
+        self.rejected = SceneStore.open(rejected_path(out), "a")
+        self.names = tuple(n for n in self.store.array_names if n.startswith("cond_"))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        job = self.job
+        block, attempt0 = int(batch["block"][0]), int(batch["attempt0"][0])
+        cond = {k: v[0] for k, v in batch.items() if k not in ("block", "attempt0")}
+        reqs = requests_from_conditions(job, cond)
+        ks = [int(k) for k in cond["k"]]
+        timing = {"gen_s": 0.0, "gate_s": 0.0, "write_s": 0.0}
+        t_block = time.perf_counter()
+        accepted, rejected, last = 0, 0, attempt0
+        for attempt in range(attempt0, job.max_attempts):
+            last = attempt
+            seeds = job.seeds(ks, attempt)
+            t0 = time.perf_counter()
+            occ = self.backend.generate(reqs, seeds, job.sampler, job.steps)
+            timing["gen_s"] += time.perf_counter() - t0
+            result = self.gate(occ, seeds[0])
+            timing["gate_s"] += result.seconds
+            t0 = time.perf_counter()
+            arrays, origins = block_arrays(occ, reqs, cond, self.grid, self.names)
+            rows = block_rows(job, block, attempt, seeds, reqs, cond, origins, result,
+                              result.record(self.gate.thresholds, attempt))
+            if result.passed:
+                self.store.write(ks[0], arrays, rows)
+                timing["write_s"] += time.perf_counter() - t0
+                accepted = len(ks)
+                break
+            slot = attempt * job.padded_n + ks[0]
+            for i, r in enumerate(rows):
+                r.update(index=slot + i, rejected_by=",".join(result.failed))
+            # the job's last block alone owns the last shard of its attempt's slots, even when n ends mid-shard
+            owns_tail = ks[-1] + 1 == job.n and job.n != job.padded_n
+            self.rejected.write(slot, arrays, rows, aligned=not owns_tail)
+            timing["write_s"] += time.perf_counter() - t0
+            rejected += len(ks)
+        return {"block": np.asarray([block]), "scenes": np.asarray([len(ks)]), "accepted": np.asarray([accepted]),
+                "rejected": np.asarray([rejected]), "attempts": np.asarray([last - attempt0 + 1]),
+                "given_up": np.asarray([accepted == 0]), "block_s": np.asarray([time.perf_counter() - t_block]),
+                **{k: np.asarray([v]) for k, v in timing.items()}}
+
+
+# ---- output store ---------------------------------------------------------------------------------------------
+
+@dataclass
+class OutputState:
+    """What a (re)started job finds in its output store."""
+
+    store: SceneStore
+    rejected: SceneStore
+    done_blocks: set
+    attempts_done: dict  # block -> attempts recorded as rejected
+    resumed: bool
+
+    def pending(self, job: SynthJob) -> list[tuple[int, int]]:
+        """``(block, first attempt)`` of every block still to generate (given-up blocks excluded)."""
+        return [(b, self.attempts_done.get(b, 0)) for b in range(job.num_blocks)
+                if b not in self.done_blocks and self.attempts_done.get(b, 0) < job.max_attempts]
+
+    def given_up(self, job: SynthJob) -> list[int]:
+        return [b for b in range(job.num_blocks)
+                if b not in self.done_blocks and self.attempts_done.get(b, 0) >= job.max_attempts]
+
+
+def _provenance(job: SynthJob, calibration: dict | None) -> dict:
+    return {"generator": "dcgen synth", "job": job.to_dict(), "identity": job.identity_hash(),
+            "checkpoints": dict(job.checkpoints), "gates": calibration, "runs": []}
+
+
+def update_provenance(path: str, updates: dict) -> None:
+    """Merge ``updates`` into the store's ``provenance`` attribute (driver only)."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+")
+    meta = dict(group.attrs["dcgen"])
+    prov = dict(meta.get("provenance", {}))
+    prov.update(updates)
+    meta["provenance"] = prov
+    group.attrs["dcgen"] = meta
+
+
+def open_output(job: SynthJob, out: str, overwrite: bool, calibration: dict | None) -> OutputState:
+    """Create the output stores, or reopen those of the same job to continue it."""
+    from dcgen.data.store import _exists
+
+    grid = Grid.from_dict(job.grid)
+    extra = cond_arrays(job.scenario)
+    rej_path = rejected_path(out)
+    if _exists(out):
+        try:
+            existing = SceneStore.open(out, "a")
+        except ValueError as e:
+            raise ValueError(f"--out {out}: exists and is not a scene store ({e}); refusing to touch it") from None
+        prov = existing.meta.get("provenance", {})
+        if not overwrite:
+            stored = prov.get("job")
+            if prov.get("generator") != "dcgen synth" or not isinstance(stored, dict):
+                raise ValueError(f"--out {out}: exists and was not made by 'dcgen synth' (source "
+                                 f"{existing.meta.get('source')!r}); pass --overwrite to replace it")
+            diff = identity_difference(stored, job.to_dict())
+            if diff:
+                raise ValueError(f"--out {out}: holds another synth job (differs in {'; '.join(diff)}); re-run that "
+                                 "job's command to continue it, or pass --overwrite to replace it")
+            rejected = SceneStore.open(rej_path, "a") if _exists(rej_path) else SceneStore.create(
+                rej_path, grid, source=SOURCE + "-rejected", with_mask=False, extra_arrays=extra,
+                capacity=job.max_attempts * job.padded_n)
+            if rejected.capacity < job.max_attempts * job.padded_n:
+                rejected.resize(job.max_attempts * job.padded_n)
+            update_provenance(out, {"job": job.to_dict(), "gates": calibration})
+            done = {int(i) // job.batch_size for i in existing.indices()}
+            attempts: dict[int, int] = {}
+            table = rejected.manifest()
+            if table.num_rows:
+                for b, a in zip(table.column("block").to_pylist(), table.column("attempt").to_pylist()):
+                    attempts[int(b)] = max(attempts.get(int(b), 0), int(a) + 1)
+            return OutputState(existing, rejected, done, attempts, True)
+    store = SceneStore.create(out, grid, source=SOURCE, attrs=_provenance(job, calibration), with_mask=False,
+                              capacity=job.n, overwrite=overwrite, extra_arrays=extra)
+    rejected = SceneStore.create(rej_path, grid, source=SOURCE + "-rejected", with_mask=False, extra_arrays=extra,
+                                 capacity=job.max_attempts * job.padded_n, overwrite=True)
+    return OutputState(store, rejected, set(), {}, False)
+
+
+# ---- progress --------------------------------------------------------------------------------------------------
+
+class Progress:
+    """Scenes done, scenes/s, accepted/rejected counts and ETA; ``line()`` renders a one-line bar."""
+
+    def __init__(self, total: int, done_before: int, width: int = 24):
+        self.total, self.done_before, self.width = total, done_before, width
+        self.accepted = self.rejected = self.given_up = 0
+        self.t0 = time.perf_counter()
+
+    def update(self, row: dict) -> None:
+        self.accepted += int(row["accepted"])
+        self.rejected += int(row["rejected"])
+        self.given_up += int(row["scenes"]) if bool(row["given_up"]) else 0
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / max(time.perf_counter() - self.t0, 1e-9)
+
+    def line(self) -> str:
+        done = self.done_before + self.accepted
+        frac = done / max(self.total, 1)
+        bar = "#" * int(frac * self.width) + "." * (self.width - int(frac * self.width))
+        left = self.total - done - self.given_up
+        eta = left / self.rate if self.rate > 0 else float("nan")
+        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "--:--:--"
+        extra = f", {self.given_up} given up" if self.given_up else ""
+        return (f"[{bar}] {done}/{self.total} scenes | {self.rate:.2f} scenes/s | accepted {self.accepted}, "
+                f"rejected {self.rejected}{extra} | ETA {eta_s}")
+
+
+# ---- the driver -------------------------------------------------------------------------------------------------
+
+def _pool(ray, workers: int | None, serve_app: str | None) -> tuple[int, dict, str]:
+    """Actor count, per-actor resources and device: one GPU each when the cluster has GPUs, else one CPU each
+    (leaving one CPU to the condition reads); with --serve the deployment holds the GPUs."""
+    res = ray.cluster_resources()
+    gpus, cpus = int(res.get("GPU", 0)), float(res.get("CPU", 1))
+    if serve_app is not None:
+        return (workers or 2), {"num_cpus": 1}, "cpu"
+    if gpus:
+        return (workers or gpus), {"num_gpus": 1, "num_cpus": 1}, "cuda"
+    return (workers or max(1, int(cpus) - 1)), {"num_cpus": 1}, "cpu"
+
+
+def prepare_gates(job: SynthJob) -> tuple[dict | None, object]:
+    """Calibrated thresholds (``None`` when gates are off) and the ``GateReference`` workers compare with."""
+    from dcgen.generate.gates import (GateConfig, GateReference, calibrate, real_clips_from_store,
+                                      real_features_from_reference)
+
+    config = GateConfig.from_dict(job.gates)
+    grid = Grid.from_dict(job.grid)
+    if not config.enabled:
+        return None, GateReference(None, None)
+    clips = feats = None
+    if config.reference_data is not None:
+        clips = real_clips_from_store(config.reference_data, config.reference_split, config.max_reference_clips,
+                                      grid)
+    if config.reference is not None:
+        feats, _ = real_features_from_reference(config.reference, config.features, grid)
+    calibration = calibrate(config, clips, feats, job.batch_size, job.seed)
+    reference = GateReference(None if clips is None else clips.class_counts_NK.sum(0), feats)
+    return calibration, reference
+
+
+def run_synth(job: SynthJob, out: str, *, overwrite: bool = False, ray_address: str | None = None,
+              progress: Callable[[Progress, bool], None] | None = None) -> dict:
+    """Run (or continue) a synth job into the store ``out``; returns the summary. ``job`` comes from
+    ``dcgen.generate.job.build_job`` (inputs checked); the gates are calibrated and a ``--serve`` deployment checked
+    here, still before any generation. ``progress(p, final)`` is called after every block and at the end."""
+    import os
+
+    from dcgen.runtime import init_ray
+
+    out = out if "://" in str(out) else os.path.abspath(out)
+    t_start = time.perf_counter()
+    if job.serve_app is not None:
+        init_ray(ray_address)
+        check_serve(job)
+    calibration, reference = prepare_gates(job)
+    state = open_output(job, out, overwrite, calibration)
+    pending = state.pending(job)
+    done_before = sum(len(job.block_range(b)) for b in state.done_blocks)
+    bar = Progress(job.n, done_before)
+    rows: list[dict] = []
+    if pending:
+        ray = init_ray(ray_address)
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
+        size, resources, device = _pool(ray, job.workers, job.serve_app)
+        size = min(size, len(pending))
+        job_dict = job.to_dict()
+        source_pool = None
+        if job.source is not None:
+            source_pool = SceneStore.open(job.source).indices(job.source_split)
+
+        def conditions(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            j = SynthJob.from_dict(job_dict)
+            src = SceneStore.open(j.source) if j.source is not None else None
+            b = int(batch["block"][0])
+            cond = block_conditions(j, b, src, source_pool)
+            return {"block": batch["block"], "attempt0": batch["attempt0"], **{k: v[None] for k, v in cond.items()}}
+
+        ds = ray.data.from_items([{"block": b, "attempt0": a} for b, a in pending], override_num_blocks=len(pending))
+        ds = ds.map_batches(conditions, batch_size=1, batch_format="numpy", num_cpus=0.25)
+        ds = ds.map_batches(SynthWorker, batch_size=1, batch_format="numpy",
+                            fn_constructor_kwargs={"job": job_dict, "out": out, "device": device,
+                                                   "thresholds": (calibration or {}).get("thresholds", {}),
+                                                   "reference": reference},
+                            compute=ray.data.ActorPoolStrategy(size=size), **resources)
+        for row in ds.iter_rows():
+            row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+            rows.append(row)
+            bar.update(row)
+            if progress is not None:
+                progress(bar, False)
+    store = SceneStore.open(out, "a")
+    accepted_total = int(store.indices().size)
+    given_up = state.given_up(job) + [int(r["block"]) for r in rows if r["given_up"]]
+    complete = accepted_total == job.n
+    seconds = time.perf_counter() - t_start
+    worker_s = sum(r["block_s"] for r in rows)
+    summary = {
+        "path": out, "n": job.n, "accepted_total": accepted_total, "complete": complete,
+        "resumed": state.resumed, "blocks": job.num_blocks, "blocks_run": len(rows),
+        "blocks_skipped": len(state.done_blocks), "blocks_given_up": sorted(given_up),
+        "accepted": int(sum(r["accepted"] for r in rows)), "rejected": int(sum(r["rejected"] for r in rows)),
+        "rejected_total": int(SceneStore.open(rejected_path(out)).manifest().num_rows),
+        "seconds": seconds, "scenes_per_s": sum(r["accepted"] for r in rows) / max(seconds, 1e-9),
+        "worker_seconds": worker_s,
+        "gate_share": sum(r["gate_s"] for r in rows) / worker_s if worker_s else 0.0,
+        "generate_share": sum(r["gen_s"] for r in rows) / worker_s if worker_s else 0.0,
+        "write_share": sum(r["write_s"] for r in rows) / worker_s if worker_s else 0.0,
+        "gates": calibration, "checkpoints": dict(job.checkpoints),
+    }
+    if complete:
+        store.finalize()
+    summary["bytes_per_scene"] = _store_bytes(out, exclude=(REJECTED,)) / max(accepted_total, 1)
+    runs = list(SceneStore.open(out).meta.get("provenance", {}).get("runs", []))
+    runs.append({k: summary[k] for k in ("accepted", "rejected", "blocks_run", "seconds", "complete")})
+    update_provenance(out, {"runs": runs})
+    if progress is not None:
+        progress(bar, True)
+    return summary
+
+
+def _store_bytes(path: str, exclude: tuple[str, ...] = ()) -> int:
+    """Bytes on disk under a local store directory (0 for a URI)."""
+    import os
+
+    if "://" in path:
+        return 0
+    total = 0
+    for root, dirs, files in os.walk(path):
+        if root == path:
+            dirs[:] = [d for d in dirs if d not in exclude]
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total
