@@ -1,0 +1,115 @@
+"""dcgen's own 2D feature network on the metric renders (SPEC §4, "2D": an image network trained on renders of
+the clips, giving pool features and class probabilities).
+
+SPEC §4 names an InceptionV3-shaped network; dcgen ships that shape too (``inception.py``: 2048-D pool features,
+~22 M parameters, meant for a GPU or for a user's local pretrained weights). This file is the default, a smaller
+documented CNN that trains on CPU in minutes: five stride-2 stages (3×3 conv, GroupNorm, SiLU), a residual block
+at each of the last three, a 1×1 projection to ``feature_dim`` (512) channels and global average pooling. The
+pooled, post-activation vector is the metric feature (like Inception's pool3); a linear head gives the proxy-task
+logits (``proxy_task.py``), and an auxiliary linear head predicts the image downsampled to ``aux_size``² (mean
+colour per cell), which keeps the features about the whole picture and not only the proxy label. GroupNorm makes
+every image's features independent of the batch it is in. Any square input of at least 32 pixels works; dcgen
+feeds ``render_for_metrics`` views (128² by default), scaled to [-1, 1].
+Legend: B batch, C channels, H/W image, K classes, D features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MIN_IMAGE = 32
+
+
+@dataclass(frozen=True)
+class RenderNetConfig:
+    num_classes: int  # proxy-task classes
+    width: int = 16  # channels of the first two stages; doubled at each of the next three
+    feature_dim: int = 512
+    aux_size: int = 8  # side of the downsampled image the auxiliary head predicts; 0 disables it
+    groups: int = 8
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 2:
+            raise ValueError(f"RenderNetConfig.num_classes must be >= 2, got {self.num_classes}")
+        if self.width < self.groups or self.width % self.groups:
+            raise ValueError(f"RenderNetConfig.width must be a positive multiple of groups={self.groups}, "
+                             f"got {self.width}")
+        if self.feature_dim < 1 or self.aux_size < 0:
+            raise ValueError(f"RenderNetConfig.feature_dim must be >= 1 and aux_size >= 0, got {self.feature_dim} "
+                             f"and {self.aux_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RenderNetConfig":
+        return cls(**d)
+
+
+def _conv(c_in: int, c_out: int, stride: int, groups: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.GroupNorm(groups, c_out), nn.SiLU())
+
+
+class ResBlock2d(nn.Module):
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.conv1 = _conv(channels, channels, 1, groups)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.norm2 = nn.GroupNorm(groups, channels)
+
+    def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        return F.silu(x_BCHW + self.norm2(self.conv2(self.conv1(x_BCHW))))
+
+
+class RenderNet(nn.Module):
+    """Images ``[B, 3, H, W]`` in [-1, 1] -> (features ``[B, D]``, logits ``[B, K]``, aux ``[B, 3, a, a]``)."""
+
+    def __init__(self, config: RenderNetConfig):
+        super().__init__()
+        self.config = config
+        w, g = config.width, config.groups
+        self.stem = _conv(3, w, 2, g)
+        self.stages = nn.Sequential(
+            _conv(w, w, 2, g),
+            nn.Sequential(_conv(w, 2 * w, 2, g), ResBlock2d(2 * w, g)),
+            nn.Sequential(_conv(2 * w, 4 * w, 2, g), ResBlock2d(4 * w, g)),
+            nn.Sequential(_conv(4 * w, 8 * w, 2, g), ResBlock2d(8 * w, g)),
+        )
+        self.project = nn.Sequential(nn.Conv2d(8 * w, config.feature_dim, 1, bias=False),
+                                     nn.GroupNorm(_groups_for(config.feature_dim, g), config.feature_dim), nn.SiLU())
+        self.head = nn.Linear(config.feature_dim, config.num_classes)
+        a = config.aux_size
+        self.aux = nn.Linear(config.feature_dim, 3 * a * a) if a else None
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.feature_dim
+
+    def features(self, images_B3HW: torch.Tensor) -> torch.Tensor:
+        if images_B3HW.dim() != 4 or images_B3HW.shape[1] != 3 or min(images_B3HW.shape[2:]) < MIN_IMAGE:
+            raise ValueError(f"RenderNet expects images [B, 3, H, W] with H, W >= {MIN_IMAGE}, got "
+                             f"{list(images_B3HW.shape)}")
+        return self.project(self.stages(self.stem(images_B3HW))).mean(dim=(2, 3))
+
+    def forward(self, images_B3HW: torch.Tensor):
+        feats_BD = self.features(images_B3HW)
+        aux = None
+        if self.aux is not None:
+            a = self.config.aux_size
+            aux = self.aux(feats_BD).view(-1, 3, a, a)
+        return feats_BD, self.head(feats_BD), aux
+
+
+def _groups_for(channels: int, groups: int) -> int:
+    while channels % groups:
+        groups -= 1
+    return groups
+
+
+def aux_target(images_B3HW: torch.Tensor, size: int) -> torch.Tensor:
+    """The auxiliary head's target: the image average-pooled to ``size``² cells."""
+    return F.adaptive_avg_pool2d(images_B3HW, size)
