@@ -178,6 +178,35 @@ def data_info_cmd(
 
 # ---- render ----------------------------------------------------------------------------------------------
 
+@app.command("render", help="Render one clip of a scene store: bird's-eye and oblique views per frame with a class "
+             "legend, as an animated GIF or a PNG (one --frame, or a contact sheet of all frames).\n\n"
+             "Example: dcgen render city.zarr --clip 3 --out clip3.gif")
+def render_cmd(
+    store: str = typer.Argument(..., help="Scene store (NAME.zarr)."),
+    clip: int = typer.Option(..., "--clip", help="Index of a complete clip of the store."),
+    out: Path = typer.Option(..., "--out", help="Output file: .gif (all frames) or .png."),
+    frame: Optional[int] = typer.Option(None, "--frame", help="PNG only: this frame (default: a contact sheet)."),
+    fps: float = typer.Option(4.0, help="GIF frames per second."),
+) -> None:
+    from dcgen.data.store import SceneStore
+    from dcgen.render.clip import save_clip
+
+    try:
+        scenes = SceneStore.open(store)
+        indices = scenes.indices()
+        if clip not in set(indices.tolist()):
+            shown = f"indices {int(indices.min())}..{int(indices.max())}" if indices.size else "none"
+            fail(f"--clip {clip} is not a complete clip of {store} ({indices.size} clips: {shown})")
+        occ = scenes.read(slice(clip, clip + 1), ("occupancy",))["occupancy"][0]
+        command = int(scenes.read(slice(clip, clip + 1), ("command",))["command"][0])
+        from dcgen.data.derive import COMMANDS
+
+        path = save_clip(out, occ, title=f"{Path(store).name} clip {clip} ({COMMANDS[command]})", frame=frame, fps=fps)
+    except ValueError as e:
+        fail(str(e))
+    typer.echo(f"wrote {path}")
+
+
 # ---- train -----------------------------------------------------------------------------------------------
 
 def _scaling(workers: int, gpus_per_worker: float, address: Optional[str]):
@@ -262,6 +291,53 @@ def train_dit_cmd(
     typer.echo(f"DiT trained with conditions {', '.join(summary['conditions']) or 'none'}: best val loss "
                f"{m.get('best_val_loss', float('nan')):.4f} after {m.get('step')} steps; best checkpoint "
                f"{summary['best']}")
+
+
+@train_app.command("features", help="Fit the generation-metric feature networks (2D image CNN on the metric "
+                   "renders, 3D voxel CNN) on a scene store's proxy task (command x traffic density x layout type) "
+                   "with Ray Train.\n\nExample: dcgen train features --data city.zarr --out runs/features")
+def train_features_cmd(
+    ctx: typer.Context,
+    data: str = typer.Option(..., help="Scene store with train and val splits."),
+    out: Path = typer.Option(Path("runs/features"), help="Run directory (checkpoints best/ and last/, metrics)."),
+    preset: Optional[str] = typer.Option(None, help="Check the store against this preset's grid (default: any)."),
+    image_net: str = typer.Option("cnn", help="2D network: cnn (512-D, CPU-friendly) | inception (InceptionV3 "
+                                  "shape trained from scratch, 2048-D; for GPUs)."),
+    inception_weights: Optional[Path] = typer.Option(None, help="Local pretrained InceptionV3 state_dict "
+                                                     "(torchvision or pytorch-fid names): the 2D side becomes this "
+                                                     "frozen network; only the 3D network trains."),
+    render_size: int = typer.Option(128, help="Side in pixels of the metric renders the 2D network reads."),
+    workers: int = typer.Option(1, help="Ray Train workers (data-parallel, DDP)."),
+    gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker (0 = CPU)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default per preset)."),
+    batch_size: Optional[int] = typer.Option(None, help="Clips per worker batch (default 8)."),
+    lr: float = typer.Option(2e-3, help="AdamW learning rate."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop training at the first step past this many "
+                                                "minutes, then validate and checkpoint."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
+    overwrite: bool = typer.Option(False, help="Delete an existing run in --out first."),
+    seed: int = typer.Option(0),
+    cluster: Optional[Path] = CLUSTER_OPTION,
+    address: Optional[str] = ADDRESS_OPTION,
+) -> None:
+    address = remote(ctx, cluster, address)
+    from dcgen.train.runs import train_features
+
+    try:
+        summary = train_features(data, out, preset=preset, scaling=_scaling(workers, gpus_per_worker, address),
+                                 epochs=epochs, batch_size=batch_size, image_net=image_net,
+                                 inception_weights=str(inception_weights) if inception_weights else None,
+                                 render_size=render_size, lr=lr, resume=resume, overwrite=overwrite,
+                                 max_minutes=max_minutes, seed=seed)
+    except ValueError as e:
+        fail(str(e))
+    m = summary["metrics"]
+
+    def pct(v) -> str:
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    typer.echo(f"feature networks trained ({summary['image_kind']} 2D): val accuracy 2D {pct(m.get('val_image_acc'))}, "
+               f"3D {pct(m.get('val_voxel_acc'))} after {m.get('step')} steps; best checkpoint {summary['best']}")
 
 
 @train_app.callback()
@@ -409,6 +485,76 @@ def eval_recon_cmd(
     typer.echo(result["table"])
     if out is not None:
         typer.echo(f"wrote {out / 'recon.json'} and {len(result['renders'])} GIFs")
+
+@eval_app.command("reference", help="Reference statistics of real clips for the generation metrics: 2D and 3D "
+                  "features, class probabilities, means and covariances under one features checkpoint, saved as "
+                  ".npz.\n\nExample: dcgen eval reference --data city.zarr --features runs/features/best --out ref.npz")
+def eval_reference_cmd(
+    ctx: typer.Context,
+    data: str = typer.Option(..., help="Scene store of real clips."),
+    features: str = typer.Option(..., help="Features checkpoint (from 'dcgen train features')."),
+    out: Path = typer.Option(..., help="Reference file to write (.npz)."),
+    split: str = typer.Option("all", help="Split of the store: train | val | test | all."),
+    batch_size: int = typer.Option(16, help="Clips per network batch."),
+    max_clips: Optional[int] = typer.Option(None, help="Use only the first N clips."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    cluster: Optional[Path] = CLUSTER_OPTION,
+    address: Optional[str] = typer.Option(None, "--address", help="http(s)://HEAD:8265 runs this command as a Ray "
+                                          "Job on that cluster's job server, on a GPU unless --device cpu."),
+) -> None:
+    remote(ctx, cluster, address, joins_ray=False, entrypoint_gpus=0.0 if device == "cpu" else 1.0)
+    from dcgen.metrics.reference import make_reference
+
+    try:
+        _, summary = make_reference(data, features, out, split=None if split == "all" else split,
+                                    batch_size=batch_size, device=device, max_clips=max_clips,
+                                    log=lambda m: typer.echo(m, err=True))
+    except ValueError as e:
+        fail(str(e))
+    typer.echo(f"wrote {summary['out']}: {summary['num_clips']} clips / {summary['num_images']} images of {data} "
+               f"under features {summary['feature_checkpoint_id']} (2D {summary['dims'][0]}-D, 3D "
+               f"{summary['dims'][1]}-D), {summary['clips_per_second']:.1f} clips/s")
+
+
+@eval_app.command("gen", help="Generation metrics in the paper's Table 2 layout: IS / FID / KID / precision / "
+                  "recall in 2D (renders) and 3D (voxels) of generated clips against real ones, beside the paper's "
+                  "numbers.\n\nExample: dcgen eval gen --real ref.npz --fake samples.zarr --features "
+                  "runs/features/best --json gen.json")
+def eval_gen_cmd(
+    ctx: typer.Context,
+    real: str = typer.Option(..., help="Real clips: a scene store, or a reference .npz from 'dcgen eval reference'."),
+    fake: str = typer.Option(..., help="Scene store of generated clips."),
+    features: str = typer.Option(..., help="Features checkpoint (the reference's, when --real is one)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full result as JSON here."),
+    real_split: str = typer.Option("all", help="Split of a --real store: train | val | test | all."),
+    fake_split: str = typer.Option("all", help="Split of the --fake store: train | val | test | all."),
+    batch_size: int = typer.Option(16, help="Clips per network batch."),
+    max_clips: Optional[int] = typer.Option(None, help="Use only the first N clips of each store."),
+    kid_subsets: int = typer.Option(100, help="KID subsets."),
+    seed: int = typer.Option(0, help="Seed of the KID subsets."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    cluster: Optional[Path] = CLUSTER_OPTION,
+    address: Optional[str] = typer.Option(None, "--address", help="http(s)://HEAD:8265 runs this command as a Ray "
+                                          "Job on that cluster's job server, on a GPU unless --device cpu."),
+) -> None:
+    remote(ctx, cluster, address, joins_ray=False, entrypoint_gpus=0.0 if device == "cpu" else 1.0)
+    import json
+
+    from dcgen.metrics.gen_eval import evaluate_generation, format_table
+    from dcgen.metrics.generation import GenerationMetricsConfig
+
+    try:
+        result = evaluate_generation(real, fake, features, real_split=None if real_split == "all" else real_split,
+                                     fake_split=None if fake_split == "all" else fake_split, batch_size=batch_size,
+                                     device=device, max_clips=max_clips,
+                                     config=GenerationMetricsConfig(kid_subsets=kid_subsets, seed=seed))
+    except ValueError as e:
+        fail(str(e))
+    typer.echo(format_table(result))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+        typer.echo(f"wrote {json_out}")
 
 # ---- serve -----------------------------------------------------------------------------------------------
 
@@ -715,3 +861,39 @@ def bench_dit_cmd(
     s = result["sampling_seconds_per_scene"]
     typer.echo(f"wrote {out}: " + ", ".join(f"{k} {v:.3f} s/scene" for k, v in s.items())
                + f"; training {result['train_seconds_per_iter']:.3f} s/iter; DiT {result['dit_parameters']:,} params")
+
+
+@bench_app.command("metrics", help="Generation-metric benchmark (JSON): feature extraction clips/s in 2D (renders + "
+                   "image network) and 3D (voxel network) per preset, and the time of all five metrics on 10,000 x "
+                   "2,048 features (target < 30 s).\n\nExample: dcgen bench metrics --out bench-metrics.json")
+def bench_metrics_cmd(
+    out: Path = typer.Option(Path("bench-metrics.json"), help="JSON file to write."),
+    presets: str = typer.Option("debug,small", help="Comma-separated presets to time extraction on."),
+    clips: int = typer.Option(16, help="Synthetic clips per preset."),
+    batch_size: int = typer.Option(8, help="Clips per network batch."),
+    features: Optional[str] = typer.Option(None, help="Features checkpoint (default: untrained networks of the "
+                                           "default shape; speed does not depend on the weights)."),
+    samples: int = typer.Option(10_000, help="Feature rows per set for the metric timing."),
+    dim: int = typer.Option(2048, help="Features per row for the metric timing."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+) -> None:
+    import json
+
+    from dcgen.metrics.bench_metrics import bench_metrics
+
+    try:
+        result = bench_metrics([p.strip() for p in presets.split(",") if p.strip()], clips, batch_size, features,
+                               device, samples, dim, log=lambda m: typer.echo(m, err=True))
+    except ValueError as e:
+        fail(str(e))
+    out.write_text(json.dumps(result, indent=2))
+    lines = [f"wrote {out}"]
+    for e in result["extraction"]:
+        lines.append(f"  {e['preset']}: 2D {e['2d_clips_per_s']:.1f} clips/s ({e['2d_images_per_s']:.1f} images/s, "
+                     f"renders alone {e['render_clips_per_s']:.1f} clips/s), 3D {e['3d_clips_per_s']:.1f} clips/s "
+                     f"on {e['device']}")
+    m = result["metrics"]
+    lines.append(f"  all five metrics on {m['samples']} x {m['dim']}: {m['all_five_seconds']:.1f} s (target < "
+                 f"{m['target_seconds']:g} s: {'met' if m['target_met'] else 'NOT met'}); "
+                 + ", ".join(f"{k} {v:.1f} s" for k, v in m["seconds"].items()))
+    typer.echo("\n".join(lines))

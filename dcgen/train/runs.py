@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dcgen.data.store import SceneStore
+from dcgen.presets import GRIDS
 from dcgen.presets import grid as preset_grid
 
 # Per-preset defaults a user can override: (epochs, batch size).
@@ -264,6 +265,113 @@ def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditio
     final = result.return_value or {}
     return {"best": str(out / "best"), "last": str(out / "last"), "metrics": final, "run_dir": str(out),
             "conditions": list(names)}
+
+
+# ---- metric feature networks -------------------------------------------------------------------------------
+
+# Per-preset defaults a user can override: (epochs, batch size).
+FEATURES_DEFAULTS = {"debug": (3, 8), "small": (6, 8), "carlasc": (20, 8), "occ3d": (20, 8)}
+
+
+def _preset_of(grid) -> str | None:
+    for name, g in GRIDS.items():
+        if (g.num_frames, g.size) == (grid.num_frames, grid.size):
+            return name
+    return None
+
+
+def train_features(data: str, out: str | Path, *, preset: str | None = None, scaling: Scaling = Scaling(),
+                   epochs: int | None = None, batch_size: int | None = None, image_net: str = "cnn",
+                   inception_weights: str | None = None, render_size: int = 128, lr: float = 2e-3,
+                   aux_weight: float = 1.0, resume: bool = False, overwrite: bool = False,
+                   max_minutes: float | None = None, report_every: int = 20, seed: int = 0) -> dict:
+    """Fit the 2D and 3D metric feature networks (SPEC §4) on a scene store with Ray Train.
+
+    The proxy task's density bins come from the train split's vehicle counts (the manifest's class counts);
+    ``inception_weights`` (a local pretrained InceptionV3 state_dict) makes the 2D side that frozen network.
+    """
+    import numpy as np
+
+    from dcgen.data.classes import VEHICLE
+    from dcgen.data.ray_dataset import read_scenes
+    from dcgen.metrics.feature_nets import FeatureNetsConfig
+    from dcgen.metrics.proxy_task import ProxyTask, fit_density_edges
+    from dcgen.runtime import init_ray
+    from dcgen.train import ray_trainer
+    from dcgen.train.features_loop import FeaturesTrainConfig
+    from dcgen.train.vae_loop import steps_per_epoch
+
+    out = Path(out).resolve()
+    store = SceneStore.open(data)
+    if preset is not None:
+        check_store_matches(store, preset, "feature networks")
+    n_train, n_val = store.indices("train").size, store.indices("val").size
+    if n_train == 0 or n_val == 0:
+        raise ValueError(f"{data}: needs clips in both the train and val splits (has {n_train} train, {n_val} val)")
+    if inception_weights is not None and image_net not in ("cnn", "inception-pretrained"):
+        raise ValueError(f"--inception-weights replaces the 2D network with a pretrained InceptionV3; it cannot be "
+                         f"combined with --image-net {image_net}")
+    image_kind = "inception-pretrained" if inception_weights is not None else image_net
+    if image_kind == "inception-pretrained" and inception_weights is None:
+        raise ValueError("--image-net inception-pretrained needs --inception-weights FILE (a local InceptionV3 "
+                         "state_dict)")
+    image_cfg, inception_sha = None, None
+    if inception_weights is not None:
+        from dcgen.metrics.inception import load_inception_weights
+
+        _, info = load_inception_weights(inception_weights)  # a wrong file fails here, not in a worker
+        image_cfg = {"num_classes": info["num_classes"], "fid_variant": info["fid_variant"]}
+        inception_sha = info["sha256"]
+        inception_weights = info["path"]
+    g = store.grid
+    table = store.manifest()
+    splits = np.asarray(table.column("split").to_pylist(), dtype=object)
+    counts = np.asarray(table.column("class_counts").to_pylist(), dtype=object)[splits == "train"]
+    vehicles = [int(c[VEHICLE]) if len(c) > VEHICLE else 0 for c in counts]
+    proxy = ProxyTask(density_edges=fit_density_edges(vehicles, int(np.prod(g.shape))))
+    nets_cfg = FeatureNetsConfig.for_grid(g, proxy, image_kind, render_size, image=image_cfg)
+    d_epochs, d_batch = FEATURES_DEFAULTS.get(preset or _preset_of(g) or "", (10, 8))
+    epochs, batch_size = epochs or d_epochs, batch_size or d_batch
+    trained_on = {"data": str(data), "source": store.meta.get("source"),
+                  "provenance": store.meta.get("provenance", {}), "grid": g.to_dict(), "train_clips": int(n_train),
+                  "val_clips": int(n_val), "inception_weights": inception_weights, "inception_sha256": inception_sha}
+    run = FeaturesTrainConfig(
+        nets=nets_cfg.to_dict(), steps_per_epoch=steps_per_epoch(n_train, batch_size, scaling.workers),
+        epochs=epochs, batch_size=batch_size, lr=lr, aux_weight=aux_weight, report_every=report_every, seed=seed,
+        out_dir=str(out), max_minutes=max_minutes, inception_weights=inception_weights,
+        inception_sha256=inception_sha, extra={"trained_on": trained_on, "preset": preset or _preset_of(g)})
+    prepare_run_dir(out, resume, overwrite)
+    if resume:
+        check_same_features(out, run.nets)
+    init_ray(scaling.address)
+    arrays = ("occupancy", "command")
+    datasets = {"train": read_scenes(data, "train", arrays), "val": read_scenes(data, "val", arrays)}
+    (out / "run.json").write_text(json.dumps({"kind": "features", "run": asdict(run), "scaling": asdict(scaling)},
+                                             indent=2))
+    result = ray_trainer.fit("dcgen.train.features_loop:train_features", asdict(run), datasets=datasets,
+                             storage_path=str(out / "ray"), name="features", num_workers=scaling.workers,
+                             gpus_per_worker=scaling.gpus_per_worker, cpus_per_worker=_cpus_per_worker(scaling),
+                             max_failures=scaling.max_failures)
+    if result.error:
+        raise RuntimeError(f"feature network training failed: {result.error}")
+    final = result.return_value or {}
+    return {"best": str(out / "best"), "last": str(out / "last"), "metrics": final, "run_dir": str(out),
+            "proxy_task": proxy.to_dict(), "image_kind": image_kind}
+
+
+def check_same_features(out: Path, nets_cfg: dict) -> None:
+    """``--resume`` continues the feature networks the run was started with."""
+    run_file = out / "run.json"
+    if not run_file.is_file():
+        return
+    try:
+        saved = json.loads(run_file.read_text())["run"]["nets"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{run_file}: unreadable run description ({e}); pass --overwrite to start over") from e
+    if saved != nets_cfg:
+        keys = sorted(k for k in set(saved) | set(nets_cfg) if saved.get(k) != nets_cfg.get(k))
+        raise ValueError(f"{out}: the run was started with other feature networks ({', '.join(keys)} differ); "
+                         "resume with the original store and options, or pass --overwrite")
 
 
 # ---- the whole pipeline --------------------------------------------------------------------------------------
