@@ -198,12 +198,12 @@ def train_vae(ctx: TrainContext, run: dict) -> dict:
                          **{f"train_{k}": float(v) for k, v in parts.items()}})
         if stopped and n_steps == 0 and epoch > start_epoch:
             break  # the previous epoch's checkpoint is the last word
+        train_seconds = time.time() - t_epoch
         val = evaluate(model, ctx, cfg.batch_size, num_classes, cfg.amp)
-        seconds = time.time() - t_epoch
         row = {"step": step, "epoch": epoch, "val_miou": val["val_miou"], "val_binary_iou": val["val_binary_iou"],
-               "train_loss": loss_sum / max(n_steps, 1), "epoch_seconds": seconds,
-               "s_per_iter": seconds / max(n_steps, 1), "minutes": (time.time() - t0) / 60,
-               "partial_epoch": stopped}
+               "train_loss": loss_sum / max(n_steps, 1), "epoch_seconds": time.time() - t_epoch,
+               "s_per_iter": train_seconds / max(n_steps, 1), "val_seconds": time.time() - t_epoch - train_seconds,
+               "minutes": (time.time() - t0) / 60, "partial_epoch": stopped}
         is_best = val["val_miou"] > best
         best = max(best, val["val_miou"])
         row["best_val_miou"] = best
