@@ -757,6 +757,170 @@ def jobs_stop_cmd(
     typer.echo(f"stop requested for job {job_id}" if stopped else f"job {job_id} had already ended")
 
 
+# ---- synth -----------------------------------------------------------------------------------------------
+
+@app.command("synth", help="Mass-produce conditioned scenes into a scene store on Ray Data, with per-batch quality "
+             "gates (FID/KID against reference statistics; empty scenes, class mix, flicker against real clips). "
+             "Re-running the same command continues an interrupted job.\n\n"
+             "Example: dcgen synth --vae runs/small/vae/best --dit runs/small/dit/best --n 10000 --cond layout "
+             "--source city.zarr --reference ref.npz --features runs/small/features/best --out scenes.zarr")
+def synth_cmd(
+    ctx: typer.Context,
+    vae: str = typer.Option(..., "--vae", help="VAE checkpoint directory."),
+    dit: str = typer.Option(..., "--dit", help="DiT checkpoint directory (trained on latents of --vae)."),
+    n: int = typer.Option(..., "--n", help="Accepted scenes the finished store holds."),
+    out: str = typer.Option(..., "--out", help="Scene store to create or continue (NAME.zarr)."),
+    cond: str = typer.Option("none", "--cond", help="none | command | trajectory | layout | bev | extend | inpaint | "
+                             "outpaint (all but none and command need --source)."),
+    source: Optional[str] = typer.Option(None, "--source", help="Scene store whose clips (drawn by a seeded "
+                                         "permutation) give the conditions, or the clips to extend / edit."),
+    source_split: Optional[str] = typer.Option(None, "--source-split", help="Split of --source to draw from "
+                                               "(default: all complete clips)."),
+    scenario: Optional[str] = typer.Option(None, "--scenario", help="JSON/YAML scenario file mixing conditions and "
+                                           "guidance per entry (schemas/scenario.schema.json); replaces --cond."),
+    seed: int = typer.Option(0, "--seed", help="Job seed: scene k uses scene_seed(seed, k)."),
+    sampler: str = typer.Option("ddim", "--sampler", help="ddim | ddpm."),
+    steps: int = typer.Option(50, "--steps", help="Sampling steps."),
+    guidance: float = typer.Option(4.0, "--guidance", help="Classifier-free guidance scale (scenario entries may "
+                                   "set their own)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Scenes per block (a multiple of 8): the unit of "
+                                   "gating, regeneration, writing and resuming."),
+    micro_batch: int = typer.Option(8, "--micro-batch", help="The pipeline's network batch (a scene's bytes depend "
+                                    "on it; match 'dcgen serve --micro-batch')."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Generation actors (default: one per GPU, else "
+                                          "CPUs - 1; with --serve 2)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="ref.npz from 'dcgen eval reference': turns "
+                                            "on the FID/KID gates (and the cheap checks, on the clips it was made "
+                                            "from)."),
+    features: Optional[str] = typer.Option(None, "--features", help="Feature network checkpoint of --reference."),
+    reference_data: Optional[str] = typer.Option(None, "--reference-data", help="Scene store of real clips for the "
+                                                 "cheap checks and their calibration (default: --reference's)."),
+    reference_split: Optional[str] = typer.Option(None, "--reference-split", help="Split of --reference-data."),
+    gate_fid: Optional[float] = typer.Option(None, "--gate-fid", help="Max 3D FID of a batch (default: calibrated "
+                                             "on real-vs-real batches of the same size)."),
+    gate_kid: Optional[float] = typer.Option(None, "--gate-kid", help="Max 3D KID of a batch."),
+    gate_fid_2d: Optional[float] = typer.Option(None, "--gate-fid-2d", help="Max 2D FID of a batch (with --gate-2d)."),
+    gate_kid_2d: Optional[float] = typer.Option(None, "--gate-kid-2d", help="Max 2D KID of a batch (with --gate-2d)."),
+    gate_2d: bool = typer.Option(False, "--gate-2d", help="Also gate on 2D (rendered views) FID/KID."),
+    gate_min_occupied: Optional[float] = typer.Option(None, "--gate-min-occupied", help="Min occupied-voxel share "
+                                                      "of every scene (empty scenes)."),
+    gate_class_distance: Optional[float] = typer.Option(None, "--gate-class-distance", help="Max Jensen-Shannon "
+                                                        "divergence of the batch's class mix from the reference's."),
+    gate_flicker: Optional[float] = typer.Option(None, "--gate-flicker", help="Max mean share of occupied voxels "
+                                                 "changing class between frames."),
+    gate_slack: float = typer.Option(1.5, "--gate-slack", help="Calibrated thresholds = 99th percentile of "
+                                     "real-vs-real batches x this."),
+    max_attempts: int = typer.Option(3, "--max-attempts", help="Generations of a block before it is given up "
+                                     "(failed attempts go to OUT/rejected)."),
+    serve: Optional[str] = typer.Option(None, "--serve", help="Name of a running 'dcgen serve' application: "
+                                        "generate through its model deployment (same bytes)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store at --out."),
+    cluster: Optional[Path] = CLUSTER_OPTION,
+    address: Optional[str] = ADDRESS_OPTION,
+) -> None:
+    address = remote(ctx, cluster, address)
+    import sys
+
+    from dcgen.generate.batch import run_synth
+    from dcgen.generate.job import build_job
+
+    explicit = {"fid_3d": gate_fid, "kid_3d": gate_kid, "fid_2d": gate_fid_2d, "kid_2d": gate_kid_2d,
+                "min_occupied": gate_min_occupied, "class_distance": gate_class_distance, "flicker": gate_flicker}
+    gates = {"reference": reference, "features": features, "reference_data": reference_data,
+             "reference_split": reference_split, "use_2d": gate_2d, "slack": gate_slack,
+             "thresholds": {k: v for k, v in explicit.items() if v is not None}}
+    if any(v is not None for v in explicit.values()) and reference is None and reference_data is None:
+        fail("quality gates need reference statistics: pass --reference ref.npz --features CKPT (FID/KID, and the "
+             "cheap checks on its clips) or --reference-data STORE (cheap checks only)")
+    tty = sys.stderr.isatty()
+
+    def progress(bar, final: bool) -> None:
+        typer.echo(("\r" if tty else "") + bar.line(), err=True, nl=final or not tty)
+
+    try:
+        job = build_job(vae=vae, dit=dit, n=n, cond=cond, scenario=scenario, source=source,
+                        source_split=source_split, seed=seed, sampler=sampler, steps=steps, guidance=guidance,
+                        batch_size=batch_size, micro_batch=micro_batch, max_attempts=max_attempts, gates=gates,
+                        serve_app=serve, workers=workers)
+        summary = run_synth(job, out, overwrite=overwrite, ray_address=address, progress=progress)
+    except ValueError as e:
+        fail(str(e))
+    g = summary["gates"]
+    gates_line = ("gates: " + ", ".join(f"{k} {'>=' if k == 'min_occupied' else '<='} {v:.4g}"
+                                        for k, v in g["thresholds"].items())) if g else "gates: off"
+    typer.echo(f"{summary['path']}: {summary['accepted_total']}/{summary['n']} scenes "
+               f"({summary['accepted']} new, {summary['blocks_skipped']} blocks already done); rejected "
+               f"{summary['rejected']} this run, {summary['rejected_total']} in all (OUT/rejected); "
+               f"{summary['scenes_per_s']:.2f} scenes/s over {summary['seconds']:.1f} s; time in gates "
+               f"{summary['gate_share']:.1%}; {summary['bytes_per_scene'] / 1e3:.1f} kB per scene; {gates_line}")
+    if not summary["complete"]:
+        typer.echo(f"error: blocks {summary['blocks_given_up']} failed their gates {max_attempts} times and were "
+                   "given up; the store is incomplete. Loosen the gates (--gate-*, --gate-slack) or raise "
+                   "--max-attempts and re-run the same command to continue.", err=True)
+        raise typer.Exit(code=1)
+
+
+@app.command("export", help="Write a scene store's clips as per-frame files: occ3d-npz (Occ3D-nuScenes layout: "
+             "gts/<clip>/<frame>/labels.npz + annotations.json) or npy (<clip>/<t>.npy + index.json).\n\n"
+             "Example: dcgen export scenes.zarr --format occ3d-npz --out scenes-occ3d")
+def export_cmd(
+    ctx: typer.Context,
+    store: str = typer.Argument(..., help="Scene store (NAME.zarr)."),
+    fmt: str = typer.Option(..., "--format", help="occ3d-npz | npy."),
+    out: Path = typer.Option(..., "--out", help="Directory to write."),
+    split: Optional[str] = typer.Option(None, "--split", help="Only this split (default: every complete clip)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export at --out."),
+    cluster: Optional[Path] = CLUSTER_OPTION,
+    address: Optional[str] = ADDRESS_OPTION,
+) -> None:
+    remote(ctx, cluster, address, joins_ray=False)
+    from dcgen.generate.export import export_store
+
+    try:
+        info = export_store(store, fmt, out, split=split, overwrite=overwrite, log=lambda m: typer.echo(m, err=True))
+    except ValueError as e:
+        fail(str(e))
+    typer.echo(f"exported {info['clips']} clips ({info['frames']} frames) of {store} as {fmt} into {info['out']}")
+
+
+@bench_app.command("synth", help="Synth benchmark (JSON): end-to-end scenes/s of 'dcgen synth' with 1 and 2 "
+                   "workers (scaling ratio), share of worker time in the gates, bytes per scene.\n\n"
+                   "Example: dcgen bench synth --preset small --out bench-synth.json")
+def bench_synth_cmd(
+    out: Path = typer.Option(Path("bench-synth.json"), help="JSON file to write."),
+    preset: str = typer.Option("small", help="debug | small | carlasc | occ3d."),
+    vae: Optional[str] = typer.Option(None, help="Trained VAE checkpoint (default: fresh --preset networks)."),
+    dit: Optional[str] = typer.Option(None, help="Trained DiT checkpoint (with --vae)."),
+    n: int = typer.Option(32, "--n", help="Scenes per run."),
+    steps: int = typer.Option(50, help="DDIM steps per scene."),
+    workers: list[int] = typer.Option([1, 2], "--workers", help="Worker counts to time (repeat the option)."),
+    batch_size: int = typer.Option(8, help="Scenes per block."),
+    gates: bool = typer.Option(True, help="Run the cheap gates against a synthetic-city reference (and FID/KID with "
+                                "fresh feature networks)."),
+    address: Optional[str] = typer.Option(None, help="Existing Ray cluster address (default: embedded local Ray "
+                                          "with max(--workers) + 1 CPUs)."),
+) -> None:
+    import json
+
+    from dcgen.generate.bench_synth import bench_synth
+
+    try:
+        result = bench_synth(preset, vae=vae, dit=dit, n=n, steps=steps, workers=tuple(workers),
+                             batch_size=batch_size, gates=gates, ray_address=address,
+                             log=lambda m: typer.echo(m, err=True))
+    except ValueError as e:
+        fail(str(e))
+    out.write_text(json.dumps(result, indent=2))
+    lines = [f"wrote {out} ({preset}, {n} scenes, {steps} steps):"]
+    for run in result["runs"]:
+        lines.append(f"  {run['workers']} worker(s): {run['scenes_per_s']:.3f} scenes/s end to end, gates "
+                     f"{run['gate_share']:.1%} of worker time, {run['bytes_per_scene'] / 1e3:.1f} kB/scene")
+    for name, t in result["targets"].items():
+        lines.append(f"  target {name}: {t['value']:.3f} {t['op']} {t['threshold']}: "
+                     f"{'pass' if t['passed'] else 'FAIL'}")
+    typer.echo("\n".join(lines))
+
+
 # ---- bench -----------------------------------------------------------------------------------------------
 
 @bench_app.command("vae", help="VAE ablation benchmark (JSON): training s/iter and peak memory of Projection+ESS, "

@@ -1,0 +1,428 @@
+"""``dcgen synth`` on the session's local Ray with debug checkpoints (freshly initialised networks: the job's
+mechanics don't depend on the weights): exactly n scenes with the requested conditions, identical bytes for any
+batch size, gates that reject and record, resuming after a SIGKILL of the driver, ``--serve``, bad inputs; the
+gate statistics, the scenario file, ``dcgen export`` and ``dcgen bench synth``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dcgen.cli import app
+from dcgen.data.store import SceneStore
+from dcgen.generate.batch import rejected_path
+from dcgen.generate.conditions import SceneRequest
+from dcgen.generate.gates import (GateConfig, RealClips, batch_fid, calibrate, flicker, js_divergence,
+                                  occupied_fraction)
+from dcgen.generate.job import Scenario, attempt_seed, scenario_for_kind
+from dcgen.metrics.feature_stats import FeatureStats
+from dcgen.metrics.fid import frechet_distance
+from dcgen.presets import GRIDS
+from dcgen.runtime import scene_seed
+
+runner = CliRunner()
+DEBUG = GRIDS["debug"]
+STEPS = "2"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    from dcgen.serve.bench import write_untrained_checkpoints
+
+    return write_untrained_checkpoints("debug", tmp_path_factory.mktemp("synth-ckpt"))
+
+
+def _synth(ckpts, out, *args) -> list[str]:
+    vae, dit = ckpts
+    return ["synth", "--vae", vae, "--dit", dit, "--out", str(out), "--steps", STEPS, "--guidance", "1",
+            "--workers", "1", *args]
+
+
+def _invoke(argv):
+    result = runner.invoke(app, [str(a) for a in argv])
+    return result, result.output  # stdout and stderr together
+
+
+# ---- unit: seeds, scenario, gate statistics -------------------------------------------------------------------
+
+def test_attempt_zero_is_the_scene_seed_and_attempts_differ():
+    assert attempt_seed(7, 5, 0) == scene_seed(7, 5)
+    seeds = {attempt_seed(7, k, a) for k in range(20) for a in range(3)}
+    assert len(seeds) == 60
+
+
+def test_scenario_pattern_follows_the_weights():
+    s = Scenario.from_dict({"entries": [{"command": "left", "weight": 2}, {"command": 1}]})
+    assert [s.entry_of(k) for k in range(6)] == [0, 0, 1, 0, 0, 1]
+    assert s.entries[0].command == 2 and s.entries[1].model_conditions == ("command",)
+    assert Scenario.from_dict(s.to_dict()) == s
+
+
+@pytest.mark.parametrize("entries, message", [
+    ([{"command": "left"}, {"guidance": -1}], "entries[1].guidance: -1 is less than the minimum of 0"),
+    ([{"layout": "from-a-file"}], "entries[0].layout: 'source' was expected"),
+    ([{"command": 7}], "entries[0].command: 7 is not valid"),
+    ([{"colour": "red"}], "entries[0]: Additional properties are not allowed ('colour' was unexpected)"),
+    ([{"inpaint": {"x": [0, 8], "y": [0, 8]}, "outpaint": {"shift": 8}}], "entries[0]: inpaint and outpaint are "
+                                                                          "exclusive"),
+    ([], "entries: [] should be non-empty"),
+])
+def test_scenario_schema_errors_name_entry_and_field(entries, message):
+    with pytest.raises(ValueError) as e:
+        Scenario.from_dict({"entries": entries}, what="scenario file s.json")
+    assert message in str(e.value) and str(e.value).startswith("scenario file s.json: ")
+
+
+def test_batch_fid_is_the_exact_frechet_distance():
+    g = np.random.default_rng(0)
+    ref = FeatureStats.from_features(g.normal(size=(200, 12)))
+    batch = g.normal(0.3, 1.2, size=(8, 12))
+    want = frechet_distance(ref, FeatureStats.from_features(batch))
+    assert batch_fid(ref, batch) == pytest.approx(want, rel=1e-6)  # the D×D route adds sqrt(rounding) terms
+
+
+def test_clip_statistics():
+    occ = np.zeros((3, 4, 8, 8, 2), np.uint8)
+    occ[1, :, :4] = 6  # half the voxels, static
+    occ[2, ::2, :4] = 6  # flickers on and off every frame
+    assert occupied_fraction(occ).tolist() == [0.0, 0.5, 0.25]
+    assert flicker(occ).tolist() == [0.0, 0.0, 1.0]
+    assert js_divergence([1, 0], [1, 0]) == 0.0 and js_divergence([1, 0], [0, 1]) == pytest.approx(1.0)
+
+
+def test_calibration_is_deterministic_and_keeps_explicit_thresholds():
+    g = np.random.default_rng(1)
+    clips = RealClips(g.integers(0, 100, (40, 11)), g.uniform(0.2, 0.4, 40), g.uniform(0.05, 0.1, 40))
+    config = GateConfig(reference_data="real.zarr", thresholds={"flicker": 0.5}, draws=50)
+    a = calibrate(config, clips, None, 8, seed=3)
+    assert a == calibrate(config, clips, None, 8, seed=3)
+    t = a["thresholds"]
+    assert t["flicker"] == 0.5 and a["explicit"] == ["flicker"]
+    assert t["min_occupied"] == pytest.approx(a["real_quantiles"]["min_occupied"] / 1.5)
+    assert t["class_distance"] == pytest.approx(a["real_quantiles"]["class_distance"] * 1.5)
+    with pytest.raises(ValueError, match="holds 10 clips; calibrating gates for batches of 8 needs at least 16"):
+        calibrate(config, RealClips(clips.class_counts_NK[:10], clips.occupied_N[:10], clips.flicker_N[:10]), None,
+                  8, seed=3)
+
+
+# ---- the job ----------------------------------------------------------------------------------------------------
+
+def test_exactly_n_scenes_with_the_requested_conditions(ray_local, ckpts, debug_city, tmp_path):
+    out = tmp_path / "layout.zarr"
+    result, text = _invoke(_synth(ckpts, out, "--n", "12", "--cond", "layout", "--source", debug_city,
+                                  "--workers", "2"))
+    assert result.exit_code == 0, text
+    assert "12/12 scenes" in text and "gates: off" in text
+    store = SceneStore.open(str(out))
+    table = store.manifest().to_pylist()
+    assert [r["index"] for r in table] == list(range(12)) and store.meta["num_clips"] == 12
+    assert store.capacity == 12
+    src = SceneStore.open(debug_city)
+    idx = np.asarray(store.array("cond_source_index")[:])
+    assert set(idx.tolist()) <= set(src.indices().tolist()) and len(set(idx.tolist())) == 12  # a permutation
+    want = src.read(idx, ("layout",))["layout"]
+    assert np.array_equal(np.asarray(store.array("cond_layout")[:]), want)
+    assert all(r["conditions"] == "layout" and r["attempt"] == 0 and r["seed"] == scene_seed(0, r["index"])
+               and r["source_index"] == idx[r["index"]] for r in table)
+    job = store.meta["provenance"]["job"]
+    assert job["n"] == 12 and job["cond"] == "layout" and job["source"] == str(Path(debug_city).resolve())
+    assert store.meta["provenance"]["checkpoints"]["dit"].startswith("dit-0-")
+    assert set(store.array_names) >= {"occupancy", "cond_layout", "cond_source_index", "cond_guidance"}
+
+    # the same command again: nothing to do; another command on the store: an error naming the difference
+    result, text = _invoke(_synth(ckpts, out, "--n", "12", "--cond", "layout", "--source", debug_city))
+    assert result.exit_code == 0 and "(0 new, 2 blocks already done)" in text, text
+    result, text = _invoke(_synth(ckpts, out, "--n", "12", "--cond", "layout", "--source", debug_city,
+                                  "--seed", "1"))
+    assert result.exit_code == 2 and "holds another synth job (differs in seed: 0 -> 1)" in text, text
+
+
+def test_same_seed_gives_identical_bytes_with_different_batch_sizes(ray_local, ckpts, tmp_path):
+    outs = {}
+    for bs in ("8", "16"):
+        outs[bs] = tmp_path / f"b{bs}.zarr"
+        result, text = _invoke(_synth(ckpts, outs[bs], "--n", "16", "--cond", "command", "--batch-size", bs,
+                                      "--seed", "5"))
+        assert result.exit_code == 0, text
+    a = SceneStore.open(str(outs["8"])).read(slice(0, 16))
+    b = SceneStore.open(str(outs["16"])).read(slice(0, 16))
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+    assert np.asarray(a["cond_command"]).tolist() == [k % 4 for k in range(16)]
+    assert len({a["occupancy"][k].tobytes() for k in range(16)}) == 16
+
+    # scene k is what the pipeline makes from scene_seed(seed, k), as 'dcgen sample' and the Serve endpoint do
+    from dcgen.generate.pipeline import GenerationPipeline
+
+    pipe = GenerationPipeline.from_checkpoints(*ckpts, device="cpu", micro_batch=8)
+    k = 13
+    alone = pipe.generate([SceneRequest(command=k % 4, guidance=1.0)], [scene_seed(5, k)], steps=int(STEPS))
+    assert np.array_equal(alone[0], a["occupancy"][k])
+
+
+def test_an_impossible_gate_rejects_records_and_continues_its_attempts(ray_local, ckpts, debug_city, tmp_path):
+    out = tmp_path / "gated.zarr"
+    argv = _synth(ckpts, out, "--n", "8", "--reference-data", debug_city, "--gate-min-occupied", "1.0")
+    result, text = _invoke(argv + ["--max-attempts", "2"])
+    assert result.exit_code == 1, text
+    assert "0/8 scenes" in text and "blocks [0] failed their gates 2 times" in text
+    assert SceneStore.open(str(out)).num_clips == 0
+    rejected = SceneStore.open(rejected_path(str(out)))
+    rows = rejected.manifest().to_pylist()
+    assert [r["attempt"] for r in rows] == [0] * 8 + [1] * 8
+    assert [r["index"] for r in rows] == list(range(8)) + list(range(8, 16))
+    assert all(r["rejected_by"].split(",")[0] == "min_occupied" for r in rows)
+    gate = json.loads(rows[0]["gate"])
+    assert gate["thresholds"]["min_occupied"] == 1.0 and not gate["passed"] and "flicker" in gate["values"]
+    assert rows[0]["seed"] != rows[8]["seed"] and rows[8]["seed"] == attempt_seed(0, 0, 1)
+    assert not np.array_equal(rejected.read(slice(0, 1))["occupancy"], rejected.read(slice(8, 9))["occupancy"])
+
+    # gates and the attempt limit are policy: the same job continues with a third attempt
+    result, text = _invoke(argv + ["--max-attempts", "3"])
+    assert result.exit_code == 1, text
+    assert [r["attempt"] for r in SceneStore.open(rejected_path(str(out))).manifest().to_pylist()][-8:] == [2] * 8
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_to_exactly_n_without_duplicates(ray_local, ckpts, tmp_path):
+    out = tmp_path / "killed.zarr"
+    argv = _synth(ckpts, out, "--n", "40", "--cond", "command", "--seed", "3")
+    env = {**os.environ, "TYPER_USE_RICH": "0"}
+    proc = subprocess.Popen([sys.executable, "-c", "from dcgen.cli import app; app()", *map(str, argv)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    parts = out / "manifest"
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if parts.is_dir() and len(list(parts.glob("part-*.parquet"))) >= 1:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the driver finished before it could be killed; make the job longer"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    before = sorted(parts.glob("part-*.parquet"))
+    assert 1 <= len(before) < 5
+    stamps = {p.name: p.stat().st_mtime_ns for p in before}
+    result, text = _invoke(argv)
+    assert result.exit_code == 0, text
+    assert f"blocks already done" in text
+    store = SceneStore.open(str(out))
+    idx = [r["index"] for r in store.manifest().to_pylist()]
+    assert idx == list(range(40)) and store.meta["num_clips"] == 40
+    assert all((parts / name).stat().st_mtime_ns == t for name, t in stamps.items()), "done blocks were rewritten"
+    from dcgen.generate.pipeline import GenerationPipeline
+
+    pipe = GenerationPipeline.from_checkpoints(*ckpts, device="cpu", micro_batch=8)
+    ks = [0, 39]
+    again = pipe.generate([SceneRequest(command=k % 4, guidance=1.0) for k in ks], [scene_seed(3, k) for k in ks],
+                          steps=int(STEPS))
+    assert np.array_equal(again, store.read(ks, ("occupancy",))["occupancy"])
+
+
+def _feature_checkpoint(path) -> str:
+    from dcgen.metrics.feature_nets import FeatureNetsConfig, build_feature_nets, model_state
+    from dcgen.metrics.proxy_task import ProxyTask
+    from dcgen.train import checkpoint
+
+    import torch
+
+    torch.manual_seed(0)
+    cfg = FeatureNetsConfig.for_grid(DEBUG, ProxyTask(), render_size=32,
+                                     image={"width": 8, "feature_dim": 32, "aux_size": 4},
+                                     voxel={"widths": (8, 16), "feature_dim": 16})
+    nets = build_feature_nets(cfg)
+    return str(checkpoint.save(path, kind="features", config=cfg.to_dict(), state={"model": model_state(nets)},
+                               step=0))
+
+
+def test_fid_kid_gates_record_their_numbers(ray_local, ckpts, debug_city, tmp_path):
+    from dcgen.metrics.reference import make_reference
+
+    features = _feature_checkpoint(tmp_path / "features")
+    ref = tmp_path / "ref.npz"
+    make_reference(debug_city, features, ref, device="cpu")
+    out = tmp_path / "fid.zarr"
+    loose = ["--gate-fid", "1e12", "--gate-kid", "1e12", "--gate-min-occupied", "0", "--gate-class-distance", "1",
+             "--gate-flicker", "1"]
+    result, text = _invoke(_synth(ckpts, out, "--n", "8", "--reference", ref, "--features", features, *loose))
+    assert result.exit_code == 0, text
+    rows = SceneStore.open(str(out)).manifest().to_pylist()
+    gate = json.loads(rows[0]["gate"])
+    assert gate["passed"] and set(gate["values"]) == {"fid_3d", "kid_3d", "min_occupied", "class_distance", "flicker"}
+    assert gate["values"]["fid_3d"] > 0 and gate["thresholds"]["fid_3d"] == 1e12
+    calibration = SceneStore.open(str(out)).meta["provenance"]["gates"]
+    assert calibration["real_quantiles"]["fid_3d"] > 0 and calibration["explicit"] == sorted(
+        ["class_distance", "fid_3d", "flicker", "kid_3d", "min_occupied"])
+
+    # another feature network than the reference's: refused before generation
+    other = _feature_checkpoint(tmp_path / "features2")
+    import torch
+
+    from dcgen.train import checkpoint
+
+    meta, state = checkpoint.load(other)
+    state["model"]["voxel"] = {k: v + 1 for k, v in state["model"]["voxel"].items()}
+    checkpoint.save(tmp_path / "features2", kind="features", config=meta["config"], state=state, step=0)
+    result, text = _invoke(_synth(ckpts, tmp_path / "no.zarr", "--n", "8", "--reference", ref, "--features",
+                                  tmp_path / "features2"))
+    assert result.exit_code == 2 and "the reference was made with feature network" in text, text
+    assert not (tmp_path / "no.zarr").exists()
+
+
+# ---- bad input: errors before any generation ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("small") / "small.zarr"
+    SceneStore.create(str(path), GRIDS["small"], source="test")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def command_only(tmp_path_factory):
+    from dcgen.serve.bench import write_untrained_checkpoints
+
+    return write_untrained_checkpoints("debug", tmp_path_factory.mktemp("cmd-ckpt"), conditions=("command",))
+
+
+def _scenario(tmp_path, text: str, suffix: str = ".json") -> str:
+    path = tmp_path / f"scenario-{len(list(tmp_path.glob('scenario-*')))}{suffix}"
+    path.write_text(text)
+    return str(path)
+
+
+def test_bad_inputs_fail_before_any_generation(ckpts, command_only, debug_city, small_store, tmp_path):
+    out = tmp_path / "never.zarr"
+    cases = [
+        (["--n", "8", "--cond", "sideways"], "unknown condition kind 'sideways'; expected one of none, command"),
+        (["--n", "8", "--cond", "layout"], "--cond layout takes its conditions from a source clip; pass --source"),
+        (["--n", "8", "--cond", "bev", "--source", small_store], f"--source {small_store}: its grid (T=16, "
+                                                                 "XYZ=[64, 64, 8], K=11) is not the model's (T=4"),
+        (["--n", "8", "--scenario", _scenario(tmp_path, '{"entries": [{"command": 1}, {"bev": "yes"}]}')],
+         "entries[1].bev: 'source' was expected"),
+        (["--n", "8", "--scenario", _scenario(tmp_path, "entries:\n  - command: left\n    weight: 0\n", ".yaml")],
+         "entries[0].weight: 0 is less than the minimum of 1"),
+        (["--n", "8", "--scenario", _scenario(tmp_path, "{not json")], "not valid JSON"),
+        (["--n", "8", "--scenario", _scenario(tmp_path, '{"entries": [{"outpaint": {"shift": 3}}]}'),
+          "--source", debug_city], "entries[0].outpaint.shift: 3 voxels; expected a multiple of 2"),
+        (["--n", "8", "--gate-flicker", "0.5"], "quality gates need reference statistics"),
+        (["--n", "8", "--reference", tmp_path / "missing.npz"], "FID/KID gates also need the feature network"),
+        (["--n", "8", "--reference", tmp_path / "missing.npz", "--features", ckpts[0]],
+         "missing.npz' does not exist"),
+        (["--n", "8", "--batch-size", "12"], "--batch-size 12: expected a multiple of 8"),
+        (["--n", "0"], "--n 0: expected an integer >= 1"),
+        (["--n", "8", "--sampler", "euler"], "unknown sampler 'euler'"),
+        (["--n", "8", "--reference-data", debug_city, "--gate-min-occupied", "2"], "a fraction; expected a value"),
+    ]
+    for args, message in cases:
+        result, text = _invoke(_synth(ckpts, out, *args))
+        assert result.exit_code == 2 and message in text, (args, text)
+        assert not out.exists(), args
+    # a condition the DiT was not trained with, named by --cond or by the scenario entry
+    vae, dit = command_only
+    result, text = _invoke(["synth", "--vae", vae, "--dit", dit, "--out", out, "--n", "8", "--cond", "layout",
+                            "--source", debug_city])
+    assert result.exit_code == 2 and "--cond layout: layout: the DiT was not trained with the 'layout'" in text, text
+    path = _scenario(tmp_path, '{"entries": [{"command": 1}, {"command": 2, "extend": true}]}')
+    result, text = _invoke(["synth", "--vae", vae, "--dit", dit, "--out", out, "--n", "8", "--scenario", path,
+                            "--source", debug_city])
+    assert result.exit_code == 2 and "entries[1].extend: the DiT was not trained with the 'prev_clip'" in text, text
+    assert not out.exists()
+
+
+def test_scenario_mixes_kinds_and_guidance(ray_local, ckpts, debug_city, tmp_path):
+    path = _scenario(tmp_path, json.dumps({"entries": [
+        {"name": "left", "command": "left", "guidance": 2.0, "weight": 2},
+        {"name": "replay", "trajectory": "source", "bev": "source"},
+        {"name": "edit", "inpaint": {"x": [16, 32], "y": [0, 32]}},
+        {"name": "grow", "extend": True, "outpaint": {"shift": 8}},
+    ]}))
+    out = tmp_path / "mixed.zarr"
+    result, text = _invoke(_synth(ckpts, out, "--n", "10", "--scenario", path, "--source", debug_city))
+    assert result.exit_code == 0, text
+    store = SceneStore.open(str(out))
+    rows = store.manifest().to_pylist()
+    assert [r["entry_name"] for r in rows[:5]] == ["left", "left", "replay", "edit", "grow"]
+    assert [r["conditions"] for r in rows[:5]] == ["command", "command", "trajectory,bev", "inpaint",
+                                                   "prev_clip,outpaint"]
+    assert [r["guidance"] for r in rows[:3]] == [2.0, 2.0, 1.0]
+    src = SceneStore.open(debug_city)
+    k = 2
+    clip = src.read([rows[k]["source_index"]], ("trajectory", "bev"))
+    assert np.array_equal(store.array("cond_trajectory")[k], clip["trajectory"][0])
+    assert np.array_equal(store.array("trajectory")[k], clip["trajectory"][0])  # the requested trajectory is kept
+    assert np.array_equal(store.array("cond_bev")[k], clip["bev"][0])
+    mask = np.asarray(store.array("cond_inpaint_mask")[3])
+    assert mask[16:].all() and not mask[:16].any()
+    assert int(store.array("cond_outpaint_shift")[4]) == 8 and rows[0]["source_index"] == -1
+    occ = store.read([3], ("occupancy",))["occupancy"][0]
+    source_occ = src.read([rows[3]["source_index"]], ("occupancy",))["occupancy"][0]
+    assert occ.shape == source_occ.shape
+
+
+# ---- export -------------------------------------------------------------------------------------------------------
+
+def test_unified_ids_map_to_occ3d_and_back():
+    from dcgen.data.classes import NUSCENES_TO_UNIFIED
+    from dcgen.generate.export import UNIFIED_TO_NUSCENES, quaternion_wxyz
+
+    assert np.array_equal(NUSCENES_TO_UNIFIED[UNIFIED_TO_NUSCENES], np.arange(12))
+    from dcgen.data.importers.source_format import pose_from_quaternion
+
+    for yaw in (0.0, 0.7, -2.9, np.pi):
+        c, s = np.cos(yaw), np.sin(yaw)
+        rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+        pose = pose_from_quaternion([1.0, 2.0, 0.0], quaternion_wxyz(rot), "pose")
+        assert np.allclose(pose[:3, :3], rot, atol=1e-9)
+
+
+def test_export_writes_per_frame_files(debug_city, tmp_path):
+    src = SceneStore.open(debug_city)
+    out = tmp_path / "occ3d"
+    result, text = _invoke(["export", debug_city, "--format", "occ3d-npz", "--out", out, "--split", "val"])
+    assert result.exit_code == 0, text
+    ann = json.loads((out / "annotations.json").read_text())
+    val = src.indices("val")
+    assert ann["val_split"] == [f"clip-{i:09d}" for i in val] and ann["train_split"] == []
+    i = int(val[0])
+    clip = src.read([i], ("occupancy", "mask", "ego_pose"))
+    token = f"{i:09d}-002"
+    with np.load(out / "gts" / f"clip-{i:09d}" / token / "labels.npz") as f:
+        from dcgen.data.classes import NUSCENES_TO_UNIFIED
+
+        assert np.array_equal(NUSCENES_TO_UNIFIED[f["semantics"]], clip["occupancy"][0, 2])
+        assert np.array_equal(f["mask_lidar"], clip["mask"][0, 2].astype(np.uint8))
+    pose = ann["scene_infos"][f"clip-{i:09d}"][token]["ego_pose"]
+    assert np.allclose(pose["translation"], clip["ego_pose"][0, 2, :3, 3], atol=1e-5)
+
+    out2 = tmp_path / "npy"
+    result, text = _invoke(["export", debug_city, "--format", "npy", "--out", out2])
+    assert result.exit_code == 0 and f"exported {src.num_clips} clips" in text, text
+    index = json.loads((out2 / "index.json").read_text())
+    assert len(index["clips"]) == src.num_clips and json.loads((out2 / "classes.json").read_text())[6]["name"] == "road"
+    row = index["clips"][3]
+    frame = np.load(out2 / row["dir"] / "001.npy")
+    assert np.array_equal(frame, src.read([row["index"]], ("occupancy",))["occupancy"][0, 1])
+
+    result, text = _invoke(["export", debug_city, "--format", "npy", "--out", out2])
+    assert result.exit_code == 2 and "exists and is not empty; pass --overwrite" in text
+    result, text = _invoke(["export", debug_city, "--format", "ply", "--out", tmp_path / "x"])
+    assert result.exit_code == 2 and "unknown export format 'ply'; expected one of occ3d-npz, npy" in text
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("keep me")
+    result, text = _invoke(["export", debug_city, "--format", "npy", "--out", tmp_path / "home", "--overwrite"])
+    assert result.exit_code == 2 and "not an earlier dcgen export" in text
+    assert (tmp_path / "home" / "notes.txt").exists()
