@@ -218,7 +218,7 @@ def test_killed_driver_resumes_to_exactly_n_without_duplicates(ray_local, ckpts,
     stamps = {p.name: p.stat().st_mtime_ns for p in before}
     result, text = _invoke(argv)
     assert result.exit_code == 0, text
-    assert f"blocks already done" in text
+    assert "blocks already done" in text
     store = SceneStore.open(str(out))
     idx = [r["index"] for r in store.manifest().to_pylist()]
     assert idx == list(range(40)) and store.meta["num_clips"] == 40
@@ -426,3 +426,37 @@ def test_export_writes_per_frame_files(debug_city, tmp_path):
     result, text = _invoke(["export", debug_city, "--format", "npy", "--out", tmp_path / "home", "--overwrite"])
     assert result.exit_code == 2 and "not an earlier dcgen export" in text
     assert (tmp_path / "home" / "notes.txt").exists()
+
+
+# ---- --serve: the same bytes through a running Serve deployment ---------------------------------------------------
+
+@pytest.mark.slow
+def test_serve_mode_gives_the_same_bytes(ray_local, ckpts, tmp_path):
+    from ray import serve
+
+    from dcgen.generate.pipeline import GenerationPipeline
+    from dcgen.serve.app import start
+    from dcgen.serve.bench import free_port
+    from dcgen.serve.config import ServeConfig
+
+    vae, dit = ckpts
+    start(ServeConfig(vae=vae, dit=dit, port=free_port(), micro_batch=8, max_batch_size=8, batch_wait_s=0.05,
+                      app_name="dcgen-synth-test"))
+    try:
+        out = tmp_path / "served.zarr"
+        result, text = _invoke(_synth(ckpts, out, "--n", "8", "--cond", "command", "--seed", "9", "--serve",
+                                      "dcgen-synth-test"))
+        assert result.exit_code == 0, text
+        served = SceneStore.open(str(out)).read(slice(0, 8), ("occupancy",))["occupancy"]
+        assert SceneStore.open(str(out)).meta["provenance"]["job"]["serve_app"] == "dcgen-synth-test"
+        result, text = _invoke(_synth(ckpts, tmp_path / "x.zarr", "--n", "8", "--micro-batch", "4", "--serve",
+                                      "dcgen-synth-test"))
+        assert result.exit_code == 2 and "runs micro-batch 8 but the job asks for --micro-batch 4" in text, text
+        result, text = _invoke(_synth(ckpts, tmp_path / "y.zarr", "--n", "8", "--serve", "no-such-app"))
+        assert result.exit_code == 2 and "--serve no-such-app: no running Serve application" in text, text
+    finally:
+        serve.shutdown()
+    pipe = GenerationPipeline.from_checkpoints(vae, dit, device="cpu", micro_batch=8)
+    local = pipe.generate([SceneRequest(command=k % 4, guidance=1.0) for k in range(8)],
+                          [scene_seed(9, k) for k in range(8)], steps=int(STEPS))
+    assert np.array_equal(served, local)
