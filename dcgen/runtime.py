@@ -60,13 +60,20 @@ LOCAL_RAY_ENV = {
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True):
     """Connect to ``address`` or start the embedded local Ray (loopback only). Idempotent."""
+    if address is None:
+        # Ray reads the loopback switch into a module constant when it is first imported; a command may have
+        # imported Ray (through Ray Data, say) before this call, so the constant is set too, not only the
+        # environment that the node's processes inherit.
+        for k, v in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(k, v)
     import ray
 
     if ray.is_initialized():
         return ray
     if address is None:
-        for k, v in LOCAL_RAY_ENV.items():
-            os.environ.setdefault(k, v)
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in ("0", "false")
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver,
                  runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_RAY_ENV}})
     else:
