@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from dcgen.data.classes import NUSCENES_FREE, NUSCENES_TO_UNIFIED
+from dcgen.data.classes import NUSCENES_FREE
 
 FORMATS = ("occ3d-npz", "npy")
 MARKERS = {"occ3d-npz": "annotations.json", "npy": "index.json"}

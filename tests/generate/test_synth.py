@@ -66,6 +66,12 @@ def test_scenario_pattern_follows_the_weights():
     assert [s.entry_of(k) for k in range(6)] == [0, 0, 1, 0, 0, 1]
     assert s.entries[0].command == 2 and s.entries[1].model_conditions == ("command",)
     assert Scenario.from_dict(s.to_dict()) == s
+    assert scenario_for_kind("inpaint", DEBUG, True).entries[0].inpaint == (16, 32, 0, 32)  # the half ahead
+    assert scenario_for_kind("outpaint", DEBUG, True).entries[0].outpaint == 8
+    assert scenario_for_kind("command", DEBUG, False).entries[0].command == "cycle"
+    assert scenario_for_kind("command", DEBUG, True).entries[0].command == "source"
+    with pytest.raises(ValueError, match="unknown condition kind 'left'; expected one of none, command"):
+        scenario_for_kind("left", DEBUG, False)
 
 
 @pytest.mark.parametrize("entries, message", [
