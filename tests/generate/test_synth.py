@@ -123,11 +123,18 @@ def test_calibration_is_deterministic_and_keeps_explicit_thresholds():
 
 # ---- the job ----------------------------------------------------------------------------------------------------
 
-def test_exactly_n_scenes_with_the_requested_conditions(ray_local, ckpts, debug_city, tmp_path):
-    out = tmp_path / "layout.zarr"
+@pytest.fixture(scope="module")
+def layout_run(ray_local, ckpts, debug_city, tmp_path_factory):
+    """12 layout-conditioned scenes (blocks of 8: the last one partial) by 2 workers, through the CLI."""
+    out = tmp_path_factory.mktemp("layout") / "layout.zarr"
     result, text = _invoke(_synth(ckpts, out, "--n", "12", "--cond", "layout", "--source", debug_city,
                                   "--workers", "2"))
     assert result.exit_code == 0, text
+    return out, text
+
+
+def test_exactly_n_scenes_with_the_requested_conditions(layout_run, ckpts, debug_city):
+    out, text = layout_run
     assert "12/12 scenes" in text and "gates: off" in text
     store = SceneStore.open(str(out))
     table = store.manifest().to_pylist()
@@ -144,6 +151,7 @@ def test_exactly_n_scenes_with_the_requested_conditions(ray_local, ckpts, debug_
     assert job["n"] == 12 and job["cond"] == "layout" and job["source"] == str(Path(debug_city).resolve())
     assert store.meta["provenance"]["checkpoints"]["dit"].startswith("dit-0-")
     assert set(store.array_names) >= {"occupancy", "cond_layout", "cond_source_index", "cond_guidance"}
+    assert len({o.tobytes() for o in store.read(slice(0, 12), ("occupancy",))["occupancy"]}) == 12
 
     # the same command again: nothing to do; another command on the store: an error naming the difference
     result, text = _invoke(_synth(ckpts, out, "--n", "12", "--cond", "layout", "--source", debug_city))
@@ -153,27 +161,44 @@ def test_exactly_n_scenes_with_the_requested_conditions(ray_local, ckpts, debug_
     assert result.exit_code == 2 and "holds another synth job (differs in seed: 0 -> 1)" in text, text
 
 
-def test_same_seed_gives_identical_bytes_with_different_batch_sizes(ray_local, ckpts, tmp_path):
-    outs = {}
-    for bs in ("8", "16"):
-        outs[bs] = tmp_path / f"b{bs}.zarr"
-        result, text = _invoke(_synth(ckpts, outs[bs], "--n", "16", "--cond", "command", "--batch-size", bs,
-                                      "--seed", "5"))
-        assert result.exit_code == 0, text
-    a = SceneStore.open(str(outs["8"])).read(slice(0, 16))
-    b = SceneStore.open(str(outs["16"])).read(slice(0, 16))
+def test_same_seed_gives_identical_bytes_with_different_batch_sizes(layout_run, ckpts, debug_city, tmp_path):
+    out16 = tmp_path / "b16.zarr"
+    result, text = _invoke(_synth(ckpts, out16, "--n", "16", "--cond", "layout", "--source", debug_city,
+                                  "--batch-size", "16"))
+    assert result.exit_code == 0, text
+    a = SceneStore.open(str(layout_run[0])).read(slice(0, 12))
+    b = SceneStore.open(str(out16)).read(slice(0, 12))
     for name in a:
         assert np.array_equal(a[name], b[name]), name
-    assert np.asarray(a["cond_command"]).tolist() == [k % 4 for k in range(16)]
-    assert len({a["occupancy"][k].tobytes() for k in range(16)}) == 16
 
     # scene k is what the pipeline makes from scene_seed(seed, k), as 'dcgen sample' and the Serve endpoint do
     from dcgen.generate.pipeline import GenerationPipeline
 
     pipe = GenerationPipeline.from_checkpoints(*ckpts, device="cpu", micro_batch=8)
     k = 13
-    alone = pipe.generate([SceneRequest(command=k % 4, guidance=1.0)], [scene_seed(5, k)], steps=int(STEPS))
-    assert np.array_equal(alone[0], a["occupancy"][k])
+    req = SceneRequest(layout=np.asarray(SceneStore.open(str(out16)).array("cond_layout")[k]), guidance=1.0)
+    alone = pipe.generate([req], [scene_seed(0, k)], steps=int(STEPS))
+    assert np.array_equal(alone[0], SceneStore.open(str(out16)).read([k], ("occupancy",))["occupancy"][0])
+
+
+def test_command_without_source_cycles_and_conditions_follow_the_scenario(debug_city):
+    from dcgen.generate.job import SynthJob
+    from dcgen.generate.synth_block import block_conditions, requests_from_conditions
+
+    job = SynthJob(n=12, checkpoints={}, scenario=scenario_for_kind("command", DEBUG, False), batch_size=8,
+                   grid=DEBUG.to_dict())
+    cond = block_conditions(job, 1, None)
+    assert cond["k"].tolist() == [8, 9, 10, 11] and cond["command"].tolist() == [0, 1, 2, 3]
+    assert [r.command for r in requests_from_conditions(job, cond)] == [0, 1, 2, 3]
+    src = SceneStore.open(debug_city)
+    job = SynthJob(n=8, checkpoints={}, scenario=scenario_for_kind("extend", DEBUG, True), batch_size=8,
+                   grid=DEBUG.to_dict(), source=debug_city, source_clips=src.num_clips, seed=4)
+    cond = block_conditions(job, 0, src)
+    pool = src.indices()
+    assert cond["source_index"].tolist() == pool[job.source_permutation()[:8]].tolist()
+    reqs = requests_from_conditions(job, cond)
+    assert np.array_equal(reqs[3].prev_clip, src.read([cond["source_index"][3]], ("occupancy",))["occupancy"][0])
+    assert reqs[3].command is None and reqs[3].source is None
 
 
 def test_an_impossible_gate_rejects_records_and_continues_its_attempts(ray_local, ckpts, debug_city, tmp_path):
