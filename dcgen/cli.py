@@ -835,7 +835,10 @@ def synth_cmd(
     tty = sys.stderr.isatty()
 
     def progress(bar, final: bool) -> None:
-        typer.echo(("\r" if tty else "") + bar.line(), err=True, nl=final or not tty)
+        if tty:  # one bar redrawn in place; a log gets a line per block
+            typer.echo("\r" + bar.line(), err=True, nl=final)
+        elif not final:
+            typer.echo(bar.line(), err=True)
 
     try:
         job = build_job(vae=vae, dit=dit, n=n, cond=cond, scenario=scenario, source=source,
