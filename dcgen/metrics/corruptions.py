@@ -68,3 +68,33 @@ def empty(occ_NTXYZ, p: float, seed: int = 0, first_index: int = 0) -> np.ndarra
         if clip_rng(seed, first_index + i).random() < p:
             out[i] = FREE
     return out
+
+
+def corrupted_sets(occ_NTXYZ, num_classes: int, seed: int = 0, noise: float = 0.3, offset: int | None = None,
+                   empty_share: float = 0.5) -> dict[str, np.ndarray]:
+    """The three corruptions of ``occ`` with the defaults of the acceptance check: 30 % class noise, a shift of
+    a fifth of the grid in X and Y, half of the clips emptied."""
+    occ = _clips(occ_NTXYZ)
+    offset = max(1, occ.shape[2] // 5) if offset is None else offset
+    return {"class_noise": class_noise(occ, noise, num_classes, seed),
+            "shift": shift(occ, offset, offset),
+            "empty": empty(occ, empty_share, seed + 1)}
+
+
+def corruption_check(nets, occ_NTXYZ, seed: int = 0, batch_size: int = 16, config=None) -> dict:
+    """Every SPEC §4 metric, in 2D and 3D, of real-vs-real (two disjoint halves: even and odd clips) and
+    real-vs-corrupted (the odd half corrupted), with ``nets`` (``FeatureNets``). Returns
+    ``{"num_clips_per_half", "real": {...}, "class_noise": {...}, "shift": {...}, "empty": {...}}``."""
+    from dcgen.metrics.extract import extract_features
+    from dcgen.metrics.gen_eval import compare_features
+    from dcgen.metrics.generation import GenerationMetricsConfig
+
+    occ = nets.check_clips(occ_NTXYZ)
+    half_a, half_b = occ[0::2], occ[1::2]
+    config = config or GenerationMetricsConfig()
+    reference = extract_features(nets, half_a, batch_size)
+    sets = {"real": half_b, **corrupted_sets(half_b, nets.grid.num_classes, seed)}
+    out: dict = {"num_clips_per_half": [int(half_a.shape[0]), int(half_b.shape[0])]}
+    for name, clips in sets.items():
+        out[name] = compare_features(reference, extract_features(nets, clips, batch_size), config)
+    return out

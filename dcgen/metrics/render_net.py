@@ -5,8 +5,8 @@ SPEC §4 names an InceptionV3-shaped network; dcgen ships that shape too (``ince
 ~22 M parameters, meant for a GPU or for a user's local pretrained weights). This file is the default, a smaller
 documented CNN that trains on CPU in minutes: five stride-2 stages (3×3 conv, GroupNorm, SiLU), a residual block
 at each of the last three, a 1×1 projection to ``feature_dim`` (512) channels and global average pooling. The
-pooled, post-activation vector is the metric feature (like Inception's pool3); a linear head gives the proxy-task
-logits (``proxy_task.py``), and an auxiliary linear head predicts the image downsampled to ``aux_size``² (mean
+pooled, post-activation vector (like Inception's pool3), under a fixed affine calibration (``calibration.py``), is
+the metric feature; a linear head gives the proxy-task logits (``proxy_task.py``), and an auxiliary linear head predicts the image downsampled to ``aux_size``² (mean
 colour per cell), which keeps the features about the whole picture and not only the proxy label. GroupNorm makes
 every image's features independent of the batch it is in. Any square input of at least 32 pixels works; dcgen
 feeds ``render_for_metrics`` views (128² by default), scaled to [-1, 1].
@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dcgen.metrics.calibration import FeatureCalibration
 
 MIN_IMAGE = 32
 
@@ -82,6 +84,7 @@ class RenderNet(nn.Module):
         self.project = nn.Sequential(nn.Conv2d(8 * w, config.feature_dim, 1, bias=False),
                                      nn.GroupNorm(_groups_for(config.feature_dim, g), config.feature_dim), nn.SiLU())
         self.head = nn.Linear(config.feature_dim, config.num_classes)
+        self.calibration = FeatureCalibration(config.feature_dim)
         a = config.aux_size
         self.aux = nn.Linear(config.feature_dim, 3 * a * a) if a else None
 
@@ -90,18 +93,23 @@ class RenderNet(nn.Module):
         return self.config.feature_dim
 
     def features(self, images_B3HW: torch.Tensor) -> torch.Tensor:
+        """The metric features: calibrated pooled features (``calibration.py``)."""
+        return self.calibration(self.raw_features(images_B3HW))
+
+    def raw_features(self, images_B3HW: torch.Tensor) -> torch.Tensor:
         if images_B3HW.dim() != 4 or images_B3HW.shape[1] != 3 or min(images_B3HW.shape[2:]) < MIN_IMAGE:
             raise ValueError(f"RenderNet expects images [B, 3, H, W] with H, W >= {MIN_IMAGE}, got "
                              f"{list(images_B3HW.shape)}")
         return self.project(self.stages(self.stem(images_B3HW))).mean(dim=(2, 3))
 
     def forward(self, images_B3HW: torch.Tensor):
-        feats_BD = self.features(images_B3HW)
+        """``(metric features, logits, aux)``; the heads read the raw features."""
+        raw_BD = self.raw_features(images_B3HW)
         aux = None
         if self.aux is not None:
             a = self.config.aux_size
-            aux = self.aux(feats_BD).view(-1, 3, a, a)
-        return feats_BD, self.head(feats_BD), aux
+            aux = self.aux(raw_BD).view(-1, 3, a, a)
+        return self.calibration(raw_BD), self.head(raw_BD), aux
 
 
 def _groups_for(channels: int, groups: int) -> int:

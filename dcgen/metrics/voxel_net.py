@@ -9,9 +9,9 @@ clips; features = pooled bottleneck).
 2. **3D CNN per time slice** (slices folded into the batch): a residual block (3³ conv, GroupNorm, SiLU) at
    ``widths[0]``, a stride-2 3³ conv to ``widths[1]`` and a residual block there.
 3. **Temporal pooling**: spatial mean per slice, a 1D conv across the ``T'`` slices (motion, hence the command),
-   then mean ⊕ max over slices and a linear layer with SiLU: the pooled bottleneck, the metric feature
-   (``feature_dim``, 128 by default: below the few hundred clips a small evaluation has, so its covariance is full
-   rank).
+   then mean ⊕ max over slices and a linear layer with SiLU: the pooled bottleneck; under a fixed affine calibration
+   (``calibration.py``) it is the metric feature (``feature_dim``, 128 by default: below the few hundred clips a
+   small evaluation has, so its covariance is full rank).
 4. Heads on the bottleneck: proxy-task logits, and the autoencoder part, a linear decoder of the clip's coarse
    class map (class shares in each of ``T' × 4 × 4`` cells), so the features describe where things are.
 GroupNorm keeps every clip's features independent of its batch.
@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dcgen.metrics.calibration import FeatureCalibration
 
 AUX_XY = 4  # coarse map side
 
@@ -167,6 +169,7 @@ class VoxelNet(nn.Module):
         self.temporal = nn.Sequential(nn.Conv1d(c1, c1, 3, 1, 1), nn.SiLU())
         self.bottleneck = nn.Sequential(nn.Linear(2 * c1, config.feature_dim), nn.SiLU())
         self.head = nn.Linear(config.feature_dim, config.num_classes)
+        self.calibration = FeatureCalibration(config.feature_dim)
         t_slices = config.slices[0]
         self.aux = (nn.Linear(config.feature_dim, config.num_voxel_classes * t_slices * AUX_XY * AUX_XY)
                     if config.aux else None)
@@ -176,6 +179,10 @@ class VoxelNet(nn.Module):
         return self.config.feature_dim
 
     def features(self, occ_BTXYZ: torch.Tensor) -> torch.Tensor:
+        """The metric features: the calibrated pooled bottleneck (``calibration.py``)."""
+        return self.calibration(self.raw_features(occ_BTXYZ))
+
+    def raw_features(self, occ_BTXYZ: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         if occ_BTXYZ.dim() != 5 or tuple(occ_BTXYZ.shape[1:]) != (cfg.num_frames, *cfg.size):
             raise ValueError(f"VoxelNet expects clips [B, {cfg.num_frames}, {', '.join(map(str, cfg.size))}], got "
@@ -190,11 +197,12 @@ class VoxelNet(nn.Module):
         return self.bottleneck(pooled)
 
     def forward(self, occ_BTXYZ: torch.Tensor):
-        feats_BD = self.features(occ_BTXYZ)
+        """``(metric features, logits, aux)``; the heads read the raw bottleneck."""
+        raw_BD = self.raw_features(occ_BTXYZ)
         aux = None
         if self.aux is not None:
-            aux = self.aux(feats_BD).view(-1, self.config.num_voxel_classes, self.config.slices[0], AUX_XY, AUX_XY)
-        return feats_BD, self.head(feats_BD), aux
+            aux = self.aux(raw_BD).view(-1, self.config.num_voxel_classes, self.config.slices[0], AUX_XY, AUX_XY)
+        return self.calibration(raw_BD), self.head(raw_BD), aux
 
 
 def coarse_class_map(occ_BTXYZ: torch.Tensor, num_voxel_classes: int, num_slices: int) -> torch.Tensor:

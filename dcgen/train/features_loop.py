@@ -7,7 +7,8 @@ and oblique views of one random frame of the metric frames for the image network
 network, cross-entropy on the proxy label plus ``aux_weight`` times its auxiliary reconstruction loss (the 2D
 net's downsampled image, MSE; the 3D net's coarse class map, KL). AdamW with a short linear warm-up and a cosine
 decay that are closed-form functions of (step, total steps). Each epoch ends with the val split's top-1 accuracy
-of both networks (every metric view for 2D), a checkpoint, and ``best``/``last`` exports (weights only) in the
+of both networks (every metric view for 2D), the networks' feature calibration measured on that split
+(``metrics.calibration``), a checkpoint, and ``best``/``last`` exports (weights only) in the
 run directory; best is by the mean of the two accuracies. A pretrained InceptionV3 stays frozen (only the 3D
 network trains). Resumes from the context's latest checkpoint; ``max_minutes`` stops at the first step past the
 deadline, on every worker at once, then validates and checkpoints.
@@ -139,22 +140,40 @@ def losses(model, nets: FeatureNets, occ_np: np.ndarray, labels_np: np.ndarray, 
 
 @torch.no_grad()
 def evaluate(nets: FeatureNets, ctx: TrainContext, batch_size: int) -> dict:
-    """Val-split top-1 accuracy of both networks (2D over every metric view), counts summed over workers."""
+    """Val-split top-1 accuracy of both networks (2D over every metric view), counts summed over workers; also
+    sets each trained network's feature calibration from the raw features' moments on the split."""
     was = nets.training
     nets.eval()
     k = nets.config.proxy_task.num_classes
     counts = torch.zeros(4 + k, dtype=torch.float64, device=ctx.device)  # image ok, images, voxel ok, clips, labels
+    d2, d3 = nets.dims
+    moments = {"image": torch.zeros(2 * d2 + 1, dtype=torch.float64, device=ctx.device),
+               "voxel": torch.zeros(2 * d3 + 1, dtype=torch.float64, device=ctx.device)}  # sum, sum of squares, n
+
+    def add(name: str, raw_BD: torch.Tensor) -> None:
+        raw = raw_BD.double()
+        moments[name] += torch.cat([raw.sum(0), (raw * raw).sum(0), raw.new_tensor([raw.shape[0]])])
+
     for batch in ctx.batches("val", batch_size, epoch=0, shuffle=False):
         occ_np = batch["occupancy"].cpu().numpy().astype(np.uint8)
         labels_np = batch_labels(nets, occ_np, batch["command"].cpu().numpy())
         labels_B = torch.from_numpy(labels_np).to(ctx.device)
         if nets.image_trainable:
             views = nets.render(occ_np)
-            _, logits, _ = nets.image(nets.image_inputs(views, ctx.device))
+            images = nets.image_inputs(views, ctx.device)
+            if hasattr(nets.image, "raw_features"):
+                raw = nets.image.raw_features(images)
+                add("image", raw)
+                logits = nets.image.head(raw)
+            else:
+                logits = nets.image(images)[1]
             labels_I = labels_B.repeat_interleave(views.shape[1])
             counts[0] += (logits.argmax(1) == labels_I).sum()
             counts[1] += labels_I.numel()
-        _, logits3, _ = nets.voxel(torch.from_numpy(occ_np).to(ctx.device))
+        occ_BTXYZ = torch.from_numpy(occ_np).to(ctx.device)
+        raw3 = nets.voxel.raw_features(occ_BTXYZ)
+        add("voxel", raw3)
+        logits3 = nets.voxel.head(raw3)
         counts[2] += (logits3.argmax(1) == labels_B).sum()
         counts[3] += labels_B.numel()
         counts[4:] += torch.bincount(labels_B, minlength=k).double()
@@ -162,6 +181,11 @@ def evaluate(nets: FeatureNets, ctx: TrainContext, batch_size: int) -> dict:
     counts = ctx.all_reduce(counts).cpu().numpy()
     if counts[3] == 0:
         raise ValueError("validation saw no clip: the val split is empty")
+    for name, d in (("image", d2), ("voxel", d3)):
+        m = ctx.all_reduce(moments[name])
+        net = getattr(nets, name)
+        if hasattr(net, "calibration") and m[-1] >= 2:
+            net.calibration.set_from_moments(m[:d], m[d:2 * d], float(m[-1]))
     image_acc = float(counts[0] / counts[1]) if counts[1] else None
     return {"val_image_acc": image_acc, "val_voxel_acc": float(counts[2] / counts[3]),
             "val_clips": int(counts[3]), "val_label_counts": [int(c) for c in counts[4:]]}

@@ -112,6 +112,21 @@ def test_voxel_net_defaults_for_every_preset_and_bad_configs():
         net.features(torch.zeros(1, 4, 16, 32, 4, dtype=torch.long))
 
 
+def test_feature_calibration_standardises_with_one_scale():
+    from dcgen.metrics.calibration import FeatureCalibration
+
+    raw = torch.randn(50, 3, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64) + 5.0
+    cal = FeatureCalibration(3)
+    torch.testing.assert_close(cal(raw.float()), raw.float())  # identity until set
+    cal.set_from_moments(raw.sum(0), (raw * raw).sum(0), 50)
+    out = cal(raw.float()).double()
+    torch.testing.assert_close(out.mean(0), torch.zeros(3, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert float(out.var(0).mean()) == pytest.approx(1.0, rel=1e-4)
+    assert float(out.var(0)[1] / out.var(0)[0]) == pytest.approx(float(raw.var(0)[1] / raw.var(0)[0]), rel=1e-4)
+    with pytest.raises(ValueError, match="at least 2 samples, got 1"):
+        cal.set_from_moments(raw[0], raw[0] ** 2, 1)
+
+
 # ---- InceptionV3 -----------------------------------------------------------------------------------------------
 
 def test_inception_v3_shape_and_feature_dim():
@@ -265,6 +280,13 @@ def test_features_loop_trains_checkpoints_records_provenance_and_resumes(tmp_pat
     assert len(meta["proxy_task"]["class_names"]) == 24 and sum(meta["proxy_task"]["val_label_counts"]) == 4
     loaded = load_feature_nets(out / "best")
     assert loaded.nets.dims == (32, 16) and loaded.checkpoint_id.startswith("features-2-")
+    # the calibration measured at validation makes the val clips' metric features zero-mean, unit variance on average
+    val_idx = SceneStore.open(store).indices("val")
+    val = SceneStore.open(store).read(val_idx, ("occupancy",))["occupancy"]
+    with torch.no_grad():
+        f3 = loaded.nets.voxel.features(torch.from_numpy(val)).double()
+    torch.testing.assert_close(f3.mean(0), torch.zeros(16, dtype=torch.float64), atol=1e-4, rtol=0)
+    assert float(f3.var(0).mean()) == pytest.approx(1.0, rel=1e-3)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("train_image_ce" in r for r in rows) and any("val_score" in r for r in rows)
     # a second run with more epochs resumes from the context's latest checkpoint
