@@ -491,3 +491,18 @@ def test_serve_mode_gives_the_same_bytes(ray_local, ckpts, tmp_path):
     local = pipe.generate([SceneRequest(command=k % 4, guidance=1.0) for k in range(8)],
                           [scene_seed(9, k) for k in range(8)], steps=int(STEPS))
     assert np.array_equal(served, local)
+
+
+def test_perception_reader_example_reads_a_synth_store(layout_run):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("perception_reader", ROOT / "jobs" / "perception_reader.py")
+    reader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reader)
+    path = str(layout_run[0])
+    batch = next(iter(reader.torch_loader(path, batch_size=4)))
+    assert tuple(batch["occupancy"].shape) == (4, *DEBUG.shape) and tuple(batch["trajectory"].shape) == (4, 4, 3)
+    batch = next(iter(reader.ray_batches(path, batch_size=4, arrays=("occupancy", "cond_layout"))))
+    assert tuple(batch["cond_layout"].shape) == (4, 4, 8, 8)
+    assert reader.select_by_manifest(path, conditions="layout").tolist() == list(range(12))
+    assert reader.select_by_manifest(path, conditions="command").size == 0
