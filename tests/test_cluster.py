@@ -272,6 +272,20 @@ def test_remote_synth_city_then_vae_fit_leave_their_outputs(with_token, tmp_path
 
 
 @pytest.mark.slow
+def test_remote_synth_writes_exactly_n_scenes(with_token, tmp_path):
+    from dcgen.data.store import SceneStore
+    from dcgen.serve.bench import write_untrained_checkpoints
+
+    vae, dit = write_untrained_checkpoints("debug", tmp_path / "ckpt")
+    out = tmp_path / "scenes.zarr"
+    result = runner.invoke(app, ["synth", "--vae", vae, "--dit", dit, "--n", "8", "--cond", "command", "--steps", "2",
+                                 "--workers", "1", "--out", str(out), "--address", with_token["url"]])
+    assert result.exit_code == 0, result.output
+    assert "8/8 scenes" in result.output  # the job's summary line, streamed from its log
+    assert SceneStore.open(str(out)).num_clips == 8
+
+
+@pytest.mark.slow
 def test_failing_remote_job_exits_non_zero_with_its_log_tail(with_token, tmp_path):
     missing = tmp_path / "missing.zarr"
     result = runner.invoke(app, ["train", "vae", "--data", str(missing), "--preset", "debug",
