@@ -137,7 +137,14 @@ class SynthWorker:
         ks = [int(k) for k in cond["k"]]
         timing = {"gen_s": 0.0, "gate_s": 0.0, "write_s": 0.0}
         t_block = time.perf_counter()
-        accepted, rejected, last = 0, 0, attempt0
+        # Ray Data re-runs the block of an actor that died: skip what that actor already committed
+        done = self.store._committed_ranges()
+        if (ks[0], ks[-1] + 1) in done:
+            return self._summary(block, len(ks), len(ks), 0, 0, False, t_block, timing)
+        rejected_ranges = set(self.rejected._committed_ranges())
+        while (attempt0 * job.padded_n + ks[0], attempt0 * job.padded_n + ks[-1] + 1) in rejected_ranges:
+            attempt0 += 1
+        accepted, rejected, last = 0, 0, attempt0 - 1
         for attempt in range(attempt0, job.max_attempts):
             last = attempt
             seeds = job.seeds(ks, attempt)
@@ -163,9 +170,14 @@ class SynthWorker:
             self.rejected.write(slot, arrays, rows, aligned=not owns_tail)
             timing["write_s"] += time.perf_counter() - t0
             rejected += len(ks)
-        return {"block": np.asarray([block]), "scenes": np.asarray([len(ks)]), "accepted": np.asarray([accepted]),
-                "rejected": np.asarray([rejected]), "attempts": np.asarray([last - attempt0 + 1]),
-                "given_up": np.asarray([accepted == 0]), "block_s": np.asarray([time.perf_counter() - t_block]),
+        return self._summary(block, len(ks), accepted, rejected, last - attempt0 + 1, accepted == 0, t_block, timing)
+
+    @staticmethod
+    def _summary(block: int, scenes: int, accepted: int, rejected: int, attempts: int, given_up: bool,
+                 t_block: float, timing: dict) -> dict[str, np.ndarray]:
+        return {"block": np.asarray([block]), "scenes": np.asarray([scenes]), "accepted": np.asarray([accepted]),
+                "rejected": np.asarray([rejected]), "attempts": np.asarray([attempts]),
+                "given_up": np.asarray([given_up]), "block_s": np.asarray([time.perf_counter() - t_block]),
                 **{k: np.asarray([v]) for k, v in timing.items()}}
 
 

@@ -143,8 +143,11 @@ class Scenario:
         return {"version": 1, "entries": [e.to_dict() for e in self.entries]}
 
     @classmethod
-    def from_dict(cls, d: dict, what: str = "scenario") -> "Scenario":
-        validate_scenario_dict(d, what)
+    def from_dict(cls, d: dict, what: str = "scenario", validate: bool = True) -> "Scenario":
+        """A scenario from its JSON form, checked against the schema (``validate=False`` for a dict that came
+        from ``to_dict``, e.g. a saved job spec)."""
+        if validate:
+            validate_scenario_dict(d, what)
         return cls(tuple(ScenarioEntry.from_dict(e) for e in d["entries"]))
 
     @classmethod
@@ -173,6 +176,9 @@ def validate_scenario_dict(data, what: str = "scenario") -> None:
 
     if not isinstance(data, dict):
         raise ValueError(f"{what}: expected a mapping with 'entries', got {type(data).__name__}")
+    if not SCHEMA_FILE.is_file():
+        raise ValueError(f"{what}: the scenario schema {SCHEMA_FILE} is missing; dcgen reads it from its source "
+                         "checkout (install with 'pip install -e .')")
     schema = json.loads(SCHEMA_FILE.read_text())
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data),
                     key=lambda e: (list(map(str, e.absolute_path)), e.validator))
@@ -304,7 +310,7 @@ class SynthJob:
     def from_dict(cls, d: dict) -> "SynthJob":
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in known}
-        kwargs["scenario"] = Scenario.from_dict(d["scenario"])
+        kwargs["scenario"] = Scenario.from_dict(d["scenario"], validate=False)
         return cls(**kwargs)
 
     def identity(self) -> dict:

@@ -152,6 +152,12 @@ def test_exactly_n_scenes_with_the_requested_conditions(layout_run, ckpts, debug
     assert store.meta["provenance"]["checkpoints"]["dit"].startswith("dit-0-")
     assert set(store.array_names) >= {"occupancy", "cond_layout", "cond_source_index", "cond_guidance"}
     assert len({o.tobytes() for o in store.read(slice(0, 12), ("occupancy",))["occupancy"]}) == 12
+    import jsonschema
+
+    jsonschema.validate(store.meta, json.loads((ROOT / "schemas" / "scene-store.schema.json").read_text()))
+    row_schema = json.loads((ROOT / "schemas" / "manifest.schema.json").read_text())
+    for row in table:
+        jsonschema.validate(row, row_schema)
 
     # the same command again: nothing to do; another command on the store: an error naming the difference
     result, text = _invoke(_synth(ckpts, out, "--n", "12", "--cond", "layout", "--source", debug_city))
