@@ -1,0 +1,147 @@
+"""``dcgen quickstart``: the whole product on the embedded local Ray, in minutes on a laptop CPU.
+
+Synthetic city → VAE → latents → DiT → metric feature networks → reference statistics → ``synth`` of a few
+layout-conditioned scenes with quality gates → a rendered GIF and the Table 2 metrics. Every stage is the same
+function the individual commands call, each skipped when its output is already there, so a second run (or a run
+after an interruption) picks up where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+# Sizes chosen so the whole run fits in about ten minutes on 2 CPU cores (debug) or a GPU (small).
+QUICKSTART_SIZES = {
+    # preset: clips in the city, VAE epochs, DiT epochs, feature epochs, scenes to synthesise, sampler steps
+    "debug": (320, 4, 40, 3, 16, 25),
+    "small": (400, 8, 40, 4, 16, 50),
+}
+CONDITIONS = ("command", "trajectory", "layout")
+
+
+@dataclass(frozen=True)
+class QuickstartConfig:
+    out: str = "dcgen-quickstart"
+    preset: str = "debug"
+    clips: int | None = None
+    scenes: int | None = None
+    seed: int = 0
+    max_minutes_per_stage: float | None = None
+
+    def sizes(self) -> tuple[int, int, int, int, int, int]:
+        if self.preset not in QUICKSTART_SIZES:
+            raise ValueError(f"quickstart preset {self.preset!r}; expected one of {', '.join(QUICKSTART_SIZES)}")
+        clips, vae_e, dit_e, feat_e, scenes, steps = QUICKSTART_SIZES[self.preset]
+        if self.clips is not None:
+            if self.clips < 32:
+                raise ValueError(f"--clips {self.clips}: the quickstart needs at least 32 clips (train and val)")
+            clips = self.clips
+        if self.scenes is not None:
+            if self.scenes < 8 or self.scenes % 8:
+                raise ValueError(f"--scenes {self.scenes}: expected a positive multiple of 8")
+            scenes = self.scenes
+        return clips, vae_e, dit_e, feat_e, scenes, steps
+
+
+def run_quickstart(cfg: QuickstartConfig, log: Callable[[str], None] = print) -> dict:
+    """Run (or continue) the quickstart into ``cfg.out``; returns where everything is and the metrics."""
+    from dcgen.data.store import SceneStore
+    from dcgen.data.synth_city import write_synthetic_city
+    from dcgen.generate.batch import run_synth
+    from dcgen.generate.job import build_job
+    from dcgen.metrics.gen_eval import evaluate_generation, format_table
+    from dcgen.metrics.reference import make_reference
+    from dcgen.render.clip import save_clip
+    from dcgen.runtime import init_ray
+    from dcgen.train.runs import train_features, train_pipeline
+
+    clips, vae_epochs, dit_epochs, feat_epochs, scenes, steps = cfg.sizes()
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t_all = time.time()
+    init_ray()
+
+    def stage(name: str):
+        timings[name] = time.time()
+
+    def done(name: str):
+        timings[name] = round(time.time() - timings[name], 1)
+        log(f"[{name}] {timings[name]:.1f} s")
+
+    city = out / "city.zarr"
+    stage("city")
+    if city.exists() and SceneStore.open(str(city)).num_clips == clips:
+        log(f"[city] {city} exists")
+    else:
+        log(f"[city] generating {clips} synthetic {cfg.preset} clips into {city}")
+        write_synthetic_city(str(city), cfg.preset, clips, seed=cfg.seed, overwrite=city.exists())
+    done("city")
+
+    runs = out / "runs"
+    stage("train")
+    trained = train_pipeline(str(city), cfg.preset, runs, conditions=CONDITIONS, vae_epochs=vae_epochs,
+                             dit_epochs=dit_epochs, max_minutes=cfg.max_minutes_per_stage, seed=cfg.seed, log=log)
+    done("train")
+    features = runs / "features" / "best"
+    stage("features")
+    if not (features / "meta.json").exists():
+        train_features(str(city), runs / "features", preset=cfg.preset, epochs=feat_epochs,
+                       max_minutes=cfg.max_minutes_per_stage, seed=cfg.seed, resume=(runs / "features" / "ray").exists())
+    done("features")
+
+    ref = out / "reference.npz"
+    stage("reference")
+    if not ref.exists():
+        make_reference(str(city), str(features), ref, split="train", log=log)
+    done("reference")
+
+    scenes_path = out / "scenes.zarr"
+    stage("synth")
+    job = build_job(vae=trained["vae"], dit=trained["dit"], n=scenes, cond="layout", source=str(city),
+                    source_split="val", seed=cfg.seed, steps=steps,
+                    gates={"reference": str(ref), "features": str(features), "reference_data": str(city),
+                           "reference_split": "train", "use_2d": False, "slack": 1.5, "thresholds": {}})
+    summary = run_synth(job, str(scenes_path), overwrite=False)
+    done("synth")
+
+    stage("render")
+    gif = out / "scene.gif"
+    real_gif = out / "real.gif"
+    synth_store = SceneStore.open(str(scenes_path))
+    first = int(synth_store.indices()[0])
+    save_clip(gif, synth_store.read(slice(first, first + 1), ("occupancy",))["occupancy"][0],
+              title=f"dcgen {cfg.preset}: generated scene {first} (layout-conditioned)")
+    city_store = SceneStore.open(str(city))
+    k = int(city_store.indices("val")[0])
+    save_clip(real_gif, city_store.read(slice(k, k + 1), ("occupancy",))["occupancy"][0],
+              title=f"synthetic city clip {k} (real data)")
+    done("render")
+
+    stage("metrics")
+    result = evaluate_generation(str(city), str(scenes_path), str(features), real_split="val", log=log)
+    table = format_table(result)
+    (out / "metrics.txt").write_text(table + "\n")
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=float))
+    done("metrics")
+
+    total = round(time.time() - t_all, 1)
+    report = {
+        "out": str(out), "city": str(city), "vae": trained["vae"], "latents": trained["latents"],
+        "dit": trained["dit"], "features": str(features), "reference": str(ref), "scenes": str(scenes_path),
+        "gif": str(gif), "real_gif": str(real_gif), "metrics_table": str(out / "metrics.txt"),
+        "synth": {k: summary[k] for k in ("accepted_total", "rejected_total", "scenes_per_s", "gate_share")},
+        "seconds": timings | {"total": total},
+    }
+    (out / "quickstart.json").write_text(json.dumps(report, indent=2, default=str))
+    log("")
+    log(table)
+    log("")
+    for key in ("city", "vae", "dit", "features", "reference", "scenes", "gif", "real_gif", "metrics_table"):
+        log(f"{key:>14}  {report[key]}")
+    log(f"{'total':>14}  {total:.0f} s")
+    return report
