@@ -97,4 +97,4 @@ def fit(loop: str, run: dict, *, datasets: dict, storage_path: str, name: str, n
 
 def run_dir_has_checkpoints(storage_path: str, name: str) -> bool:
     root = Path(storage_path) / name
-    return root.is_dir() and any(root.glob("**/checkpoint_*"))
+    return root.is_dir() and any(p.is_dir() for p in root.glob("**/checkpoint_*"))
