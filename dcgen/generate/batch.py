@@ -25,7 +25,6 @@ Legend: B scenes per block, T/X/Y/Z clip axes.
 
 from __future__ import annotations
 
-import logging
 import posixpath
 import time
 from dataclasses import dataclass
@@ -40,8 +39,8 @@ from dcgen.generate.synth_block import (SOURCE, block_arrays, block_conditions, 
                                         requests_from_conditions)
 from dcgen.presets import Grid
 
-log = logging.getLogger("dcgen.synth")
 REJECTED = "rejected"
+
 
 def rejected_path(out: str) -> str:
     return posixpath.join(str(out).rstrip("/"), REJECTED)
@@ -373,12 +372,19 @@ def run_synth(job: SynthJob, out: str, *, overwrite: bool = False, ray_address: 
                                                    "thresholds": (calibration or {}).get("thresholds", {}),
                                                    "reference": reference},
                             compute=ray.data.ActorPoolStrategy(size=size), **resources)
-        for row in ds.iter_rows():
-            row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
-            rows.append(row)
-            bar.update(row)
-            if progress is not None:
-                progress(bar, False)
+        try:
+            for row in ds.iter_rows():
+                row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+                rows.append(row)
+                bar.update(row)
+                if progress is not None:
+                    progress(bar, False)
+        except Exception as e:  # Ray wraps a worker's exception in RayTaskError/UserCodeException
+            root = root_cause(e)
+            message = str(root).strip().splitlines()[0] if str(root).strip() else ""
+            raise RuntimeError(f"a synth worker failed ({type(root).__name__}: {message}); the {len(rows)} blocks "
+                               "finished in this run are kept: fix the cause and re-run the same command to "
+                               "continue") from e
     store = SceneStore.open(out, "a")
     accepted_total = int(store.indices().size)
     given_up = state.given_up(job) + [int(r["block"]) for r in rows if r["given_up"]]
@@ -407,6 +413,18 @@ def run_synth(job: SynthJob, out: str, *, overwrite: bool = False, ray_address: 
     if progress is not None:
         progress(bar, True)
     return summary
+
+
+def root_cause(e: BaseException) -> BaseException:
+    """The innermost exception behind Ray's wrappers (``RayTaskError.cause``, ``__cause__`` chains)."""
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        nxt = getattr(e, "cause", None) or e.__cause__
+        if not isinstance(nxt, BaseException):
+            break
+        e = nxt
+    return e
 
 
 def _store_bytes(path: str, exclude: tuple[str, ...] = ()) -> int:

@@ -512,3 +512,21 @@ def test_perception_reader_example_reads_a_synth_store(layout_run):
     assert tuple(batch["cond_layout"].shape) == (4, 4, 8, 8)
     assert reader.select_by_manifest(path, conditions="layout").tolist() == list(range(12))
     assert reader.select_by_manifest(path, conditions="command").size == 0
+
+
+def test_a_failing_worker_is_a_clear_error(ray_local, ckpts, debug_city, tmp_path):
+    import shutil
+
+    from dcgen.generate.batch import run_synth
+    from dcgen.generate.job import build_job
+
+    source = tmp_path / "source.zarr"
+    shutil.copytree(debug_city, source)
+    job = build_job(vae=ckpts[0], dit=ckpts[1], n=8, cond="bev", source=str(source), steps=2, guidance=1.0,
+                    workers=1)
+    for chunk in (source / "bev" / "c").rglob("*"):  # damaged after the checks: the condition reads fail inside Ray
+        if chunk.is_file():
+            chunk.write_bytes(b"not a blosc chunk")
+    with pytest.raises(RuntimeError, match=r"a synth worker failed \(\w+: .*\); the 0 blocks finished in this "
+                                           r"run are kept: fix the cause and re-run the same command"):
+        run_synth(job, str(tmp_path / "out.zarr"))
