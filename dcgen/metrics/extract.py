@@ -5,7 +5,7 @@ probabilities of dcgen's metric feature networks.
 the synthesis job's per-batch quality gates): each clip is rendered into its metric views (``render_for_metrics``,
 CPU numpy), the image network reads every view and the voxel network reads the clip. 2D rows are *images*, clip
 major: the ``V`` views of clip ``n`` are rows ``n V .. n V + V - 1``; 3D rows are clips. Features are float32,
-probabilities (softmax of the logits, computed in float64) sum to one per row. Networks run in eval mode in float32,
+probabilities (the proxy task's joint p(y|x), ``FeatureNets.class_probs``, float64) sum to one per row. Networks run in eval mode in float32,
 so a clip's features do not depend on the batch it came in (GroupNorm, no batch statistics).
 ``extract_store`` does the same over the clips of a scene store, reading them in contiguous runs.
 Legend: N clips, M = N V images, D features, K classes.
@@ -74,10 +74,6 @@ class ClipFeatures:
         return self.feat2d_MD, self.probs2d_MK, self.feat3d_ND, self.probs3d_NK
 
 
-def _probs(logits: torch.Tensor) -> np.ndarray:
-    return torch.softmax(logits.double(), dim=1).cpu().numpy()
-
-
 @torch.no_grad()
 def extract_features(nets: FeatureNets, occ_NTXYZ, batch_size: int = DEFAULT_BATCH) -> ClipFeatures:
     """2D and 3D features and probabilities of clips ``[N, T, X, Y, Z]`` (numpy or tensor, class ids)."""
@@ -97,8 +93,9 @@ def extract_features(nets: FeatureNets, occ_NTXYZ, batch_size: int = DEFAULT_BAT
             f2, logits2, _ = nets.image(images)
             clips = torch.from_numpy(np.ascontiguousarray(chunk)).to(device)
             f3, logits3, _ = nets.voxel(clips)
-            parts.append(ClipFeatures(f2.float().cpu().numpy(), _probs(logits2), f3.float().cpu().numpy(),
-                                      _probs(logits3), nets.config.views_per_clip))
+            parts.append(ClipFeatures(f2.float().cpu().numpy(), nets.class_probs("image", logits2),
+                                      f3.float().cpu().numpy(), nets.class_probs("voxel", logits3),
+                                      nets.config.views_per_clip))
     finally:
         nets.train(was_training)
     return ClipFeatures.concat(parts)

@@ -39,7 +39,7 @@ class FeatureNetsConfig:
     grid: dict  # Grid.to_dict() of the clips the networks read
     proxy: dict  # ProxyTask.to_dict()
     image_kind: str
-    image: dict  # RenderNetConfig.to_dict(), or InceptionV3's {"num_classes", "fid_variant", "resize_to"}
+    image: dict  # RenderNetConfig.to_dict(), or InceptionV3's {"num_classes" (fc outputs), "fid_variant", "resize_to"}
     voxel: dict  # VoxelNetConfig.to_dict()
     render_size: int = DEFAULT_RENDER_SIZE
     render_frames: tuple[int, ...] | None = None  # None: first, middle and last frame
@@ -82,9 +82,9 @@ class FeatureNetsConfig:
                  voxel: dict | None = None) -> "FeatureNetsConfig":
         """Default widths for ``grid``; ``image``/``voxel`` override config fields of the two networks."""
         if image_kind == "cnn":
-            image_cfg = RenderNetConfig(proxy.num_classes, **(image or {})).to_dict()
+            image_cfg = RenderNetConfig(proxy.num_logits, **(image or {})).to_dict()
         elif image_kind == "inception":
-            image_cfg = {"num_classes": proxy.num_classes, "fid_variant": False, "resize_to": None, **(image or {})}
+            image_cfg = {"num_classes": proxy.num_logits, "fid_variant": False, "resize_to": None, **(image or {})}
         elif image_kind == "inception-pretrained":
             if image is None or "num_classes" not in image:
                 raise ValueError("a pretrained InceptionV3 config needs the weights' num_classes and fid_variant "
@@ -92,7 +92,7 @@ class FeatureNetsConfig:
             image_cfg = {"resize_to": 299, **image}
         else:
             raise ValueError(f"image network {image_kind!r} is not one of {', '.join(IMAGE_KINDS)}")
-        voxel_cfg = VoxelNetConfig.for_grid(grid.num_frames, grid.size, grid.num_classes, proxy.num_classes,
+        voxel_cfg = VoxelNetConfig.for_grid(grid.num_frames, grid.size, grid.num_classes, proxy.num_logits,
                                             **(voxel or {})).to_dict()
         return cls(grid.to_dict(), proxy.to_dict(), image_kind, image_cfg, voxel_cfg, render_size, render_frames)
 
@@ -110,6 +110,7 @@ class FeatureNets(nn.Module):
                                      config.image.get("resize_to"))
         self.voxel = VoxelNet(VoxelNetConfig.from_dict(config.voxel))
         self.grid = config.grid_obj
+        self.proxy = config.proxy_task
 
     @property
     def image_trainable(self) -> bool:
@@ -120,9 +121,16 @@ class FeatureNets(nn.Module):
         """``(2D feature dim, 3D feature dim)``."""
         return self.image.feature_dim, self.voxel.feature_dim
 
-    @property
-    def num_image_classes(self) -> int:
-        return int(self.config.image["num_classes"])
+    def class_probs(self, which: str, logits_BL: torch.Tensor) -> np.ndarray:
+        """float64 ``[B, K]`` p(y|x) of ``which`` ("image" or "voxel") network's logits: the proxy task's joint
+        classes, or ImageNet's for a pretrained InceptionV3."""
+        if which == "image" and not self.image_trainable:
+            return torch.softmax(logits_BL.double(), dim=1).cpu().numpy()
+        return self.proxy.joint_log_probs(logits_BL).exp().cpu().numpy()
+
+    def predict(self, logits_BL: torch.Tensor) -> torch.Tensor:
+        """Proxy-task class ids predicted from a trained network's logits."""
+        return self.proxy.predict(logits_BL)
 
     def forward(self, images_B3SS: torch.Tensor | None, occ_BTXYZ: torch.Tensor):
         """``(image outputs or None, voxel outputs)``, each ``(features, logits, aux or None)``: one call for both

@@ -13,8 +13,11 @@ visibly has:
   least ``crossing_coverage`` drivable (road, or a vehicle or pedestrian standing on it); kerbside parking lots
   cover one side at most, so they don't count.
 The class id is ``(command * num_density_bins + density_bin) * 2 + layout``: 24 classes by default, of which a
-dataset may leave some empty (they keep near-zero probability). Mirroring a clip across the ego's X axis swaps
-left and right and keeps the other two parts (``mirror_labels``).
+dataset may leave some empty. The networks' classifiers are *factorised*: one softmax per part (4 + 3 + 2 = 9
+logits, ``num_logits``), trained with the sum of the three cross-entropies, so every part learns from every clip
+however thinly the 24 joint classes are populated; p(y|x) over the joint classes is the product of the three
+parts' probabilities (``joint_log_probs``), and the prediction is the joint class of the three arg-maxes.
+Mirroring a clip across the ego's X axis swaps left and right and keeps the other two parts (``mirror_labels``).
 Legend: N clips, T time, X/Y/Z space.
 """
 
@@ -23,6 +26,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from dcgen.data.classes import CLASS_IDS, FREE
 from dcgen.data.derive import COMMANDS
@@ -62,6 +67,43 @@ class ProxyTask:
     @property
     def num_classes(self) -> int:
         return len(COMMANDS) * self.num_density_bins * len(LAYOUTS)
+
+    @property
+    def part_sizes(self) -> tuple[int, int, int]:
+        """Classes of each part: (command, density, layout)."""
+        return len(COMMANDS), self.num_density_bins, len(LAYOUTS)
+
+    @property
+    def num_logits(self) -> int:
+        return sum(self.part_sizes)
+
+    def split_labels(self, labels_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Joint class ids -> (command, density bin, layout) ids."""
+        _, nd, nl = self.part_sizes
+        return labels_B // (nd * nl), (labels_B // nl) % nd, labels_B % nl
+
+    def _parts(self, logits_BL: torch.Tensor) -> list[torch.Tensor]:
+        if logits_BL.shape[-1] != self.num_logits:
+            raise ValueError(f"proxy-task logits have {logits_BL.shape[-1]} outputs; expected {self.num_logits} "
+                             f"(command {self.part_sizes[0]} + density {self.part_sizes[1]} + layout "
+                             f"{self.part_sizes[2]})")
+        return list(torch.split(logits_BL.float(), self.part_sizes, dim=-1))
+
+    def loss(self, logits_BL: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
+        """Sum of the three parts' cross-entropies."""
+        return sum(F.cross_entropy(lg, y) for lg, y in zip(self._parts(logits_BL), self.split_labels(labels_B)))
+
+    def joint_log_probs(self, logits_BL: torch.Tensor) -> torch.Tensor:
+        """``[B, num_classes]`` log p(y|x) of the joint classes: the sum of the parts' log-softmaxes."""
+        lc, ld, ll = (F.log_softmax(p.double(), dim=-1) for p in self._parts(logits_BL))
+        joint = lc[:, :, None, None] + ld[:, None, :, None] + ll[:, None, None, :]
+        return joint.reshape(logits_BL.shape[0], self.num_classes)
+
+    def predict(self, logits_BL: torch.Tensor) -> torch.Tensor:
+        """``[B]`` joint class of the three parts' arg-maxes (the arg-max of the joint probabilities)."""
+        c, d, lay = (p.argmax(-1) for p in self._parts(logits_BL))
+        _, nd, nl = self.part_sizes
+        return (c * nd + d) * nl + lay
 
     def class_names(self) -> list[str]:
         """``command/density/layout`` for every class id, e.g. ``left/dense/intersection``."""

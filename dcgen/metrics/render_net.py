@@ -10,7 +10,7 @@ the metric feature; a linear head gives the proxy-task logits (``proxy_task.py``
 colour per cell), which keeps the features about the whole picture and not only the proxy label. GroupNorm makes
 every image's features independent of the batch it is in. Any square input of at least 32 pixels works; dcgen
 feeds ``render_for_metrics`` views (128² by default), scaled to [-1, 1].
-Legend: B batch, C channels, H/W image, K classes, D features.
+Legend: B batch, C channels, H/W image, L logits, D features.
 """
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ MIN_IMAGE = 32
 
 @dataclass(frozen=True)
 class RenderNetConfig:
-    num_classes: int  # proxy-task classes
+    num_outputs: int  # classifier outputs: the proxy task's logits (``ProxyTask.num_logits``)
     width: int = 16  # channels of the first two stages; doubled at each of the next three
     feature_dim: int = 512
     aux_size: int = 8  # side of the downsampled image the auxiliary head predicts; 0 disables it
     groups: int = 8
 
     def __post_init__(self) -> None:
-        if self.num_classes < 2:
-            raise ValueError(f"RenderNetConfig.num_classes must be >= 2, got {self.num_classes}")
+        if self.num_outputs < 2:
+            raise ValueError(f"RenderNetConfig.num_outputs must be >= 2, got {self.num_outputs}")
         if self.width < self.groups or self.width % self.groups:
             raise ValueError(f"RenderNetConfig.width must be a positive multiple of groups={self.groups}, "
                              f"got {self.width}")
@@ -68,7 +68,7 @@ class ResBlock2d(nn.Module):
 
 
 class RenderNet(nn.Module):
-    """Images ``[B, 3, H, W]`` in [-1, 1] -> (features ``[B, D]``, logits ``[B, K]``, aux ``[B, 3, a, a]``)."""
+    """Images ``[B, 3, H, W]`` in [-1, 1] -> (features ``[B, D]``, logits ``[B, L]``, aux ``[B, 3, a, a]``)."""
 
     def __init__(self, config: RenderNetConfig):
         super().__init__()
@@ -83,7 +83,7 @@ class RenderNet(nn.Module):
         )
         self.project = nn.Sequential(nn.Conv2d(8 * w, config.feature_dim, 1, bias=False),
                                      nn.GroupNorm(_groups_for(config.feature_dim, g), config.feature_dim), nn.SiLU())
-        self.head = nn.Linear(config.feature_dim, config.num_classes)
+        self.head = nn.Linear(config.feature_dim, config.num_outputs)
         self.calibration = FeatureCalibration(config.feature_dim)
         a = config.aux_size
         self.aux = nn.Linear(config.feature_dim, 3 * a * a) if a else None

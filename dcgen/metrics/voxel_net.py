@@ -12,10 +12,10 @@ clips; features = pooled bottleneck).
    then mean ⊕ max over slices and a linear layer with SiLU: the pooled bottleneck; under a fixed affine calibration
    (``calibration.py``) it is the metric feature (``feature_dim``, 128 by default: below the few hundred clips a
    small evaluation has, so its covariance is full rank).
-4. Heads on the bottleneck: proxy-task logits, and the autoencoder part, a linear decoder of the clip's coarse
+4. Heads on the bottleneck: the proxy task's logits (``proxy_task.py``), and the autoencoder part, a linear decoder of the clip's coarse
    class map (class shares in each of ``T' × 4 × 4`` cells), so the features describe where things are.
 GroupNorm keeps every clip's features independent of its batch.
-Legend: B batch, T time, X/Y/Z space, K classes, C channels, D features.
+Legend: B batch, T time, X/Y/Z space, K voxel classes, L logits, C channels, D features.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class VoxelNetConfig:
     num_frames: int
     size: tuple[int, int, int]  # X, Y, Z
     num_voxel_classes: int  # class ids the clips may hold
-    num_classes: int  # proxy-task classes
+    num_outputs: int  # classifier outputs: the proxy task's logits (``ProxyTask.num_logits``)
     pool: tuple[int, int, int, int]  # fixed class-share cells (t, x, y, z) the stem starts from
     patch: tuple[int, int, int, int]  # the learned stem's kernel = stride over the pooled grid
     widths: tuple[int, int] = (32, 64)
@@ -60,9 +60,9 @@ class VoxelNetConfig:
         if len(self.widths) != 2 or any(w < self.groups or w % self.groups for w in self.widths):
             raise ValueError(f"VoxelNetConfig.widths must be two multiples of groups={self.groups}, got "
                              f"{list(self.widths)}")
-        if self.num_voxel_classes < 2 or self.num_classes < 2 or self.feature_dim < 1:
-            raise ValueError(f"VoxelNetConfig needs >= 2 voxel classes, >= 2 proxy classes and feature_dim >= 1; "
-                             f"got {self.num_voxel_classes}, {self.num_classes}, {self.feature_dim}")
+        if self.num_voxel_classes < 2 or self.num_outputs < 2 or self.feature_dim < 1:
+            raise ValueError(f"VoxelNetConfig needs >= 2 voxel classes, >= 2 outputs and feature_dim >= 1; "
+                             f"got {self.num_voxel_classes}, {self.num_outputs}, {self.feature_dim}")
 
     @property
     def slices(self) -> tuple[int, int, int, int]:
@@ -70,7 +70,7 @@ class VoxelNetConfig:
         return tuple(d // p // q for d, p, q in zip((self.num_frames, *self.size), self.pool, self.patch))
 
     @classmethod
-    def for_grid(cls, num_frames: int, size: tuple[int, int, int], num_voxel_classes: int, num_classes: int,
+    def for_grid(cls, num_frames: int, size: tuple[int, int, int], num_voxel_classes: int, num_outputs: int,
                  **kw) -> "VoxelNetConfig":
         """The default stem: class shares in cells of about 1/32 of X and Y and 1/4 of Z (no pooling over time),
         then a patch making about 4 time slices of 8 × 8 × 2 cells (fewer where the grid is smaller)."""
@@ -85,7 +85,7 @@ class VoxelNetConfig:
         pool = tuple(p if d % p == 0 else cut(d, d // p) for p, d in zip(pool, (num_frames, x, y, z)))
         pooled = [d // p for d, p in zip((num_frames, x, y, z), pool)]
         patch = (cut(pooled[0], 4), cut(pooled[1], 8), cut(pooled[2], 8), cut(pooled[3], 2))
-        return cls(num_frames, tuple(size), num_voxel_classes, num_classes, pool, patch, **kw)
+        return cls(num_frames, tuple(size), num_voxel_classes, num_outputs, pool, patch, **kw)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -154,8 +154,8 @@ class PatchStem4d(nn.Module):
 
 
 class VoxelNet(nn.Module):
-    """Clips ``[B, T, X, Y, Z]`` of class ids -> (features ``[B, D]``, logits ``[B, K]``, aux logits
-    ``[B, K_voxel, T', 4, 4]`` or None)."""
+    """Clips ``[B, T, X, Y, Z]`` of class ids -> (features ``[B, D]``, logits ``[B, L]``, aux logits
+    ``[B, K, T', 4, 4]`` or None)."""
 
     def __init__(self, config: VoxelNetConfig):
         super().__init__()
@@ -168,7 +168,7 @@ class VoxelNet(nn.Module):
         self.block1 = ResBlock3d(c1, g)
         self.temporal = nn.Sequential(nn.Conv1d(c1, c1, 3, 1, 1), nn.SiLU())
         self.bottleneck = nn.Sequential(nn.Linear(2 * c1, config.feature_dim), nn.SiLU())
-        self.head = nn.Linear(config.feature_dim, config.num_classes)
+        self.head = nn.Linear(config.feature_dim, config.num_outputs)
         self.calibration = FeatureCalibration(config.feature_dim)
         t_slices = config.slices[0]
         self.aux = (nn.Linear(config.feature_dim, config.num_voxel_classes * t_slices * AUX_XY * AUX_XY)

@@ -4,14 +4,15 @@ plain PyTorch against a ``TrainContext``.
 Each step takes a batch of clips and their commands, derives the proxy-task labels (``metrics.proxy_task``),
 mirrors a random half of the clips across the ego's X axis (left and right labels swap), renders the bird's-eye
 and oblique views of one random frame of the metric frames for the image network, and minimises, for each
-network, cross-entropy on the proxy label plus ``aux_weight`` times its auxiliary reconstruction loss (the 2D
-net's downsampled image, MSE; the 3D net's coarse class map, KL). AdamW with a short linear warm-up and a cosine
-decay that are closed-form functions of (step, total steps). Each epoch ends with the val split's top-1 accuracy
-of both networks (every metric view for 2D), the networks' feature calibration measured on that split
-(``metrics.calibration``), a checkpoint, and ``best``/``last`` exports (weights only) in the
-run directory; best is by the mean of the two accuracies. A pretrained InceptionV3 stays frozen (only the 3D
-network trains). Resumes from the context's latest checkpoint; ``max_minutes`` stops at the first step past the
-deadline, on every worker at once, then validates and checkpoints.
+network, the proxy task's factorised cross-entropy (command, density and layout parts) plus ``aux_weight`` times
+its auxiliary reconstruction loss (the 2D net's downsampled image, MSE; the 3D net's coarse class map, KL). AdamW
+with a short linear warm-up and a cosine decay that are closed-form functions of (step, total steps). Each epoch
+ends with the val split's top-1 accuracy of both networks on the joint proxy classes (every metric view for 2D),
+the networks' feature calibration measured on that split (``metrics.calibration``), a checkpoint, and
+``best``/``last`` exports (weights only) in the run directory; best is by the mean of the two accuracies. A
+pretrained InceptionV3 stays frozen (only the 3D network trains). Resumes from the context's latest checkpoint;
+``max_minutes`` stops at the first step past the deadline, on every worker at once, then validates and
+checkpoints.
 Legend: B batch, T time, X/Y/Z space, V views, K classes.
 """
 
@@ -122,12 +123,12 @@ def losses(model, nets: FeatureNets, occ_np: np.ndarray, labels_np: np.ndarray, 
     if image_out is not None:
         _, logits, aux = image_out
         labels_I = labels_B.repeat_interleave(views.shape[1])
-        out["image_ce"] = F.cross_entropy(logits.float(), labels_I)
-        out["image_acc"] = (logits.argmax(1) == labels_I).float().mean().detach()
+        out["image_ce"] = nets.proxy.loss(logits, labels_I)
+        out["image_acc"] = (nets.predict(logits) == labels_I).float().mean().detach()
         if aux is not None and aux_weight > 0:
             out["image_aux"] = F.mse_loss(aux.float(), aux_target(images, aux.shape[-1]))
-    out["voxel_ce"] = F.cross_entropy(logits3.float(), labels_B)
-    out["voxel_acc"] = (logits3.argmax(1) == labels_B).float().mean().detach()
+    out["voxel_ce"] = nets.proxy.loss(logits3, labels_B)
+    out["voxel_acc"] = (nets.predict(logits3) == labels_B).float().mean().detach()
     if aux3 is not None and aux_weight > 0:
         target = coarse_class_map(occ_BTXYZ, nets.voxel.config.num_voxel_classes, aux3.shape[2])
         log_q = F.log_softmax(aux3.float(), dim=1)
@@ -168,13 +169,13 @@ def evaluate(nets: FeatureNets, ctx: TrainContext, batch_size: int) -> dict:
             else:
                 logits = nets.image(images)[1]
             labels_I = labels_B.repeat_interleave(views.shape[1])
-            counts[0] += (logits.argmax(1) == labels_I).sum()
+            counts[0] += (nets.predict(logits) == labels_I).sum()
             counts[1] += labels_I.numel()
         occ_BTXYZ = torch.from_numpy(occ_np).to(ctx.device)
         raw3 = nets.voxel.raw_features(occ_BTXYZ)
         add("voxel", raw3)
         logits3 = nets.voxel.head(raw3)
-        counts[2] += (logits3.argmax(1) == labels_B).sum()
+        counts[2] += (nets.predict(logits3) == labels_B).sum()
         counts[3] += labels_B.numel()
         counts[4:] += torch.bincount(labels_B, minlength=k).double()
     nets.train(was)

@@ -49,11 +49,11 @@ def tiny_nets_config(proxy: ProxyTask = ProxyTask(), render_size: int = 32) -> F
 # ---- 2D network ----------------------------------------------------------------------------------------------
 
 def test_render_net_forward_backward_and_batch_independence():
-    net = RenderNet(RenderNetConfig(24, **TINY_IMAGE)).eval()
+    net = RenderNet(RenderNetConfig(9, **TINY_IMAGE)).eval()
     images = torch.rand(3, 3, 48, 48) * 2 - 1
     feats, logits, aux = net(images)
-    assert feats.shape == (3, 32) and logits.shape == (3, 24) and aux.shape == (3, 3, 4, 4)
-    assert (feats >= -0.2785).all()  # post-SiLU pooled features
+    assert feats.shape == (3, 32) and logits.shape == (3, 9) and aux.shape == (3, 3, 4, 4)
+    assert (feats >= -0.2785).all()  # post-SiLU pooled features (identity calibration)
     (logits.sum() + aux.sum()).backward()
     assert all(p.grad is not None for p in net.parameters())
     with torch.no_grad():
@@ -67,7 +67,7 @@ def test_render_net_rejects_bad_input_and_config():
         net.features(torch.zeros(1, 3, 16, 16))
     with pytest.raises(ValueError, match="width must be a positive multiple of groups=8, got 12"):
         RenderNetConfig(4, width=12)
-    with pytest.raises(ValueError, match="num_classes must be >= 2"):
+    with pytest.raises(ValueError, match="num_outputs must be >= 2"):
         RenderNetConfig(1)
 
 
@@ -87,12 +87,12 @@ def test_class_shares_match_a_one_hot_average_pool():
 
 
 def test_voxel_net_forward_backward_shapes_and_batch_independence():
-    cfg = VoxelNetConfig.for_grid(DEBUG.num_frames, DEBUG.size, DEBUG.num_classes, 24, **TINY_VOXEL)
+    cfg = VoxelNetConfig.for_grid(DEBUG.num_frames, DEBUG.size, DEBUG.num_classes, 9, **TINY_VOXEL)
     assert cfg.pool == (1, 1, 1, 1) and cfg.slices == (4, 8, 8, 2)
     net = VoxelNet(cfg).eval()
     occ = torch.from_numpy(random_clips(3))
     feats, logits, aux = net(occ)
-    assert feats.shape == (3, 16) and logits.shape == (3, 24) and aux.shape == (3, DEBUG.num_classes, 4, 4, 4)
+    assert feats.shape == (3, 16) and logits.shape == (3, 9) and aux.shape == (3, DEBUG.num_classes, 4, 4, 4)
     (logits.sum() + aux.sum()).backward()
     assert all(p.grad is not None for p in net.parameters())
     with torch.no_grad():
@@ -201,6 +201,24 @@ def test_proxy_labels_combine_command_density_and_layout():
     np.testing.assert_array_equal(task.mirror_labels(mirrored), labels)
 
 
+def test_factorised_classifier_joint_probabilities_loss_and_prediction():
+    task = ProxyTask()
+    assert task.part_sizes == (4, 3, 2) and task.num_logits == 9
+    logits = torch.randn(5, 9, dtype=torch.float64)
+    joint = task.joint_log_probs(logits).exp()
+    assert joint.shape == (5, 24)
+    torch.testing.assert_close(joint.sum(1), torch.ones(5, dtype=torch.float64))
+    pc, pd, pl = (torch.softmax(p, 1) for p in torch.split(logits, (4, 3, 2), 1))
+    c, d, lay = 2, 1, 0
+    torch.testing.assert_close(joint[:, (c * 3 + d) * 2 + lay], pc[:, c] * pd[:, d] * pl[:, lay])
+    np.testing.assert_array_equal(task.predict(logits).numpy(), joint.argmax(1).numpy())
+    labels = torch.tensor([0, 7, 13, 23, 16])
+    nll = -task.joint_log_probs(logits)[torch.arange(5), labels].mean()
+    torch.testing.assert_close(task.loss(logits, labels).double(), nll, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"logits have 24 outputs; expected 9 \(command 4 \+ density 3"):
+        task.loss(torch.zeros(2, 24), torch.zeros(2, dtype=torch.long))
+
+
 def test_proxy_task_errors_and_density_fit():
     with pytest.raises(ValueError, match="strictly increasing"):
         ProxyTask(density_edges=(0.2, 0.1))
@@ -295,3 +313,19 @@ def test_features_loop_trains_checkpoints_records_provenance_and_resumes(tmp_pat
     with pytest.raises(ValueError, match="checkpoint is of other feature networks than this run"):
         other = tiny_nets_config(render_size=40)
         train_features(ctx, {**run, "nets": other.to_dict(), "epochs": 3})
+
+
+@pytest.mark.slow
+def test_inception_shaped_image_network_trains_a_step_and_extracts():
+    from dcgen.metrics.extract import extract_features
+    from dcgen.train.features_loop import losses
+
+    nets = FeatureNets(FeatureNetsConfig.for_grid(DEBUG, ProxyTask(), image_kind="inception", render_size=75,
+                                                  voxel=TINY_VOXEL))
+    occ = random_clips(1)
+    parts = losses(nets, nets, occ, np.array([3]), 0, torch.device("cpu"), 1.0, False)
+    assert "image_ce" in parts and "image_aux" not in parts  # InceptionV3 has no auxiliary image head
+    parts["total"].backward()
+    assert nets.image.Mixed_7c.branch_pool.conv.weight.grad is not None and nets.image.fc.out_features == 9
+    f = extract_features(nets.eval(), occ)
+    assert f.feat2d_MD.shape == (6, 2048) and f.probs2d_MK.shape == (6, 24)
