@@ -249,9 +249,8 @@ class GenerationPipeline:
             if not bool(guided_B.any()):
                 return out_c
             out_u = self.dit(x_MCSS, t_M, cond, drop_all)
-            eps_u, eps_c = out_u[:, :c], out_c[:, :c]
-            mixed = torch.cat([eps_u + scale_M1 * (eps_c - eps_u), out_c[:, c:]], dim=1)
-            return torch.where(guided_B.view(m, 1, 1, 1), mixed, out_c)
+            # rows at scale 1 (or without conditions) keep the conditional output exactly
+            return torch.where(guided_B.view(m, 1, 1, 1), guide(out_c, out_u, scale_M1, c), out_c)
 
         gens = [torch.Generator().manual_seed(s) for s in self._pad(list(seeds), 0)]
         inpaint = self._edit(list(reqs)) if edit else None

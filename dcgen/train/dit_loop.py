@@ -109,15 +109,15 @@ def evaluate(models: dict, ctx: TrainContext, schedule, conditions, valid_SS, ba
              amp: bool) -> dict[str, float]:
     """Validation loss of each model over this worker's shard with the same t and ε every epoch, reduced."""
     sums = torch.zeros(len(models) + 1, dtype=torch.float64, device=ctx.device)
-    for name, model in models.items():
+    for model in models.values():
         model.eval()
-    gen_state = _generator(seed, VAL_SEED_OFFSET, ctx.rank).get_state()
+    # every model sees the same t and noise: each batch replays the generator from the same state
+    gen = _generator(seed, VAL_SEED_OFFSET, ctx.rank)
     for batch in ctx.batches("val", batch_size, epoch=0, shuffle=False):
+        start = gen.get_state()
         for i, model in enumerate(models.values()):
-            gen = torch.Generator().set_state(gen_state)
-            loss_B = diffusion_loss(model, schedule, batch, conditions, valid_SS, gen, 0.0, amp)
-            sums[i] += loss_B.double().sum()
-        gen_state = gen.get_state()
+            gen.set_state(start)
+            sums[i] += diffusion_loss(model, schedule, batch, conditions, valid_SS, gen, 0.0, amp).double().sum()
         sums[-1] += batch["latent"].shape[0]
     for model in models.values():
         model.train()
@@ -150,7 +150,7 @@ def train_dit(ctx: TrainContext, run: dict) -> dict:
         net.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())  # loaded onto the device with the rest; the RNG state lives on CPU
         step, start_epoch, best = meta["step"], meta["epoch"] + 1, meta["best_val_loss"]
     log = MetricsLog(cfg.out_dir, enabled=ctx.rank == 0)
     gen = _generator(cfg.seed, ctx.rank, step)
@@ -197,8 +197,11 @@ def train_dit(ctx: TrainContext, run: dict) -> dict:
                         export(ckpt_dir, Path(cfg.out_dir) / "best")
             ctx.report(row, ckpt_dir if ctx.rank == 0 else None)
         result = row
-        if cfg.max_minutes is not None and time.time() - t0 > cfg.max_minutes * 60:
-            break
+        if cfg.max_minutes is not None:
+            # every worker must stop after the same epoch, or the others wait forever in the next report
+            late = torch.tensor([float(time.time() - t0 > cfg.max_minutes * 60)], device=ctx.device)
+            if float(ctx.all_reduce(late)) > 0:
+                break
     return result
 
 

@@ -74,7 +74,8 @@ def check_latest_checkpoint(ray_run: Path, model_cfg: dict) -> None:
     from dcgen.train import checkpoint
     from dcgen.train.vae_loop import KIND, check_resumable
 
-    found = sorted(ray_run.glob("checkpoint_*"))  # Ray names them by creation time
+    # Ray names checkpoint directories by creation time; checkpoint_manager_snapshot.json sits beside them
+    found = sorted(p for p in ray_run.glob("checkpoint_*") if p.is_dir())
     if found:
         meta, _ = checkpoint.load(found[-1], kind=KIND)
         check_resumable(meta, model_cfg, found[-1])
@@ -394,14 +395,12 @@ def _has_ray_run(run_dir: Path) -> bool:
 def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, scaling: Scaling = Scaling(),
                    vae_epochs: int | None = None, dit_epochs: int | None = None, max_minutes: float | None = None,
                    seed: int = 0, log=print) -> dict:
-    """VAE -> encode -> DiT (-> the metric feature networks when ``train_features`` exists) into ``out``.
+    """VAE -> encode -> DiT -> the metric feature networks, into ``out``.
 
     Each stage is skipped when its result is already there (``OUT/vae/best``, a complete ``OUT/latents.zarr``,
     ``OUT/dit/best``, ``OUT/features/best``) and resumed when its run was interrupted. ``max_minutes`` bounds each
     training stage separately.
     """
-    import inspect
-
     from dcgen.data.latent_store import LatentStore
     from dcgen.generate.encode import encode_store
     from dcgen.train import checkpoint
@@ -449,18 +448,13 @@ def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, 
                                   scaling=scaling, epochs=dit_epochs, resume=_has_ray_run(dit_dir),
                                   max_minutes=max_minutes, seed=seed)
 
-    features = globals().get("train_features")
-    if features is None:
-        log("features: dcgen.train.runs.train_features is not available, skipping")
-        stages["features"] = {"skipped": True, "reason": "not available"}
-    elif _stage_done(out / "features" / "best", None):
-        log(f"features: {out / 'features' / 'best'} exists, skipping")
-        stages["features"] = {"skipped": True, "best": str(out / "features" / "best")}
+    features_dir = out / "features"
+    if _stage_done(features_dir / "best", None):
+        log(f"features: {features_dir / 'best'} exists, skipping")
+        stages["features"] = {"skipped": True, "best": str(features_dir / "best")}
     else:
-        log(f"features: training into {out / 'features'}")
-        offered = {"data": data, "preset": preset, "out": out / "features", "scaling": scaling, "seed": seed,
-                   "max_minutes": max_minutes}
-        accepted = inspect.signature(features).parameters
-        stages["features"] = features(**{k: v for k, v in offered.items() if k in accepted})
+        log(f"features: training into {features_dir}")
+        stages["features"] = train_features(data, features_dir, preset=preset, scaling=scaling,
+                                            resume=_has_ray_run(features_dir), max_minutes=max_minutes, seed=seed)
     return {"run_dir": str(out), "vae": str(vae_best), "latents": str(latents), "dit": str(dit_dir / "best"),
             "stages": stages}

@@ -50,6 +50,20 @@ def test_latents_decode_like_the_vae_on_mu(debug_city, debug_vae, debug_latents)
     assert all(s > 0 for s in stats["latent_std"])
 
 
+def test_attributes_match_the_schema(debug_latents):
+    import json
+    from pathlib import Path
+
+    import jsonschema
+    from referencing import Registry, Resource
+
+    schemas = Path(__file__).resolve().parents[2] / "schemas"
+    docs = {p.name: json.loads(p.read_text()) for p in schemas.glob("*-store.schema.json")}
+    registry = Registry().with_resources((f"dcgen/{n}", Resource.from_contents(d)) for n, d in docs.items())
+    validator = jsonschema.Draft202012Validator(docs["latent-store.schema.json"], registry=registry)
+    validator.validate(LatentStore.open(debug_latents).meta)
+
+
 def test_conditions_splits_and_previous_clips_are_copied(debug_city, debug_latents):
     latents = LatentStore.open(debug_latents)
     scenes = SceneStore.open(debug_city)

@@ -216,21 +216,22 @@ def test_bench_dit_cli(tmp_path, debug_vae, debug_dit):
 def turning_models(tmp_path_factory, ray_local):
     """A debug VAE and a (command, prev_clip) DiT trained a few hundred steps on 4 Hz synthetic-city scenes of two
     consecutive clips each (at 4 Hz the ego turns ~0.2 rad within the 4 debug frames, enough to see)."""
-    from conftest import train_debug_dit, train_debug_vae, write_city_store
+    from debug_models import train_debug_dit, train_debug_vae, write_city_store
 
     from dcgen.generate.encode import encode_store
 
     root = tmp_path_factory.mktemp("turning")
-    city = write_city_store(root / "city.zarr", num_scenes=96, seed=3, val_every=12, frame_rate=4.0)
+    city = write_city_store(root / "city.zarr", num_scenes=64, seed=3, val_every=16, frame_rate=4.0)
     vae = train_debug_vae(city, root / "vae", epochs=8, batch_size=8, lr=3e-3)
     latents = str(root / "latents.zarr")
     encode_store(vae, city, latents, batch_size=16)
-    dit = train_debug_dit(latents, root / "dit", ("command", "prev_clip"), epochs=18, batch_size=16, lr=1e-3,
+    dit = train_debug_dit(latents, root / "dit", ("command", "prev_clip"), epochs=30, batch_size=16, lr=1e-3,
                           ema_decay=0.99)
     return GenerationPipeline.from_checkpoints(vae, dit, device="cpu", micro_batch=8), city
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # the shared fixture trains a VAE and a DiT: minutes on a busy 2-core machine
 def test_left_command_turns_left_more_often_than_right(turning_models):
     from dcgen.metrics.ego_motion import turn_direction
 
@@ -245,6 +246,7 @@ def test_left_command_turns_left_more_often_than_right(turning_models):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_chained_clips_continue_one_another(turning_models):
     pipe, city = turning_models
     store = SceneStore.open(city)

@@ -21,7 +21,7 @@ from dcgen.train import checkpoint
 from dcgen.train.dit_loop import diffusion_loss
 from dcgen.train.runs import Scaling, parse_conditions, train_dit
 
-from conftest import train_debug_dit
+from debug_models import train_debug_dit
 
 ALL = ("command", "trajectory", "layout", "bev", "prev_clip")
 
@@ -116,6 +116,8 @@ def test_ray_train_run_survives_a_failure_and_resumes(tmp_path, ray_local, debug
     assert meta["vae_checkpoint_id"] == checkpoint.checkpoint_id(debug_vae)
     with pytest.raises(ValueError, match="pass --resume"):
         train_dit(debug_latents, out, conditions="command,trajectory", preset="debug", epochs=3)
+    with pytest.raises(ValueError, match=r"started with a different DiT \(conditions differ"):
+        train_dit(debug_latents, out, conditions="command", preset="debug", epochs=3, resume=True)
     again = train_dit(debug_latents, out, conditions="command,trajectory", preset="debug", epochs=3, batch_size=8,
                       resume=True)
     assert again["metrics"]["step"] == 3 * steps and again["metrics"]["epoch"] == 2
@@ -147,10 +149,13 @@ def test_train_cli_errors_and_skipped_stages(tmp_path, debug_city, debug_vae, de
     shutil.copytree(debug_vae, out / "vae" / "best")
     shutil.copytree(debug_latents, out / "latents.zarr")
     shutil.copytree(debug_dit, out / "dit" / "best")
+    # the feature networks' stage is another module's; a checkpoint directory in its place is all the skip needs
+    checkpoint.save(out / "features" / "best", kind="features", config={}, state={}, step=0)
     result = runner.invoke(app, ["train", "--data", debug_city, "--preset", "debug", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "vae:" in result.output and "exists, skipping" in result.output
-    assert "encode: " in result.output and "is complete, skipping" in result.output
+    for stage in ("vae", "dit", "features"):
+        assert f"{stage}: {out / stage / 'best'} exists, skipping" in result.output
+    assert f"encode: {out / 'latents.zarr'} is complete, skipping" in result.output
     assert "pipeline done" in result.output
     result = runner.invoke(app, ["train", "--data", debug_city, "--preset", "small", "--out", str(out)])
     assert result.exit_code == 2 and "does not match the model preset 'small'" in result.output
