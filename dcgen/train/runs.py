@@ -281,28 +281,23 @@ def _preset_of(grid) -> str | None:
     return None
 
 
-def train_features(data: str, out: str | Path, *, preset: str | None = None, scaling: Scaling = Scaling(),
-                   epochs: int | None = None, batch_size: int | None = None, image_net: str = "cnn",
-                   inception_weights: str | None = None, render_size: int = 128, lr: float = 2e-3,
-                   aux_weight: float = 1.0, resume: bool = False, overwrite: bool = False,
-                   max_minutes: float | None = None, report_every: int = 20, seed: int = 0) -> dict:
-    """Fit the 2D and 3D metric feature networks (SPEC §4) on a scene store with Ray Train.
-
-    The proxy task's density bins come from the train split's vehicle counts (the manifest's class counts);
-    ``inception_weights`` (a local pretrained InceptionV3 state_dict) makes the 2D side that frozen network.
-    """
+def features_run_config(data: str, out: str | Path, *, preset: str | None = None, workers: int = 1,
+                        epochs: int | None = None, batch_size: int | None = None, image_net: str = "cnn",
+                        inception_weights: str | None = None, render_size: int = 128, lr: float = 2e-3,
+                        aux_weight: float = 1.0, max_minutes: float | None = None, report_every: int = 20,
+                        seed: int = 0):
+    """The checked ``FeaturesTrainConfig`` of a feature-network run on the store ``data`` (every user error
+    raised here, before anything starts). The proxy task's density bins come from the train split's vehicle
+    counts (the manifest's class counts); ``inception_weights`` (a local pretrained InceptionV3 state_dict) makes
+    the 2D side that frozen network."""
     import numpy as np
 
     from dcgen.data.classes import VEHICLE
-    from dcgen.data.ray_dataset import read_scenes
     from dcgen.metrics.feature_nets import FeatureNetsConfig
     from dcgen.metrics.proxy_task import ProxyTask, fit_density_edges
-    from dcgen.runtime import init_ray
-    from dcgen.train import ray_trainer
     from dcgen.train.features_loop import FeaturesTrainConfig
     from dcgen.train.vae_loop import steps_per_epoch
 
-    out = Path(out).resolve()
     store = SceneStore.open(data)
     if preset is not None:
         check_store_matches(store, preset, "feature networks")
@@ -336,11 +331,29 @@ def train_features(data: str, out: str | Path, *, preset: str | None = None, sca
     trained_on = {"data": str(data), "source": store.meta.get("source"),
                   "provenance": store.meta.get("provenance", {}), "grid": g.to_dict(), "train_clips": int(n_train),
                   "val_clips": int(n_val), "inception_weights": inception_weights, "inception_sha256": inception_sha}
-    run = FeaturesTrainConfig(
-        nets=nets_cfg.to_dict(), steps_per_epoch=steps_per_epoch(n_train, batch_size, scaling.workers),
+    return FeaturesTrainConfig(
+        nets=nets_cfg.to_dict(), steps_per_epoch=steps_per_epoch(n_train, batch_size, workers),
         epochs=epochs, batch_size=batch_size, lr=lr, aux_weight=aux_weight, report_every=report_every, seed=seed,
-        out_dir=str(out), max_minutes=max_minutes, inception_weights=inception_weights,
+        out_dir=str(Path(out).resolve()), max_minutes=max_minutes, inception_weights=inception_weights,
         inception_sha256=inception_sha, extra={"trained_on": trained_on, "preset": preset or _preset_of(g)})
+
+
+def train_features(data: str, out: str | Path, *, preset: str | None = None, scaling: Scaling = Scaling(),
+                   epochs: int | None = None, batch_size: int | None = None, image_net: str = "cnn",
+                   inception_weights: str | None = None, render_size: int = 128, lr: float = 2e-3,
+                   aux_weight: float = 1.0, resume: bool = False, overwrite: bool = False,
+                   max_minutes: float | None = None, report_every: int = 20, seed: int = 0) -> dict:
+    """Fit the 2D and 3D metric feature networks (SPEC §4) on a scene store with Ray Train (see
+    ``features_run_config`` for what is derived from the store)."""
+    from dcgen.data.ray_dataset import read_scenes
+    from dcgen.runtime import init_ray
+    from dcgen.train import ray_trainer
+
+    out = Path(out).resolve()
+    run = features_run_config(data, out, preset=preset, workers=scaling.workers, epochs=epochs,
+                              batch_size=batch_size, image_net=image_net, inception_weights=inception_weights,
+                              render_size=render_size, lr=lr, aux_weight=aux_weight, max_minutes=max_minutes,
+                              report_every=report_every, seed=seed)
     prepare_run_dir(out, resume, overwrite)
     if resume:
         check_same_features(out, run.nets)
@@ -356,8 +369,11 @@ def train_features(data: str, out: str | Path, *, preset: str | None = None, sca
     if result.error:
         raise RuntimeError(f"feature network training failed: {result.error}")
     final = result.return_value or {}
+    from dcgen.metrics.feature_nets import FeatureNetsConfig
+
+    nets = FeatureNetsConfig.from_dict(run.nets)
     return {"best": str(out / "best"), "last": str(out / "last"), "metrics": final, "run_dir": str(out),
-            "proxy_task": proxy.to_dict(), "image_kind": image_kind}
+            "proxy_task": nets.proxy, "image_kind": nets.image_kind}
 
 
 def check_same_features(out: Path, nets_cfg: dict) -> None:
