@@ -49,6 +49,12 @@ class FeatureNetsConfig:
             raise ValueError(f"image network {self.image_kind!r} is not one of {', '.join(IMAGE_KINDS)}")
         if self.render_frames is not None:
             object.__setattr__(self, "render_frames", tuple(int(f) for f in self.render_frames))
+            t = int(self.grid["num_frames"])
+            if not self.render_frames or any(not 0 <= f < t for f in self.render_frames):
+                raise ValueError(f"render_frames {list(self.render_frames)} must be a non-empty list of frame "
+                                 f"indices in 0..{t - 1}")
+        if int(self.render_size) != self.render_size or self.render_size < 32:
+            raise ValueError(f"render_size must be an integer >= 32 pixels, got {self.render_size}")
 
     @property
     def grid_obj(self) -> Grid:
@@ -98,7 +104,8 @@ class FeatureNetsConfig:
 
 
 class FeatureNets(nn.Module):
-    """The 2D and 3D feature networks; ``image_inputs`` and ``clip_inputs`` turn clips into their inputs."""
+    """The 2D and 3D feature networks; ``check_clips``, ``render`` and ``image_inputs`` turn clips into their
+    inputs, ``class_probs`` their logits into p(y|x)."""
 
     def __init__(self, config: FeatureNetsConfig):
         super().__init__()

@@ -264,6 +264,10 @@ def test_feature_nets_check_clips_errors():
         nets.check_clips(np.full((1, *DEBUG.shape), 12, np.uint8))
     with pytest.raises(ValueError, match="image network 'resnet' is not one of cnn, inception"):
         FeatureNetsConfig.for_grid(DEBUG, ProxyTask(), image_kind="resnet")
+    with pytest.raises(ValueError, match=r"render_frames \[0, 9\] must be a non-empty list of frame indices in 0..3"):
+        FeatureNetsConfig.for_grid(DEBUG, ProxyTask(), render_frames=(0, 9))
+    with pytest.raises(ValueError, match="render_size must be an integer >= 32 pixels, got 16"):
+        FeatureNetsConfig.for_grid(DEBUG, ProxyTask(), render_size=16)
 
 
 def test_lr_factor_warms_up_then_decays_to_zero():
