@@ -253,17 +253,23 @@ def train_vae_cmd(
                                                 "minutes, then validate and checkpoint."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
     overwrite: bool = typer.Option(False, help="Delete an existing run in --out first."),
+    max_failures: int = typer.Option(2, help="Worker failures survived, each restarting from the last "
+                                     "checkpoint (-1: unlimited)."),
+    report_every: int = typer.Option(20, help="Log training losses every N steps."),
     seed: int = typer.Option(0),
     cluster: Optional[Path] = CLUSTER_OPTION,
     address: Optional[str] = ADDRESS_OPTION,
 ) -> None:
     address = remote(ctx, cluster, address)
+    from dataclasses import replace
+
     from dcgen.train.runs import train_vae
 
     try:
-        summary = train_vae(data, preset, out, scaling=_scaling(workers, gpus_per_worker, address), epochs=epochs,
-                            batch_size=batch_size, lr=lr, beta=beta, projection=projection, decoder=decoder,
-                            resume=resume, overwrite=overwrite, max_minutes=max_minutes, seed=seed)
+        scaling = replace(_scaling(workers, gpus_per_worker, address), max_failures=max_failures)
+        summary = train_vae(data, preset, out, scaling=scaling, epochs=epochs, batch_size=batch_size, lr=lr,
+                            beta=beta, projection=projection, decoder=decoder, resume=resume, overwrite=overwrite,
+                            max_minutes=max_minutes, report_every=report_every, seed=seed)
     except ValueError as e:
         fail(str(e))
     m = summary["metrics"]

@@ -104,6 +104,10 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
     from dcgen.train.vae_losses import class_weights
 
     out = Path(out).resolve()
+    if scaling.max_failures < -1:
+        raise ValueError(f"--max-failures must be >= 0 (or -1 for unlimited), got {scaling.max_failures}")
+    if report_every < 1:
+        raise ValueError(f"--report-every must be >= 1, got {report_every}")
     store = SceneStore.open(data)
     check_store_matches(store, preset)
     n_train, n_val = store.indices("train").size, store.indices("val").size

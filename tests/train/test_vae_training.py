@@ -234,3 +234,12 @@ def test_cli_reports_user_errors_on_one_line(city, tmp_path):
     res = CliRunner().invoke(app, ["train", "vae", "--data", city, "--preset", "small", "--out", str(tmp_path)])
     assert res.exit_code == 2
     assert res.output.startswith("error: ") and "does not match the model preset 'small'" in res.output
+
+
+def test_bad_failure_budget_and_report_interval_are_errors(city, tmp_path):
+    from dcgen.train.runs import Scaling
+
+    with pytest.raises(ValueError, match="--max-failures must be >= 0 \\(or -1 for unlimited\\), got -2"):
+        train_vae(city, "debug", tmp_path / "run", scaling=Scaling(max_failures=-2))
+    with pytest.raises(ValueError, match="--report-every must be >= 1, got 0"):
+        train_vae(city, "debug", tmp_path / "run", report_every=0)
