@@ -111,8 +111,9 @@ VAE_PRESETS: dict[str, VAEConfig] = {
     "debug": _preset("debug", embed_dim=8, encoder_width=8, decoder_width=16, decoder_hidden=32, decoder_out=16,
                      query_hidden=64),
     # ``small`` is the CPU preset: at the carlasc widths one 64×64×8×16 clip costs ~300 GFLOP forward (the decoder's
-    # 128-wide 3D residual blocks alone ~230), 30-50 s per training clip on a 2-core CPU; these widths keep the
-    # architecture and the latent (C = 16) and cut that ~10× (measured in dcgen/train/bench_vae.py).
+    # 128-wide 3D residual blocks alone ~230), 34 s per training clip on a busy 2-core CPU; these widths keep the
+    # architecture and the latent (C = 16) and need ~10× fewer FLOPs, though only ~2.5× less time (14 s measured
+    # beside it): narrow 3D convolutions and the projection attention use a CPU poorly.
     "small": _preset("small", embed_dim=8, encoder_width=8, decoder_width=16, decoder_hidden=32, decoder_out=16,
                      query_hidden=64),
     "carlasc": _preset("carlasc"),
