@@ -812,6 +812,10 @@ def synth_cmd(
                                    "gating, regeneration, writing and resuming."),
     micro_batch: int = typer.Option(8, "--micro-batch", help="The pipeline's network batch (a scene's bytes depend "
                                     "on it; match 'dcgen serve --micro-batch')."),
+    estimate_trajectory: bool = typer.Option(False, "--estimate-trajectory", help="Estimate the ego trajectory "
+                                             "(and command) of scenes that request none from their static "
+                                             "classes; an exhaustive search, slow on grids above debug. Without "
+                                             "it they are stored as zeros, trajectory_origin 'none'."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Generation actors (default: one per GPU, else "
                                           "CPUs - 1; with --serve 2)."),
     reference: Optional[str] = typer.Option(None, "--reference", help="ref.npz from 'dcgen eval reference': turns "
@@ -868,8 +872,8 @@ def synth_cmd(
     try:
         job = build_job(vae=vae, dit=dit, n=n, cond=cond, scenario=scenario, source=source,
                         source_split=source_split, seed=seed, sampler=sampler, steps=steps, guidance=guidance,
-                        batch_size=batch_size, micro_batch=micro_batch, max_attempts=max_attempts, gates=gates,
-                        serve_app=serve, workers=workers)
+                        batch_size=batch_size, micro_batch=micro_batch, estimate_trajectory=estimate_trajectory,
+                        max_attempts=max_attempts, gates=gates, serve_app=serve, workers=workers)
         summary = run_synth(job, out, overwrite=overwrite, ray_address=address, progress=progress)
     except ValueError as e:
         fail(str(e))

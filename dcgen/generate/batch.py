@@ -4,10 +4,11 @@ The job's n scenes are cut into blocks of ``batch_size`` scenes (whole shards of
 block ids → condition rows (``block_conditions``: each scene's requested conditions, source clips read from the
 ``--source`` store) → ``map_batches`` on an actor pool of ``SynthWorker``s (one generation pipeline per GPU, or per
 CPU slot locally; or, with ``--serve APP``, a handle to the running Serve model deployment, whose scenes are the
-same bytes) → generate → quality gate → write. A worker owns its block: it writes the accepted scenes straight to
-their final index range (arrays first, then the block's manifest part, so the store is always consistent) or, when
-the gate fails, writes the attempt to the ``rejected`` store and regenerates the block with fresh seeds, up to
-``max_attempts``; a block failing every attempt is given up (reported; the store then stays incomplete).
+same bytes) that generate and gate a block, regenerating it with fresh seeds while the gate fails, up to
+``max_attempts`` → ``BlockWriter``s (CPU) that derive the side arrays and write: the accepted attempt straight to
+its final index range (arrays first, then the block's manifest part, so the store is always consistent), failed
+attempts to the ``rejected`` store. A block failing every attempt is given up (reported; the store then stays
+incomplete). The ego-motion search behind the derived trajectories is CPU work and stays off the GPUs.
 
 Resumable: a block is done once its manifest part exists; re-running the same command skips done blocks and
 continues a block's attempts after the ones recorded as rejected. The job spec is saved in the store's attributes
@@ -25,6 +26,7 @@ Legend: B scenes per block, T/X/Y/Z clip axes.
 
 from __future__ import annotations
 
+import json
 import posixpath
 import time
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from dcgen.generate.synth_block import (SOURCE, block_arrays, block_conditions, 
 from dcgen.presets import Grid
 
 REJECTED = "rejected"
+WRITER_CPUS = 0.5  # derived side arrays (ego-motion search) and zarr writes: CPU work off the generation actors
 
 
 def rejected_path(out: str) -> str:
@@ -104,11 +107,12 @@ def check_serve(job: SynthJob) -> None:
                          "scene's bytes depend on it)")
 
 
-# ---- the worker ---------------------------------------------------------------------------------------------
+# ---- the workers --------------------------------------------------------------------------------------------
 
 class SynthWorker:
-    """One actor of the pool: a generation backend, the gate, and write access to the output stores. Each call
-    takes one block's condition row and returns one summary row."""
+    """One actor of the pool: a generation backend and the gate. Each call takes one block's condition row,
+    generates and gates it until it passes or runs out of attempts, and passes the row on with every attempt's
+    scenes and gate record (``occ [1, A, B, T, X, Y, Z]``, ``records``: JSON) to ``BlockWriter``."""
 
     def __init__(self, job: dict, out: str, device: str, thresholds: dict, reference, features_device: str = "auto"):
         from dcgen.generate.gates import Gate, feature_function
@@ -124,60 +128,84 @@ class SynthWorker:
         if any(c.startswith(("fid", "kid")) for c in thresholds):
             features = feature_function(gates["features"], features_device, bool(gates.get("use_2d")))
         self.gate = Gate(thresholds, reference, self.grid.num_classes, features)
+        self.store = SceneStore.open(out)
+        self.rejected = SceneStore.open(rejected_path(out))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        job = self.job
+        t_block = time.perf_counter()
+        cond = {k: v[0] for k, v in batch.items() if k not in ("block", "attempt0")}
+        reqs = requests_from_conditions(job, cond)
+        ks = [int(k) for k in cond["k"]]
+        # Ray Data re-runs the block of an actor that died: skip what was already committed
+        attempt0 = int(batch["attempt0"][0])
+        rejected_ranges = set(self.rejected._committed_ranges())
+        while (attempt0 * job.padded_n + ks[0], attempt0 * job.padded_n + ks[-1] + 1) in rejected_ranges:
+            attempt0 += 1
+        done = (ks[0], ks[-1] + 1) in self.store._committed_ranges()
+        scenes, records = [], []
+        gen_s = gate_s = 0.0
+        for attempt in ([] if done else range(attempt0, job.max_attempts)):
+            seeds = job.seeds(ks, attempt)
+            t0 = time.perf_counter()
+            occ = self.backend.generate(reqs, seeds, job.sampler, job.steps)
+            gen_s += time.perf_counter() - t0
+            result = self.gate(occ, seeds[0])
+            gate_s += result.seconds
+            scenes.append(occ)
+            records.append({**result.record(self.gate.thresholds, attempt), "seeds": seeds,
+                            "occupied": result.occupied_B.tolist(), "flicker": result.flicker_B.tolist()})
+            if result.passed:
+                break
+        t, (x, y, z) = self.grid.num_frames, self.grid.size
+        occ_ABTXYZ = np.stack(scenes) if scenes else np.zeros((0, len(ks), t, x, y, z), np.uint8)
+        return {**batch, "occ": occ_ABTXYZ[None], "records": np.asarray([json.dumps(records)]),
+                "already_done": np.asarray([done]), "gen_s": np.asarray([gen_s]), "gate_s": np.asarray([gate_s]),
+                "worker_s": np.asarray([time.perf_counter() - t_block])}
+
+
+class BlockWriter:
+    """The write stage (a CPU task per block): side arrays derived from each attempt's scenes, the accepted attempt into its
+    final index range of the store, the failed ones into ``OUT/rejected``; returns the block's summary row."""
+
+    def __init__(self, job: dict, out: str):
+        self.job = SynthJob.from_dict(job)
+        self.grid = Grid.from_dict(self.job.grid)
         self.store = SceneStore.open(out, "a")
         self.rejected = SceneStore.open(rejected_path(out), "a")
         self.names = tuple(n for n in self.store.array_names if n.startswith("cond_"))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         job = self.job
-        block, attempt0 = int(batch["block"][0]), int(batch["attempt0"][0])
-        cond = {k: v[0] for k, v in batch.items() if k not in ("block", "attempt0")}
+        t_write = time.perf_counter()
+        block = int(batch["block"][0])
+        skip = {"block", "attempt0", "occ", "records", "already_done", "gen_s", "gate_s", "worker_s"}
+        cond = {k: v[0] for k, v in batch.items() if k not in skip}
         reqs = requests_from_conditions(job, cond)
         ks = [int(k) for k in cond["k"]]
-        timing = {"gen_s": 0.0, "gate_s": 0.0, "write_s": 0.0}
-        t_block = time.perf_counter()
-        # Ray Data re-runs the block of an actor that died: skip what that actor already committed
-        done = self.store._committed_ranges()
-        if (ks[0], ks[-1] + 1) in done:
-            return self._summary(block, len(ks), len(ks), 0, 0, False, t_block, timing)
-        rejected_ranges = set(self.rejected._committed_ranges())
-        while (attempt0 * job.padded_n + ks[0], attempt0 * job.padded_n + ks[-1] + 1) in rejected_ranges:
-            attempt0 += 1
-        accepted, rejected, last = 0, 0, attempt0 - 1
-        for attempt in range(attempt0, job.max_attempts):
-            last = attempt
-            seeds = job.seeds(ks, attempt)
-            t0 = time.perf_counter()
-            occ = self.backend.generate(reqs, seeds, job.sampler, job.steps)
-            timing["gen_s"] += time.perf_counter() - t0
-            result = self.gate(occ, seeds[0])
-            timing["gate_s"] += result.seconds
-            t0 = time.perf_counter()
-            arrays, origins = block_arrays(occ, reqs, cond, self.grid, self.names)
-            rows = block_rows(job, block, attempt, seeds, reqs, cond, origins, result,
-                              result.record(self.gate.thresholds, attempt))
-            if result.passed:
+        accepted = rejected = 0
+        for occ, rec in zip(batch["occ"][0], json.loads(str(batch["records"][0]))):
+            a = int(rec["attempt"])
+            arrays, origins = block_arrays(occ, reqs, cond, self.grid, self.names, job.estimate_trajectory)
+            gate = {k: rec[k] for k in ("attempt", "passed", "failed", "values", "thresholds")}
+            rows = block_rows(job, block, a, rec["seeds"], reqs, cond, origins, rec["occupied"], rec["flicker"], gate)
+            if rec["passed"]:
                 self.store.write(ks[0], arrays, rows)
-                timing["write_s"] += time.perf_counter() - t0
                 accepted = len(ks)
-                break
-            slot = attempt * job.padded_n + ks[0]
+                continue
+            slot = a * job.padded_n + ks[0]
             for i, r in enumerate(rows):
-                r.update(index=slot + i, rejected_by=",".join(result.failed))
+                r.update(index=slot + i, rejected_by=",".join(rec["failed"]))
             # the job's last block alone owns the last shard of its attempt's slots, even when n ends mid-shard
             owns_tail = ks[-1] + 1 == job.n and job.n != job.padded_n
             self.rejected.write(slot, arrays, rows, aligned=not owns_tail)
-            timing["write_s"] += time.perf_counter() - t0
             rejected += len(ks)
-        return self._summary(block, len(ks), accepted, rejected, last - attempt0 + 1, accepted == 0, t_block, timing)
-
-    @staticmethod
-    def _summary(block: int, scenes: int, accepted: int, rejected: int, attempts: int, given_up: bool,
-                 t_block: float, timing: dict) -> dict[str, np.ndarray]:
-        return {"block": np.asarray([block]), "scenes": np.asarray([scenes]), "accepted": np.asarray([accepted]),
-                "rejected": np.asarray([rejected]), "attempts": np.asarray([attempts]),
-                "given_up": np.asarray([given_up]), "block_s": np.asarray([time.perf_counter() - t_block]),
-                **{k: np.asarray([v]) for k, v in timing.items()}}
+        if bool(batch["already_done"][0]):
+            accepted = len(ks)
+        return {"block": np.asarray([block]), "scenes": np.asarray([len(ks)]), "accepted": np.asarray([accepted]),
+                "rejected": np.asarray([rejected]), "given_up": np.asarray([accepted == 0]),
+                "gen_s": batch["gen_s"], "gate_s": batch["gate_s"], "worker_s": batch["worker_s"],
+                "write_s": np.asarray([time.perf_counter() - t_write])}
 
 
 # ---- output store ---------------------------------------------------------------------------------------------
@@ -372,6 +400,11 @@ def run_synth(job: SynthJob, out: str, *, overwrite: bool = False, ray_address: 
                                                    "thresholds": (calibration or {}).get("thresholds", {}),
                                                    "reference": reference},
                             compute=ray.data.ActorPoolStrategy(size=size), **resources)
+
+        def write(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return BlockWriter(job_dict, out)(batch)  # tasks reuse Ray's warm worker processes; actors would not
+
+        ds = ds.map_batches(write, batch_size=1, batch_format="numpy", num_cpus=WRITER_CPUS)
         try:
             for row in ds.iter_rows():
                 row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
@@ -390,7 +423,7 @@ def run_synth(job: SynthJob, out: str, *, overwrite: bool = False, ray_address: 
     given_up = state.given_up(job) + [int(r["block"]) for r in rows if r["given_up"]]
     complete = accepted_total == job.n
     seconds = time.perf_counter() - t_start
-    worker_s = sum(r["block_s"] for r in rows)
+    worker_s = sum(r["worker_s"] for r in rows)
     summary = {
         "path": out, "n": job.n, "accepted_total": accepted_total, "complete": complete,
         "resumed": state.resumed, "blocks": job.num_blocks, "blocks_run": len(rows),
@@ -399,9 +432,10 @@ def run_synth(job: SynthJob, out: str, *, overwrite: bool = False, ray_address: 
         "rejected_total": int(SceneStore.open(rejected_path(out)).manifest().num_rows),
         "seconds": seconds, "scenes_per_s": sum(r["accepted"] for r in rows) / max(seconds, 1e-9),
         "worker_seconds": worker_s,
+        "gate_seconds": sum(r["gate_s"] for r in rows),
         "gate_share": sum(r["gate_s"] for r in rows) / worker_s if worker_s else 0.0,
         "generate_share": sum(r["gen_s"] for r in rows) / worker_s if worker_s else 0.0,
-        "write_share": sum(r["write_s"] for r in rows) / worker_s if worker_s else 0.0,
+        "write_seconds": sum(r["write_s"] for r in rows),
         "gates": calibration, "checkpoints": dict(job.checkpoints),
     }
     if complete:

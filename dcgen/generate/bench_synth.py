@@ -84,7 +84,8 @@ def bench_synth(preset: str = "small", *, vae: str | None = None, dit: str | Non
         runs.append({"workers": w, "seconds": wall, "scenes_per_s": n / wall,
                      "worker_scenes_per_s": n / max(summary["worker_seconds"] / w, 1e-9),
                      "gate_share": summary["gate_share"], "generate_share": summary["generate_share"],
-                     "write_share": summary["write_share"], "bytes_per_scene": summary["bytes_per_scene"],
+                     "gate_share_of_wall": summary["gate_seconds"] / (wall * w),
+                     "write_seconds": summary["write_seconds"], "bytes_per_scene": summary["bytes_per_scene"],
                      "accepted": summary["accepted"], "rejected": summary["rejected"]})
         log(f"  {n / wall:.3f} scenes/s, gates {summary['gate_share']:.1%} of worker time")
     by = {r["workers"]: r for r in runs}

@@ -220,7 +220,7 @@ def scenario_for_kind(kind: str, grid: Grid, has_source: bool) -> Scenario:
 # ---- the job -----------------------------------------------------------------------------------------------
 
 IDENTITY_FIELDS = ("n", "checkpoints", "scenario", "source", "source_split", "source_clips", "seed", "sampler",
-                   "steps", "guidance", "batch_size", "micro_batch")
+                   "steps", "guidance", "batch_size", "micro_batch", "estimate_trajectory")
 
 
 @dataclass(frozen=True)
@@ -236,6 +236,7 @@ class SynthJob:
     guidance: float = 4.0
     batch_size: int = 8
     micro_batch: int = 8
+    estimate_trajectory: bool = False  # search the ego motion of scenes without a requested trajectory
     cond: str = "none"  # the --cond kind, or "scenario"
     scenario_file: str | None = None
     source: str | None = None  # scene store the 'source' conditions come from
@@ -426,8 +427,8 @@ def _abs(path: str | None) -> str | None:
 def build_job(*, vae: str, dit: str, n: int, cond: str = "none", scenario: str | None = None,
               source: str | None = None, source_split: str | None = None, seed: int = 0, sampler: str = "ddim",
               steps: int = 50, guidance: float = 4.0, batch_size: int = 8, micro_batch: int = 8,
-              max_attempts: int = 3, gates: dict | None = None, serve_app: str | None = None,
-              workers: int | None = None) -> SynthJob:
+              estimate_trajectory: bool = False, max_attempts: int = 3, gates: dict | None = None,
+              serve_app: str | None = None, workers: int | None = None) -> SynthJob:
     """The job of a ``dcgen synth`` command line, every input checked from metadata alone (no weights loaded, no
     Ray): condition kind, checkpoints and their pairing, scenario file, source store grid, gate options."""
     from dcgen.generate.gates import GateConfig
@@ -445,6 +446,7 @@ def build_job(*, vae: str, dit: str, n: int, cond: str = "none", scenario: str |
     source_clips = check_source(source, source_split, grid) if source is not None else 0
     job = SynthJob(n=n, checkpoints=facts["checkpoints"], scenario=scen, seed=seed, sampler=sampler, steps=steps,
                    guidance=guidance, batch_size=batch_size, micro_batch=micro_batch,
+                   estimate_trajectory=estimate_trajectory,
                    cond="scenario" if scenario is not None else cond, scenario_file=_abs(scenario),
                    source=_abs(source), source_split=source_split, source_clips=source_clips, vae=_abs(vae),
                    dit=_abs(dit), grid=grid.to_dict(), max_attempts=max_attempts,

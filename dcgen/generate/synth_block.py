@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 
+from dcgen.data.derive import bev_semantics, vehicle_layout
 from dcgen.data.store import ArraySpec, SceneStore
 from dcgen.generate.conditions import SceneRequest
 from dcgen.generate.job import Scenario, SynthJob, inpaint_mask
@@ -139,16 +140,38 @@ def requests_from_conditions(job: SynthJob, cond: dict[str, np.ndarray]) -> list
 
 # ---- block output --------------------------------------------------------------------------------------------
 
-def block_arrays(occ_BTXYZ: np.ndarray, reqs: list[SceneRequest], cond: dict[str, np.ndarray], grid: Grid,
-                 names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], list[str]]:
-    """The store arrays of a generated block (derived side arrays + ``cond_*``) and each scene's trajectory origin."""
+def scene_arrays(occ_TXYZ: np.ndarray, grid: Grid, req: SceneRequest, estimate: bool) -> tuple[dict, str, str]:
+    """The store's side arrays of one generated scene, and where its trajectory and command came from.
+
+    Layout and bev are derived from the occupancy. The trajectory is the requested one; else, with ``estimate``,
+    the ego motion searched from the clip's static classes (``dcgen.metrics.ego_motion``: exhaustive, affordable on
+    the debug grid, minutes per clip on larger ones); else unknown: zeros (identity poses), origin "none". The
+    command is the requested one, else derived from a known trajectory, else 0 with origin "none"."""
     from dcgen.generate.sample_store import clip_arrays
 
+    if req.trajectory is not None or estimate:
+        arrays, origin = clip_arrays(occ_TXYZ, grid, req)
+        return arrays, origin, "requested" if req.command is not None else "derived"
+    t = grid.num_frames
+    return {
+        "occupancy": occ_TXYZ.astype(np.uint8),
+        "trajectory": np.zeros((t, 3), np.float32),
+        "ego_pose": np.repeat(np.eye(4, dtype=np.float32)[None], t, axis=0),
+        "command": np.uint8(req.command if req.command is not None else 0),
+        "layout": vehicle_layout(occ_TXYZ, grid.layout_downsample),
+        "bev": bev_semantics(occ_TXYZ[0]),
+    }, "none", "requested" if req.command is not None else "none"
+
+
+def block_arrays(occ_BTXYZ: np.ndarray, reqs: list[SceneRequest], cond: dict[str, np.ndarray], grid: Grid,
+                 names: tuple[str, ...], estimate: bool = False) -> tuple[dict[str, np.ndarray], list[tuple]]:
+    """The store arrays of a generated block (side arrays + ``cond_*``) and each scene's (trajectory origin,
+    command origin)."""
     clips, origins = [], []
     for occ_TXYZ, req in zip(occ_BTXYZ, reqs):
-        arrays, origin = clip_arrays(occ_TXYZ, grid, req)
+        arrays, traj_origin, cmd_origin = scene_arrays(occ_TXYZ, grid, req, estimate)
         clips.append(arrays)
-        origins.append(origin)
+        origins.append((traj_origin, cmd_origin))
     batch = {k: np.stack([c[k] for c in clips]) for k in clips[0]}
     cond_values = {
         "cond_command": cond["command"].astype(np.int16), "cond_trajectory": cond["trajectory"],
@@ -162,8 +185,9 @@ def block_arrays(occ_BTXYZ: np.ndarray, reqs: list[SceneRequest], cond: dict[str
 
 
 def block_rows(job: SynthJob, block: int, attempt: int, seeds: list[int], reqs: list[SceneRequest],
-               cond: dict[str, np.ndarray], origins: list[str], gate, record: dict) -> list[dict]:
-    """Manifest rows of a block: provenance of every scene and the block's gate numbers."""
+               cond: dict[str, np.ndarray], origins: list[str], occupied_B, flicker_B, record: dict) -> list[dict]:
+    """Manifest rows of a block: provenance of every scene, its occupancy and flicker, and the block's gate
+    numbers (``record``, as JSON)."""
     rows = []
     gate_json = json.dumps(record, sort_keys=True)
     for i, (k, seed, req) in enumerate(zip(cond["k"], seeds, reqs)):
@@ -171,9 +195,9 @@ def block_rows(job: SynthJob, block: int, attempt: int, seeds: list[int], reqs: 
         used = list(req.used()) + ([req.edit] if req.edit else [])
         rows.append({"index": int(k), "scene": f"synth-{int(k):09d}", "frame_start": 0, "split": "train",
                      "seed": int(seed), "source": SOURCE, "scene_index": int(k), "attempt": int(attempt),
-                     "block": int(block),
-                     "entry": int(cond["entry"][i]), "entry_name": e.name, "conditions": ",".join(used),
-                     "guidance": float(req.guidance), "source_index": int(cond["source_index"][i]),
-                     "trajectory_origin": origins[i], "occupied_fraction": float(gate.occupied_B[i]),
-                     "flicker": float(gate.flicker_B[i]), "gate": gate_json})
+                     "block": int(block), "entry": int(cond["entry"][i]), "entry_name": e.name,
+                     "conditions": ",".join(used), "guidance": float(req.guidance),
+                     "source_index": int(cond["source_index"][i]), "trajectory_origin": origins[i][0],
+                     "command_origin": origins[i][1],
+                     "occupied_fraction": float(occupied_B[i]), "flicker": float(flicker_B[i]), "gate": gate_json})
     return rows

@@ -147,6 +147,9 @@ def test_exactly_n_scenes_with_the_requested_conditions(layout_run, ckpts, debug
     assert np.array_equal(np.asarray(store.array("cond_layout")[:]), want)
     assert all(r["conditions"] == "layout" and r["attempt"] == 0 and r["seed"] == scene_seed(0, r["index"])
                and r["source_index"] == idx[r["index"]] for r in table)
+    # no trajectory requested and none estimated: unknown, said so
+    assert all(r["trajectory_origin"] == "none" and r["command_origin"] == "none" for r in table)
+    assert not np.asarray(store.array("trajectory")[:]).any()
     job = store.meta["provenance"]["job"]
     assert job["n"] == 12 and job["cond"] == "layout" and job["source"] == str(Path(debug_city).resolve())
     assert store.meta["provenance"]["checkpoints"]["dit"].startswith("dit-0-")
@@ -388,7 +391,8 @@ def test_scenario_mixes_kinds_and_guidance(ray_local, ckpts, debug_city, tmp_pat
         {"name": "grow", "extend": True, "outpaint": {"shift": 8}},
     ]}))
     out = tmp_path / "mixed.zarr"
-    result, text = _invoke(_synth(ckpts, out, "--n", "10", "--scenario", path, "--source", debug_city))
+    result, text = _invoke(_synth(ckpts, out, "--n", "10", "--scenario", path, "--source", debug_city,
+                                  "--estimate-trajectory"))
     assert result.exit_code == 0, text
     store = SceneStore.open(str(out))
     rows = store.manifest().to_pylist()
@@ -396,6 +400,8 @@ def test_scenario_mixes_kinds_and_guidance(ray_local, ckpts, debug_city, tmp_pat
     assert [r["conditions"] for r in rows[:5]] == ["command", "command", "trajectory,bev", "inpaint",
                                                    "prev_clip,outpaint"]
     assert [r["guidance"] for r in rows[:3]] == [2.0, 2.0, 1.0]
+    assert [r["trajectory_origin"] for r in rows[:4]] == ["estimated", "estimated", "requested", "estimated"]
+    assert [r["command_origin"] for r in rows[:4]] == ["requested", "requested", "derived", "derived"]
     src = SceneStore.open(debug_city)
     k = 2
     clip = src.read([rows[k]["source_index"]], ("trajectory", "bev"))
