@@ -536,3 +536,16 @@ def test_a_failing_worker_is_a_clear_error(ray_local, ckpts, debug_city, tmp_pat
     with pytest.raises(RuntimeError, match=r"a synth worker failed \(\w+: .*\); the 0 blocks finished in this "
                                            r"run are kept: fix the cause and re-run the same command"):
         run_synth(job, str(tmp_path / "out.zarr"))
+
+
+@pytest.mark.slow
+def test_bench_synth_cli(ray_local, tmp_path):
+    out = tmp_path / "bench-synth.json"
+    result, text = _invoke(["bench", "synth", "--preset", "debug", "--n", "8", "--steps", "1", "--workers", "1",
+                            "--workers", "2", "--out", out])
+    assert result.exit_code == 0, text
+    report = json.loads(out.read_text())
+    assert [r["workers"] for r in report["runs"]] == [1, 2] and all(r["accepted"] == 8 for r in report["runs"])
+    assert set(report["targets"]) == {"scaling_2_workers", "gate_share"}
+    assert 0 < report["runs"][0]["gate_share"] < 1 and report["runs"][0]["bytes_per_scene"] > 0
+    assert "target gate_share" in text
