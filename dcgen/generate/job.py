@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -322,11 +322,6 @@ class SynthJob:
     def identity_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
-    def with_policy(self, other: "SynthJob") -> "SynthJob":
-        """This job with ``other``'s policy and placement (a re-run may change those)."""
-        return replace(self, max_attempts=other.max_attempts, gates=other.gates, serve_app=other.serve_app,
-                       workers=other.workers)
-
 
 def identity_difference(stored: dict, wanted: dict) -> list[str]:
     """``["seed: 0 -> 1", ...]`` for identity fields that differ."""
@@ -334,9 +329,13 @@ def identity_difference(stored: dict, wanted: dict) -> list[str]:
     for k in IDENTITY_FIELDS:
         a, b = stored.get(k), wanted.get(k)
         if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
-            short = lambda v: (json.dumps(v, sort_keys=True)[:60] + "...") if len(json.dumps(v)) > 60 else json.dumps(v)
-            out.append(f"{k}: {short(a)} -> {short(b)}")
+            out.append(f"{k}: {_short(a)} -> {_short(b)}")
     return out
+
+
+def _short(value, width: int = 60) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= width else text[:width] + "..."
 
 
 def _positive_int(name: str, value) -> None:
