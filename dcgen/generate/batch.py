@@ -148,11 +148,11 @@ class SynthWorker:
         for attempt in ([] if done else range(attempt0, job.max_attempts)):
             seeds = job.seeds(ks, attempt)
             t0 = time.perf_counter()
-            occ = self.backend.generate(reqs, seeds, job.sampler, job.steps)
+            occ_BTXYZ = self.backend.generate(reqs, seeds, job.sampler, job.steps)
             gen_s += time.perf_counter() - t0
-            result = self.gate(occ, seeds[0])
+            result = self.gate(occ_BTXYZ, seeds[0])
             gate_s += result.seconds
-            scenes.append(occ)
+            scenes.append(occ_BTXYZ)
             records.append({**result.record(self.gate.thresholds, attempt), "seeds": seeds,
                             "occupied": result.occupied_B.tolist(), "flicker": result.flicker_B.tolist()})
             if result.passed:
@@ -184,9 +184,9 @@ class BlockWriter:
         reqs = requests_from_conditions(job, cond)
         ks = [int(k) for k in cond["k"]]
         accepted = rejected = 0
-        for occ, rec in zip(batch["occ"][0], json.loads(str(batch["records"][0]))):
+        for occ_BTXYZ, rec in zip(batch["occ"][0], json.loads(str(batch["records"][0]))):
             a = int(rec["attempt"])
-            arrays, origins = block_arrays(occ, reqs, cond, self.grid, self.names, job.estimate_trajectory)
+            arrays, origins = block_arrays(occ_BTXYZ, reqs, cond, self.grid, self.names, job.estimate_trajectory)
             gate = {k: rec[k] for k in ("attempt", "passed", "failed", "values", "thresholds")}
             rows = block_rows(job, block, a, rec["seeds"], reqs, cond, origins, rec["occupied"], rec["flicker"], gate)
             if rec["passed"]:
