@@ -104,6 +104,7 @@ def test_local_run_checkpoints_exports_and_resumes(tmp_path, debug_latents):
             if "val_loss" in r] == [0, 1, 2]
 
 
+@pytest.mark.slow  # two Ray Train fits with an injected worker death: minutes on 2 cores
 def test_ray_train_run_survives_a_failure_and_resumes(tmp_path, ray_local, debug_latents, debug_vae):
     out = tmp_path / "dit"
     steps = -(-LatentStore.open(debug_latents).rows("train").size // 8)
@@ -116,7 +117,7 @@ def test_ray_train_run_survives_a_failure_and_resumes(tmp_path, ray_local, debug
     assert meta["vae_checkpoint_id"] == checkpoint.checkpoint_id(debug_vae)
     with pytest.raises(ValueError, match="pass --resume"):
         train_dit(debug_latents, out, conditions="command,trajectory", preset="debug", epochs=3)
-    with pytest.raises(ValueError, match=r"started with a different DiT \(conditions differ"):
+    with pytest.raises(ValueError, match=r"started with a different DiT \([a-z_, ]*conditions[a-z_, ]* differ"):
         train_dit(debug_latents, out, conditions="command", preset="debug", epochs=3, resume=True)
     again = train_dit(debug_latents, out, conditions="command,trajectory", preset="debug", epochs=3, batch_size=8,
                       resume=True)
