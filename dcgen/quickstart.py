@@ -113,6 +113,12 @@ def run_quickstart(cfg: QuickstartConfig, log: Callable[[str], None] = print) ->
     gif = out / "scene.gif"
     real_gif = out / "real.gif"
     synth_store = SceneStore.open(str(scenes_path))
+    if synth_store.num_clips == 0:
+        raise ValueError(f"{scenes_path}: no generated scene passed the quality gates (rejected attempts are in "
+                         f"{scenes_path.parent / 'rejected'}); train longer (re-run with a larger --clips) and "
+                         "re-run the quickstart, which continues where it stopped")
+    if not summary["complete"]:
+        log(f"[synth] only {synth_store.num_clips} of {scenes} scenes passed the gates; rendering what passed")
     first = int(synth_store.indices()[0])
     save_clip(gif, synth_store.read(slice(first, first + 1), ("occupancy",))["occupancy"][0],
               title=f"dcgen {cfg.preset}: generated scene {first} (layout-conditioned)")
