@@ -3,13 +3,18 @@ the clips, giving pool features and class probabilities).
 
 SPEC §4 names an InceptionV3-shaped network; dcgen ships that shape too (``inception.py``: 2048-D pool features,
 ~22 M parameters, meant for a GPU or for a user's local pretrained weights). This file is the default, a smaller
-documented CNN that trains on CPU in minutes: five stride-2 stages (3×3 conv, GroupNorm, SiLU), a residual block
-at each of the last three, a 1×1 projection to ``feature_dim`` (512) channels and global average pooling. The
-pooled, post-activation vector (like Inception's pool3), under a fixed affine calibration (``calibration.py``), is
-the metric feature; a linear head gives the proxy-task logits (``proxy_task.py``), and an auxiliary linear head predicts the image downsampled to ``aux_size``² (mean
-colour per cell), which keeps the features about the whole picture and not only the proxy label. GroupNorm makes
-every image's features independent of the batch it is in. Any square input of at least 32 pixels works; dcgen
-feeds ``render_for_metrics`` views (128² by default), scaled to [-1, 1].
+documented CNN that trains on CPU in minutes: a stride-2 stem and four stride-2 stages (3×3 conv, GroupNorm, SiLU),
+a residual block in each of the last three; channels w, w, 2w, 4w, 8w (w = 16).
+
+The feature is *multi-scale*: the spatial mean and standard deviation of every channel of the stem's and each
+stage's output, concatenated (2 × 16 w = 512 numbers for w = 16), under a fixed affine calibration
+(``calibration.py``). Inception-style features pool only the last map, which averages fine texture away: on dcgen's
+renders such features barely moved under 30 % voxel class noise (real-vs-noisy FID 1.4 × real-vs-real), while the
+first stages' pooled statistics moved ~20 × (measured on the ``small`` city). The proxy-task logits
+(``proxy_task.py``) and an auxiliary prediction of the image downsampled to ``aux_size``² (mean colour per cell),
+which keeps the features about the whole picture and not only the label, are linear heads on the same vector.
+GroupNorm makes every image's features independent of the batch it is in. Any square input of at least 32 pixels
+works; dcgen feeds ``render_for_metrics`` views (128² by default), scaled to [-1, 1].
 Legend: B batch, C channels, H/W image, L logits, D features.
 """
 
@@ -29,8 +34,7 @@ MIN_IMAGE = 32
 @dataclass(frozen=True)
 class RenderNetConfig:
     num_outputs: int  # classifier outputs: the proxy task's logits (``ProxyTask.num_logits``)
-    width: int = 16  # channels of the first two stages; doubled at each of the next three
-    feature_dim: int = 512
+    width: int = 16  # channels of the stem and first stage; doubled at each of the next three
     aux_size: int = 8  # side of the downsampled image the auxiliary head predicts; 0 disables it
     groups: int = 8
 
@@ -40,9 +44,13 @@ class RenderNetConfig:
         if self.width < self.groups or self.width % self.groups:
             raise ValueError(f"RenderNetConfig.width must be a positive multiple of groups={self.groups}, "
                              f"got {self.width}")
-        if self.feature_dim < 1 or self.aux_size < 0:
-            raise ValueError(f"RenderNetConfig.feature_dim must be >= 1 and aux_size >= 0, got {self.feature_dim} "
-                             f"and {self.aux_size}")
+        if self.aux_size < 0:
+            raise ValueError(f"RenderNetConfig.aux_size must be >= 0, got {self.aux_size}")
+
+    @property
+    def feature_dim(self) -> int:
+        """Mean and standard deviation of the w + w + 2w + 4w + 8w channels of the five maps."""
+        return 2 * 16 * self.width
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,8 +89,6 @@ class RenderNet(nn.Module):
             nn.Sequential(_conv(2 * w, 4 * w, 2, g), ResBlock2d(4 * w, g)),
             nn.Sequential(_conv(4 * w, 8 * w, 2, g), ResBlock2d(8 * w, g)),
         )
-        self.project = nn.Sequential(nn.Conv2d(8 * w, config.feature_dim, 1, bias=False),
-                                     nn.GroupNorm(_groups_for(config.feature_dim, g), config.feature_dim), nn.SiLU())
         self.head = nn.Linear(config.feature_dim, config.num_outputs)
         self.calibration = FeatureCalibration(config.feature_dim)
         a = config.aux_size
@@ -100,7 +106,12 @@ class RenderNet(nn.Module):
         if images_B3HW.dim() != 4 or images_B3HW.shape[1] != 3 or min(images_B3HW.shape[2:]) < MIN_IMAGE:
             raise ValueError(f"RenderNet expects images [B, 3, H, W] with H, W >= {MIN_IMAGE}, got "
                              f"{list(images_B3HW.shape)}")
-        return self.project(self.stages(self.stem(images_B3HW))).mean(dim=(2, 3))
+        h = self.stem(images_B3HW)
+        pooled = [_mean_std(h)]
+        for stage in self.stages:
+            h = stage(h)
+            pooled.append(_mean_std(h))
+        return torch.cat(pooled, dim=1)
 
     def forward(self, images_B3HW: torch.Tensor):
         """``(metric features, logits, aux)``; the heads read the raw features."""
@@ -112,10 +123,10 @@ class RenderNet(nn.Module):
         return self.calibration(raw_BD), self.head(raw_BD), aux
 
 
-def _groups_for(channels: int, groups: int) -> int:
-    while channels % groups:
-        groups -= 1
-    return groups
+def _mean_std(x_BCHW: torch.Tensor) -> torch.Tensor:
+    """``[B, 2C]`` spatial mean and standard deviation of each channel (the epsilon keeps the gradient finite)."""
+    var, mean = torch.var_mean(x_BCHW.float(), dim=(2, 3), correction=0)
+    return torch.cat([mean, torch.sqrt(var + 1e-5)], dim=1)
 
 
 def aux_target(images_B3HW: torch.Tensor, size: int) -> torch.Tensor:

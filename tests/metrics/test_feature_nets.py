@@ -26,7 +26,7 @@ from dcgen.train.features_loop import FeaturesTrainConfig, lr_factor, train_feat
 
 DEBUG = GRIDS["debug"]
 ROAD, VEHICLE, BUILDING = CLASS_IDS["road"], CLASS_IDS["vehicle"], CLASS_IDS["building"]
-TINY_IMAGE = {"width": 8, "feature_dim": 32, "aux_size": 4}
+TINY_IMAGE = {"width": 8, "aux_size": 4}
 TINY_VOXEL = {"widths": (8, 16), "feature_dim": 16}
 
 
@@ -52,8 +52,11 @@ def test_render_net_forward_backward_and_batch_independence():
     net = RenderNet(RenderNetConfig(9, **TINY_IMAGE)).eval()
     images = torch.rand(3, 3, 48, 48) * 2 - 1
     feats, logits, aux = net(images)
-    assert feats.shape == (3, 32) and logits.shape == (3, 9) and aux.shape == (3, 3, 4, 4)
-    assert (feats >= -0.2785).all()  # post-SiLU pooled features (identity calibration)
+    assert feats.shape == (3, 256) and logits.shape == (3, 9) and aux.shape == (3, 3, 4, 4)
+    assert (feats >= -0.2785).all()  # means of SiLU outputs and standard deviations (identity calibration)
+    h = net.stem(images)
+    torch.testing.assert_close(feats[:, :8], h.mean((2, 3)))  # the stem's channel means come first
+    torch.testing.assert_close(feats[:, 8:16], h.std((2, 3), correction=0), atol=1e-4, rtol=1e-4)
     (logits.sum() + aux.sum()).backward()
     assert all(p.grad is not None for p in net.parameters())
     with torch.no_grad():
@@ -301,7 +304,7 @@ def test_features_loop_trains_checkpoints_records_provenance_and_resumes(tmp_pat
     assert meta["trained_on"]["data"] == store and meta["accuracy"]["val_clips"] == 4
     assert len(meta["proxy_task"]["class_names"]) == 24 and sum(meta["proxy_task"]["val_label_counts"]) == 4
     loaded = load_feature_nets(out / "best")
-    assert loaded.nets.dims == (32, 16) and loaded.checkpoint_id.startswith("features-2-")
+    assert loaded.nets.dims == (256, 16) and loaded.checkpoint_id.startswith("features-2-")
     # the calibration measured at validation makes the val clips' metric features zero-mean, unit variance on average
     val_idx = SceneStore.open(store).indices("val")
     val = SceneStore.open(store).read(val_idx, ("occupancy",))["occupancy"]
