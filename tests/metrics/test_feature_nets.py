@@ -142,7 +142,6 @@ def test_inception_v3_shape_and_feature_dim():
         net.features(torch.zeros(1, 3, 64, 64))
 
 
-@pytest.mark.slow
 def test_inception_weights_loader_round_trip_fid_variant(tmp_path):
     """A pytorch-fid-style file (1008 classes, wrapped, DDP prefix) loads into the FID variant, bit-exact."""
     torch.manual_seed(0)
@@ -290,7 +289,6 @@ def city_store(path, num_clips: int = 12, val=(3, 7, 10, 11)) -> str:
     return str(path)
 
 
-@pytest.mark.slow
 def test_features_loop_trains_checkpoints_records_provenance_and_resumes(tmp_path):
     store = city_store(tmp_path / "city.zarr")
     cfg = tiny_nets_config()
@@ -322,7 +320,6 @@ def test_features_loop_trains_checkpoints_records_provenance_and_resumes(tmp_pat
         train_features(ctx, {**run, "nets": other.to_dict(), "epochs": 3})
 
 
-@pytest.mark.slow
 def test_inception_shaped_image_network_trains_a_step_and_extracts():
     from dcgen.metrics.extract import extract_features
     from dcgen.train.features_loop import losses
