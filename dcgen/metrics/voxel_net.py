@@ -9,11 +9,16 @@ clips; features = pooled bottleneck).
 2. **3D CNN per time slice** (slices folded into the batch): a residual block (3³ conv, GroupNorm, SiLU) at
    ``widths[0]``, a stride-2 3³ conv to ``widths[1]`` and a residual block there.
 3. **Temporal pooling**: spatial mean per slice, a 1D conv across the ``T'`` slices (motion, hence the command),
-   then mean ⊕ max over slices and a linear layer with SiLU: the pooled bottleneck; under a fixed affine calibration
-   (``calibration.py``) it is the metric feature (``feature_dim``, 128 by default: below the few hundred clips a
-   small evaluation has, so its covariance is full rank).
-4. Heads on the bottleneck: the proxy task's logits (``proxy_task.py``), and the autoencoder part, a linear decoder of the clip's coarse
-   class map (class shares in each of ``T' × 4 × 4`` cells), so the features describe where things are.
+   then mean ⊕ max over slices and a linear layer with SiLU: the pooled bottleneck (``bottleneck_dim``, 64).
+4. **Metric feature**: the bottleneck ⊕ the mean and standard deviation over all cells and slices of every channel
+   of the stem's and the first residual block's outputs (4 · ``widths[0]``), under a fixed affine calibration
+   (``calibration.py``): 192-D by default, near the clip counts of a small evaluation. SPEC §4 says "pooled
+   bottleneck"; the bottleneck alone, trained for the proxy task, learned to ignore voxel class noise (real-vs-noisy
+   FID 2.6 × real-vs-real on the ``debug`` city) while the first maps' pooled statistics moved ~10 ×, as for the 2D
+   network (``render_net.py``).
+5. Heads on the metric vector (raw): the proxy task's logits (``proxy_task.py``), and the autoencoder part, a linear
+   decoder of the clip's coarse class map (class shares in each of ``T' × 4 × 4`` cells), so the features describe
+   where things are.
 GroupNorm keeps every clip's features independent of its batch.
 Legend: B batch, T time, X/Y/Z space, K voxel classes, L logits, C channels, D features.
 """
@@ -40,7 +45,7 @@ class VoxelNetConfig:
     pool: tuple[int, int, int, int]  # fixed class-share cells (t, x, y, z) the stem starts from
     patch: tuple[int, int, int, int]  # the learned stem's kernel = stride over the pooled grid
     widths: tuple[int, int] = (32, 64)
-    feature_dim: int = 128
+    bottleneck_dim: int = 64
     aux: bool = True
     groups: int = 8
 
@@ -60,9 +65,14 @@ class VoxelNetConfig:
         if len(self.widths) != 2 or any(w < self.groups or w % self.groups for w in self.widths):
             raise ValueError(f"VoxelNetConfig.widths must be two multiples of groups={self.groups}, got "
                              f"{list(self.widths)}")
-        if self.num_voxel_classes < 2 or self.num_outputs < 2 or self.feature_dim < 1:
-            raise ValueError(f"VoxelNetConfig needs >= 2 voxel classes, >= 2 outputs and feature_dim >= 1; "
-                             f"got {self.num_voxel_classes}, {self.num_outputs}, {self.feature_dim}")
+        if self.num_voxel_classes < 2 or self.num_outputs < 2 or self.bottleneck_dim < 1:
+            raise ValueError(f"VoxelNetConfig needs >= 2 voxel classes, >= 2 outputs and bottleneck_dim >= 1; "
+                             f"got {self.num_voxel_classes}, {self.num_outputs}, {self.bottleneck_dim}")
+
+    @property
+    def feature_dim(self) -> int:
+        """Bottleneck ⊕ mean and standard deviation of the stem's and first block's channels."""
+        return self.bottleneck_dim + 4 * self.widths[0]
 
     @property
     def slices(self) -> tuple[int, int, int, int]:
@@ -167,7 +177,7 @@ class VoxelNet(nn.Module):
         self.down = _conv3(c0, c1, 2, g)
         self.block1 = ResBlock3d(c1, g)
         self.temporal = nn.Sequential(nn.Conv1d(c1, c1, 3, 1, 1), nn.SiLU())
-        self.bottleneck = nn.Sequential(nn.Linear(2 * c1, config.feature_dim), nn.SiLU())
+        self.bottleneck = nn.Sequential(nn.Linear(2 * c1, config.bottleneck_dim), nn.SiLU())
         self.head = nn.Linear(config.feature_dim, config.num_outputs)
         self.calibration = FeatureCalibration(config.feature_dim)
         t_slices = config.slices[0]
@@ -179,7 +189,7 @@ class VoxelNet(nn.Module):
         return self.config.feature_dim
 
     def features(self, occ_BTXYZ: torch.Tensor) -> torch.Tensor:
-        """The metric features: the calibrated pooled bottleneck (``calibration.py``)."""
+        """The metric features: calibrated bottleneck ⊕ early-map statistics (``calibration.py``)."""
         return self.calibration(self.raw_features(occ_BTXYZ))
 
     def raw_features(self, occ_BTXYZ: torch.Tensor) -> torch.Tensor:
@@ -190,19 +200,29 @@ class VoxelNet(nn.Module):
         x = self.stem(occ_BTXYZ)  # [B, C0, T', X', Y', Z']
         b, c0, t = x.shape[:3]
         x = x.transpose(1, 2).reshape(b * t, c0, *x.shape[3:])
-        x = self.block1(self.down(self.block0(x)))  # [B T', C1, X'', Y'', Z'']
-        per_slice_BCT = x.mean(dim=(2, 3, 4)).view(b, t, -1).transpose(1, 2)
+        x0 = self.block0(x)
+        x1 = self.block1(self.down(x0))  # [B T', C1, X'', Y'', Z'']
+        per_slice_BCT = x1.mean(dim=(2, 3, 4)).view(b, t, -1).transpose(1, 2)
         h_BCT = self.temporal(per_slice_BCT)
         pooled = torch.cat([h_BCT.mean(2), h_BCT.amax(2)], dim=1)
-        return self.bottleneck(pooled)
+        return torch.cat([self.bottleneck(pooled), _mean_std(x, b), _mean_std(x0, b)], dim=1)
 
     def forward(self, occ_BTXYZ: torch.Tensor):
-        """``(metric features, logits, aux)``; the heads read the raw bottleneck."""
+        """``(metric features, logits, aux)``; the heads read the raw feature vector."""
         raw_BD = self.raw_features(occ_BTXYZ)
         aux = None
         if self.aux is not None:
             aux = self.aux(raw_BD).view(-1, self.config.num_voxel_classes, self.config.slices[0], AUX_XY, AUX_XY)
         return self.calibration(raw_BD), self.head(raw_BD), aux
+
+
+def _mean_std(x_SCXYZ: torch.Tensor, batch: int) -> torch.Tensor:
+    """``[B, 2C]`` mean and standard deviation of each channel over every cell of every time slice of a clip
+    (rows ``S = B T'``, clip major); the epsilon keeps the gradient finite."""
+    s, c = x_SCXYZ.shape[:2]
+    per_clip = x_SCXYZ.float().reshape(batch, s // batch, c, -1).transpose(1, 2).reshape(batch, c, -1)
+    var, mean = torch.var_mean(per_clip, dim=2, correction=0)
+    return torch.cat([mean, torch.sqrt(var + 1e-5)], dim=1)
 
 
 def coarse_class_map(occ_BTXYZ: torch.Tensor, num_voxel_classes: int, num_slices: int) -> torch.Tensor:

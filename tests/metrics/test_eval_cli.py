@@ -44,7 +44,7 @@ def make_store(path, num_clips: int, seed: int = 0, val_every: int = 4) -> str:
 def train_tiny(store: str, out, seed: int = 0, epochs: int = 1) -> str:
     """Small feature networks (32-px renders) trained by the loop on a LocalContext: their best checkpoint."""
     cfg = FeatureNetsConfig.for_grid(DEBUG, ProxyTask(), render_size=32, image={"width": 8},
-                                     voxel={"widths": (8, 16), "feature_dim": 16})
+                                     voxel={"widths": (8, 16), "bottleneck_dim": 8})
     run = FeaturesTrainConfig(nets=cfg.to_dict(), steps_per_epoch=2, epochs=epochs, batch_size=4, seed=seed,
                               report_every=100, out_dir=str(out))
     torch.manual_seed(seed)
@@ -122,7 +122,7 @@ def test_eval_gen_on_two_stores_prints_table_2_and_writes_json(world, tmp_path):
         m = doc["metrics"][space]
         assert (m["num_real"], m["num_fake"]) == rows
         assert m["fid"] > 0 and m["is_mean"] >= 1.0 and 0 <= m["precision"] <= 1
-        assert m["notes"]  # 72 / 48 images for 256 2D features, 12 / 8 clips for 16 3D ones: rank-deficient
+        assert m["notes"]  # 72 / 48 images for 256 2D features, 12 / 8 clips for 40 3D ones: rank-deficient
     assert doc["paper_table2"]["DynamicCity"]["3d"]["fid"] == 354.2
 
 

@@ -27,7 +27,7 @@ from dcgen.train.features_loop import FeaturesTrainConfig, lr_factor, train_feat
 DEBUG = GRIDS["debug"]
 ROAD, VEHICLE, BUILDING = CLASS_IDS["road"], CLASS_IDS["vehicle"], CLASS_IDS["building"]
 TINY_IMAGE = {"width": 8, "aux_size": 4}
-TINY_VOXEL = {"widths": (8, 16), "feature_dim": 16}
+TINY_VOXEL = {"widths": (8, 16), "bottleneck_dim": 8}
 
 
 @pytest.fixture(autouse=True)
@@ -95,7 +95,9 @@ def test_voxel_net_forward_backward_shapes_and_batch_independence():
     net = VoxelNet(cfg).eval()
     occ = torch.from_numpy(random_clips(3))
     feats, logits, aux = net(occ)
-    assert feats.shape == (3, 16) and logits.shape == (3, 9) and aux.shape == (3, DEBUG.num_classes, 4, 4, 4)
+    assert feats.shape == (3, 40) and logits.shape == (3, 9) and aux.shape == (3, DEBUG.num_classes, 4, 4, 4)
+    stem = net.stem(occ)  # [B, C0, T', X', Y', Z']: its channel means over cells and slices follow the bottleneck
+    torch.testing.assert_close(feats[:, 8:16], stem.mean(dim=(2, 3, 4, 5)), atol=1e-5, rtol=1e-5)
     (logits.sum() + aux.sum()).backward()
     assert all(p.grad is not None for p in net.parameters())
     with torch.no_grad():
@@ -302,13 +304,13 @@ def test_features_loop_trains_checkpoints_records_provenance_and_resumes(tmp_pat
     assert meta["trained_on"]["data"] == store and meta["accuracy"]["val_clips"] == 4
     assert len(meta["proxy_task"]["class_names"]) == 24 and sum(meta["proxy_task"]["val_label_counts"]) == 4
     loaded = load_feature_nets(out / "best")
-    assert loaded.nets.dims == (256, 16) and loaded.checkpoint_id.startswith("features-2-")
+    assert loaded.nets.dims == (256, 40) and loaded.checkpoint_id.startswith("features-2-")
     # the calibration measured at validation makes the val clips' metric features zero-mean, unit variance on average
     val_idx = SceneStore.open(store).indices("val")
     val = SceneStore.open(store).read(val_idx, ("occupancy",))["occupancy"]
     with torch.no_grad():
         f3 = loaded.nets.voxel.features(torch.from_numpy(val)).double()
-    torch.testing.assert_close(f3.mean(0), torch.zeros(16, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(f3.mean(0), torch.zeros(40, dtype=torch.float64), atol=1e-4, rtol=0)
     assert float(f3.var(0).mean()) == pytest.approx(1.0, rel=1e-3)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("train_image_ce" in r for r in rows) and any("val_score" in r for r in rows)
