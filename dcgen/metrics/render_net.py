@@ -7,12 +7,13 @@ documented CNN that trains on CPU in minutes: a stride-2 stem and four stride-2 
 a residual block in each of the last three; channels w, w, 2w, 4w, 8w (w = 16).
 
 The feature is *multi-scale*: the spatial mean and standard deviation of every channel of the stem's and each
-stage's output, concatenated (2 × 16 w = 512 numbers for w = 16), under a fixed affine calibration
-(``calibration.py``). Inception-style features pool only the last map, which averages fine texture away: on dcgen's
-renders such features barely moved under 30 % voxel class noise (real-vs-noisy FID 1.4 × real-vs-real), while the
-first stages' pooled statistics moved ~20 × (measured on the ``small`` city). The proxy-task logits
-(``proxy_task.py``) and an auxiliary prediction of the image downsampled to ``aux_size``² (mean colour per cell),
-which keeps the features about the whole picture and not only the label, are linear heads on the same vector.
+stage's output, concatenated (2 × 16 w = 512 numbers for w = 16), under a fixed affine calibration that gives the
+five scales equal weight (``calibration.py``). Inception-style features pool only the last map, which averages
+fine texture away: on dcgen's renders such features barely moved under 30 % voxel class noise (real-vs-noisy FID
+1.4 × real-vs-real), while the first stages' pooled statistics moved ~20 × (measured on the ``small`` city). The
+proxy-task logits (``proxy_task.py``) and an auxiliary prediction of the image downsampled to ``aux_size``² (mean
+colour per cell), which keeps the features about the whole picture and not only the label, are linear heads on the
+same vector.
 GroupNorm makes every image's features independent of the batch it is in. Any square input of at least 32 pixels
 works; dcgen feeds ``render_for_metrics`` views (128² by default), scaled to [-1, 1].
 Legend: B batch, C channels, H/W image, L logits, D features.
@@ -90,7 +91,8 @@ class RenderNet(nn.Module):
             nn.Sequential(_conv(4 * w, 8 * w, 2, g), ResBlock2d(8 * w, g)),
         )
         self.head = nn.Linear(config.feature_dim, config.num_outputs)
-        self.calibration = FeatureCalibration(config.feature_dim)
+        w2 = 2 * config.width  # mean and std of w, w, 2w, 4w, 8w channels
+        self.calibration = FeatureCalibration(config.feature_dim, (w2, w2, 2 * w2, 4 * w2, 8 * w2))
         a = config.aux_size
         self.aux = nn.Linear(config.feature_dim, 3 * a * a) if a else None
 

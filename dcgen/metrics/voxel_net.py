@@ -11,11 +11,11 @@ clips; features = pooled bottleneck).
 3. **Temporal pooling**: spatial mean per slice, a 1D conv across the ``T'`` slices (motion, hence the command),
    then mean ⊕ max over slices and a linear layer with SiLU: the pooled bottleneck (``bottleneck_dim``, 64).
 4. **Metric feature**: the bottleneck ⊕ the mean and standard deviation over all cells and slices of every channel
-   of the stem's and the first residual block's outputs (4 · ``widths[0]``), under a fixed affine calibration
-   (``calibration.py``): 192-D by default, near the clip counts of a small evaluation. SPEC §4 says "pooled
-   bottleneck"; the bottleneck alone, trained for the proxy task, learned to ignore voxel class noise (real-vs-noisy
-   FID 2.6 × real-vs-real on the ``debug`` city) while the first maps' pooled statistics moved ~10 ×, as for the 2D
-   network (``render_net.py``).
+   of the stem's and the first residual block's outputs (4 · ``widths[0]``), under a fixed affine calibration that
+   weighs the three blocks equally (``calibration.py``): 192-D by default, near the clip counts of a small
+   evaluation. SPEC §4 says "pooled bottleneck"; the bottleneck alone, trained for the proxy task, learned to
+   ignore voxel class noise (real-vs-noisy FID 2.6 × real-vs-real on the ``debug`` city) while the first maps'
+   pooled statistics moved ~10 ×, as for the 2D network (``render_net.py``).
 5. Heads on the metric vector (raw): the proxy task's logits (``proxy_task.py``), and the autoencoder part, a linear
    decoder of the clip's coarse class map (class shares in each of ``T' × 4 × 4`` cells), so the features describe
    where things are.
@@ -179,7 +179,7 @@ class VoxelNet(nn.Module):
         self.temporal = nn.Sequential(nn.Conv1d(c1, c1, 3, 1, 1), nn.SiLU())
         self.bottleneck = nn.Sequential(nn.Linear(2 * c1, config.bottleneck_dim), nn.SiLU())
         self.head = nn.Linear(config.feature_dim, config.num_outputs)
-        self.calibration = FeatureCalibration(config.feature_dim)
+        self.calibration = FeatureCalibration(config.feature_dim, (config.bottleneck_dim, 2 * c0, 2 * c0))
         t_slices = config.slices[0]
         self.aux = (nn.Linear(config.feature_dim, config.num_voxel_classes * t_slices * AUX_XY * AUX_XY)
                     if config.aux else None)

@@ -117,19 +117,24 @@ def test_voxel_net_defaults_for_every_preset_and_bad_configs():
         net.features(torch.zeros(1, 4, 16, 32, 4, dtype=torch.long))
 
 
-def test_feature_calibration_standardises_with_one_scale():
+def test_feature_calibration_gives_every_block_the_same_variance():
     from dcgen.metrics.calibration import FeatureCalibration
 
-    raw = torch.randn(50, 3, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64) + 5.0
-    cal = FeatureCalibration(3)
+    spread = torch.tensor([1.0, 2.0, 0.0, 10.0], dtype=torch.float64)
+    raw = torch.randn(50, 4, dtype=torch.float64) * spread + 5.0
+    cal = FeatureCalibration(4, blocks=(3, 1))
     torch.testing.assert_close(cal(raw.float()), raw.float())  # identity until set
     cal.set_from_moments(raw.sum(0), (raw * raw).sum(0), 50)
     out = cal(raw.float()).double()
-    torch.testing.assert_close(out.mean(0), torch.zeros(3, dtype=torch.float64), atol=1e-5, rtol=0)
-    assert float(out.var(0).mean()) == pytest.approx(1.0, rel=1e-4)
-    assert float(out.var(0)[1] / out.var(0)[0]) == pytest.approx(float(raw.var(0)[1] / raw.var(0)[0]), rel=1e-4)
+    var = out.var(0)
+    torch.testing.assert_close(out.mean(0), torch.zeros(4, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert float(var[:3].sum()) == pytest.approx(2.0, rel=1e-4) and float(var[3]) == pytest.approx(2.0, rel=1e-4)
+    assert float(var.mean()) == pytest.approx(1.0, rel=1e-4)
+    assert float(var[1] / var[0]) == pytest.approx(float(raw.var(0)[1] / raw.var(0)[0]), rel=1e-4)  # one factor
     with pytest.raises(ValueError, match="at least 2 samples, got 1"):
         cal.set_from_moments(raw[0], raw[0] ** 2, 1)
+    with pytest.raises(ValueError, match=r"calibration blocks \[3, 2\] must be positive sizes summing to 4"):
+        FeatureCalibration(4, blocks=(3, 2))
 
 
 # ---- InceptionV3 -----------------------------------------------------------------------------------------------
