@@ -43,8 +43,9 @@ def write_city_store(path, num_scenes: int, clips_per_scene: int = 2, seed: int 
 
 
 def train_debug_vae(store_path: str, out_dir, epochs: int = 1, batch_size: int = 4, lr: float = 3e-3,
-                    seed: int = 0) -> str:
-    """A debug VAE trained by the VAE loop on a ``LocalContext``; returns its exported best checkpoint."""
+                    seed: int = 0, **options) -> str:
+    """A debug VAE trained by the VAE loop on a ``LocalContext`` (``options`` are further ``VAETrainConfig``
+    fields); returns its exported best checkpoint."""
     from dataclasses import asdict
 
     from dcgen.data.store import SceneStore
@@ -58,7 +59,7 @@ def train_debug_vae(store_path: str, out_dir, epochs: int = 1, batch_size: int =
     run = VAETrainConfig(model=vae_preset("debug").to_dict(),
                          class_weights=[float(w) for w in class_weights(store.class_histogram("train"))],
                          steps_per_epoch=steps_per_epoch(store.indices("train").size, batch_size, 1), epochs=epochs,
-                         batch_size=batch_size, lr=lr, report_every=1000, seed=seed, out_dir=str(out_dir))
+                         batch_size=batch_size, lr=lr, report_every=1000, seed=seed, out_dir=str(out_dir), **options)
     train_vae(ctx, asdict(run))
     return str(out_dir / "best")
 

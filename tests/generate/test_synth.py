@@ -281,8 +281,8 @@ def _feature_checkpoint(path) -> str:
 
     torch.manual_seed(0)
     cfg = FeatureNetsConfig.for_grid(DEBUG, ProxyTask(), render_size=32,
-                                     image={"width": 8, "feature_dim": 32, "aux_size": 4},
-                                     voxel={"widths": (8, 16), "feature_dim": 16})
+                                     image={"width": 8, "aux_size": 4},
+                                     voxel={"widths": (8, 16), "bottleneck_dim": 8})
     nets = build_feature_nets(cfg)
     return str(checkpoint.save(path, kind="features", config=cfg.to_dict(), state={"model": model_state(nets)},
                                step=0))
