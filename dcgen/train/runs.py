@@ -60,6 +60,7 @@ def check_same_model(out: Path, model_cfg: dict, preset: str) -> None:
         saved = json.loads(run_file.read_text())["run"]
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"{run_file}: unreadable run description ({e}); pass --overwrite to start over") from e
+    model_cfg = json.loads(json.dumps(model_cfg))  # as run.json holds it: tuples become lists
     if saved.get("model") != model_cfg:
         old = saved.get("extra", {}).get("preset", "?")
         keys = sorted(k for k in set(saved.get("model") or {}) | set(model_cfg)
@@ -205,9 +206,10 @@ def check_same_dit(out: Path, run) -> None:
         saved = json.loads(run_file.read_text())["run"]
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"{run_file}: unreadable run description ({e}); pass --overwrite to start over") from e
-    if saved.get("model") != run.model:
-        keys = sorted(k for k in set(saved.get("model") or {}) | set(run.model)
-                      if (saved.get("model") or {}).get(k) != run.model.get(k))
+    model = json.loads(json.dumps(run.model))  # as run.json holds it: tuples become lists
+    if saved.get("model") != model:
+        keys = sorted(k for k in set(saved.get("model") or {}) | set(model)
+                      if (saved.get("model") or {}).get(k) != model.get(k))
         raise ValueError(f"{out}: the run was started with a different DiT ({', '.join(keys)} differ: it has "
                          f"conditions {saved.get('model', {}).get('conditions')}); resume with the original options")
     if saved.get("vae_checkpoint_id") != run.vae_checkpoint_id:
