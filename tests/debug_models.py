@@ -83,7 +83,9 @@ def train_debug_dit(latents: str, out_dir, conditions: tuple[str, ...], epochs: 
         "val": lambda: latent_batches(latents, "val", batch_size),
     }
     ctx = LocalContext(splits=splits, out_dir=out_dir)
-    cfg = replace(DIT_PRESETS["debug"], conditions=tuple(conditions))
+    from dcgen.train.runs import latent_norm_of
+
+    cfg = replace(DIT_PRESETS["debug"], conditions=tuple(conditions), latent_norm=latent_norm_of(store))
     run = DiTTrainConfig(model=cfg.to_dict(), schedule=ScheduleConfig().to_dict(),
                          steps_per_epoch=steps_per_epoch(store.rows("train").size, batch_size, 1),
                          vae_checkpoint_id=store.vae_checkpoint_id, grid=store.grid.to_dict(), epochs=epochs,

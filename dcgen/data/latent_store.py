@@ -206,11 +206,14 @@ class LatentStore:
             arr[a:b] = values[done:done + b - a]
             done += b - a
 
-    def finalize(self, mean_C: np.ndarray, std_C: np.ndarray) -> None:
-        """Declare the store complete, with the per-channel latent statistics."""
+    def finalize(self, mean_C: np.ndarray, std_C: np.ndarray, min_C: np.ndarray | None = None,
+                 max_C: np.ndarray | None = None) -> None:
+        """Declare the store complete, with the per-channel latent statistics (over valid rollout pixels)."""
         meta = dict(self._group.attrs["dcgen"])
         meta.update(complete=True, finalized=_now(), latent_mean=[float(v) for v in mean_C],
                     latent_std=[float(v) for v in std_C])
+        if min_C is not None and max_C is not None:
+            meta.update(latent_min=[float(v) for v in min_C], latent_max=[float(v) for v in max_C])
         self._group.attrs["dcgen"] = meta
         self.meta = meta
 
@@ -245,7 +248,7 @@ class LatentStore:
 
     def describe(self) -> dict:
         keys = ("source", "grid", "latent_dims", "rollout_size", "vae_checkpoint", "vae_checkpoint_id", "num_clips",
-                "splits", "clips_with_previous", "complete", "latent_mean", "latent_std")
+                "splits", "clips_with_previous", "complete", "latent_mean", "latent_std", "latent_min", "latent_max")
         return {"path": self.path, **{k: self.meta.get(k) for k in keys}}
 
 

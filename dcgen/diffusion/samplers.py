@@ -4,7 +4,9 @@ improved DDPM) and deterministic DDIM (Song et al. 2021, eq. 12, η = 0 by defau
 Both take a model function ``(x_BCSS, t_B) -> ε`` or ``ε ⊕ v`` (t = the original training timesteps) and one
 ``torch.Generator`` per scene: every random draw of scene k comes from ``generators[k]`` alone, so a scene does not
 depend on what it is batched with. Fewer steps respace the schedule (``NoiseSchedule.respace``). An optional
-``valid_SS`` mask keeps the rollout padding at zero; an optional ``Inpainting`` constrains the known region.
+``valid_SS`` mask keeps the rollout padding at zero; an optional ``Inpainting`` constrains the known region; an
+optional ``x0_range`` (lo, hi), broadcastable to the sample, clamps every denoised estimate x̂_0 (DDIM then
+re-derives ε from the clamped x̂_0), which keeps a not-yet-precise network from drifting (``LatentNorm``).
 
 Legend: B batch, C latent channels, S rollout side.
 """
@@ -48,7 +50,8 @@ def _start(schedule: NoiseSchedule, shape: tuple[int, ...], generators: list[tor
 @torch.no_grad()
 def ddpm_sample(model_fn: ModelFn, schedule: NoiseSchedule, shape: tuple[int, ...],
                 generators: list[torch.Generator], num_steps: int | None = None, valid_SS: torch.Tensor | None = None,
-                inpaint: Inpainting | None = None, device=None) -> torch.Tensor:
+                inpaint: Inpainting | None = None, device=None,
+                x0_range: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """x_{t-1} = μ_θ(x_t, t) + Σ_θ^{1/2} z for t = T..1, then x_0 = μ_θ(x_1, 1); variance learned if the model
     returns 2C channels, else β̃_t."""
     sched, keep, x = _start(schedule, shape, generators, num_steps or schedule.num_steps, valid_SS, device)
@@ -56,7 +59,7 @@ def ddpm_sample(model_fn: ModelFn, schedule: NoiseSchedule, shape: tuple[int, ..
         t_B = torch.full((shape[0],), i, dtype=torch.long, device=x.device)
         if inpaint is not None:
             x = inpaint.constrain(x, sched, t_B, generators)
-        mean, log_var, _ = sched.p_mean_variance(model_fn(x, sched.model_timesteps(t_B)), x, t_B)
+        mean, log_var, _ = sched.p_mean_variance(model_fn(x, sched.model_timesteps(t_B)), x, t_B, x0_range)
         x = mean
         if i > 0:
             x = x + torch.exp(0.5 * log_var) * per_sample_noise(generators, tuple(shape[1:]), x.device)
@@ -67,7 +70,8 @@ def ddpm_sample(model_fn: ModelFn, schedule: NoiseSchedule, shape: tuple[int, ..
 @torch.no_grad()
 def ddim_sample(model_fn: ModelFn, schedule: NoiseSchedule, shape: tuple[int, ...],
                 generators: list[torch.Generator], num_steps: int = DDIM_STEPS, eta: float = 0.0,
-                valid_SS: torch.Tensor | None = None, inpaint: Inpainting | None = None, device=None) -> torch.Tensor:
+                valid_SS: torch.Tensor | None = None, inpaint: Inpainting | None = None, device=None,
+                x0_range: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """x_{t-1} = √ᾱ_{t-1} x̂_0 + √(1 − ᾱ_{t-1} − σ_t²) ε_θ + σ_t z, σ_t = η √((1 − ᾱ_{t-1})/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t-1})."""
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"DDIM eta must be in [0, 1], got {eta}")
@@ -79,6 +83,9 @@ def ddim_sample(model_fn: ModelFn, schedule: NoiseSchedule, shape: tuple[int, ..
             x = inpaint.constrain(x, sched, t_B, generators)
         eps = model_fn(x, sched.model_timesteps(t_B))[:, :c].float()
         x0 = sched.predict_x0(x, t_B, eps)
+        if x0_range is not None:
+            x0 = torch.maximum(torch.minimum(x0, x0_range[1]), x0_range[0])
+            eps = sched.predict_eps(x, t_B, x0)
         # Step coefficients are the same for the whole batch: take them as float64 scalars.
         ac, ac_prev = float(sched.alphas_cumprod[i]), float(sched.alphas_cumprod_prev[i])
         sigma = eta * math.sqrt((1 - ac_prev) / (1 - ac) * (1 - ac / ac_prev))

@@ -115,9 +115,10 @@ class NoiseSchedule:
         return (frac * self.coef("log_betas", t_B, v.ndim)
                 + (1.0 - frac) * self.coef("posterior_log_variance_clipped", t_B, v.ndim))
 
-    def p_mean_variance(self, model_out: torch.Tensor, x_t: torch.Tensor, t_B: torch.Tensor):
+    def p_mean_variance(self, model_out: torch.Tensor, x_t: torch.Tensor, t_B: torch.Tensor,
+                        x0_range: tuple[torch.Tensor, torch.Tensor] | None = None):
         """Mean, log-variance and x̂_0 of p(x_{t-1} | x_t) from a network output of ε (C channels, fixed
-        variance β̃_t) or ε ⊕ v (2C channels, learned variance)."""
+        variance β̃_t) or ε ⊕ v (2C channels, learned variance); ``x0_range`` (lo, hi) clamps x̂_0 first."""
         c = x_t.shape[1]
         if model_out.shape[1] == 2 * c:
             eps, v = model_out[:, :c], model_out[:, c:]
@@ -128,5 +129,7 @@ class NoiseSchedule:
         else:
             raise ValueError(f"model output has {model_out.shape[1]} channels; expected {c} (ε) or {2 * c} (ε, v)")
         x0 = self.predict_x0(x_t, t_B, eps)
+        if x0_range is not None:
+            x0 = torch.maximum(torch.minimum(x0, x0_range[1]), x0_range[0])
         mean, _, _ = self.posterior(x0, x_t, t_B)
         return mean, log_var, x0

@@ -58,7 +58,11 @@ class EncodeActor:
         self.store.write_latents(rows, rollout_BCSS.cpu().numpy())
         sum_BC = (rollout_BCSS * self.valid_SS).sum(dim=(2, 3))
         sumsq_BC = (rollout_BCSS.square() * self.valid_SS).sum(dim=(2, 3))
-        return {"row": rows, "sum": sum_BC.double().cpu().numpy(), "sumsq": sumsq_BC.double().cpu().numpy()}
+        valid = self.valid_SS.bool()
+        on_valid_BCP = rollout_BCSS[:, :, valid]
+        return {"row": rows, "sum": sum_BC.double().cpu().numpy(), "sumsq": sumsq_BC.double().cpu().numpy(),
+                "min": on_valid_BCP.amin(dim=2).double().cpu().numpy(),
+                "max": on_valid_BCP.amax(dim=2).double().cpu().numpy()}
 
 
 def _pool(ray, workers: int | None) -> tuple[int, dict]:
@@ -126,15 +130,17 @@ def encode_store(vae_ckpt: str, data: str, out: str, batch_size: int = 8, overwr
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size), **resources)
     c = vae.dims.channels
     total, total_sq, seen = np.zeros(c), np.zeros(c), np.zeros(index.size, dtype=bool)
+    low, high = np.full(c, np.inf), np.full(c, -np.inf)
     for part in ds.iter_batches(batch_size=None, batch_format="numpy"):
         total += part["sum"].sum(0)
         total_sq += part["sumsq"].sum(0)
+        low, high = np.minimum(low, part["min"].min(0)), np.maximum(high, part["max"].max(0))
         seen[part["row"]] = True
     if not seen.all():
         raise RuntimeError(f"encode wrote {int(seen.sum())} of {index.size} latents; the store stays incomplete")
     pixels = float(rollout.valid_mask().sum()) * index.size
     mean = total / pixels
     std = np.sqrt(np.maximum(total_sq / pixels - mean ** 2, 0.0))
-    latents.finalize(mean, std)
+    latents.finalize(mean, std, low, high)
     log.info("encoded %d clips of %s into %s", index.size, data, out)
     return latents.describe()

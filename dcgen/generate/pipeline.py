@@ -5,7 +5,9 @@ job and the server.
 ``SceneRequest`` against the grid and the model's conditions, turns it into DiT inputs (voxel conditions as they
 are; ``prev_clip`` and inpainting sources encoded to the VAE μ rollout; an inpainting mask reduced to latent XY;
 outpainting = the source latent shifted along X with the new band masked), samples with one generator per scene
-seeded from its seed and a per-scene guidance scale, and decodes with the VAE (argmax).
+seeded from its seed and a per-scene guidance scale, and decodes with the VAE (argmax). Diffusion runs on the
+standardised latents of the DiT's ``LatentNorm`` (``encode`` returns them, ``decode`` takes them), with every
+denoised estimate clamped to the training latents' range.
 
 A scene's bytes never depend on what else is in the call: the networks always run on micro-batches of exactly
 ``micro_batch`` scenes (padded with dummy rows), so every kernel sees the same shapes; every configured condition
@@ -26,6 +28,7 @@ import torch
 
 from dcgen.data.classes import CLASSES
 from dcgen.diffusion.guidance import guide
+from dcgen.diffusion.latent_norm import LatentNorm
 from dcgen.diffusion.inpaint import Inpainting, shift_x
 from dcgen.diffusion.samplers import DDIM_STEPS, ddim_sample, ddpm_sample
 from dcgen.diffusion.schedule import NoiseSchedule, ScheduleConfig
@@ -68,6 +71,8 @@ class GenerationPipeline:
         self.micro_batch = int(micro_batch)
         self.rollout: RolloutLayout = dit.rollout
         self.valid_SS = self.rollout.valid_mask(self.device)
+        self.norm = LatentNorm.from_dict(dit.config.latent_norm)  # None: the DiT works on raw μ, unbounded
+        self.x0_range = self.norm.x0_range(self.device) if self.norm is not None else None
         self.conditions: tuple[str, ...] = tuple(dit.config.conditions)
         self.accepted: tuple[str, ...] = self.conditions + SAMPLING_CONDITIONS
         self.checkpoint_ids = dict(checkpoint_ids or {})
@@ -112,7 +117,7 @@ class GenerationPipeline:
 
     @torch.no_grad()
     def encode(self, occ_NTXYZ: np.ndarray) -> torch.Tensor:
-        """VAE μ rollouts ``[N, C, S, S]`` (on the pipeline's device) of voxel clips."""
+        """VAE μ rollouts ``[N, C, S, S]`` (on the pipeline's device) of voxel clips, in the DiT's space."""
         occ_NTXYZ = np.asarray(occ_NTXYZ)
         out = []
         for a in range(0, len(occ_NTXYZ), self.micro_batch):
@@ -120,18 +125,23 @@ class GenerationPipeline:
             n = len(part)
             occ_MTXYZ = torch.from_numpy(np.stack(self._pad(part, np.zeros_like(part[0]))).astype(np.int64))
             mu, _ = self.vae.encode(occ_MTXYZ.to(self.device))
-            out.append(self.rollout.pack({k: v.float() for k, v in mu.items()})[:n])
+            rollout_MCSS = self.rollout.pack({k: v.float() for k, v in mu.items()})
+            if self.norm is not None:
+                rollout_MCSS = self.norm.normalize(rollout_MCSS, self.valid_SS)
+            out.append(rollout_MCSS[:n])
         return torch.cat(out) if out else torch.zeros(0, *self._latent_shape(), device=self.device)
 
     @torch.no_grad()
     def decode(self, rollout_NCSS: torch.Tensor) -> np.ndarray:
-        """Class ids ``[N, T, X, Y, Z] uint8`` of rollouts (argmax of the VAE decoder)."""
+        """Class ids ``[N, T, X, Y, Z] uint8`` of DiT-space rollouts (argmax of the VAE decoder)."""
         out = []
         for a in range(0, rollout_NCSS.shape[0], self.micro_batch):
             part = rollout_NCSS[a:a + self.micro_batch].to(self.device, torch.float32)
             n = part.shape[0]
             full = torch.zeros(self.micro_batch, *part.shape[1:], device=self.device)
             full[:n] = part
+            if self.norm is not None:
+                full = self.norm.denormalize(full, self.valid_SS)
             logits = self.vae.decode(self.rollout.unpack(full))
             out.append(logits.argmax(1)[:n].to(torch.uint8).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, *self.grid.shape), np.uint8)
@@ -257,9 +267,9 @@ class GenerationPipeline:
         shape = (m, *self._latent_shape())
         if sampler == "ddim":
             return ddim_sample(model_fn, self.schedule, shape, gens, num_steps=steps, eta=eta,
-                               valid_SS=self.valid_SS, inpaint=inpaint, device=self.device)
+                               valid_SS=self.valid_SS, inpaint=inpaint, device=self.device, x0_range=self.x0_range)
         return ddpm_sample(model_fn, self.schedule, shape, gens, num_steps=steps, valid_SS=self.valid_SS,
-                           inpaint=inpaint, device=self.device)
+                           inpaint=inpaint, device=self.device, x0_range=self.x0_range)
 
     def generate(self, requests: Sequence[SceneRequest], seeds: Sequence[int], sampler: str = "ddim",
                  steps: int | None = None, eta: float = 0.0) -> np.ndarray:

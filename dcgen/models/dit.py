@@ -50,6 +50,7 @@ class DiTConfig:
     patch: int = 2
     mlp_ratio: float = 4.0
     learn_sigma: bool = True
+    latent_norm: dict | None = None  # LatentNorm.to_dict() of the latents it trains on; None: raw μ, no x̂₀ bound
 
     def __post_init__(self) -> None:
         if self.depth < 1 or self.width < 1 or self.heads < 1 or self.width % self.heads:
@@ -74,7 +75,7 @@ class DiTConfig:
                    layout_size=tuple(int(v) for v in d["layout_size"]),
                    bev_size=tuple(int(v) for v in d["bev_size"]), num_classes=int(d["num_classes"]),
                    conditions=tuple(d["conditions"]), patch=int(d["patch"]), mlp_ratio=float(d["mlp_ratio"]),
-                   learn_sigma=bool(d["learn_sigma"]))
+                   learn_sigma=bool(d["learn_sigma"]), latent_norm=d.get("latent_norm"))
 
     @classmethod
     def for_grid(cls, grid: Grid, depth: int, width: int, heads: int, **overrides) -> "DiTConfig":

@@ -1,6 +1,7 @@
 """The DiT training loop (SPEC §3), plain PyTorch against a ``TrainContext``.
 
-Each step draws t uniformly and ε ~ N(0, I), noises the rollout latent (x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε), drops
+Latents (and previous-clip latents) are standardised per channel first (``LatentNorm`` in the DiT config). Each
+step draws t uniformly and ε ~ N(0, I), noises the rollout latent (x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε), drops
 every condition independently with p = 0.1 (and ``prev_clip`` always where a clip has no previous clip), and
 minimises the hybrid loss (ε MSE + VLB for the learned variance) masked to the six planes. AdamW (lr 1e-4, wd 0),
 EMA of the weights (0.9999; debug runs use a smaller decay so the average means something after few steps), AMP
@@ -85,11 +86,25 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast("cpu", enabled=False)
 
 
+def to_dit_space(batch: dict[str, torch.Tensor], norm, valid_SS: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The batch with its latents (and previous-clip latents) standardised by ``norm`` (a ``LatentNorm``)."""
+    if norm is None:
+        return batch
+    out = dict(batch)
+    for key in ("latent", "prev_latent"):
+        if key in out:
+            out[key] = norm.normalize(out[key].float(), valid_SS)
+    return out
+
+
 def diffusion_loss(model, schedule, batch: dict[str, torch.Tensor], conditions: tuple[str, ...],
-                   valid_SS: torch.Tensor, gen: torch.Generator, drop_prob: float, amp: bool) -> torch.Tensor:
-    """Per-sample hybrid loss ``[B]`` of one batch with t, ε and the condition drops drawn from ``gen``."""
+                   valid_SS: torch.Tensor, gen: torch.Generator, drop_prob: float, amp: bool,
+                   norm=None) -> torch.Tensor:
+    """Per-sample hybrid loss ``[B]`` of one batch with t, ε and the condition drops drawn from ``gen``; ``norm``
+    (a ``LatentNorm``) maps the store's raw latents into the DiT's space."""
     from dcgen.diffusion.losses import hybrid_loss
 
+    batch = to_dit_space(batch, norm, valid_SS)
     x0_BCSS = batch["latent"].float()
     b, device = x0_BCSS.shape[0], x0_BCSS.device
     t_B = torch.randint(0, schedule.num_steps, (b,), generator=gen).to(device)
@@ -106,7 +121,7 @@ def diffusion_loss(model, schedule, batch: dict[str, torch.Tensor], conditions: 
 
 @torch.no_grad()
 def evaluate(models: dict, ctx: TrainContext, schedule, conditions, valid_SS, batch_size: int, seed: int,
-             amp: bool) -> dict[str, float]:
+             amp: bool, norm=None) -> dict[str, float]:
     """Validation loss of each model over this worker's shard with the same t and ε every epoch, reduced."""
     sums = torch.zeros(len(models) + 1, dtype=torch.float64, device=ctx.device)
     for model in models.values():
@@ -117,7 +132,8 @@ def evaluate(models: dict, ctx: TrainContext, schedule, conditions, valid_SS, ba
         start = gen.get_state()
         for i, model in enumerate(models.values()):
             gen.set_state(start)
-            sums[i] += diffusion_loss(model, schedule, batch, conditions, valid_SS, gen, 0.0, amp).double().sum()
+            sums[i] += diffusion_loss(model, schedule, batch, conditions, valid_SS, gen, 0.0, amp,
+                                      norm).double().sum()
         sums[-1] += batch["latent"].shape[0]
     for model in models.values():
         model.train()
@@ -128,6 +144,7 @@ def evaluate(models: dict, ctx: TrainContext, schedule, conditions, valid_SS, ba
 
 def train_dit(ctx: TrainContext, run: dict) -> dict:
     cfg = DiTTrainConfig.from_dict(run)
+    from dcgen.diffusion.latent_norm import LatentNorm
     from dcgen.diffusion.schedule import NoiseSchedule, ScheduleConfig
     from dcgen.models.dit import DiT, DiTConfig
     from dcgen.train.ema import EMA
@@ -139,6 +156,7 @@ def train_dit(ctx: TrainContext, run: dict) -> dict:
     model_cfg = DiTConfig.from_dict(cfg.model)
     schedule = NoiseSchedule.linear(ScheduleConfig.from_dict(cfg.schedule))
     conditions = tuple(model_cfg.conditions)
+    norm = LatentNorm.from_dict(model_cfg.latent_norm)
     model = ctx.prepare(DiT(model_cfg))
     net = unwrap(model)
     ema = EMA(net, cfg.ema_decay)
@@ -165,7 +183,8 @@ def train_dit(ctx: TrainContext, run: dict) -> dict:
                     marker.parent.mkdir(parents=True, exist_ok=True)
                     marker.touch()
                     os._exit(1)
-            loss = diffusion_loss(model, schedule, batch, conditions, valid_SS, gen, cfg.cond_drop, cfg.amp).mean()
+            loss = diffusion_loss(model, schedule, batch, conditions, valid_SS, gen, cfg.cond_drop, cfg.amp,
+                                  norm).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -176,7 +195,7 @@ def train_dit(ctx: TrainContext, run: dict) -> dict:
             if step % cfg.report_every == 0:
                 log.log({"step": step, "epoch": epoch, "train_loss": float(loss.detach())})
         val = evaluate({"ema": ema.shadow, "raw": net}, ctx, schedule, conditions, valid_SS, cfg.batch_size,
-                       cfg.seed, cfg.amp)
+                       cfg.seed, cfg.amp, norm)
         seconds = time.time() - t_epoch
         row = {"step": step, "epoch": epoch, **val, "train_loss": train_sum / max(n_steps, 1),
                "epoch_seconds": seconds, "s_per_iter": seconds / max(n_steps, 1)}

@@ -176,6 +176,18 @@ def parse_conditions(spec, latents=None) -> tuple[str, ...]:
     return tuple(names)
 
 
+def latent_norm_of(latents) -> dict:
+    """The standardisation (and x̂₀ range) of a finished latent store's μ, for the DiT config."""
+    from dcgen.diffusion.latent_norm import LatentNorm
+
+    meta = latents.meta
+    if meta.get("latent_mean") is None or meta.get("latent_std") is None:
+        raise ValueError(f"{latents.path}: the latent store has no latent statistics (an unfinished encode); "
+                         "encode again")
+    return LatentNorm.from_statistics(meta["latent_mean"], meta["latent_std"], meta.get("latent_min"),
+                                      meta.get("latent_max")).to_dict()
+
+
 def dit_config_for(preset: str, latents, conditions: tuple[str, ...]):
     """The DiT preset's config with exactly ``conditions``, checked against the latent store's dims and grid."""
     from dataclasses import replace
@@ -185,7 +197,7 @@ def dit_config_for(preset: str, latents, conditions: tuple[str, ...]):
 
     if preset not in DIT_PRESETS:
         raise ValueError(f"unknown DiT preset {preset!r}; expected one of {', '.join(DIT_PRESETS)}")
-    cfg = replace(DIT_PRESETS[preset], conditions=tuple(conditions))
+    cfg = replace(DIT_PRESETS[preset], conditions=tuple(conditions), latent_norm=latent_norm_of(latents))
     g = latents.grid
     if (cfg.latent != latents.dims or cfg.num_frames != g.num_frames or tuple(cfg.layout_size) != g.layout_size
             or tuple(cfg.bev_size) != tuple(g.size[:2]) or cfg.num_classes < g.num_classes):

@@ -91,7 +91,7 @@ def test_guidance_scale_one_is_the_conditional_model(pipe, clips):
             "prev_clip": pipe.encode(clips["occupancy"][[1] * m])}
     gens = [torch.Generator().manual_seed(s) for s in [7] + [0] * (m - 1)]
     want = ddim_sample(lambda x, t: pipe.dit(x, t, cond), pipe.schedule, (m, 16, 20, 20), gens, num_steps=STEPS,
-                       valid_SS=pipe.valid_SS)
+                       valid_SS=pipe.valid_SS, x0_range=pipe.x0_range)
     assert torch.equal(got[0], want[0])
     guided = pipe.sample_latents([replace(req, guidance=4.0)], [7], steps=STEPS)
     assert not torch.equal(guided[0], got[0])
@@ -112,7 +112,7 @@ def test_inpainting_keeps_the_unmasked_region(pipe, clips):
     plain = pipe.generate([SceneRequest(command=1)], [3], steps=STEPS)[0]
     kept = float((out[:, :16, :16] == recon[:, :16, :16]).mean())
     unconstrained = float((plain[:, :16, :16] == recon[:, :16, :16]).mean())
-    assert kept > unconstrained, (kept, unconstrained)
+    assert kept >= unconstrained and kept > 0.9, (kept, unconstrained)
 
 
 def test_outpainting_shifts_the_source_and_fills_the_new_band(pipe, clips):
@@ -130,9 +130,10 @@ def test_chain_continues_from_the_previous_clip(pipe, clips):
     seq = pipe.chain(reqs, [1, 2], k=2, steps=STEPS)
     assert seq.shape == (2, 8, 32, 32, 4)
     assert np.array_equal(seq[:, :4], pipe.generate(reqs, [1, 2], steps=STEPS))
-    with_prev = pipe.generate([SceneRequest(command=1, prev_clip=seq[0, :4])], [9], steps=STEPS)
-    without = pipe.generate([SceneRequest(command=1)], [9], steps=STEPS)
-    assert not np.array_equal(with_prev, without), "prev_clip must change the output"
+    # the fixture DiT is barely trained, so compare latents: the decoded voxels may round to the same classes
+    with_prev = pipe.sample_latents([SceneRequest(command=1, prev_clip=seq[0, :4])], [9], steps=STEPS)
+    without = pipe.sample_latents([SceneRequest(command=1)], [9], steps=STEPS)
+    assert not torch.equal(with_prev, without), "prev_clip must change the output"
 
 
 def test_bad_inputs_raise_clear_errors(pipe, clips, debug_vae, debug_dit, tmp_path):
