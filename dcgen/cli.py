@@ -218,12 +218,14 @@ def quickstart_cmd(
     scenes: Optional[int] = typer.Option(None, help="Scenes to synthesise, a multiple of 8 (default 16)."),
     seed: int = typer.Option(0),
     max_minutes_per_stage: Optional[float] = typer.Option(None, help="Bound each training stage's wall time."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show Ray's own log lines (workers, Ray Data, Train)."),
 ) -> None:
     from dcgen.quickstart import QuickstartConfig, run_quickstart
 
     try:
         run_quickstart(QuickstartConfig(out=out, preset=preset, clips=clips, scenes=scenes, seed=seed,
-                                        max_minutes_per_stage=max_minutes_per_stage), log=typer.echo)
+                                        max_minutes_per_stage=max_minutes_per_stage, verbose=verbose),
+                       log=typer.echo)
     except ValueError as e:
         fail(str(e))
 
@@ -292,7 +294,8 @@ def train_dit_cmd(
     gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker (0 = CPU)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs (default per preset)."),
     batch_size: Optional[int] = typer.Option(None, help="Latents per worker batch (default per preset)."),
-    lr: float = typer.Option(1e-4, help="AdamW learning rate."),
+    lr: Optional[float] = typer.Option(None, help="AdamW learning rate (default per preset: 1e-3 debug, 1e-4 "
+                                       "otherwise)."),
     ema_decay: Optional[float] = typer.Option(None, help="EMA decay (default per preset: 0.99 debug ... 0.9999)."),
     cond_drop: float = typer.Option(0.1, help="Probability of dropping each condition (classifier-free guidance)."),
     max_minutes: Optional[float] = typer.Option(None, help="Stop after the epoch that passes this wall time."),

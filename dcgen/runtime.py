@@ -58,8 +58,13 @@ LOCAL_RAY_ENV = {
 }
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True):
-    """Connect to ``address`` or start the embedded local Ray (loopback only). Idempotent."""
+def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True,
+             quiet: bool = False):
+    """Connect to ``address`` or start the embedded local Ray (loopback only). Idempotent.
+
+    ``quiet`` keeps Ray's own chatter (worker log lines, Ray Data plans and progress, Train reports) out of the
+    terminal; everything stays in the session's log files under ``/tmp/ray/session_latest/logs``.
+    """
     if address is None:
         # Ray reads the loopback switch into a module constant when it is first imported; a command may have
         # imported Ray (through Ray Data, say) before this call, so the constant is set too, not only the
@@ -68,6 +73,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
             os.environ.setdefault(k, v)
     import ray
 
+    if quiet:
+        log_to_driver = False
+        for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if ray.is_initialized():
         return ray
     if address is None:
@@ -75,7 +84,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
 
         ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in ("0", "false")
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver,
-                 runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_RAY_ENV}})
+                 runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_RAY_ENV}},
+                 **({"logging_level": "WARNING"} if quiet else {}))
     else:
-        ray.init(address=address, log_to_driver=log_to_driver)
+        ray.init(address=address, log_to_driver=log_to_driver, **({"logging_level": "WARNING"} if quiet else {}))
+    if quiet:
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # ray.init resets the library loggers
     return ray

@@ -145,10 +145,11 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
 
 # ---- DiT ---------------------------------------------------------------------------------------------------
 
-# Per-preset defaults a user can override: (epochs, batch size, EMA decay). The debug preset trains for a few
-# hundred steps, after which a 0.9999 average would still be the initial weights.
-DIT_DEFAULTS = {"debug": (40, 8, 0.99), "small": (60, 16, 0.999), "carlasc": (400, 32, 0.9999),
-                "occ3d": (400, 16, 0.9999)}
+# Per-preset defaults a user can override: (epochs, batch size, EMA decay, learning rate). The debug preset trains
+# for a few hundred steps, after which a 0.9999 average would still be the initial weights, and its tiny DiT
+# reaches a given loss ~2x sooner at 1e-3 than at the paper's 1e-4.
+DIT_DEFAULTS = {"debug": (40, 8, 0.99, 1e-3), "small": (60, 16, 0.999, 1e-4), "carlasc": (400, 32, 0.9999, 1e-4),
+                "occ3d": (400, 16, 0.9999, 1e-4)}
 
 
 def parse_conditions(spec, latents=None) -> tuple[str, ...]:
@@ -231,7 +232,7 @@ def check_same_dit(out: Path, run) -> None:
 
 def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditions=None, preset: str = "small",
               scaling: Scaling = Scaling(), epochs: int | None = None, batch_size: int | None = None,
-              lr: float = 1e-4, ema_decay: float | None = None, cond_drop: float = 0.1, resume: bool = False,
+              lr: float | None = None, ema_decay: float | None = None, cond_drop: float = 0.1, resume: bool = False,
               overwrite: bool = False, max_minutes: float | None = None, report_every: int = 20, seed: int = 0,
               fail_at_step: int | None = None) -> dict:
     """Fit the DiT on a latent store with Ray Train; returns the final metrics and checkpoint paths."""
@@ -257,8 +258,8 @@ def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditio
     if n_train == 0 or n_val == 0:
         raise ValueError(f"{latents}: needs clips in both the train and val splits (has {n_train} train, "
                          f"{n_val} val)")
-    d_epochs, d_batch, d_ema = DIT_DEFAULTS.get(preset, (100, 16, 0.9999))
-    epochs, batch_size = epochs or d_epochs, batch_size or d_batch
+    d_epochs, d_batch, d_ema, d_lr = DIT_DEFAULTS.get(preset, (100, 16, 0.9999, 1e-4))
+    epochs, batch_size, lr = epochs or d_epochs, batch_size or d_batch, lr or d_lr
     ema_decay = d_ema if ema_decay is None else ema_decay
     run = DiTTrainConfig(
         model=model_cfg.to_dict(), schedule=ScheduleConfig().to_dict(),
@@ -426,6 +427,15 @@ def _has_ray_run(run_dir: Path) -> bool:
     return ray_dir.is_dir() and any(ray_dir.iterdir())
 
 
+def _stage_summary(name: str, result: dict) -> str:
+    """One line on a finished training stage: its last epoch and validation numbers."""
+    metrics = result.get("metrics") or {}
+    keys = ("epoch", "val_miou", "best_val_miou", "val_loss", "best_val_loss", "val_image_acc", "val_voxel_acc")
+    parts = [f"{k} {metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k} {metrics[k]}"
+             for k in keys if k in metrics]
+    return f"{name}: done ({', '.join(parts) or 'no metrics'})"
+
+
 def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, scaling: Scaling = Scaling(),
                    vae_epochs: int | None = None, dit_epochs: int | None = None, max_minutes: float | None = None,
                    seed: int = 0, log=print) -> dict:
@@ -453,6 +463,7 @@ def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, 
         log(f"vae: training into {vae_dir}")
         stages["vae"] = train_vae(data, preset, vae_dir, scaling=scaling, epochs=vae_epochs, seed=seed,
                                   resume=_has_ray_run(vae_dir), max_minutes=max_minutes)
+        log(_stage_summary("vae", stages["vae"]))
     vae_best = vae_dir / "best"
     vae_id = checkpoint.checkpoint_id(vae_best)
 
@@ -481,6 +492,7 @@ def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, 
         stages["dit"] = train_dit(str(latents), dit_dir, vae=str(vae_best), conditions=conditions, preset=preset,
                                   scaling=scaling, epochs=dit_epochs, resume=_has_ray_run(dit_dir),
                                   max_minutes=max_minutes, seed=seed)
+        log(_stage_summary("dit", stages["dit"]))
 
     features_dir = out / "features"
     if _stage_done(features_dir / "best", None):
@@ -490,5 +502,6 @@ def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, 
         log(f"features: training into {features_dir}")
         stages["features"] = train_features(data, features_dir, preset=preset, scaling=scaling,
                                             resume=_has_ray_run(features_dir), max_minutes=max_minutes, seed=seed)
+        log(_stage_summary("features", stages["features"]))
     return {"run_dir": str(out), "vae": str(vae_best), "latents": str(latents), "dit": str(dit_dir / "best"),
             "stages": stages}
