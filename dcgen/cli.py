@@ -461,6 +461,9 @@ def sample_cmd(
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     micro_batch: int = typer.Option(8, help="Scenes per network call."),
     overwrite: bool = typer.Option(False, help="Replace an existing store at --out."),
+    estimate_trajectory: bool = typer.Option(False, "--estimate-trajectory", help="Search each clip's ego motion "
+                                             "when no trajectory was requested (seconds per debug clip, minutes "
+                                             "on larger grids); otherwise it is recorded as unknown."),
     cluster: Optional[Path] = CLUSTER_OPTION,
     address: Optional[str] = typer.Option(None, "--address", help="http(s)://HEAD:8265 runs this command as a Ray "
                                           "Job on that cluster's job server, on a GPU unless --device cpu."),
@@ -473,7 +476,8 @@ def sample_cmd(
     try:
         summary = sample_to_store(vae, dit, out, n=n, cond=parse_cond(cond), sources=sources, split=from_split,
                                   seed=seed, sampler=sampler, steps=steps, guidance=guidance, chain=chain,
-                                  device=device, micro_batch=micro_batch, overwrite=overwrite)
+                                  device=device, micro_batch=micro_batch, overwrite=overwrite,
+                                  estimate_trajectory=estimate_trajectory)
     except ValueError as e:
         fail(str(e))
     typer.echo(f"generated {summary['scenes']} scenes ({summary['clips']} clips) in {summary['seconds']:.1f} s on "

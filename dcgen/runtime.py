@@ -92,5 +92,5 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
         from ray.data import DataContext
 
         DataContext.get_current().enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)  # ray.init resets the library loggers
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # ray.init resets the library loggers
     return ray

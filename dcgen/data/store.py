@@ -304,7 +304,7 @@ class SceneStore:
             raise ValueError(f"clips {start}..{stop} are not aligned to shards of {self.clips_per_chunk} clips; "
                              "parallel writers must own whole shards")
         if not overwrite:
-            clash = [r for r in self._committed_ranges() if r[0] < stop and start < r[1]]
+            clash = [r for r in self.committed_ranges() if r[0] < stop and start < r[1]]
             if clash:
                 raise ValueError(f"{self.path}: clips {clash[0][0]}..{clash[0][1] - 1} are already written; "
                                  "refusing to overwrite")
@@ -317,7 +317,7 @@ class SceneStore:
     def append(self, batch: dict[str, np.ndarray], rows: Sequence[dict]) -> range:
         """Single-writer append after the last complete clip, growing the arrays as needed."""
         n = self.validate_batch(batch)
-        ranges = self._committed_ranges()
+        ranges = self.committed_ranges()
         start = max((b for _, b in ranges), default=0)
         if start + n > self.capacity:
             self.resize(max(start + n, 2 * self.capacity))
@@ -347,7 +347,7 @@ class SceneStore:
         return sorted(i.path for i in infos if i.is_file and i.path.endswith(".parquet")
                       and posixpath.basename(i.path).startswith("part-"))
 
-    def _committed_ranges(self) -> list[tuple[int, int]]:
+    def committed_ranges(self) -> list[tuple[int, int]]:
         """``(start, stop)`` of every committed block, from the part names alone (no Parquet read)."""
         out = []
         for p in self._part_paths():

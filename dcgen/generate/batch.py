@@ -139,10 +139,10 @@ class SynthWorker:
         ks = [int(k) for k in cond["k"]]
         # Ray Data re-runs the block of an actor that died: skip what was already committed
         attempt0 = int(batch["attempt0"][0])
-        rejected_ranges = set(self.rejected._committed_ranges())
+        rejected_ranges = set(self.rejected.committed_ranges())
         while (attempt0 * job.padded_n + ks[0], attempt0 * job.padded_n + ks[-1] + 1) in rejected_ranges:
             attempt0 += 1
-        done = (ks[0], ks[-1] + 1) in self.store._committed_ranges()
+        done = (ks[0], ks[-1] + 1) in self.store.committed_ranges()
         scenes, records = [], []
         gen_s = gate_s = 0.0
         for attempt in ([] if done else range(attempt0, job.max_attempts)):

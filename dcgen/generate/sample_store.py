@@ -1,9 +1,10 @@
 """Generated clips into a scene store (SPEC §1 arrays), so ``dcgen render``, ``dcgen data info`` and the metrics read
 them like any other store.
 
-A generated clip has no poses: its trajectory is the requested one when the request gave it, else the ego motion
-estimated from the clip's static classes (``metrics.ego_motion``); the command is the requested one, else derived
-from that trajectory as importers do; layout and BEV are derived from the occupancy. A chained sequence of k·T
+A generated clip has no poses: its trajectory is the requested one when the request gave it, else (when asked:
+an exhaustive search, seconds per clip on the debug grid, minutes on larger ones) the ego motion estimated from
+the clip's static classes (``metrics.ego_motion``), else unknown (zeros, identity poses, origin "none"); the
+command is the requested one, else derived from a known trajectory as importers do, else 0; layout and BEV are derived from the occupancy. A chained sequence of k·T
 frames becomes k consecutive clips of one scene (``frame_start`` = j·T), as importers cut long scenes.
 
 Legend: N scenes, T frames, X/Y/Z voxels.
@@ -22,16 +23,21 @@ from dcgen.presets import Grid
 SOURCE = "dcgen-sample"
 
 
-def clip_arrays(occ_TXYZ: np.ndarray, grid: Grid, request: SceneRequest | None) -> tuple[dict, str]:
-    """The store arrays of one generated clip and where its trajectory came from (requested | estimated)."""
+def clip_arrays(occ_TXYZ: np.ndarray, grid: Grid, request: SceneRequest | None,
+                estimate: bool = True) -> tuple[dict, str]:
+    """The store arrays of one generated clip and where its trajectory came from (requested | estimated | none)."""
     from dcgen.metrics.ego_motion import estimate_trajectory
 
     if request is not None and request.trajectory is not None:
         traj_T3, origin = np.asarray(request.trajectory, np.float32), "requested"
-    else:
+    elif estimate:
         traj_T3, origin = estimate_trajectory(occ_TXYZ, grid), "estimated"
-    command = request.command if request is not None and request.command is not None else \
-        command_from_trajectory(traj_T3)
+    else:
+        traj_T3, origin = np.zeros((grid.num_frames, 3), np.float32), "none"
+    if request is not None and request.command is not None:
+        command = request.command
+    else:
+        command = command_from_trajectory(traj_T3) if origin != "none" else 0
     poses = np.stack([pose_from_xyyaw(float(x), float(y), float(yaw)) for x, y, yaw in traj_T3])
     return {
         "occupancy": occ_TXYZ.astype(np.uint8),
@@ -44,8 +50,10 @@ def clip_arrays(occ_TXYZ: np.ndarray, grid: Grid, request: SceneRequest | None) 
 
 
 def write_samples(out: str, grid: Grid, occ_NTXYZ: np.ndarray, requests: Sequence[SceneRequest],
-                  seeds: Sequence[int], *, provenance: dict | None = None, overwrite: bool = False) -> str:
-    """A new scene store at ``out`` holding the generated scenes (``[N, k·T, X, Y, Z]``, k >= 1)."""
+                  seeds: Sequence[int], *, provenance: dict | None = None, overwrite: bool = False,
+                  estimate: bool = False) -> str:
+    """A new scene store at ``out`` holding the generated scenes (``[N, k·T, X, Y, Z]``, k >= 1); ``estimate``
+    searches the ego motion of clips whose trajectory was not requested."""
     from dcgen.data.store import SceneStore
 
     occ_NTXYZ = np.asarray(occ_NTXYZ)
@@ -60,7 +68,7 @@ def write_samples(out: str, grid: Grid, occ_NTXYZ: np.ndarray, requests: Sequenc
     clips, rows = [], []
     for i, (scene_TXYZ, req, seed) in enumerate(zip(occ_NTXYZ, requests, seeds)):
         for j in range(scene_TXYZ.shape[0] // t):
-            arrays, origin = clip_arrays(scene_TXYZ[j * t:(j + 1) * t], grid, req if j == 0 else None)
+            arrays, origin = clip_arrays(scene_TXYZ[j * t:(j + 1) * t], grid, req if j == 0 else None, estimate)
             clips.append(arrays)
             rows.append({"scene": f"sample-{i}", "frame_start": j * t, "split": "test", "seed": int(seed),
                          "source": SOURCE, "trajectory_origin": origin,
@@ -122,7 +130,7 @@ def build_requests(n: int, cond: dict, sources: dict[str, str], split: str | Non
 def sample_to_store(vae: str, dit: str, out: str, *, n: int, cond: dict, sources: dict[str, str],
                     split: str | None = None, seed: int = 0, sampler: str = "ddim", steps: int | None = None,
                     guidance: float = 4.0, chain: int = 1, device: str = "auto", micro_batch: int = 8,
-                    overwrite: bool = False) -> dict:
+                    overwrite: bool = False, estimate_trajectory: bool = False) -> dict:
     """Generate ``n`` scenes (scene k from ``scene_seed(seed, k)``) and write them to a scene store at ``out``."""
     import time
 
@@ -144,5 +152,6 @@ def sample_to_store(vae: str, dit: str, out: str, *, n: int, cond: dict, sources
     provenance = {"generator": "dcgen sample", "vae": str(vae), "dit": str(dit), **pipe.checkpoint_ids,
                   "seed": int(seed), "sampler": sampler, "steps": steps, "guidance": guidance, "chain": chain,
                   "cond": dict(cond), "sources": dict(sources)}
-    path = write_samples(out, pipe.grid, occ, requests, seeds, provenance=provenance, overwrite=overwrite)
+    path = write_samples(out, pipe.grid, occ, requests, seeds, provenance=provenance, overwrite=overwrite,
+                         estimate=estimate_trajectory)
     return {"path": path, "scenes": n, "clips": n * chain, "seconds": seconds, "device": str(pipe.device)}

@@ -125,14 +125,15 @@ def extract_store(nets: FeatureNets, path: str, split: str | None = None, batch_
             raise ValueError(f"max_clips must be >= 1 (or None for all), got {max_clips}")
         indices = indices[:max_clips]
     t0 = time.perf_counter()
-    parts, done = [], 0
+    parts, done, last_said = [], 0, 0.0
     for start, stop in contiguous_runs(indices):
         for a in range(start, stop, int(batch_size)):
             b = min(stop, a + int(batch_size))
             occ = store.read(slice(a, b), ("occupancy",))["occupancy"]
             parts.append(extract_features(nets, occ, batch_size))
             done += b - a
-            if log is not None:
+            if log is not None and (done == indices.size or time.perf_counter() - last_said > 5.0):
+                last_said = time.perf_counter()  # at most one line per 5 s, and the last
                 log(f"  {done}/{indices.size} clips")
     seconds = time.perf_counter() - t0
     info = {"path": str(path), "split": split, "num_clips": int(indices.size),

@@ -191,6 +191,13 @@ def test_sample_cli_writes_a_renderable_store(tmp_path, debug_vae, debug_dit, de
     assert result.exit_code == 0, result.output
     table = SceneStore.open(str(chained)).manifest()
     assert table.column("frame_start").to_pylist() == [0, 4]
+    # no trajectory requested and no --estimate-trajectory: recorded as unknown rather than searched
+    assert table.column("trajectory_origin").to_pylist() == ["none", "none"]
+    estimated = tmp_path / "estimated.zarr"
+    result = runner.invoke(app, ["sample", "--vae", debug_vae, "--dit", debug_dit, "--n", "1", "--steps", "2",
+                                 "--estimate-trajectory", "--out", str(estimated), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert SceneStore.open(str(estimated)).manifest().column("trajectory_origin").to_pylist() == ["estimated"]
     result = runner.invoke(app, ["sample", "--vae", debug_vae, "--dit", debug_dit, "--cond", "command=up",
                                  "--out", str(tmp_path / "x.zarr")])
     assert result.exit_code == 2 and "error: --cond command='up'" in result.output
