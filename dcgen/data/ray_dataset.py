@@ -7,6 +7,10 @@ zarr slices and hands the numpy arrays straight to ``batch_to_block``: one block
 (``read_scenes`` asks Ray for exactly one output block per task unless told otherwise). Tasks of a split whose
 clips interleave with another's (synthetic val clips are spread through the indices) still read whole groups of
 clips rather than one short run each. The datasource holds only the path and the index groups (it is pickled).
+
+Boolean arrays (the observed ``mask``) travel as uint8 0/1, a zero-copy view: Arrow stores bool bit-packed, and
+packing and unpacking 2 MB of mask per carlasc clip cost a third of the read throughput (0.63x the plain read with
+the mask, 0.97x without). Consumers treat the column as a 0/1 mask (``IoUAccumulator`` and the VAE loss do).
 """
 
 from __future__ import annotations
@@ -123,6 +127,9 @@ class SceneDatasource(Datasource):
                 from ray.data.block import BlockAccessor
 
                 batch = read_clips(SceneStore.open(path), group, arrays)
+                for name, values in batch.items():
+                    if values.dtype == np.bool_:
+                        batch[name] = values.view(np.uint8)
                 batch["index"] = group
                 yield BlockAccessor.batch_to_block(batch)
 
@@ -134,14 +141,22 @@ class SceneDatasource(Datasource):
 
 
 def read_scenes(path: str, split: str | None = None, arrays: tuple[str, ...] | None = None,
-                clips_per_task: int | None = None, override_num_blocks: int | None = None):
+                clips_per_task: int | None = None, override_num_blocks: int | None = None,
+                reserve_for_downstream: bool = False):
     """A ``ray.data.Dataset`` with one row per complete clip (columns = arrays + ``index``).
 
     One output block per read task unless ``override_num_blocks`` asks for more (Ray then splits the blocks).
+    The dataset is read as it is (training shards, benchmarks): Ray Data's per-operator resource reservation, which
+    holds half the budget back for operators downstream, is off for it, since with ~130 MB blocks it let only one
+    read task run at a time (1000 carlasc clips on 2 cores: 3.1 s instead of 3.7-4.0 s, against 2.9 s for a plain
+    zarr read). Pass ``reserve_for_downstream=True`` before chaining operators (``map_batches``) onto it.
     """
     import ray
     from ray.data import DataContext
 
     target = DataContext.get_current().target_max_block_size or TARGET_BLOCK_BYTES
     source = SceneDatasource(path, split, arrays, clips_per_task, target)
-    return ray.data.read_datasource(source, override_num_blocks=override_num_blocks or source.num_tasks)
+    ds = ray.data.read_datasource(source, override_num_blocks=override_num_blocks or source.num_tasks)
+    if not reserve_for_downstream:
+        ds.context.op_resource_reservation_enabled = False  # the dataset's own copy, not the process-wide context
+    return ds

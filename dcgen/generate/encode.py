@@ -124,7 +124,7 @@ def encode_store(vae_ckpt: str, data: str, out: str, batch_size: int = 8, overwr
     ray = init_ray(ray_address)
     size, resources = _pool(ray, workers)
     device = "cuda" if "num_gpus" in resources else "cpu"
-    ds = read_scenes(data, None, ("occupancy",)).map_batches(
+    ds = read_scenes(data, None, ("occupancy",), reserve_for_downstream=True).map_batches(
         EncodeActor, fn_constructor_kwargs={"vae_path": os.path.abspath(vae_ckpt), "out": out, "clip_index": index,
                                             "device": device},
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size), **resources)

@@ -61,3 +61,17 @@ def test_ray_dataset_reads_every_clip_of_a_split_once(ray_local, store_path):
     assert sorted(idx.tolist()) == store.indices("train").tolist()
     occ = np.concatenate([b["occupancy"] for b in batches])
     np.testing.assert_array_equal(occ[np.argsort(idx)], store.read(store.indices("train"))["occupancy"])
+
+
+def test_ray_dataset_carries_the_mask_as_uint8(ray_local, store_path):
+    from dcgen.data.ray_dataset import read_scenes
+
+    batches = list(read_scenes(store_path, arrays=("mask",)).iter_batches(batch_size=16, batch_format="numpy"))
+    idx = np.concatenate([b["index"] for b in batches])
+    mask = np.concatenate([b["mask"] for b in batches])
+    assert mask.dtype == np.uint8 and set(np.unique(mask).tolist()) <= {0, 1}
+    from ray.data import DataContext
+
+    assert DataContext.get_current().op_resource_reservation_enabled, "the process-wide context is left alone"
+    store = SceneStore.open(store_path)
+    np.testing.assert_array_equal(mask[np.argsort(idx)].astype(bool), store.read(np.sort(idx), ("mask",))["mask"])
