@@ -1053,6 +1053,10 @@ def bench_dit_cmd(
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     vae: Optional[str] = typer.Option(None, help="Trained VAE checkpoint (default: fresh networks)."),
     dit: Optional[str] = typer.Option(None, help="Trained DiT checkpoint (with --vae)."),
+    quality_data: Optional[str] = typer.Option(None, help="Scene store whose val clips condition and judge the "
+                                               "sampler quality check (with --features and trained checkpoints)."),
+    features: Optional[str] = typer.Option(None, help="Features checkpoint for the sampler quality check."),
+    quality_scenes: int = typer.Option(64, help="Scenes per sampler in the quality check."),
 ) -> None:
     import json
 
@@ -1060,13 +1064,17 @@ def bench_dit_cmd(
 
     try:
         result = bench_dit(preset, scenes=scenes, ddpm_steps=ddpm_steps, guidance=guidance, train_batch=train_batch,
-                           train_iters=train_iters, device=device, vae=vae, dit=dit)
+                           train_iters=train_iters, device=device, vae=vae, dit=dit, quality_data=quality_data,
+                           features=features, quality_scenes=quality_scenes, log=typer.echo)
     except ValueError as e:
         fail(str(e))
     out.write_text(json.dumps(result, indent=2))
     s = result["sampling_seconds_per_scene"]
     typer.echo(f"wrote {out}: " + ", ".join(f"{k} {v:.3f} s/scene" for k, v in s.items())
                + f"; training {result['train_seconds_per_iter']:.3f} s/iter; DiT {result['dit_parameters']:,} params")
+    for name, rel in ((result.get("quality") or {}).get("relative") or {}).items():
+        typer.echo(f"quality {name} / {result['quality']['relative_to']}: "
+                   + ", ".join(f"{k} {v:.3f}" for k, v in rel.items() if v is not None))
 
 
 @bench_app.command("metrics", help="Generation-metric benchmark (JSON): feature extraction clips/s in 2D (renders + "

@@ -5,6 +5,11 @@ an A100 at 1000 steps).
 Sampling is timed end to end through ``GenerationPipeline.generate`` (DiT steps with classifier-free guidance on a
 command, then the VAE decode), on trained checkpoints when given, else on freshly initialised networks of the
 preset: the time does not depend on the weights. Every number is measured in this run; nothing is extrapolated.
+
+With trained checkpoints, a scene store and a features checkpoint (``--quality-data``, ``--features``), the
+benchmark also checks what the fast sampler costs in quality: the same ``quality_scenes`` requests (conditions of the
+store's first val clips, the same seeds) are sampled with DDPM-1000 and with DDIM-50/25, and the generation
+metrics of each set against the store's val clips are compared (issue target: DDIM-50 within 10 % of DDPM).
 """
 
 from __future__ import annotations
@@ -102,9 +107,62 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+QUALITY_KEYS = ("fid", "kid_mean", "precision", "recall")
+
+
+def quality_requests(pipe, data: str, n: int, split: str, guidance: float) -> list:
+    """Requests with the conditions the DiT takes (command, trajectory, layout, bev) of the first ``n`` clips of
+    ``split`` in the scene store ``data``."""
+    from dcgen.data.store import SceneStore
+    from dcgen.generate.conditions import SceneRequest
+
+    store = SceneStore.open(data)
+    idx = store.indices(split)
+    if idx.size < n:
+        raise ValueError(f"--quality-data {data}: {idx.size} clips in split {split!r}, need {n} (--quality-scenes)")
+    names = [c for c in ("command", "trajectory", "layout", "bev") if c in pipe.conditions]
+    arrays = store.read(idx[:n], tuple(names)) if names else {}
+    return [SceneRequest(guidance=guidance, **{k: (int(v[i]) if k == "command" else v[i])
+                                               for k, v in arrays.items()}) for i in range(n)]
+
+
+def sampler_quality(pipe, data: str, features: str, scenes: int, samplers: dict[str, tuple[str, int]],
+                    guidance: float, split: str = "val", seed: int = 0, log=None) -> dict:
+    """Generation metrics (2D and 3D) of ``scenes`` scenes per sampler against ``split`` of ``data``, and each
+    sampler's metrics relative to the first one's."""
+    import tempfile
+
+    from dcgen.generate.sample_store import write_samples
+    from dcgen.metrics.gen_eval import evaluate_generation
+    from dcgen.runtime import scene_seed
+
+    requests = quality_requests(pipe, data, scenes, split, guidance)
+    seeds = [scene_seed(seed, k) for k in range(scenes)]
+    out: dict = {"scenes": scenes, "data": str(data), "split": split, "features": str(features), "samplers": {}}
+    with tempfile.TemporaryDirectory(prefix="dcgen-bench-dit-") as tmp:
+        for name, (sampler, steps) in samplers.items():
+            if log:
+                log(f"quality: {scenes} scenes with {name}")
+            t0 = time.perf_counter()
+            occ = pipe.generate(requests, seeds, sampler=sampler, steps=steps)
+            seconds = time.perf_counter() - t0
+            path = write_samples(f"{tmp}/{name}.zarr", pipe.grid, occ, requests, seeds)
+            result = evaluate_generation(data, path, features, real_split=split, device=str(pipe.device))
+            out["samplers"][name] = {"seconds": seconds, **{f"{k}_{s}": result["metrics"][s][k]
+                                                            for s in ("2d", "3d") for k in QUALITY_KEYS}}
+    first = next(iter(samplers))
+    base = out["samplers"][first]
+    out["relative_to"] = first
+    out["relative"] = {name: {k: (v / base[k] if base[k] else None) for k, v in m.items() if k != "seconds"}
+                       for name, m in out["samplers"].items() if name != first}
+    return out
+
+
 def bench_dit(preset: str = "debug", *, scenes: int = 4, ddpm_steps: int = 1000, ddim_steps: tuple[int, ...] = (50, 25),
               guidance: float = 4.0, train_batch: int | None = None, train_iters: int = 5, device: str = "auto",
-              vae: str | None = None, dit: str | None = None, micro_batch: int | None = None) -> dict:
+              vae: str | None = None, dit: str | None = None, micro_batch: int | None = None,
+              quality_data: str | None = None, features: str | None = None, quality_scenes: int = 64,
+              log=None) -> dict:
     """The benchmark as a JSON-able dict."""
     from dcgen.models.dit import DIT_PRESETS
     from dcgen.runtime import pick_device
@@ -115,6 +173,8 @@ def bench_dit(preset: str = "debug", *, scenes: int = 4, ddpm_steps: int = 1000,
     if scenes < 1 or train_iters < 1 or ddpm_steps < 1 or any(s < 1 for s in ddim_steps):
         raise ValueError(f"scenes, train iterations and step counts must be >= 1, got scenes={scenes}, "
                          f"train_iters={train_iters}, ddpm_steps={ddpm_steps}, ddim_steps={list(ddim_steps)}")
+    if (quality_data is None) != (features is None) or (quality_data is not None and vae is None):
+        raise ValueError("the sampler quality check needs --quality-data, --features and trained --vae/--dit")
     dev = pick_device(device)
     pipe = _pipeline(preset, vae, dit, dev, micro_batch or scenes)
     time_sampling(pipe, scenes, "ddim", 2, guidance)  # warm-up: allocations, kernel selection
@@ -125,7 +185,13 @@ def bench_dit(preset: str = "debug", *, scenes: int = 4, ddpm_steps: int = 1000,
               for k, v in sampling.items() if k.startswith("ddim")}
     batch = train_batch or DIT_DEFAULTS.get(preset, (0, 16, 0))[1]
     params = parameter_counts()
+    quality = None
+    if quality_data is not None:
+        samplers = {f"ddpm_{ddpm_steps}": ("ddpm", ddpm_steps), **{f"ddim_{s}": ("ddim", s) for s in ddim_steps}}
+        qpipe = _pipeline(preset, vae, dit, dev, micro_batch or 8)
+        quality = sampler_quality(qpipe, quality_data, features, quality_scenes, samplers, guidance, log=log)
     return {
+        "quality": quality,
         "preset": preset,
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",

@@ -216,6 +216,28 @@ def test_bench_dit_cli(tmp_path, debug_vae, debug_dit):
     assert all(v > 0 for v in bench["sampling_seconds_per_scene"].values())
     assert bench["train_seconds_per_iter"] > 0 and bench["dit_parameters"] > 1e5
     assert 42.5e6 < bench["dit_parameters_by_preset"]["carlasc"] < 44.7e6
+    assert bench["quality"] is None
+
+
+def test_bench_dit_compares_sampler_quality(tmp_path, debug_vae, debug_dit, debug_city):
+    from dcgen.generate.bench_synth import untrained_feature_checkpoint
+
+    features = untrained_feature_checkpoint("debug", tmp_path / "features")
+    out = tmp_path / "bench.json"
+    args = ["bench", "dit", "--preset", "debug", "--scenes", "2", "--ddpm-steps", "4", "--train-iters", "1",
+            "--train-batch", "2", "--device", "cpu", "--vae", debug_vae, "--dit", debug_dit, "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--quality-data", debug_city])
+    assert result.exit_code == 2 and "needs --quality-data, --features" in result.output
+    result = CliRunner().invoke(app, [*args, "--quality-data", debug_city, "--features", features,
+                                      "--quality-scenes", "6"])
+    assert result.exit_code == 0, result.output
+    quality = json.loads(out.read_text())["quality"]
+    assert set(quality["samplers"]) == {"ddpm_4", "ddim_50", "ddim_25"} and quality["relative_to"] == "ddpm_4"
+    for name, m in quality["samplers"].items():
+        assert m["fid_3d"] >= 0 and m["kid_mean_3d"] == m["kid_mean_3d"] and 0 <= m["precision_2d"] <= 1, name
+    rel = quality["relative"]["ddim_50"]
+    assert rel["fid_3d"] == pytest.approx(quality["samplers"]["ddim_50"]["fid_3d"] / quality["samplers"]["ddpm_4"]["fid_3d"])
+    assert "quality ddim_50 / ddpm_4: fid" in result.output
 
 
 # ---- behaviour of trained debug models (slow) ---------------------------------------------------------------
