@@ -8,8 +8,10 @@ preset: the time does not depend on the weights. Every number is measured in thi
 
 With trained checkpoints, a scene store and a features checkpoint (``--quality-data``, ``--features``), the
 benchmark also checks what the fast sampler costs in quality: the same ``quality_scenes`` requests (conditions of the
-store's first val clips, the same seeds) are sampled with DDPM-1000 and with DDIM-50/25, and the generation
-metrics of each set against the store's val clips are compared (issue target: DDIM-50 within 10 % of DDPM).
+store's first val clips, the same seeds) are sampled with DDPM-1000, DDIM-50/25 and ancestral DDPM respaced to 50
+steps, and the generation metrics of each set against the store's val clips are compared (issue target: DDIM-50
+within 10 % of DDPM-1000). On the quickstart's debug model the deterministic DDIM lost to both ancestral samplers
+(3D FID 158 vs 49), while the respaced DDPM-50 is as fast as DDIM-50.
 """
 
 from __future__ import annotations
@@ -159,6 +161,7 @@ def sampler_quality(pipe, data: str, features: str, scenes: int, samplers: dict[
 
 
 def bench_dit(preset: str = "debug", *, scenes: int = 4, ddpm_steps: int = 1000, ddim_steps: tuple[int, ...] = (50, 25),
+              respaced_ddpm_steps: tuple[int, ...] = (50,),
               guidance: float = 4.0, train_batch: int | None = None, train_iters: int = 5, device: str = "auto",
               vae: str | None = None, dit: str | None = None, micro_batch: int | None = None,
               quality_data: str | None = None, features: str | None = None, quality_scenes: int = 64,
@@ -181,13 +184,17 @@ def bench_dit(preset: str = "debug", *, scenes: int = 4, ddpm_steps: int = 1000,
     sampling = {f"ddpm_{ddpm_steps}": time_sampling(pipe, scenes, "ddpm", ddpm_steps, guidance)}
     for steps in ddim_steps:
         sampling[f"ddim_{steps}"] = time_sampling(pipe, scenes, "ddim", steps, guidance)
+    for steps in respaced_ddpm_steps:
+        if steps != ddpm_steps:
+            sampling[f"ddpm_{steps}"] = time_sampling(pipe, scenes, "ddpm", steps, guidance)
     ratios = {f"ddpm_{ddpm_steps}_over_{k}": sampling[f"ddpm_{ddpm_steps}"] / v
-              for k, v in sampling.items() if k.startswith("ddim")}
+              for k, v in sampling.items() if k != f"ddpm_{ddpm_steps}"}
     batch = train_batch or DIT_DEFAULTS.get(preset, (0, 16, 0))[1]
     params = parameter_counts()
     quality = None
     if quality_data is not None:
-        samplers = {f"ddpm_{ddpm_steps}": ("ddpm", ddpm_steps), **{f"ddim_{s}": ("ddim", s) for s in ddim_steps}}
+        samplers = {f"ddpm_{ddpm_steps}": ("ddpm", ddpm_steps), **{f"ddim_{s}": ("ddim", s) for s in ddim_steps},
+                    **{f"ddpm_{s}": ("ddpm", s) for s in respaced_ddpm_steps if s != ddpm_steps}}
         qpipe = _pipeline(preset, vae, dit, dev, micro_batch or 8)
         quality = sampler_quality(qpipe, quality_data, features, quality_scenes, samplers, guidance, log=log)
     return {

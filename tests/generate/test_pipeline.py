@@ -212,7 +212,7 @@ def test_bench_dit_cli(tmp_path, debug_vae, debug_dit):
                                       str(out)])
     assert result.exit_code == 0, result.output
     bench = json.loads(out.read_text())
-    assert set(bench["sampling_seconds_per_scene"]) == {"ddpm_6", "ddim_50", "ddim_25"}
+    assert set(bench["sampling_seconds_per_scene"]) == {"ddpm_6", "ddim_50", "ddim_25", "ddpm_50"}
     assert all(v > 0 for v in bench["sampling_seconds_per_scene"].values())
     assert bench["train_seconds_per_iter"] > 0 and bench["dit_parameters"] > 1e5
     assert 42.5e6 < bench["dit_parameters_by_preset"]["carlasc"] < 44.7e6
@@ -232,7 +232,7 @@ def test_bench_dit_compares_sampler_quality(tmp_path, debug_vae, debug_dit, debu
                                       "--quality-scenes", "6"])
     assert result.exit_code == 0, result.output
     quality = json.loads(out.read_text())["quality"]
-    assert set(quality["samplers"]) == {"ddpm_4", "ddim_50", "ddim_25"} and quality["relative_to"] == "ddpm_4"
+    assert set(quality["samplers"]) == {"ddpm_4", "ddim_50", "ddim_25", "ddpm_50"} and quality["relative_to"] == "ddpm_4"
     for name, m in quality["samplers"].items():
         assert m["fid_3d"] >= 0 and m["kid_mean_3d"] == m["kid_mean_3d"] and 0 <= m["precision_2d"] <= 1, name
     rel = quality["relative"]["ddim_50"]
