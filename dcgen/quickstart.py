@@ -64,7 +64,7 @@ def run_quickstart(cfg: QuickstartConfig, log: Callable[[str], None] = print) ->
     from dcgen.metrics.reference import make_reference
     from dcgen.render.clip import save_clip
     from dcgen.runtime import init_ray
-    from dcgen.train.runs import train_features, train_pipeline
+    from dcgen.train.runs import train_pipeline
 
     clips, vae_epochs, dit_epochs, feat_epochs, scenes, steps = cfg.sizes()
     out = Path(cfg.out).resolve()
@@ -92,14 +92,10 @@ def run_quickstart(cfg: QuickstartConfig, log: Callable[[str], None] = print) ->
     runs = out / "runs"
     stage("train")
     trained = train_pipeline(str(city), cfg.preset, runs, conditions=CONDITIONS, vae_epochs=vae_epochs,
-                             dit_epochs=dit_epochs, max_minutes=cfg.max_minutes_per_stage, seed=cfg.seed, log=log)
+                             dit_epochs=dit_epochs, features_epochs=feat_epochs, max_minutes=cfg.max_minutes_per_stage,
+                             seed=cfg.seed, log=log)
     done("train")
     features = runs / "features" / "best"
-    stage("features")
-    if not (features / "meta.json").exists():
-        train_features(str(city), runs / "features", preset=cfg.preset, epochs=feat_epochs,
-                       max_minutes=cfg.max_minutes_per_stage, seed=cfg.seed, resume=(runs / "features" / "ray").exists())
-    done("features")
 
     ref = out / "reference.npz"
     stage("reference")

@@ -437,8 +437,8 @@ def _stage_summary(name: str, result: dict) -> str:
 
 
 def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, scaling: Scaling = Scaling(),
-                   vae_epochs: int | None = None, dit_epochs: int | None = None, max_minutes: float | None = None,
-                   seed: int = 0, log=print) -> dict:
+                   vae_epochs: int | None = None, dit_epochs: int | None = None, features_epochs: int | None = None,
+                   max_minutes: float | None = None, seed: int = 0, log=print) -> dict:
     """VAE -> encode -> DiT -> the metric feature networks, into ``out``.
 
     Each stage is skipped when its result is already there (``OUT/vae/best``, a complete ``OUT/latents.zarr``,
@@ -500,7 +500,7 @@ def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, 
         stages["features"] = {"skipped": True, "best": str(features_dir / "best")}
     else:
         log(f"features: training into {features_dir}")
-        stages["features"] = train_features(data, features_dir, preset=preset, scaling=scaling,
+        stages["features"] = train_features(data, features_dir, preset=preset, scaling=scaling, epochs=features_epochs,
                                             resume=_has_ray_run(features_dir), max_minutes=max_minutes, seed=seed)
         log(_stage_summary("features", stages["features"]))
     return {"run_dir": str(out), "vae": str(vae_best), "latents": str(latents), "dit": str(dit_dir / "best"),
