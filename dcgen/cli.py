@@ -242,7 +242,8 @@ def train_vae_cmd(
     ctx: typer.Context,
     data: str = typer.Option(..., help="Scene store with train and val splits."),
     preset: str = typer.Option("small", help="debug | small | carlasc | occ3d (must match the store's grid)."),
-    out: Path = typer.Option(Path("runs/vae"), help="Run directory (checkpoints best/ and last/, metrics)."),
+    out: str = typer.Option("runs/vae", help="Run directory (checkpoints best/ and last/, metrics): a path or "
+                            "an object-storage URI (s3://, gs://)."),
     workers: int = typer.Option(1, help="Ray Train workers (data-parallel, DDP)."),
     gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker (0 = CPU)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs (default per preset)."),
@@ -289,7 +290,8 @@ def train_dit_cmd(
     cond: str = typer.Option("auto", help="Comma-separated conditions: command, trajectory, layout, bev, prev_clip; "
                              "'none' for an unconditional model; 'auto' = all the latents support."),
     preset: str = typer.Option("small", help="debug | small | carlasc | occ3d (must match the latents)."),
-    out: Path = typer.Option(Path("runs/dit"), help="Run directory (checkpoints best/ and last/, metrics)."),
+    out: str = typer.Option("runs/dit", help="Run directory (checkpoints best/ and last/, metrics): a path or "
+                            "an object-storage URI (s3://, gs://)."),
     workers: int = typer.Option(1, help="Ray Train workers (data-parallel, DDP)."),
     gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker (0 = CPU)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs (default per preset)."),
@@ -327,7 +329,8 @@ def train_dit_cmd(
 def train_features_cmd(
     ctx: typer.Context,
     data: str = typer.Option(..., help="Scene store with train and val splits."),
-    out: Path = typer.Option(Path("runs/features"), help="Run directory (checkpoints best/ and last/, metrics)."),
+    out: str = typer.Option("runs/features", help="Run directory (checkpoints best/ and last/, metrics): a path or "
+                            "an object-storage URI (s3://, gs://)."),
     preset: Optional[str] = typer.Option(None, help="Check the store against this preset's grid (default: any)."),
     image_net: str = typer.Option("cnn", help="2D network: cnn (512-D, CPU-friendly) | inception (InceptionV3 "
                                   "shape trained from scratch, 2048-D; for GPUs)."),
@@ -373,8 +376,8 @@ def train_all_cmd(
     ctx: typer.Context,
     data: Optional[str] = typer.Option(None, help="Scene store with train and val splits (whole pipeline)."),
     preset: str = typer.Option("small", help="debug | small | carlasc | occ3d (must match the store's grid)."),
-    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/PRESET): vae/, latents.zarr, dit/, "
-                                       "features/."),
+    out: Optional[str] = typer.Option(None, help="Run directory (default runs/PRESET): vae/, latents.zarr, dit/, "
+                                      "features/; a path or an object-storage URI (s3://, gs://)."),
     cond: str = typer.Option("auto", help="DiT conditions (see 'dcgen train dit --help')."),
     workers: int = typer.Option(1, help="Ray Train workers (data-parallel, DDP)."),
     gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker (0 = CPU)."),
@@ -399,7 +402,7 @@ def train_all_cmd(
     from dcgen.train.runs import train_pipeline
 
     try:
-        summary = train_pipeline(data, preset, out or Path("runs") / preset, conditions=cond,
+        summary = train_pipeline(data, preset, out or str(Path("runs") / preset), conditions=cond,
                                  scaling=_scaling(workers, gpus_per_worker, address), vae_epochs=vae_epochs,
                                  dit_epochs=dit_epochs, max_minutes=max_minutes, seed=seed, log=typer.echo)
     except ValueError as e:

@@ -78,6 +78,7 @@ def _pool(ray, workers: int | None) -> tuple[int, dict]:
 def encode_store(vae_ckpt: str, data: str, out: str, batch_size: int = 8, overwrite: bool = False, *,
                  workers: int | None = None, ray_address: str | None = None) -> dict:
     """Write the latent store ``out`` for every complete clip of the scene store ``data``; returns its summary."""
+    from dcgen import storage
     from dcgen.data.latent_store import LatentStore, previous_clips
     from dcgen.data.ray_dataset import read_scenes
     from dcgen.data.store import SceneStore, _exists
@@ -118,14 +119,14 @@ def encode_store(vae_ckpt: str, data: str, out: str, batch_size: int = 8, overwr
     latents = LatentStore.create(
         out, grid=store.grid, dims=vae.dims, rollout_size=rollout.size, rollout_patch=rollout.patch,
         conditions=conditions, clip_index=index, splits=table.column("split").to_pylist(), prev_index=prev,
-        source=str(data), vae_checkpoint=os.path.abspath(vae_ckpt), vae_checkpoint_id=checkpoint_id(vae_ckpt),
+        source=str(data), vae_checkpoint=storage.resolve(vae_ckpt), vae_checkpoint_id=checkpoint_id(vae_ckpt),
         overwrite=overwrite)
 
     ray = init_ray(ray_address)
     size, resources = _pool(ray, workers)
     device = "cuda" if "num_gpus" in resources else "cpu"
     ds = read_scenes(data, None, ("occupancy",), reserve_for_downstream=True).map_batches(
-        EncodeActor, fn_constructor_kwargs={"vae_path": os.path.abspath(vae_ckpt), "out": out, "clip_index": index,
+        EncodeActor, fn_constructor_kwargs={"vae_path": storage.resolve(vae_ckpt), "out": out, "clip_index": index,
                                             "device": device},
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size), **resources)
     c = vae.dims.channels

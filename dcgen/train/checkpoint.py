@@ -40,9 +40,18 @@ def versions() -> dict[str, str]:
 
 def save(path: str | os.PathLike, *, kind: str, config: dict, state: dict[str, Any], step: int,
          metrics: dict | None = None, extra: dict | None = None) -> Path:
-    """Write a checkpoint directory atomically (a temp dir renamed into place)."""
+    """Write a checkpoint directory atomically (a temp dir renamed into place); on a URI, written locally and then
+    copied over the previous one. Returns the local path, or the URI as given."""
     import torch
 
+    from dcgen import storage
+
+    if storage.is_uri(path):
+        with tempfile.TemporaryDirectory(prefix="dcgen-ckpt-") as tmp_dir:
+            local = save(Path(tmp_dir) / "checkpoint", kind=kind, config=config, state=state, step=step,
+                         metrics=metrics, extra=extra)
+            storage.upload_dir(local, str(path))
+        return path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
@@ -69,9 +78,21 @@ def save(path: str | os.PathLike, *, kind: str, config: dict, state: dict[str, A
     return path
 
 
+def _local(path) -> Path:
+    """The checkpoint's local directory (a URI's is a cached download)."""
+    from dcgen import storage
+
+    if not storage.is_uri(path):
+        return Path(path)
+    try:
+        return storage.local_dir(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a dcgen checkpoint ({e})") from e
+
+
 def read_meta(path: str | os.PathLike, kind: str | None = None) -> dict:
-    """The metadata of a checkpoint; a clear error for a missing, corrupt or wrong-kind checkpoint."""
-    path = Path(path)
+    """The metadata of a checkpoint (local or a URI); a clear error for a missing, corrupt or wrong-kind one."""
+    path = _local(path)
     meta_path = path / META_FILE
     if not meta_path.is_file():
         raise ValueError(f"{path}: not a dcgen checkpoint (no {META_FILE})")
@@ -91,7 +112,7 @@ def load(path: str | os.PathLike, kind: str | None = None, map_location="cpu") -
     import torch
 
     meta = read_meta(path, kind)
-    state_path = Path(path) / STATE_FILE
+    state_path = _local(path) / STATE_FILE
     try:
         state = torch.load(state_path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError/UnpicklingError/EOFError for damaged files
@@ -105,7 +126,7 @@ def checkpoint_id(path: str | os.PathLike) -> str:
 
     meta = read_meta(path)
     h = hashlib.sha256()
-    with open(Path(path) / STATE_FILE, "rb") as f:
+    with open(_local(path) / STATE_FILE, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return f"{meta['kind']}-{meta['step']}-{h.hexdigest()[:12]}"

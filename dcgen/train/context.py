@@ -111,14 +111,26 @@ class LocalContext:
 
 
 class MetricsLog:
-    """Appends metric rows to ``metrics.jsonl`` and TensorBoard under a run directory (rank 0 only)."""
+    """Appends metric rows to ``metrics.jsonl`` and TensorBoard under a run directory (rank 0 only). On a URI the
+    files are kept in a local staging directory and copied whole to the run directory after every row."""
 
     def __init__(self, run_dir: str | Path | None, enabled: bool = True):
-        self.enabled = enabled and run_dir is not None and "://" not in str(run_dir)
+        from dcgen import storage
+
+        self.enabled = enabled and run_dir is not None
         self._tb = None
+        self.remote = str(run_dir) if self.enabled and storage.is_uri(run_dir) else None
         if self.enabled:
-            self.dir = Path(run_dir)
-            self.dir.mkdir(parents=True, exist_ok=True)
+            if self.remote is None:
+                self.dir = Path(run_dir)
+                self.dir.mkdir(parents=True, exist_ok=True)
+            else:
+                import tempfile
+
+                self.dir = Path(tempfile.mkdtemp(prefix="dcgen-metrics-"))
+                remote_rows = storage.join(self.remote, "metrics.jsonl")
+                if storage.exists(remote_rows):  # a resumed run keeps the rows written before
+                    (self.dir / "metrics.jsonl").write_text(storage.read_text(remote_rows))
 
     def log(self, row: dict) -> None:
         if not self.enabled:
@@ -138,3 +150,9 @@ class MetricsLog:
                 if isinstance(v, (int, float)) and k != "step":
                     self._tb.add_scalar(k, v, step)
             self._tb.flush()
+        if self.remote is not None:
+            from dcgen import storage
+
+            storage.write_text(storage.join(self.remote, "metrics.jsonl"), (self.dir / "metrics.jsonl").read_text())
+            if (self.dir / "tensorboard").is_dir():
+                storage.upload_dir(self.dir / "tensorboard", storage.join(self.remote, "tensorboard"))

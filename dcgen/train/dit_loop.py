@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dcgen import storage
 from dcgen.train import checkpoint
 from dcgen.train.context import MetricsLog, TrainContext, unwrap
 
@@ -210,10 +211,10 @@ def train_dit(ctx: TrainContext, run: dict) -> dict:
                          "rng": torch.get_rng_state()}
                 checkpoint.save(ckpt_dir, kind=KIND, config=model_cfg.to_dict(), state=state, step=step,
                                 metrics=row, extra=_meta_extra(cfg, epoch, best))
-                if cfg.out_dir and "://" not in cfg.out_dir:
-                    export(ckpt_dir, Path(cfg.out_dir) / "last")
+                if cfg.out_dir:  # a local path or a URI (checkpoint.save uploads)
+                    export(ckpt_dir, storage.join(cfg.out_dir, "last"))
                     if is_best:
-                        export(ckpt_dir, Path(cfg.out_dir) / "best")
+                        export(ckpt_dir, storage.join(cfg.out_dir, "best"))
             ctx.report(row, ckpt_dir if ctx.rank == 0 else None)
         result = row
         if cfg.max_minutes is not None:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from dcgen.metrics.feature_nets import KIND, FeatureNets, FeatureNetsConfig, model_state
+from dcgen import storage
 from dcgen.train import checkpoint
 from dcgen.train.context import MetricsLog, TrainContext, unwrap
 
@@ -280,10 +281,10 @@ def train_features(ctx: TrainContext, run: dict) -> dict:
                          "trained_on": cfg.extra.get("trained_on", {}), "train": asdict(cfg)}
                 checkpoint.save(ckpt_dir, kind=KIND, config=net.config.to_dict(), state=state, step=step,
                                 metrics=row, extra=extra)
-                if cfg.out_dir and "://" not in cfg.out_dir:
-                    export(ckpt_dir, Path(cfg.out_dir) / "last")
+                if cfg.out_dir:  # a local path or a URI (checkpoint.save uploads)
+                    export(ckpt_dir, storage.join(cfg.out_dir, "last"))
                     if is_best:
-                        export(ckpt_dir, Path(cfg.out_dir) / "best")
+                        export(ckpt_dir, storage.join(cfg.out_dir, "best"))
             ctx.report(row, ckpt_dir if ctx.rank == 0 else None)
         result = row
         if stopped:

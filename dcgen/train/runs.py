@@ -9,10 +9,10 @@ weights only) and ``OUT/ray/<name>/`` (Ray Train's resumable checkpoints with op
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dcgen import storage
 from dcgen.data.store import SceneStore
 from dcgen.presets import GRIDS
 from dcgen.presets import grid as preset_grid
@@ -42,7 +42,7 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     ray_dir = out / "ray"
     has_run = ray_dir.is_dir() and any(ray_dir.iterdir())
     if has_run and overwrite:
-        shutil.rmtree(out)
+        storage.remove_dir(str(out))
     elif has_run and not resume:
         raise ValueError(f"{out}: a training run is already there; pass --resume to continue it or --overwrite "
                          "to start over")
@@ -104,7 +104,7 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
     from dcgen.train.vae_loop import VAETrainConfig, steps_per_epoch
     from dcgen.train.vae_losses import class_weights
 
-    out = Path(out).resolve()
+    out = storage.run_path(out)  # a local Path or a URI (s3://, gs://, file://)
     if scaling.max_failures < -1:
         raise ValueError(f"--max-failures must be >= 0 (or -1 for unlimited), got {scaling.max_failures}")
     if report_every < 1:
@@ -244,7 +244,7 @@ def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditio
     from dcgen.train.dit_loop import DiTTrainConfig
     from dcgen.train.vae_loop import steps_per_epoch
 
-    out = Path(out).resolve()
+    out = storage.run_path(out)  # a local Path or a URI (s3://, gs://, file://)
     store = LatentStore.open(latents)
     if vae is not None:
         checkpoint.read_meta(vae, kind="vae")
@@ -353,7 +353,7 @@ def features_run_config(data: str, out: str | Path, *, preset: str | None = None
     return FeaturesTrainConfig(
         nets=nets_cfg.to_dict(), steps_per_epoch=steps_per_epoch(n_train, batch_size, workers),
         epochs=epochs, batch_size=batch_size, lr=lr, aux_weight=aux_weight, report_every=report_every, seed=seed,
-        out_dir=str(Path(out).resolve()), max_minutes=max_minutes, inception_weights=inception_weights,
+        out_dir=str(storage.run_path(out)), max_minutes=max_minutes, inception_weights=inception_weights,
         inception_sha256=inception_sha, extra={"trained_on": trained_on, "preset": preset or _preset_of(g)})
 
 
@@ -368,7 +368,7 @@ def train_features(data: str, out: str | Path, *, preset: str | None = None, sca
     from dcgen.runtime import init_ray
     from dcgen.train import ray_trainer
 
-    out = Path(out).resolve()
+    out = storage.run_path(out)  # a local Path or a URI (s3://, gs://, file://)
     run = features_run_config(data, out, preset=preset, workers=scaling.workers, epochs=epochs,
                               batch_size=batch_size, image_net=image_net, inception_weights=inception_weights,
                               render_size=render_size, lr=lr, aux_weight=aux_weight, max_minutes=max_minutes,
@@ -449,7 +449,7 @@ def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, 
     from dcgen.generate.encode import encode_store
     from dcgen.train import checkpoint
 
-    out = Path(out).resolve()
+    out = storage.run_path(out)  # a local Path or a URI (s3://, gs://, file://)
     store = SceneStore.open(data)
     check_store_matches(store, preset)
     out.mkdir(parents=True, exist_ok=True)

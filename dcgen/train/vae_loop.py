@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from dcgen import storage
 from dcgen.train import checkpoint
 from dcgen.train.context import MetricsLog, TrainContext, unwrap
 
@@ -216,10 +217,10 @@ def train_vae(ctx: TrainContext, run: dict) -> dict:
                               "train": asdict(cfg)}
                 checkpoint.save(ckpt_dir, kind=KIND, config=net.config.to_dict(), state=state, step=step,
                                 metrics=row, extra=meta_extra)
-                if cfg.out_dir and "://" not in cfg.out_dir:
-                    _export(ckpt_dir, Path(cfg.out_dir) / "last")
+                if cfg.out_dir:  # a local path or a URI (checkpoint.save uploads)
+                    _export(ckpt_dir, storage.join(cfg.out_dir, "last"))
                     if is_best:
-                        _export(ckpt_dir, Path(cfg.out_dir) / "best")
+                        _export(ckpt_dir, storage.join(cfg.out_dir, "best"))
             ctx.report(row, ckpt_dir if ctx.rank == 0 else None)
         result = row
         if stopped:

@@ -160,3 +160,25 @@ def test_train_cli_errors_and_skipped_stages(tmp_path, debug_city, debug_vae, de
     assert "pipeline done" in result.output
     result = runner.invoke(app, ["train", "--data", debug_city, "--preset", "small", "--out", str(out)])
     assert result.exit_code == 2 and "does not match the model preset 'small'" in result.output
+
+
+def test_a_run_directory_on_a_uri_trains_resumes_and_serves_its_checkpoints(tmp_path, ray_local, debug_latents,
+                                                                           debug_vae):
+    from dcgen.generate.conditions import SceneRequest
+    from dcgen.generate.pipeline import GenerationPipeline
+
+    uri = f"file://{tmp_path}/runs/dit"  # object storage through pyarrow, as s3:// and gs:// are
+    first = train_dit(debug_latents, uri, vae=debug_vae, conditions="command", preset="debug", epochs=1,
+                      batch_size=8)
+    assert first["best"] == f"{uri}/best" and first["metrics"]["epoch"] == 0
+    local = tmp_path / "runs" / "dit"
+    assert {"run.json", "metrics.jsonl", "best", "last", "ray"} <= {p.name for p in local.iterdir()}
+    with pytest.raises(ValueError, match="pass --resume"):
+        train_dit(debug_latents, uri, vae=debug_vae, conditions="command", preset="debug", epochs=2, batch_size=8)
+    again = train_dit(debug_latents, uri, vae=debug_vae, conditions="command", preset="debug", epochs=2,
+                      batch_size=8, resume=True)
+    assert again["metrics"]["epoch"] == 1
+    rows = [json.loads(line) for line in (local / "metrics.jsonl").read_text().splitlines()]
+    assert sorted({r["epoch"] for r in rows if "val_loss" in r}) == [0, 1], "the resumed run keeps earlier rows"
+    pipe = GenerationPipeline.from_checkpoints(debug_vae, f"{uri}/best", device="cpu")
+    assert pipe.generate([SceneRequest(command=1)], [0], steps=2).shape == (1, *pipe.grid.shape)
