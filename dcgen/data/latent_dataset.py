@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import numpy as np
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 

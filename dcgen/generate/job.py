@@ -404,7 +404,7 @@ def checkpoint_facts(vae: str, dit: str) -> dict:
     alone (no weights loaded), with the pairing checked."""
     from dcgen.train import checkpoint
 
-    vae_meta = checkpoint.read_meta(vae, kind="vae")
+    checkpoint.read_meta(vae, kind="vae")  # a missing, corrupt or non-VAE checkpoint fails here
     dit_meta = checkpoint.read_meta(dit, kind="dit")
     vae_id, dit_id = checkpoint.checkpoint_id(vae), checkpoint.checkpoint_id(dit)
     want = dit_meta.get("vae_checkpoint_id")

@@ -8,7 +8,7 @@ import pytest
 from dcgen.data.ray_dataset import task_ranges
 from dcgen.data.store import SceneStore
 from dcgen.data.torch_dataset import SceneDataset, flip_y
-from test_store import G, make_batch, rows
+from test_store import G, make_batch
 
 
 @pytest.fixture(scope="module")

@@ -133,7 +133,7 @@ def test_bad_batches_are_refused_and_nothing_is_written(tmp_path, mutate, messag
 def test_open_rejects_other_schema_version(tmp_path):
     import zarr
 
-    store = SceneStore.create(tmp_path / "a.zarr", G, source="test")
+    SceneStore.create(tmp_path / "a.zarr", G, source="test")
     group = zarr.open_group(str(tmp_path / "a.zarr"), mode="r+")
     meta = dict(group.attrs["dcgen"])
     meta["schema_version"] = 99

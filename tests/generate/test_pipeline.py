@@ -5,7 +5,6 @@ command turns left more often than a "right" one, and chained clips continue one
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import replace
 
 import numpy as np

@@ -309,8 +309,6 @@ def test_fid_kid_gates_record_their_numbers(ray_local, ckpts, debug_city, tmp_pa
 
     # another feature network than the reference's: refused before generation
     other = _feature_checkpoint(tmp_path / "features2")
-    import torch
-
     from dcgen.train import checkpoint
 
     meta, state = checkpoint.load(other)

@@ -46,7 +46,7 @@ def test_stacked_plane_conv_equals_six_separate_blocks():
     planes = random_planes(DIMS)
     out = block(planes)
     for i, name in enumerate(PLANE_NAMES):
-        cin, cout = slice(4 * i, 4 * i + 4), slice(3 * i, 3 * i + 3)
+        cout = slice(3 * i, 3 * i + 3)
         h = F.conv2d(planes[name], block.conv1.weight[cout], block.conv1.bias[cout], padding=1)
         h = F.instance_norm(h, weight=block.norm_weight[cout], bias=block.norm_bias[cout], eps=1e-6)
         h = F.silu(h)
