@@ -79,15 +79,15 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
             logging.getLogger(name).setLevel(logging.WARNING)
     if ray.is_initialized():
         return ray
+    level = {"logging_level": "WARNING"} if quiet else {}
     if address is None:
         from ray._private import ray_constants
 
         ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in ("0", "false")
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver,
-                 runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_RAY_ENV}},
-                 **({"logging_level": "WARNING"} if quiet else {}))
+                 runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_RAY_ENV}}, **level)
     else:
-        ray.init(address=address, log_to_driver=log_to_driver, **({"logging_level": "WARNING"} if quiet else {}))
+        ray.init(address=address, log_to_driver=log_to_driver, **level)
     if quiet:
         from ray.data import DataContext
 

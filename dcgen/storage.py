@@ -33,32 +33,23 @@ def resolve(path) -> str:
     return str(path) if is_uri(path) else str(Path(path).resolve())
 
 
-def _fs(path: str):
-    from pyarrow.fs import FileSystem
+def fs_path(path) -> tuple:
+    """(pyarrow filesystem, path inside it) for a local path or a URI such as s3://bucket/x.zarr."""
+    from pyarrow.fs import FileSystem, LocalFileSystem
 
-    return FileSystem.from_uri(str(path))
+    if is_uri(path):
+        return FileSystem.from_uri(str(path))
+    return LocalFileSystem(), os.path.abspath(path)
+
+
+_fs = fs_path
 
 
 def exists(path) -> bool:
-    if not is_uri(path):
-        return Path(path).exists()
     from pyarrow.fs import FileType
 
-    fs, p = _fs(path)
+    fs, p = fs_path(path)
     return fs.get_file_info(p).type != FileType.NotFound
-
-
-def has_entries(path) -> bool:
-    """True when ``path`` is a directory with something in it."""
-    if not is_uri(path):
-        p = Path(path)
-        return p.is_dir() and any(p.iterdir())
-    from pyarrow.fs import FileSelector, FileType
-
-    fs, p = _fs(path)
-    if fs.get_file_info(p).type != FileType.Directory:
-        return False
-    return bool(fs.get_file_info(FileSelector(p, recursive=False)))
 
 
 def read_text(path) -> str:
@@ -148,8 +139,6 @@ class UriPath:
 
     def __str__(self) -> str:
         return self.uri
-
-    __fspath__ = __str__
 
     def __repr__(self) -> str:
         return f"UriPath({self.uri!r})"

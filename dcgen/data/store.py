@@ -29,6 +29,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from dcgen import storage
 from dcgen.data.classes import CLASSES
 from dcgen.presets import Grid
 
@@ -444,19 +445,6 @@ def _jsonable(x):
     return x
 
 
-def _fs(path: str):
-    """(pyarrow filesystem, path inside it) for a local path or a URI such as s3://bucket/x.zarr."""
-    from pyarrow.fs import FileSystem, LocalFileSystem
-
-    if "://" in path:
-        return FileSystem.from_uri(path)
-    import os
-
-    return LocalFileSystem(), os.path.abspath(path)
-
-
-def _exists(path: str) -> bool:
-    from pyarrow.fs import FileType
-
-    fs, root = _fs(path)
-    return fs.get_file_info(root).type != FileType.NotFound
+# the stores' names for the shared filesystem helpers (local paths and URIs alike)
+_fs = storage.fs_path
+_exists = storage.exists

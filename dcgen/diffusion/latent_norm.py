@@ -40,10 +40,6 @@ class LatentNorm:
                                     or any(a >= b for a, b in zip(self.lo, self.hi))):
             raise ValueError(f"latent range needs C values with lo < hi, got lo={self.lo} hi={self.hi}")
 
-    @property
-    def channels(self) -> int:
-        return len(self.mean)
-
     @classmethod
     def from_statistics(cls, mean_C, std_C, min_C=None, max_C=None, margin: float = DEFAULT_MARGIN) -> "LatentNorm":
         """From raw per-channel statistics; ``min_C``/``max_C`` (raw) give the x̂₀ range, widened by ``margin``."""

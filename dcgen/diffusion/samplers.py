@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from dcgen.diffusion.schedule import NoiseSchedule
+from dcgen.diffusion.schedule import NoiseSchedule, clamp_x0
 
 if TYPE_CHECKING:
     from dcgen.diffusion.inpaint import Inpainting
@@ -84,7 +84,7 @@ def ddim_sample(model_fn: ModelFn, schedule: NoiseSchedule, shape: tuple[int, ..
         eps = model_fn(x, sched.model_timesteps(t_B))[:, :c].float()
         x0 = sched.predict_x0(x, t_B, eps)
         if x0_range is not None:
-            x0 = torch.maximum(torch.minimum(x0, x0_range[1]), x0_range[0])
+            x0 = clamp_x0(x0, x0_range)
             eps = sched.predict_eps(x, t_B, x0)
         # Step coefficients are the same for the whole batch: take them as float64 scalars.
         ac, ac_prev = float(sched.alphas_cumprod[i]), float(sched.alphas_cumprod_prev[i])

@@ -128,8 +128,11 @@ class NoiseSchedule:
             log_var = self.coef("posterior_log_variance_clipped", t_B, x_t.ndim).expand_as(x_t)
         else:
             raise ValueError(f"model output has {model_out.shape[1]} channels; expected {c} (ε) or {2 * c} (ε, v)")
-        x0 = self.predict_x0(x_t, t_B, eps)
-        if x0_range is not None:
-            x0 = torch.maximum(torch.minimum(x0, x0_range[1]), x0_range[0])
+        x0 = clamp_x0(self.predict_x0(x_t, t_B, eps), x0_range)
         mean, _, _ = self.posterior(x0, x_t, t_B)
         return mean, log_var, x0
+
+
+def clamp_x0(x0: torch.Tensor, x0_range: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """x̂_0 clamped to ``(lo, hi)`` (broadcastable bounds), or as it is without a range."""
+    return x0 if x0_range is None else x0.clamp(x0_range[0], x0_range[1])

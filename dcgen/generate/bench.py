@@ -180,21 +180,18 @@ def bench_dit(preset: str = "debug", *, scenes: int = 4, ddpm_steps: int = 1000,
         raise ValueError("the sampler quality check needs --quality-data, --features and trained --vae/--dit")
     dev = pick_device(device)
     pipe = _pipeline(preset, vae, dit, dev, micro_batch or scenes)
+    # name -> (sampler, steps); the full DDPM first: every other one is compared with it
+    samplers = {f"ddpm_{ddpm_steps}": ("ddpm", ddpm_steps), **{f"ddim_{s}": ("ddim", s) for s in ddim_steps},
+                **{f"ddpm_{s}": ("ddpm", s) for s in respaced_ddpm_steps if s != ddpm_steps}}
     time_sampling(pipe, scenes, "ddim", 2, guidance)  # warm-up: allocations, kernel selection
-    sampling = {f"ddpm_{ddpm_steps}": time_sampling(pipe, scenes, "ddpm", ddpm_steps, guidance)}
-    for steps in ddim_steps:
-        sampling[f"ddim_{steps}"] = time_sampling(pipe, scenes, "ddim", steps, guidance)
-    for steps in respaced_ddpm_steps:
-        if steps != ddpm_steps:
-            sampling[f"ddpm_{steps}"] = time_sampling(pipe, scenes, "ddpm", steps, guidance)
+    sampling = {name: time_sampling(pipe, scenes, sampler, steps, guidance)
+                for name, (sampler, steps) in samplers.items()}
     ratios = {f"ddpm_{ddpm_steps}_over_{k}": sampling[f"ddpm_{ddpm_steps}"] / v
               for k, v in sampling.items() if k != f"ddpm_{ddpm_steps}"}
     batch = train_batch or DIT_DEFAULTS.get(preset, (0, 16, 0))[1]
     params = parameter_counts()
     quality = None
     if quality_data is not None:
-        samplers = {f"ddpm_{ddpm_steps}": ("ddpm", ddpm_steps), **{f"ddim_{s}": ("ddim", s) for s in ddim_steps},
-                    **{f"ddpm_{s}": ("ddpm", s) for s in respaced_ddpm_steps if s != ddpm_steps}}
         qpipe = _pipeline(preset, vae, dit, dev, micro_batch or 8)
         quality = sampler_quality(qpipe, quality_data, features, quality_scenes, samplers, guidance, log=log)
     return {

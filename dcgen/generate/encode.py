@@ -29,7 +29,7 @@ def check_vae_matches_store(vae_config, grid, vae_path: str, data: str) -> None:
 
 class EncodeActor:
     """One VAE on this actor's device; ``__call__`` encodes a batch of clips, writes their latents and returns
-    per-row channel sums over the valid rollout pixels."""
+    per-row channel sums, sums of squares, minima and maxima over the valid rollout pixels."""
 
     def __init__(self, vae_path: str, out: str, clip_index: np.ndarray, device: str):
         import torch
@@ -43,7 +43,7 @@ class EncodeActor:
         self.store = LatentStore.open(out, "a", require_complete=False)
         self.rollout = RolloutLayout(self.vae.dims, self.store.patch)
         self.clip_index = np.asarray(clip_index, dtype=np.int64)
-        self.valid_SS = self.rollout.valid_mask(self.device).float()
+        self.valid_SS = self.rollout.valid_mask(self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -56,13 +56,10 @@ class EncodeActor:
             mu, _ = self.vae.encode(occ_BTXYZ)
             rollout_BCSS = self.rollout.pack({k: v.float() for k, v in mu.items()})
         self.store.write_latents(rows, rollout_BCSS.cpu().numpy())
-        sum_BC = (rollout_BCSS * self.valid_SS).sum(dim=(2, 3))
-        sumsq_BC = (rollout_BCSS.square() * self.valid_SS).sum(dim=(2, 3))
-        valid = self.valid_SS.bool()
-        on_valid_BCP = rollout_BCSS[:, :, valid]
-        return {"row": rows, "sum": sum_BC.double().cpu().numpy(), "sumsq": sumsq_BC.double().cpu().numpy(),
-                "min": on_valid_BCP.amin(dim=2).double().cpu().numpy(),
-                "max": on_valid_BCP.amax(dim=2).double().cpu().numpy()}
+        on_valid_BCP = rollout_BCSS[:, :, self.valid_SS].double()  # the six planes' pixels only
+        stats = {"sum": on_valid_BCP.sum(dim=2), "sumsq": on_valid_BCP.square().sum(dim=2),
+                 "min": on_valid_BCP.amin(dim=2), "max": on_valid_BCP.amax(dim=2)}
+        return {"row": rows, **{k: v.cpu().numpy() for k, v in stats.items()}}
 
 
 def _pool(ray, workers: int | None) -> tuple[int, dict]:

@@ -38,7 +38,10 @@ def clip_arrays(occ_TXYZ: np.ndarray, grid: Grid, request: SceneRequest | None,
         command = request.command
     else:
         command = command_from_trajectory(traj_T3) if origin != "none" else 0
-    poses = np.stack([pose_from_xyyaw(float(x), float(y), float(yaw)) for x, y, yaw in traj_T3])
+    if origin == "none":  # unknown motion: identity poses
+        poses = np.repeat(np.eye(4)[None], grid.num_frames, axis=0)
+    else:
+        poses = np.stack([pose_from_xyyaw(float(x), float(y), float(yaw)) for x, y, yaw in traj_T3])
     return {
         "occupancy": occ_TXYZ.astype(np.uint8),
         "trajectory": traj_T3,

@@ -12,7 +12,6 @@ import json
 
 import numpy as np
 
-from dcgen.data.derive import bev_semantics, vehicle_layout
 from dcgen.data.store import ArraySpec, SceneStore
 from dcgen.generate.conditions import SceneRequest
 from dcgen.generate.job import Scenario, SynthJob, inpaint_mask
@@ -149,18 +148,10 @@ def scene_arrays(occ_TXYZ: np.ndarray, grid: Grid, req: SceneRequest, estimate: 
     command is the requested one, else derived from a known trajectory, else 0 with origin "none"."""
     from dcgen.generate.sample_store import clip_arrays
 
-    if req.trajectory is not None or estimate:
-        arrays, origin = clip_arrays(occ_TXYZ, grid, req)
-        return arrays, origin, "requested" if req.command is not None else "derived"
-    t = grid.num_frames
-    return {
-        "occupancy": occ_TXYZ.astype(np.uint8),
-        "trajectory": np.zeros((t, 3), np.float32),
-        "ego_pose": np.repeat(np.eye(4, dtype=np.float32)[None], t, axis=0),
-        "command": np.uint8(req.command if req.command is not None else 0),
-        "layout": vehicle_layout(occ_TXYZ, grid.layout_downsample),
-        "bev": bev_semantics(occ_TXYZ[0]),
-    }, "none", "requested" if req.command is not None else "none"
+    arrays, origin = clip_arrays(occ_TXYZ, grid, req, estimate)
+    if req.command is not None:
+        return arrays, origin, "requested"
+    return arrays, origin, "derived" if origin != "none" else "none"
 
 
 def block_arrays(occ_BTXYZ: np.ndarray, reqs: list[SceneRequest], cond: dict[str, np.ndarray], grid: Grid,

@@ -92,7 +92,10 @@ def _local(path) -> Path:
 
 def read_meta(path: str | os.PathLike, kind: str | None = None) -> dict:
     """The metadata of a checkpoint (local or a URI); a clear error for a missing, corrupt or wrong-kind one."""
-    path = _local(path)
+    return _read_meta(_local(path), kind)
+
+
+def _read_meta(path: Path, kind: str | None) -> dict:
     meta_path = path / META_FILE
     if not meta_path.is_file():
         raise ValueError(f"{path}: not a dcgen checkpoint (no {META_FILE})")
@@ -111,8 +114,9 @@ def load(path: str | os.PathLike, kind: str | None = None, map_location="cpu") -
     """``(meta, state)`` of a checkpoint, loaded with ``weights_only=True``."""
     import torch
 
-    meta = read_meta(path, kind)
-    state_path = _local(path) / STATE_FILE
+    local = _local(path)
+    meta = _read_meta(local, kind)
+    state_path = local / STATE_FILE
     try:
         state = torch.load(state_path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError/UnpicklingError/EOFError for damaged files
@@ -124,9 +128,10 @@ def checkpoint_id(path: str | os.PathLike) -> str:
     """A short stable id of a checkpoint: kind, step and the first bytes of the weights' hash."""
     import hashlib
 
-    meta = read_meta(path)
+    local = _local(path)
+    meta = _read_meta(local, None)
     h = hashlib.sha256()
-    with open(_local(path) / STATE_FILE, "rb") as f:
+    with open(local / STATE_FILE, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return f"{meta['kind']}-{meta['step']}-{h.hexdigest()[:12]}"

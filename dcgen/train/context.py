@@ -112,7 +112,8 @@ class LocalContext:
 
 class MetricsLog:
     """Appends metric rows to ``metrics.jsonl`` and TensorBoard under a run directory (rank 0 only). On a URI the
-    files are kept in a local staging directory and copied whole to the run directory after every row."""
+    files are kept in a local staging directory and copied whole to the run directory after every epoch's row
+    (the one with validation numbers), not after every step's."""
 
     def __init__(self, run_dir: str | Path | None, enabled: bool = True):
         from dcgen import storage
@@ -150,7 +151,7 @@ class MetricsLog:
                 if isinstance(v, (int, float)) and k != "step":
                     self._tb.add_scalar(k, v, step)
             self._tb.flush()
-        if self.remote is not None:
+        if self.remote is not None and any(k.startswith("val_") for k in row):
             from dcgen import storage
 
             storage.write_text(storage.join(self.remote, "metrics.jsonl"), (self.dir / "metrics.jsonl").read_text())

@@ -130,11 +130,11 @@ def evaluate(models: dict, ctx: TrainContext, schedule, conditions, valid_SS, ba
     # every model sees the same t and noise: each batch replays the generator from the same state
     gen = _generator(seed, VAL_SEED_OFFSET, ctx.rank)
     for batch in ctx.batches("val", batch_size, epoch=0, shuffle=False):
+        batch = to_dit_space(batch, norm, valid_SS)  # once for every model
         start = gen.get_state()
         for i, model in enumerate(models.values()):
             gen.set_state(start)
-            sums[i] += diffusion_loss(model, schedule, batch, conditions, valid_SS, gen, 0.0, amp,
-                                      norm).double().sum()
+            sums[i] += diffusion_loss(model, schedule, batch, conditions, valid_SS, gen, 0.0, amp).double().sum()
         sums[-1] += batch["latent"].shape[0]
     for model in models.values():
         model.train()

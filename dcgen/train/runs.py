@@ -39,8 +39,7 @@ def check_store_matches(store: SceneStore, preset: str, what: str = "model") -> 
 
 
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    ray_dir = out / "ray"
-    has_run = ray_dir.is_dir() and any(ray_dir.iterdir())
+    has_run = _has_ray_run(out)
     if has_run and overwrite:
         storage.remove_dir(str(out))
     elif has_run and not resume:
@@ -51,20 +50,33 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def check_same_model(out: Path, model_cfg: dict, preset: str) -> None:
-    """``--resume`` continues the network the run was started with: same preset grid and options."""
+def saved_run(out: Path) -> dict | None:
+    """The ``run`` section of ``OUT/run.json``, or None when there is none (a run interrupted before it wrote
+    run.json has no checkpoint either; the loops check their own)."""
     run_file = out / "run.json"
     if not run_file.is_file():
-        return  # a run interrupted before it wrote run.json has no checkpoint either; the loop checks its own
+        return None
     try:
-        saved = json.loads(run_file.read_text())["run"]
+        return json.loads(run_file.read_text())["run"]
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"{run_file}: unreadable run description ({e}); pass --overwrite to start over") from e
-    model_cfg = json.loads(json.dumps(model_cfg))  # as run.json holds it: tuples become lists
-    if saved.get("model") != model_cfg:
+
+
+def changed_keys(saved: dict | None, current: dict) -> list[str]:
+    """Keys whose values differ between a config saved in run.json and ``current``, compared as run.json holds
+    them (tuples become lists)."""
+    saved, current = saved or {}, json.loads(json.dumps(current))
+    return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+
+
+def check_same_model(out: Path, model_cfg: dict, preset: str) -> None:
+    """``--resume`` continues the network the run was started with: same preset grid and options."""
+    saved = saved_run(out)
+    if saved is None:
+        return
+    keys = changed_keys(saved.get("model"), model_cfg)
+    if keys:
         old = saved.get("extra", {}).get("preset", "?")
-        keys = sorted(k for k in set(saved.get("model") or {}) | set(model_cfg)
-                      if (saved.get("model") or {}).get(k) != model_cfg.get(k))
         raise ValueError(f"{out}: the run was started with preset {old!r} and a different VAE ({', '.join(keys)} "
                          f"differ) than --preset {preset!r} with these options; resume with the original ones")
 
@@ -212,17 +224,11 @@ def dit_config_for(preset: str, latents, conditions: tuple[str, ...]):
 
 def check_same_dit(out: Path, run) -> None:
     """``--resume`` continues the network the run was started with: same DiT (conditions included) and VAE."""
-    run_file = out / "run.json"
-    if not run_file.is_file():
+    saved = saved_run(out)
+    if saved is None:
         return
-    try:
-        saved = json.loads(run_file.read_text())["run"]
-    except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"{run_file}: unreadable run description ({e}); pass --overwrite to start over") from e
-    model = json.loads(json.dumps(run.model))  # as run.json holds it: tuples become lists
-    if saved.get("model") != model:
-        keys = sorted(k for k in set(saved.get("model") or {}) | set(model)
-                      if (saved.get("model") or {}).get(k) != model.get(k))
+    keys = changed_keys(saved.get("model"), run.model)
+    if keys:
         raise ValueError(f"{out}: the run was started with a different DiT ({', '.join(keys)} differ: it has "
                          f"conditions {saved.get('model', {}).get('conditions')}); resume with the original options")
     if saved.get("vae_checkpoint_id") != run.vae_checkpoint_id:
@@ -397,15 +403,14 @@ def train_features(data: str, out: str | Path, *, preset: str | None = None, sca
 
 def check_same_features(out: Path, nets_cfg: dict) -> None:
     """``--resume`` continues the feature networks the run was started with."""
-    run_file = out / "run.json"
-    if not run_file.is_file():
+    saved = saved_run(out)
+    if saved is None:
         return
-    try:
-        saved = json.loads(run_file.read_text())["run"]["nets"]
-    except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"{run_file}: unreadable run description ({e}); pass --overwrite to start over") from e
-    if saved != nets_cfg:
-        keys = sorted(k for k in set(saved) | set(nets_cfg) if saved.get(k) != nets_cfg.get(k))
+    if "nets" not in saved:
+        raise ValueError(f"{out / 'run.json'}: unreadable run description (no 'nets'); pass --overwrite to start "
+                         "over")
+    keys = changed_keys(saved["nets"], nets_cfg)
+    if keys:
         raise ValueError(f"{out}: the run was started with other feature networks ({', '.join(keys)} differ); "
                          "resume with the original store and options, or pass --overwrite")
 
