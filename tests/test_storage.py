@@ -38,3 +38,23 @@ def test_checkpoint_saved_to_and_loaded_from_a_uri(tmp_path):
     assert checkpoint.read_meta(uri)["step"] == 8
     with pytest.raises(ValueError, match="not a dcgen checkpoint"):
         checkpoint.read_meta(f"file://{tmp_path}/missing")
+
+
+def test_latent_normalisation_refuses_bad_statistics(tmp_path):
+    from types import SimpleNamespace
+
+    from dcgen.diffusion.latent_norm import LatentNorm
+    from dcgen.train.runs import latent_norm_of
+
+    with pytest.raises(ValueError, match="C means and C positive stds"):
+        LatentNorm((0.0, 0.0), (1.0, 0.0))
+    with pytest.raises(ValueError, match="both lo and hi, or neither"):
+        LatentNorm((0.0,), (1.0,), lo=(-1.0,))
+    with pytest.raises(ValueError, match="lo < hi"):
+        LatentNorm((0.0,), (1.0,), lo=(1.0,), hi=(-1.0,))
+    unfinished = SimpleNamespace(path="lat.zarr", meta={"latent_mean": None, "latent_std": None})
+    with pytest.raises(ValueError, match="lat.zarr: the latent store has no latent statistics"):
+        latent_norm_of(unfinished)
+    norm = LatentNorm.from_statistics([1.0], [2.0], [-3.0], [5.0], margin=0.1)
+    assert norm.lo == pytest.approx((-2.0 - 0.4,)) and norm.hi == pytest.approx((2.0 + 0.4,))
+    assert LatentNorm.from_dict(norm.to_dict()) == norm

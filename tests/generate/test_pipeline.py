@@ -228,6 +228,9 @@ def test_bench_dit_compares_sampler_quality(tmp_path, debug_vae, debug_dit, debu
     result = CliRunner().invoke(app, [*args, "--quality-data", debug_city])
     assert result.exit_code == 2 and "needs --quality-data, --features" in result.output
     result = CliRunner().invoke(app, [*args, "--quality-data", debug_city, "--features", features,
+                                      "--quality-scenes", "7"])
+    assert result.exit_code == 2 and "6 clips in split 'val', need 7 (--quality-scenes)" in result.output
+    result = CliRunner().invoke(app, [*args, "--quality-data", debug_city, "--features", features,
                                       "--quality-scenes", "6"])
     assert result.exit_code == 0, result.output
     quality = json.loads(out.read_text())["quality"]
