@@ -259,6 +259,8 @@ def train_vae_cmd(
     max_failures: int = typer.Option(2, help="Worker failures survived, each restarting from the last "
                                      "checkpoint (-1: unlimited)."),
     report_every: int = typer.Option(20, help="Log training losses every N steps."),
+    cpu_bf16: bool = typer.Option(False, "--cpu-bf16", help="Train the VAE on CPU under bf16 autocast (~1.4× "
+                                  "faster where the CPU has native bf16, e.g. AVX512-BF16 or AMX; slower without)."),
     seed: int = typer.Option(0),
     cluster: Optional[Path] = CLUSTER_OPTION,
     address: Optional[str] = ADDRESS_OPTION,
@@ -272,7 +274,7 @@ def train_vae_cmd(
         scaling = replace(_scaling(workers, gpus_per_worker, address), max_failures=max_failures)
         summary = train_vae(data, preset, out, scaling=scaling, epochs=epochs, batch_size=batch_size, lr=lr,
                             beta=beta, projection=projection, decoder=decoder, resume=resume, overwrite=overwrite,
-                            max_minutes=max_minutes, report_every=report_every, seed=seed)
+                            max_minutes=max_minutes, report_every=report_every, seed=seed, cpu_bf16=cpu_bf16)
     except ValueError as e:
         fail(str(e))
     m = summary["metrics"]
@@ -384,6 +386,8 @@ def train_all_cmd(
     vae_epochs: Optional[int] = typer.Option(None, help="VAE epochs (default per preset)."),
     dit_epochs: Optional[int] = typer.Option(None, help="DiT epochs (default per preset)."),
     max_minutes: Optional[float] = typer.Option(None, help="Wall-time bound of each training stage."),
+    cpu_bf16: bool = typer.Option(False, "--cpu-bf16", help="Train the VAE on CPU under bf16 autocast (~1.4× "
+                                  "faster where the CPU has native bf16, e.g. AVX512-BF16 or AMX; slower without)."),
     seed: int = typer.Option(0),
     cluster: Optional[Path] = CLUSTER_OPTION,
     address: Optional[str] = ADDRESS_OPTION,
@@ -404,7 +408,8 @@ def train_all_cmd(
     try:
         summary = train_pipeline(data, preset, out or str(Path("runs") / preset), conditions=cond,
                                  scaling=_scaling(workers, gpus_per_worker, address), vae_epochs=vae_epochs,
-                                 dit_epochs=dit_epochs, max_minutes=max_minutes, seed=seed, log=typer.echo)
+                                 dit_epochs=dit_epochs, max_minutes=max_minutes, seed=seed, cpu_bf16=cpu_bf16,
+                                 log=typer.echo)
     except ValueError as e:
         fail(str(e))
     typer.echo(f"pipeline done in {summary['run_dir']}: VAE {summary['vae']}, latents {summary['latents']}, "

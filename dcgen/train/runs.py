@@ -17,8 +17,9 @@ from dcgen.data.store import SceneStore
 from dcgen.presets import GRIDS
 from dcgen.presets import grid as preset_grid
 
-# Per-preset defaults a user can override: (epochs, batch size).
-VAE_DEFAULTS = {"debug": (2, 4), "small": (12, 4), "carlasc": (100, 4), "occ3d": (100, 2)}
+# Per-preset defaults a user can override: (epochs, batch size). On CPU (small) steps are what a run lacks, so two
+# clips per step: twice the updates per minute of four.
+VAE_DEFAULTS = {"debug": (2, 4), "small": (12, 2), "carlasc": (100, 4), "occ3d": (100, 2)}
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,9 @@ def _cpus_per_worker(scaling: Scaling) -> float:
 def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Scaling(), epochs: int | None = None,
               batch_size: int | None = None, lr: float = 1e-3, beta: float = 0.0015, projection: str = "projection",
               decoder: str = "ess", resume: bool = False, overwrite: bool = False, max_minutes: float | None = None,
-              report_every: int = 20, seed: int = 0, fail_at_step: int | None = None) -> dict:
-    """Fit the HexPlane VAE on a scene store with Ray Train; returns the final metrics and checkpoint paths."""
+              report_every: int = 20, seed: int = 0, fail_at_step: int | None = None, cpu_bf16: bool = False) -> dict:
+    """Fit the HexPlane VAE on a scene store with Ray Train; returns the final metrics and checkpoint paths.
+    ``cpu_bf16`` trains CPU workers under bf16 autocast (CUDA workers always use it)."""
     from dcgen.data.ray_dataset import read_scenes
     from dcgen.models.vae import vae_preset
     from dcgen.runtime import init_ray
@@ -141,7 +143,7 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
         model=model_cfg.to_dict(), class_weights=[float(w) for w in class_weights(hist)],
         steps_per_epoch=steps_per_epoch(n_train, batch_size, scaling.workers), epochs=epochs,
         batch_size=batch_size, lr=lr, beta=beta, report_every=report_every, seed=seed, out_dir=str(out),
-        max_minutes=max_minutes, fail_at_step=fail_at_step,
+        max_minutes=max_minutes, fail_at_step=fail_at_step, cpu_bf16=cpu_bf16,
         extra={"data": str(data), "preset": preset, "train_clips": int(n_train), "val_clips": int(n_val)})
     (out / "run.json").write_text(json.dumps({"kind": "vae", "run": asdict(run), "scaling": asdict(scaling)},
                                              indent=2))
@@ -295,7 +297,8 @@ def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditio
 
 # ---- metric feature networks -------------------------------------------------------------------------------
 
-# Per-preset defaults a user can override: (epochs, batch size).
+# Per-preset defaults a user can override: (epochs, batch size). On CPU (small) steps are what a run lacks, so two
+# clips per step: twice the updates per minute of four.
 FEATURES_DEFAULTS = {"debug": (3, 8), "small": (6, 8), "carlasc": (20, 8), "occ3d": (20, 8)}
 
 
@@ -443,12 +446,12 @@ def _stage_summary(name: str, result: dict) -> str:
 
 def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, scaling: Scaling = Scaling(),
                    vae_epochs: int | None = None, dit_epochs: int | None = None, features_epochs: int | None = None,
-                   max_minutes: float | None = None, seed: int = 0, log=print) -> dict:
+                   max_minutes: float | None = None, seed: int = 0, cpu_bf16: bool = False, log=print) -> dict:
     """VAE -> encode -> DiT -> the metric feature networks, into ``out``.
 
     Each stage is skipped when its result is already there (``OUT/vae/best``, a complete ``OUT/latents.zarr``,
     ``OUT/dit/best``, ``OUT/features/best``) and resumed when its run was interrupted. ``max_minutes`` bounds each
-    training stage separately.
+    training stage separately; ``cpu_bf16`` trains the VAE on CPU under bf16 autocast.
     """
     from dcgen.data.latent_store import LatentStore
     from dcgen.generate.encode import encode_store
@@ -467,7 +470,7 @@ def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, 
     else:
         log(f"vae: training into {vae_dir}")
         stages["vae"] = train_vae(data, preset, vae_dir, scaling=scaling, epochs=vae_epochs, seed=seed,
-                                  resume=_has_ray_run(vae_dir), max_minutes=max_minutes)
+                                  resume=_has_ray_run(vae_dir), max_minutes=max_minutes, cpu_bf16=cpu_bf16)
         log(_stage_summary("vae", stages["vae"]))
     vae_best = vae_dir / "best"
     vae_id = checkpoint.checkpoint_id(vae_best)

@@ -116,3 +116,38 @@ def test_vae_loss_rejects_mismatched_inputs():
         vae_loss(logits, torch.zeros(1, 3, 4, dtype=torch.long), mu, mu, torch.ones(4))
     with pytest.raises(ValueError, match=r"class weights have shape \(3,\), expected \(4,\)"):
         vae_loss(logits, torch.zeros(1, 3, 5, dtype=torch.long), mu, mu, torch.ones(3))
+
+
+def _lovasz_sorted(probs_BKP: torch.Tensor, target_BP: torch.Tensor) -> torch.Tensor:
+    """The textbook Lovász-softmax (Berman et al., Alg. 1): sort every error, weights = steps of the Jaccard loss."""
+    k = probs_BKP.shape[1]
+    probs_KP, target_P = probs_BKP.movedim(1, 0).reshape(k, -1), target_BP.reshape(-1)
+    losses = []
+    for c in torch.unique(target_P).tolist():
+        fg_P = (target_P == c).float()
+        errors_P = (fg_P - probs_KP[c]).abs()
+        errors_sorted_P, order_P = errors_P.sort(descending=True)
+        fg_sorted_P = fg_P[order_P]
+        n = fg_sorted_P.sum()
+        jaccard_P = 1.0 - (n - fg_sorted_P.cumsum(0)) / (n + (1.0 - fg_sorted_P).cumsum(0))
+        steps_P = torch.cat([jaccard_P[:1], jaccard_P[1:] - jaccard_P[:-1]])
+        losses.append((errors_sorted_P * steps_P).sum())
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("scale", [1.0, 4.0, 30.0])  # 30: saturated softmax, large bins of tied errors
+def test_lovasz_from_histograms_matches_the_sorted_form(scale):
+    g = torch.Generator().manual_seed(1)
+    logits = (scale * torch.randn(2, 5, 40_000, generator=g, dtype=torch.float64)).float()
+    target = torch.randint(0, 5, (2, 40_000), generator=g)
+    target[:, :25_000] = 0  # a dominant class, as free space is
+    target[target == 3] = 4  # class 3 absent
+    a = logits.clone().requires_grad_(True)
+    b = logits.clone().requires_grad_(True)
+    fast, ref = lovasz_softmax(a.softmax(1), target), _lovasz_sorted(b.softmax(1), target)
+    fast.backward()
+    ref.backward()
+    assert fast.item() == pytest.approx(ref.item(), abs=1e-5)
+    cos = F.cosine_similarity(a.grad.flatten().double(), b.grad.flatten().double(), dim=0).item()
+    assert cos > 0.999
+    assert a.grad.norm().item() == pytest.approx(b.grad.norm().item(), rel=1e-3)

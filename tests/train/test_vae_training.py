@@ -101,6 +101,25 @@ def test_loop_stops_at_the_deadline_and_checkpoints(city, tmp_path):
     assert checkpoint.read_meta(tmp_path / "last", kind="vae")["step"] == 0
 
 
+def test_cpu_bf16_autocasts_on_cpu_only_when_asked():
+    from dcgen.train.vae_loop import _autocast
+
+    conv, x = torch.nn.Conv3d(2, 2, 3), torch.randn(1, 2, 4, 4, 4)
+    with _autocast(torch.device("cpu"), amp=True, cpu_bf16=False):
+        assert conv(x).dtype == torch.float32  # amp alone is for CUDA
+    with _autocast(torch.device("cpu"), amp=True, cpu_bf16=True):
+        assert conv(x).dtype == torch.bfloat16
+
+
+def test_loop_trains_under_cpu_bf16(city, tmp_path):
+    ctx = LocalContext(out_dir=tmp_path, store_path=city, arrays=("occupancy", "mask"))
+    result = vae_loop(ctx, local_run(city, tmp_path, epochs=1, cpu_bf16=True))
+    assert result["step"] == steps_per_epoch(8, 4, 1) and 0.0 <= result["val_miou"] <= 1.0
+    losses = [r["train_total"] for r in rows(tmp_path, "train_total")]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    assert json.loads((tmp_path / "last" / "meta.json").read_text())["train"]["cpu_bf16"] is True
+
+
 def test_loop_rejects_a_truncated_checkpoint(city, tmp_path):
     ctx = LocalContext(out_dir=tmp_path, store_path=city, arrays=("occupancy", "mask"))
     vae_loop(ctx, local_run(city, tmp_path, epochs=1))
