@@ -4,7 +4,7 @@ Latents (and previous-clip latents) are standardised per channel first (``Latent
 step draws t uniformly and ε ~ N(0, I), noises the rollout latent (x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε), drops
 every condition independently with p = 0.1 (and ``prev_clip`` always where a clip has no previous clip), and
 minimises the hybrid loss (ε MSE + VLB for the learned variance) masked to the six planes. AdamW (lr 1e-4, wd 0),
-EMA of the weights (0.9999; debug runs use a smaller decay so the average means something after few steps), AMP
+EMA of the weights (0.9999, warmed up over the first steps; debug runs use a smaller decay), AMP
 bf16 on CUDA. Every epoch the validation loss of the EMA weights (fixed t and ε, so epochs compare) picks the best
 checkpoint; checkpoints carry weights, EMA, optimizer, step, the DiT config (with its conditions), the schedule,
 the grid and the id of the VAE that made the latents. Resumes from the context's latest checkpoint.
@@ -189,7 +189,7 @@ def train_dit(ctx: TrainContext, run: dict) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            ema.update(net)
+            ema.update(net, step)
             step += 1
             n_steps += 1
             train_sum += float(loss.detach())
