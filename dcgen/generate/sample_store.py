@@ -133,8 +133,9 @@ def build_requests(n: int, cond: dict, sources: dict[str, str], split: str | Non
 def sample_to_store(vae: str, dit: str, out: str, *, n: int, cond: dict, sources: dict[str, str],
                     split: str | None = None, seed: int = 0, sampler: str = "ddim", steps: int | None = None,
                     guidance: float = 4.0, chain: int = 1, device: str = "auto", micro_batch: int = 8,
-                    overwrite: bool = False, estimate_trajectory: bool = False) -> dict:
-    """Generate ``n`` scenes (scene k from ``scene_seed(seed, k)``) and write them to a scene store at ``out``."""
+                    overwrite: bool = False, estimate_trajectory: bool = False, eta: float = 0.0) -> dict:
+    """Generate ``n`` scenes (scene k from ``scene_seed(seed, k)``) and write them to a scene store at ``out``;
+    ``eta`` is DDIM's noise level (0 deterministic, 1 ancestral-like)."""
     import time
 
     from dcgen.data.store import _exists
@@ -143,17 +144,21 @@ def sample_to_store(vae: str, dit: str, out: str, *, n: int, cond: dict, sources
 
     if _exists(out) and not overwrite:
         raise ValueError(f"{out}: already exists; pass --overwrite to replace it")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"--eta {eta}: expected a DDIM noise level in [0, 1]")
+    if eta and sampler != "ddim":
+        raise ValueError(f"--eta {eta} is DDIM's noise level; --sampler {sampler} has none (use --sampler ddim)")
     pipe = GenerationPipeline.from_checkpoints(vae, dit, device=device, micro_batch=micro_batch)
     requests = build_requests(n, cond, sources, split, guidance)
     seeds = [scene_seed(seed, k) for k in range(n)]
     t0 = time.perf_counter()
     if chain > 1:
-        occ = pipe.chain(requests, seeds, chain, sampler=sampler, steps=steps)
+        occ = pipe.chain(requests, seeds, chain, sampler=sampler, steps=steps, eta=eta)
     else:
-        occ = pipe.generate(requests, seeds, sampler=sampler, steps=steps)
+        occ = pipe.generate(requests, seeds, sampler=sampler, steps=steps, eta=eta)
     seconds = time.perf_counter() - t0
     provenance = {"generator": "dcgen sample", "vae": str(vae), "dit": str(dit), **pipe.checkpoint_ids,
-                  "seed": int(seed), "sampler": sampler, "steps": steps, "guidance": guidance, "chain": chain,
+                  "seed": int(seed), "sampler": sampler, "steps": steps, "eta": eta, "guidance": guidance, "chain": chain,
                   "cond": dict(cond), "sources": dict(sources)}
     path = write_samples(out, pipe.grid, occ, requests, seeds, provenance=provenance, overwrite=overwrite,
                          estimate=estimate_trajectory)

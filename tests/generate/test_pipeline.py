@@ -204,6 +204,26 @@ def test_sample_cli_writes_a_renderable_store(tmp_path, debug_vae, debug_dit, de
     assert result.exit_code == 2 and "already exists" in result.output
 
 
+def test_sample_cli_eta(tmp_path, debug_vae, debug_dit):
+    runner = CliRunner()
+    base = ["sample", "--vae", debug_vae, "--dit", debug_dit, "--n", "2", "--cond", "command=left", "--steps", "4",
+            "--device", "cpu"]
+    occ = {}
+    for name, extra in (("eta0", []), ("eta1", ["--eta", "1"]), ("eta1-again", ["--eta", "1"])):
+        out = tmp_path / f"{name}.zarr"
+        result = runner.invoke(app, [*base, *extra, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        store = SceneStore.open(str(out))
+        occ[name] = store.read(store.indices(), ("occupancy",))["occupancy"]
+    assert not np.array_equal(occ["eta0"], occ["eta1"])  # fresh noise each step changes the scenes ...
+    np.testing.assert_array_equal(occ["eta1"], occ["eta1-again"])  # ... and comes from the scene seeds
+    result = runner.invoke(app, [*base, "--eta", "1.5", "--out", str(tmp_path / "bad.zarr")])
+    assert result.exit_code == 2 and "--eta 1.5: expected a DDIM noise level in [0, 1]" in result.output
+    result = runner.invoke(app, [*base, "--eta", "1", "--sampler", "ddpm", "--out", str(tmp_path / "bad.zarr")])
+    assert result.exit_code == 2 and "--sampler ddpm has none" in result.output
+    assert not (tmp_path / "bad.zarr").exists()
+
+
 def test_bench_dit_cli(tmp_path, debug_vae, debug_dit):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(app, ["bench", "dit", "--preset", "debug", "--scenes", "2", "--ddpm-steps", "6",
@@ -211,7 +231,8 @@ def test_bench_dit_cli(tmp_path, debug_vae, debug_dit):
                                       str(out)])
     assert result.exit_code == 0, result.output
     bench = json.loads(out.read_text())
-    assert set(bench["sampling_seconds_per_scene"]) == {"ddpm_6", "ddim_50", "ddim_25", "ddpm_50"}
+    assert set(bench["sampling_seconds_per_scene"]) == {"ddpm_6", "ddim_50", "ddim_25", "ddim_6", "ddim_50_eta1",
+                                                         "ddpm_50"}
     assert all(v > 0 for v in bench["sampling_seconds_per_scene"].values())
     assert bench["train_seconds_per_iter"] > 0 and bench["dit_parameters"] > 1e5
     assert 42.5e6 < bench["dit_parameters_by_preset"]["carlasc"] < 44.7e6
@@ -234,7 +255,7 @@ def test_bench_dit_compares_sampler_quality(tmp_path, debug_vae, debug_dit, debu
                                       "--quality-scenes", "6"])
     assert result.exit_code == 0, result.output
     quality = json.loads(out.read_text())["quality"]
-    assert set(quality["samplers"]) == {"ddpm_4", "ddim_50", "ddim_25", "ddpm_50"}
+    assert set(quality["samplers"]) == {"ddpm_4", "ddim_50", "ddim_25", "ddim_4", "ddim_50_eta1", "ddpm_50"}
     assert quality["relative_to"] == "ddpm_4"
     for name, m in quality["samplers"].items():
         assert m["fid_3d"] >= 0 and m["kid_mean_3d"] == m["kid_mean_3d"] and 0 <= m["precision_2d"] <= 1, name
