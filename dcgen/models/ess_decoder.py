@@ -85,9 +85,9 @@ class ESSDecoder(nn.Module):
         volume_BTCXYZ = hexplane_product(planes)
         b, t = volume_BTCXYZ.shape[:2]
 
-        h_NCXYZ = F.leaky_relu(self.lift(volume_BTCXYZ.flatten(0, 1)), LEAK)
+        h_NCXYZ = F.leaky_relu(self.lift(volume_BTCXYZ.flatten(0, 1)), LEAK, inplace=True)
         h_NCXYZ = self.res2(self.res1(h_NCXYZ))
-        h_NCXYZ = F.leaky_relu(self.upsample(h_NCXYZ), LEAK)
+        h_NCXYZ = F.leaky_relu(self.upsample(h_NCXYZ), LEAK, inplace=True)
 
         logits_NKXYZ = self.head_feat(h_NCXYZ)
         logits_BTKXYZ = logits_NKXYZ.view(b, t, *logits_NKXYZ.shape[1:])

@@ -31,7 +31,7 @@ class ResBlock3d(nn.Module):
         self.norm2 = nn.InstanceNorm3d(channels, affine=True)
 
     def forward(self, x_NCXYZ: torch.Tensor) -> torch.Tensor:
-        h_NCXYZ = F.leaky_relu(self.norm1(self.conv1(x_NCXYZ)), LEAK)
+        h_NCXYZ = F.leaky_relu(self.norm1(self.conv1(x_NCXYZ)), LEAK, inplace=True)
         return x_NCXYZ + self.norm2(self.conv2(h_NCXYZ))
 
 

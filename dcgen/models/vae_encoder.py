@@ -35,7 +35,7 @@ class FrameCNN(nn.Module):
 
     def forward(self, x_NCXYZ: torch.Tensor) -> torch.Tensor:
         h_NCXYZ = self.res_full(self.stem(x_NCXYZ))
-        h_NCXYZ = F.leaky_relu(self.down_norm(self.down(h_NCXYZ)), LEAK)
+        h_NCXYZ = F.leaky_relu(self.down_norm(self.down(h_NCXYZ)), LEAK, inplace=True)
         return self.res_half(h_NCXYZ)
 
 
