@@ -62,6 +62,8 @@ CLUSTER_OPTION = typer.Option(None, "--cluster", help="Ray cluster-launcher YAML
 ADDRESS_OPTION = typer.Option(None, "--address", help="http(s)://HEAD:8265 runs this command as a Ray Job on that "
                               "cluster's job server (log streamed, exit status returned); ray://HOST:10001, "
                               "HOST:6379 or 'auto' joins that Ray from here. Default: an embedded local Ray.")
+CPU_BF16_OPTION = typer.Option(False, "--cpu-bf16", help="Train the VAE on CPU under bf16 autocast (~1.4× faster where "
+                               "the CPU has native bf16, e.g. AVX512-BF16 or AMX; slower without).")
 
 
 def remote(ctx: typer.Context, cluster: Optional[Path], address: Optional[str], *, joins_ray: bool = True,
@@ -259,8 +261,7 @@ def train_vae_cmd(
     max_failures: int = typer.Option(2, help="Worker failures survived, each restarting from the last "
                                      "checkpoint (-1: unlimited)."),
     report_every: int = typer.Option(20, help="Log training losses every N steps."),
-    cpu_bf16: bool = typer.Option(False, "--cpu-bf16", help="Train the VAE on CPU under bf16 autocast (~1.4× "
-                                  "faster where the CPU has native bf16, e.g. AVX512-BF16 or AMX; slower without)."),
+    cpu_bf16: bool = CPU_BF16_OPTION,
     seed: int = typer.Option(0),
     cluster: Optional[Path] = CLUSTER_OPTION,
     address: Optional[str] = ADDRESS_OPTION,
@@ -386,8 +387,7 @@ def train_all_cmd(
     vae_epochs: Optional[int] = typer.Option(None, help="VAE epochs (default per preset)."),
     dit_epochs: Optional[int] = typer.Option(None, help="DiT epochs (default per preset)."),
     max_minutes: Optional[float] = typer.Option(None, help="Wall-time bound of each training stage."),
-    cpu_bf16: bool = typer.Option(False, "--cpu-bf16", help="Train the VAE on CPU under bf16 autocast (~1.4× "
-                                  "faster where the CPU has native bf16, e.g. AVX512-BF16 or AMX; slower without)."),
+    cpu_bf16: bool = CPU_BF16_OPTION,
     seed: int = typer.Option(0),
     cluster: Optional[Path] = CLUSTER_OPTION,
     address: Optional[str] = ADDRESS_OPTION,

@@ -105,13 +105,11 @@ class _TrainingStep:
         self.weights_K = class_weights(counts).to(self.device)
 
     def __call__(self) -> float:
-        import torch
-
+        from dcgen.train.context import autocast
         from dcgen.train.vae_losses import vae_loss
 
         dev = self.device
-        amp = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
-               else torch.autocast("cpu", enabled=False))
+        amp = autocast(dev, amp=True)
         _sync(dev)
         t0 = time.perf_counter()
         with amp:
@@ -221,6 +219,7 @@ def measure_codec(preset: str, widths: str | None, batch_size: int, iters: int, 
 
     from dcgen.models.vae import HexPlaneVAE
     from dcgen.runtime import pick_device
+    from dcgen.train.context import autocast
 
     if threads:
         torch.set_num_threads(threads)
@@ -229,8 +228,7 @@ def measure_codec(preset: str, widths: str | None, batch_size: int, iters: int, 
     model = HexPlaneVAE(bench_config(preset, widths)).to(dev).eval()
     occ_BTXYZ, _ = _batch(preset, batch_size, seed)
     occ_BTXYZ = occ_BTXYZ.to(dev)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu",
-                                                                                                  enabled=False)
+    amp = autocast(dev, amp=True)
 
     def timed(fn) -> float:
         _sync(dev)

@@ -37,6 +37,13 @@ class TrainContext(Protocol):
         ...
 
 
+def autocast(device: torch.device, amp: bool, cpu_bf16: bool = False):
+    """The training loops' mixed precision: bf16 autocast on CUDA when ``amp``, on CPU only when ``cpu_bf16``."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16 and device.type == "cpu")
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside a DDP wrapper (or the module itself)."""
     return getattr(model, "module", model)

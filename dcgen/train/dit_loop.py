@@ -25,7 +25,7 @@ import torch
 
 from dcgen import storage
 from dcgen.train import checkpoint
-from dcgen.train.context import MetricsLog, TrainContext, unwrap
+from dcgen.train.context import MetricsLog, TrainContext, autocast, unwrap
 
 KIND = "dit"
 VAL_SEED_OFFSET = 1_000_003
@@ -81,12 +81,6 @@ def _generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 def to_dit_space(batch: dict[str, torch.Tensor], norm, valid_SS: torch.Tensor) -> dict[str, torch.Tensor]:
     """The batch with its latents (and previous-clip latents) standardised by ``norm`` (a ``LatentNorm``)."""
     if norm is None:
@@ -115,7 +109,7 @@ def diffusion_loss(model, schedule, batch: dict[str, torch.Tensor], conditions: 
     if "prev_clip" in drop:
         drop["prev_clip"] = drop["prev_clip"] | ~batch["has_prev"].bool()
     x_t_BCSS = schedule.q_sample(x0_BCSS, t_B, noise_BCSS)
-    with _autocast(device, amp):
+    with autocast(device, amp):
         out_BCSS = model(x_t_BCSS, t_B, batch_conditions(batch, conditions), drop)
     return hybrid_loss(schedule, out_BCSS.float(), x0_BCSS, x_t_BCSS, t_B, noise_BCSS, valid_SS)["loss"]
 

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dcgen.metrics.feature_nets import KIND, FeatureNets, FeatureNetsConfig, model_state
 from dcgen import storage
+from dcgen.metrics.feature_nets import KIND, FeatureNets, FeatureNetsConfig, model_state
 from dcgen.train import checkpoint
-from dcgen.train.context import MetricsLog, TrainContext, unwrap
+from dcgen.train.context import MetricsLog, TrainContext, autocast, unwrap
 
 WARMUP_FRACTION = 0.05
 
@@ -100,12 +100,6 @@ def batch_labels(nets: FeatureNets, occ_BTXYZ: np.ndarray, command_B: np.ndarray
     return nets.config.proxy_task.labels(occ_BTXYZ, command_B, g.voxel_size[:2])
 
 
-def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 def losses(model, nets: FeatureNets, occ_np: np.ndarray, labels_np: np.ndarray, frame: int, device: torch.device,
            aux_weight: float, amp: bool) -> dict[str, torch.Tensor]:
     """The step's losses: 2D (views of ``frame``) and 3D proxy cross-entropy plus the auxiliary terms."""
@@ -119,7 +113,7 @@ def losses(model, nets: FeatureNets, occ_np: np.ndarray, labels_np: np.ndarray, 
         views = nets.render(occ_np, (frame,))  # [B, 2, S, S, 3]
         images = nets.image_inputs(views, device)
     out: dict[str, torch.Tensor] = {}
-    with _autocast(device, amp):
+    with autocast(device, amp):
         image_out, (_, logits3, aux3) = model(images, occ_BTXYZ)
     if image_out is not None:
         _, logits, aux = image_out

@@ -23,7 +23,7 @@ import torch
 
 from dcgen import storage
 from dcgen.train import checkpoint
-from dcgen.train.context import MetricsLog, TrainContext, unwrap
+from dcgen.train.context import MetricsLog, TrainContext, autocast, unwrap
 
 KIND = "vae"
 MILESTONES = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -98,12 +98,6 @@ def check_resumable(meta: dict, model_cfg: dict, path) -> None:
                          "preset and options it was trained with, or start a new run")
 
 
-def _autocast(device: torch.device, amp: bool, cpu_bf16: bool = False):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16 and device.type == "cpu")
-
-
 @torch.no_grad()
 def evaluate(model, ctx: TrainContext, batch_size: int, num_classes: int, amp: bool, cpu_bf16: bool = False) -> dict:
     """Validation IoU over this worker's shard (posterior mean decoded), confusion counts summed over workers."""
@@ -113,7 +107,7 @@ def evaluate(model, ctx: TrainContext, batch_size: int, num_classes: int, amp: b
     model.eval()
     for batch in ctx.batches("val", batch_size, epoch=0, shuffle=False):
         occ_BTXYZ = batch["occupancy"]
-        with _autocast(ctx.device, amp, cpu_bf16):
+        with autocast(ctx.device, amp, cpu_bf16):
             logits_BKTXYZ, _, _ = model(occ_BTXYZ, sample=False)
         acc.update(logits_BKTXYZ.argmax(1), occ_BTXYZ, batch.get("mask"))
     model.train()
@@ -186,7 +180,7 @@ def train_vae(ctx: TrainContext, run: dict) -> dict:
             if cfg.random_flip:
                 batch = flip_batch_y(batch, torch.rand(batch["occupancy"].shape[0], generator=gen) < 0.5)
             occ_BTXYZ = batch["occupancy"]
-            with _autocast(ctx.device, cfg.amp, cfg.cpu_bf16):
+            with autocast(ctx.device, cfg.amp, cfg.cpu_bf16):
                 logits_BKTXYZ, mu, logvar = model(occ_BTXYZ)
             loss, parts = vae_loss(logits_BKTXYZ.float(), occ_BTXYZ, mu, logvar, weights_K, beta=cfg.beta,
                                    lovasz_weight=cfg.lovasz_weight)

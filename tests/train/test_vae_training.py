@@ -102,12 +102,12 @@ def test_loop_stops_at_the_deadline_and_checkpoints(city, tmp_path):
 
 
 def test_cpu_bf16_autocasts_on_cpu_only_when_asked():
-    from dcgen.train.vae_loop import _autocast
+    from dcgen.train.context import autocast
 
     conv, x = torch.nn.Conv3d(2, 2, 3), torch.randn(1, 2, 4, 4, 4)
-    with _autocast(torch.device("cpu"), amp=True, cpu_bf16=False):
+    with autocast(torch.device("cpu"), amp=True, cpu_bf16=False):
         assert conv(x).dtype == torch.float32  # amp alone is for CUDA
-    with _autocast(torch.device("cpu"), amp=True, cpu_bf16=True):
+    with autocast(torch.device("cpu"), amp=True, cpu_bf16=True):
         assert conv(x).dtype == torch.bfloat16
 
 
