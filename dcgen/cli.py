@@ -303,6 +303,8 @@ def train_dit_cmd(
                                        "otherwise)."),
     ema_decay: Optional[float] = typer.Option(None, help="EMA decay (default per preset: 0.99 debug ... 0.9999)."),
     cond_drop: float = typer.Option(0.1, help="Probability of dropping each condition (classifier-free guidance)."),
+    prediction: str = typer.Option("v", help="What the network outputs: 'v' (velocity, min-SNR v loss: learns "
+                                   "conditions at high noise) or 'eps' (the plain ε network of SPEC §3)."),
     max_minutes: Optional[float] = typer.Option(None, help="Stop after the epoch that passes this wall time."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
     overwrite: bool = typer.Option(False, help="Delete an existing run in --out first."),
@@ -317,7 +319,7 @@ def train_dit_cmd(
         summary = train_dit(latents, out, vae=vae, conditions=cond, preset=preset,
                             scaling=_scaling(workers, gpus_per_worker, address), epochs=epochs,
                             batch_size=batch_size, lr=lr, ema_decay=ema_decay, cond_drop=cond_drop, resume=resume,
-                            overwrite=overwrite, max_minutes=max_minutes, seed=seed)
+                            overwrite=overwrite, max_minutes=max_minutes, seed=seed, prediction=prediction)
     except ValueError as e:
         fail(str(e))
     m = summary["metrics"]

@@ -8,6 +8,13 @@ with the mean of p built from a stop-gradient ε so the VLB term trains only the
 is the continuous Gaussian negative log-likelihood; the discretised 256-bin likelihood of improved DDPM assumes 8-bit
 pixels in [-1, 1], which VAE latents are not.
 
+A v-prediction DiT (``DiTConfig.prediction``, a recorded Decision there) trains on the same ε-MSE times
+``v_loss_weight``: (1 + min(SNR_t, γ)) / SNR_t with SNR_t = ᾱ_t / (1 − ᾱ_t). Since ε̂ − ε = √ᾱ_t (v̂ − v) and
+x̂_0 − x_0 = −√(1 − ᾱ_t) (v̂ − v), that is the v-space MSE with the weight of low-noise steps capped, and it weights
+x̂_0 errors by 1 + min(SNR_t, γ): never less than 1 at high noise (where the plain ε-MSE gives them ~0, and a
+condition's effect goes unlearned), at most 1 + γ at low noise (min-SNR-γ, Hang et al. 2023, keeps the nearly
+clean steps from dominating). γ = 5 as in Min-SNR.
+
 Legend: B batch, C channels, S rollout side.
 """
 
@@ -20,6 +27,7 @@ import torch
 from dcgen.diffusion.schedule import NoiseSchedule
 
 VLB_WEIGHT = 1e-3
+SNR_GAMMA = 5.0
 
 
 def gaussian_kl(mean1, log_var1, mean2, log_var2) -> torch.Tensor:
@@ -43,10 +51,20 @@ def masked_mean(value_BCSS: torch.Tensor, valid_SS: torch.Tensor | None) -> torc
     return (value_BCSS * w_SS).sum(dim=(1, 2, 3)) / (w_SS.sum() * value_BCSS.shape[1])
 
 
+def v_loss_weight(schedule: NoiseSchedule, t_B: torch.Tensor, gamma: float = SNR_GAMMA) -> torch.Tensor:
+    """``[B]`` weight that turns the ε-MSE at timesteps ``t_B`` into the min-SNR-γ v-space MSE (module docstring)."""
+    if not gamma > 0:
+        raise ValueError(f"min-SNR gamma must be > 0, got {gamma}")
+    ac = torch.as_tensor(schedule.alphas_cumprod, dtype=torch.float64, device=t_B.device)[t_B.long()]
+    snr = ac / (1.0 - ac)
+    return ((1.0 + snr.clamp(max=gamma)) / snr).float()
+
+
 def hybrid_loss(schedule: NoiseSchedule, model_out_BCSS: torch.Tensor, x0_BCSS: torch.Tensor, x_t_BCSS: torch.Tensor,
                 t_B: torch.Tensor, noise_BCSS: torch.Tensor, valid_SS: torch.Tensor | None = None,
-                vlb_weight: float = VLB_WEIGHT) -> dict[str, torch.Tensor]:
-    """``{"loss", "mse", "vb"}``, each ``[B]``; ``model_out`` is ε (C channels) or ε ⊕ v (2C, learned variance)."""
+                vlb_weight: float = VLB_WEIGHT, mse_weight_B: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """``{"loss", "mse", "vb"}``, each ``[B]``; ``model_out`` is ε (C channels) or ε ⊕ v (2C, learned variance).
+    ``mse_weight_B`` scales the ε-MSE inside ``loss`` (``v_loss_weight``); ``mse`` is reported unweighted."""
     c = x0_BCSS.shape[1]
     if x0_BCSS.shape != x_t_BCSS.shape or x0_BCSS.shape != noise_BCSS.shape:
         raise ValueError(f"x0, x_t and noise must share one shape, got {list(x0_BCSS.shape)}, "
@@ -55,9 +73,10 @@ def hybrid_loss(schedule: NoiseSchedule, model_out_BCSS: torch.Tensor, x0_BCSS: 
         raise ValueError(f"model output has {model_out_BCSS.shape[1]} channels; expected {c} or {2 * c}")
     eps_BCSS = model_out_BCSS[:, :c]
     mse_B = masked_mean((eps_BCSS.float() - noise_BCSS.float()) ** 2, valid_SS)
+    fit_B = mse_B if mse_weight_B is None else mse_B * mse_weight_B.to(mse_B)
     if model_out_BCSS.shape[1] == c:
         zeros_B = torch.zeros_like(mse_B)
-        return {"loss": mse_B, "mse": mse_B, "vb": zeros_B}
+        return {"loss": fit_B, "mse": mse_B, "vb": zeros_B}
 
     frozen_out = torch.cat([eps_BCSS.detach(), model_out_BCSS[:, c:]], dim=1).float()
     x0, x_t = x0_BCSS.float(), x_t_BCSS.float()
@@ -68,4 +87,4 @@ def hybrid_loss(schedule: NoiseSchedule, model_out_BCSS: torch.Tensor, x0_BCSS: 
     first_B = (t_B == 0).reshape(-1, 1, 1, 1)
     vb_B = masked_mean(torch.where(first_B, nll_bits, kl_bits), valid_SS)
     vb_B = vb_B * (vlb_weight * schedule.num_steps)
-    return {"loss": mse_B + vb_B, "mse": mse_B, "vb": vb_B}
+    return {"loss": fit_B + vb_B, "mse": mse_B, "vb": vb_B}

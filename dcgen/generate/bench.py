@@ -96,7 +96,8 @@ def time_training(preset: str, device, batch_size: int, iters: int, warmup: int 
     for i in range(warmup + iters):
         _sync(device)
         t0 = time.perf_counter()
-        loss = diffusion_loss(model, schedule, batch, cfg.conditions, valid_SS, gen, 0.1, amp=True).mean()
+        loss = diffusion_loss(model, schedule, batch, cfg.conditions, valid_SS, gen, 0.1, amp=True,
+                              prediction=cfg.prediction).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -29,7 +29,11 @@ TARGET_RATIO = 4.0
 def write_untrained_checkpoints(preset: str, out: str | Path, conditions: tuple[str, ...] | None = None,
                                 seed: int = 0) -> tuple[str, str]:
     """A VAE and a DiT checkpoint of freshly initialised ``preset`` networks, in the training runs' format (the DiT's
-    metadata names the VAE, grid and schedule), for serving and timing without a training run."""
+    metadata names the VAE, grid and schedule), for serving and timing without a training run.
+
+    The DiT is an ε network whatever the preset's ``prediction``: its zero-initialised head outputs 0, which as ε
+    denoises each seed to a scene of its own, but as v shrinks every seed to one and the same scene. Both cost the
+    same per step, so timings do not change; tests that tell scenes of different seeds apart still can."""
     import torch
 
     from dcgen.diffusion.schedule import ScheduleConfig
@@ -43,7 +47,9 @@ def write_untrained_checkpoints(preset: str, out: str | Path, conditions: tuple[
     vae_cfg = vae_preset(preset)
     vae_path = checkpoint.save(out / "vae", kind="vae", config=vae_cfg.to_dict(),
                                state={"model": HexPlaneVAE(vae_cfg).state_dict()}, step=0)
-    dit_cfg = DIT_PRESETS[preset] if conditions is None else replace(DIT_PRESETS[preset], conditions=tuple(conditions))
+    dit_cfg = replace(DIT_PRESETS[preset], prediction="eps")
+    if conditions is not None:
+        dit_cfg = replace(dit_cfg, conditions=tuple(conditions))
     weights = DiT(dit_cfg).state_dict()
     extra = {"vae_checkpoint_id": checkpoint.checkpoint_id(vae_path), "vae_checkpoint": str(vae_path),
              "conditions": list(dit_cfg.conditions), "schedule": ScheduleConfig().to_dict(),

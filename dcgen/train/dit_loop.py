@@ -3,7 +3,8 @@
 Latents (and previous-clip latents) are standardised per channel first (``LatentNorm`` in the DiT config). Each
 step draws t uniformly and ε ~ N(0, I), noises the rollout latent (x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε), drops
 every condition independently with p = 0.1 (and ``prev_clip`` always where a clip has no previous clip), and
-minimises the hybrid loss (ε MSE + VLB for the learned variance) masked to the six planes. AdamW (lr 1e-4, wd 0),
+minimises the hybrid loss (ε MSE + VLB for the learned variance) masked to the six planes; a v-prediction DiT
+weights the ε MSE into the min-SNR v-space loss (``dcgen.diffusion.losses.v_loss_weight``). AdamW (lr 1e-4, wd 0),
 EMA of the weights (0.9999, warmed up over the first steps; debug runs use a smaller decay), AMP
 bf16 on CUDA. Every epoch the validation loss of the EMA weights (fixed t and ε, so epochs compare) picks the best
 checkpoint; checkpoints carry weights, EMA, optimizer, step, the DiT config (with its conditions), the schedule,
@@ -94,10 +95,11 @@ def to_dit_space(batch: dict[str, torch.Tensor], norm, valid_SS: torch.Tensor) -
 
 def diffusion_loss(model, schedule, batch: dict[str, torch.Tensor], conditions: tuple[str, ...],
                    valid_SS: torch.Tensor, gen: torch.Generator, drop_prob: float, amp: bool,
-                   norm=None) -> torch.Tensor:
+                   norm=None, prediction: str = "eps") -> torch.Tensor:
     """Per-sample hybrid loss ``[B]`` of one batch with t, ε and the condition drops drawn from ``gen``; ``norm``
-    (a ``LatentNorm``) maps the store's raw latents into the DiT's space."""
-    from dcgen.diffusion.losses import hybrid_loss
+    (a ``LatentNorm``) maps the store's raw latents into the DiT's space; ``prediction`` is the DiT's
+    (``DiTConfig.prediction``): "v" weights the ε-MSE by ``v_loss_weight``."""
+    from dcgen.diffusion.losses import hybrid_loss, v_loss_weight
 
     batch = to_dit_space(batch, norm, valid_SS)
     x0_BCSS = batch["latent"].float()
@@ -111,12 +113,14 @@ def diffusion_loss(model, schedule, batch: dict[str, torch.Tensor], conditions: 
     x_t_BCSS = schedule.q_sample(x0_BCSS, t_B, noise_BCSS)
     with autocast(device, amp):
         out_BCSS = model(x_t_BCSS, t_B, batch_conditions(batch, conditions), drop)
-    return hybrid_loss(schedule, out_BCSS.float(), x0_BCSS, x_t_BCSS, t_B, noise_BCSS, valid_SS)["loss"]
+    weight_B = v_loss_weight(schedule, t_B) if prediction == "v" else None
+    return hybrid_loss(schedule, out_BCSS.float(), x0_BCSS, x_t_BCSS, t_B, noise_BCSS, valid_SS,
+                       mse_weight_B=weight_B)["loss"]
 
 
 @torch.no_grad()
 def evaluate(models: dict, ctx: TrainContext, schedule, conditions, valid_SS, batch_size: int, seed: int,
-             amp: bool, norm=None) -> dict[str, float]:
+             amp: bool, norm=None, prediction: str = "eps") -> dict[str, float]:
     """Validation loss of each model over this worker's shard with the same t and ε every epoch, reduced."""
     sums = torch.zeros(len(models) + 1, dtype=torch.float64, device=ctx.device)
     for model in models.values():
@@ -128,7 +132,8 @@ def evaluate(models: dict, ctx: TrainContext, schedule, conditions, valid_SS, ba
         start = gen.get_state()
         for i, model in enumerate(models.values()):
             gen.set_state(start)
-            sums[i] += diffusion_loss(model, schedule, batch, conditions, valid_SS, gen, 0.0, amp).double().sum()
+            sums[i] += diffusion_loss(model, schedule, batch, conditions, valid_SS, gen, 0.0, amp,
+                                      prediction=prediction).double().sum()
         sums[-1] += batch["latent"].shape[0]
     for model in models.values():
         model.train()
@@ -150,6 +155,9 @@ def train_dit(ctx: TrainContext, run: dict) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     model_cfg = DiTConfig.from_dict(cfg.model)
     schedule = NoiseSchedule.linear(ScheduleConfig.from_dict(cfg.schedule))
+    if model_cfg.prediction == "v" and ScheduleConfig.from_dict(model_cfg.schedule) != ScheduleConfig.from_dict(
+            cfg.schedule):
+        raise ValueError(f"the DiT's v -> ε schedule {model_cfg.schedule} differs from the run's {cfg.schedule}")
     conditions = tuple(model_cfg.conditions)
     norm = LatentNorm.from_dict(model_cfg.latent_norm)
     model = ctx.prepare(DiT(model_cfg))
@@ -179,7 +187,7 @@ def train_dit(ctx: TrainContext, run: dict) -> dict:
                     marker.touch()
                     os._exit(1)
             loss = diffusion_loss(model, schedule, batch, conditions, valid_SS, gen, cfg.cond_drop, cfg.amp,
-                                  norm).mean()
+                                  norm, model_cfg.prediction).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -190,7 +198,7 @@ def train_dit(ctx: TrainContext, run: dict) -> dict:
             if step % cfg.report_every == 0:
                 log.log({"step": step, "epoch": epoch, "train_loss": float(loss.detach())})
         val = evaluate({"ema": ema.shadow, "raw": net}, ctx, schedule, conditions, valid_SS, cfg.batch_size,
-                       cfg.seed, cfg.amp, norm)
+                       cfg.seed, cfg.amp, norm, model_cfg.prediction)
         seconds = time.time() - t_epoch
         row = {"step": step, "epoch": epoch, **val, "train_loss": train_sum / max(n_steps, 1),
                "epoch_seconds": seconds, "s_per_iter": seconds / max(n_steps, 1)}

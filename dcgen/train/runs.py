@@ -9,7 +9,7 @@ weights only) and ``OUT/ray/<name>/`` (Ray Train's resumable checkpoints with op
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from dcgen import storage
@@ -205,8 +205,6 @@ def latent_norm_of(latents) -> dict:
 
 def dit_config_for(preset: str, latents, conditions: tuple[str, ...]):
     """The DiT preset's config with exactly ``conditions``, checked against the latent store's dims and grid."""
-    from dataclasses import replace
-
     from dcgen.models.dit import DIT_PRESETS
     from dcgen.models.rollout import RolloutLayout
 
@@ -226,10 +224,14 @@ def dit_config_for(preset: str, latents, conditions: tuple[str, ...]):
 
 def check_same_dit(out: Path, run) -> None:
     """``--resume`` continues the network the run was started with: same DiT (conditions included) and VAE."""
+    from dcgen.models.dit import DiTConfig
+
     saved = saved_run(out)
     if saved is None:
         return
-    keys = changed_keys(saved.get("model"), run.model)
+    # read through DiTConfig so a run saved before a field existed compares with that field's old meaning
+    saved_model = json.loads(json.dumps(DiTConfig.from_dict(saved["model"]).to_dict())) if saved.get("model") else None
+    keys = changed_keys(saved_model, run.model)
     if keys:
         raise ValueError(f"{out}: the run was started with a different DiT ({', '.join(keys)} differ: it has "
                          f"conditions {saved.get('model', {}).get('conditions')}); resume with the original options")
@@ -242,8 +244,9 @@ def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditio
               scaling: Scaling = Scaling(), epochs: int | None = None, batch_size: int | None = None,
               lr: float | None = None, ema_decay: float | None = None, cond_drop: float = 0.1, resume: bool = False,
               overwrite: bool = False, max_minutes: float | None = None, report_every: int = 20, seed: int = 0,
-              fail_at_step: int | None = None) -> dict:
-    """Fit the DiT on a latent store with Ray Train; returns the final metrics and checkpoint paths."""
+              fail_at_step: int | None = None, prediction: str | None = None) -> dict:
+    """Fit the DiT on a latent store with Ray Train; returns the final metrics and checkpoint paths.
+    ``prediction`` ("v" or "eps") overrides the preset's output parametrisation."""
     from dcgen.data.latent_dataset import read_latents
     from dcgen.data.latent_store import LatentStore
     from dcgen.diffusion.schedule import ScheduleConfig
@@ -262,6 +265,8 @@ def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditio
                              f"{vae_id!r}; pass the VAE that made the latents (or encode again)")
     names = parse_conditions(conditions, store)
     model_cfg = dit_config_for(preset, store, names)
+    if prediction is not None:
+        model_cfg = replace(model_cfg, prediction=prediction)
     n_train, n_val = store.rows("train").size, store.rows("val").size
     if n_train == 0 or n_val == 0:
         raise ValueError(f"{latents}: needs clips in both the train and val splits (has {n_train} train, "

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dcgen.diffusion.losses import gaussian_kl, hybrid_loss, masked_mean
+from dcgen.diffusion.losses import gaussian_kl, hybrid_loss, masked_mean, v_loss_weight
 from dcgen.diffusion.schedule import NoiseSchedule
 
 SCHED = NoiseSchedule.linear()
@@ -32,6 +32,26 @@ def test_mse_only_counts_valid_pixels():
     assert torch.equal(out["loss"], out["mse"]) and float(out["vb"].abs().max()) == 0.0
     eps[:, :, :2] += 1.0
     assert torch.allclose(hybrid_loss(SCHED, eps, x0, x_t, t, noise, valid)["mse"], torch.ones(2))
+
+
+def test_v_loss_weight_makes_the_eps_mse_a_min_snr_v_mse():
+    """ε-MSE · w = v-MSE · (1 + min(SNR, γ)) / (1 + SNR) = x̂_0-MSE · (1 + min(SNR, γ)) for a v network."""
+    x0, noise, t, x_t = _batch([0, 200, 500, 999])
+    ac = SCHED.coef("alphas_cumprod", t, 4)
+    v = ac.sqrt() * noise - (1 - ac).sqrt() * x0
+    v_hat = v + 0.1 * torch.randn(v.shape, generator=torch.Generator().manual_seed(5))
+    eps_hat = (1 - ac).sqrt() * x_t + ac.sqrt() * v_hat
+    w = v_loss_weight(SCHED, t, gamma=5.0)
+    out = hybrid_loss(SCHED, eps_hat, x0, x_t, t, noise, mse_weight_B=w)
+    snr = (ac / (1 - ac)).flatten()
+    v_mse = ((v_hat - v) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(out["loss"], v_mse * (1 + snr.clamp(max=5.0)) / (1 + snr), rtol=1e-3, atol=0)
+    x0_mse = ((SCHED.predict_x0(x_t, t, eps_hat) - x0) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(out["loss"][1:], x0_mse[1:] * (1 + snr[1:].clamp(max=5.0)), rtol=2e-3, atol=0)
+    assert torch.equal(out["mse"], hybrid_loss(SCHED, eps_hat, x0, x_t, t, noise)["mse"])  # reported unweighted
+    assert float(w[-1]) > 1e4 and float(w[0]) < 1e-3  # high noise counts, nearly clean steps are capped
+    with pytest.raises(ValueError, match="gamma must be > 0"):
+        v_loss_weight(SCHED, t, gamma=0.0)
 
 
 def test_vb_is_zero_for_the_true_posterior():

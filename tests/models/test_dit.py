@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from dcgen.diffusion.losses import hybrid_loss
-from dcgen.diffusion.schedule import NoiseSchedule
-from dcgen.models.dit import CONDITIONS, DIT_PRESETS, DiT, DiTConfig, dropped_conditions
+from dcgen.diffusion.losses import hybrid_loss, v_loss_weight
+from dcgen.diffusion.schedule import NoiseSchedule, ScheduleConfig
+from dcgen.models.dit import CONDITIONS, DIT_PRESETS, PREDICTIONS, DiT, DiTConfig, dropped_conditions
 from dcgen.models.hexplane import LatentDims
 from dcgen.models.rollout import RolloutLayout
 
@@ -68,11 +68,49 @@ def test_carlasc_has_about_43m_parameters():
 
 
 def test_fresh_model_predicts_zero():
+    """The zero-initialised head outputs 0: ε = 0 for an ε network; v = 0, so ε = √(1 − ᾱ_t) x_t, for a v one."""
     x, t = inputs()
     with torch.no_grad():
-        out = DiT(DEBUG)(x, t, conditions(DEBUG, 2))
-    assert out.shape == (2, 32, 20, 20)
+        out = DiT(replace(DEBUG, prediction="eps"))(x, t, conditions(DEBUG, 2))
+        out_v = DiT(replace(DEBUG, prediction="v"))(x, t, conditions(DEBUG, 2))
+    assert out.shape == out_v.shape == (2, 32, 20, 20)
     assert float(out.abs().max()) == 0.0
+    sched, valid = NoiseSchedule.linear(), DiT(DEBUG).rollout.valid_mask()
+    assert torch.allclose(out_v[:, :16], sched.coef("sqrt_one_minus_alphas_cumprod", t, 4) * x * valid, atol=1e-6)
+    assert float(out_v[:, 16:].abs().max()) == 0.0
+
+
+def test_v_prediction_returns_eps_of_its_velocity():
+    """ε̂ = √(1 − ᾱ_t) x_t + √ᾱ_t v̂: fed the true velocity, the conversion gives back the true noise and x_0."""
+    sched = NoiseSchedule.linear()
+    model = DiT(replace(DEBUG, prediction="v"))
+    g, valid = torch.Generator().manual_seed(3), model.rollout.valid_mask()
+    x0, noise = (torch.randn(4, 16, 20, 20, generator=g) * valid for _ in range(2))
+    t = torch.tensor([0, 250, 750, 999])
+    x_t = sched.q_sample(x0, t, noise)
+    v = sched.coef("sqrt_alphas_cumprod", t, 4) * noise - sched.coef("sqrt_one_minus_alphas_cumprod", t, 4) * x0
+    out = model.v_to_eps(torch.cat([v, torch.ones_like(v)], 1), x_t, t)
+    assert torch.allclose(out[:, :16], noise, atol=1e-4)
+    assert torch.allclose(sched.predict_x0(x_t, t, out[:, :16])[:3], x0[:3], atol=1e-3)
+    assert torch.equal(out[:, 16:], torch.ones_like(v))
+
+
+def test_v_prediction_rejects_timesteps_off_its_table():
+    model = DiT(replace(DEBUG, prediction="v"))
+    x, _ = inputs()
+    for bad in (torch.tensor([0, 1000]), torch.tensor([-1, 3]), torch.tensor([2.5, 3.0])):
+        with pytest.raises(ValueError, match=r"whole timesteps in \[0, 999\]"):
+            model(x, bad)
+
+
+def test_old_configs_without_prediction_load_as_eps_networks():
+    d = DEBUG.to_dict()
+    assert DiTConfig.from_dict(d).prediction == DEBUG.prediction == "v"
+    del d["prediction"], d["schedule"]
+    old = DiTConfig.from_dict(d)
+    assert old.prediction == "eps" and old.schedule == ScheduleConfig().to_dict()
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        replace(DEBUG, prediction="x0")
 
 
 def test_dropping_padding_tokens_is_exact():
@@ -167,9 +205,10 @@ def test_dropped_conditions_flags():
         dropped_conditions(DEBUG, 4, 1.5, torch.Generator())
 
 
-def test_training_a_debug_dit_lowers_the_loss():
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_training_a_debug_dit_lowers_the_loss(prediction):
     torch.manual_seed(0)
-    model = DiT(DEBUG)
+    model = DiT(replace(DEBUG, prediction=prediction))
     schedule = NoiseSchedule.linear()
     gen = torch.Generator().manual_seed(0)
     valid = model.rollout.valid_mask()
@@ -182,7 +221,11 @@ def test_training_a_debug_dit_lowers_the_loss():
         with torch.no_grad():
             x_t = schedule.q_sample(x0, t_eval, noise_eval)
             out = model(x_t, t_eval, cond)
-            return hybrid_loss(schedule, out, x0, x_t, t_eval, noise_eval, valid)["loss"].mean().item()
+            return loss_of(out, x_t, t_eval, noise_eval).mean().item()
+
+    def loss_of(out, x_t, t, noise):
+        weight = v_loss_weight(schedule, t) if prediction == "v" else None
+        return hybrid_loss(schedule, out, x0, x_t, t, noise, valid, mse_weight_B=weight)["loss"]
 
     before = evaluate()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
@@ -190,7 +233,7 @@ def test_training_a_debug_dit_lowers_the_loss():
         t = torch.randint(0, 1000, (4,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
         x_t = schedule.q_sample(x0, t, noise)
-        loss = hybrid_loss(schedule, model(x_t, t, cond), x0, x_t, t, noise, valid)["loss"].mean()
+        loss = loss_of(model(x_t, t, cond), x_t, t, noise).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -87,6 +87,7 @@ def test_local_run_checkpoints_exports_and_resumes(tmp_path, debug_latents):
     assert meta["config"]["conditions"] == ["command", "layout"] and meta["conditions"] == ["command", "layout"]
     assert meta["vae_checkpoint_id"] == store.vae_checkpoint_id and Grid.from_dict(meta["grid"]) == store.grid
     assert meta["schedule"]["num_steps"] == 1000
+    assert meta["config"]["prediction"] == "v" and meta["config"]["schedule"] == meta["schedule"]
     assert any(not torch.equal(state["model"][k], state["ema"][k]) for k in state["model"])
     ckpts = sorted(out.glob("ckpt-*"))
     assert len(ckpts) == 2
@@ -136,7 +137,23 @@ def test_train_dit_refuses_bad_inputs(tmp_path, debug_latents, debug_dit):
         train_dit(debug_latents, tmp_path / "c", preset="small")
     with pytest.raises(ValueError, match="unknown DiT preset"):
         train_dit(debug_latents, tmp_path / "d", preset="huge")
-    assert not any((tmp_path / n).exists() for n in "abcd")
+    with pytest.raises(ValueError, match=r"DiT prediction must be one of \['eps', 'v'\], got 'x0'"):
+        train_dit(debug_latents, tmp_path / "e", preset="debug", prediction="x0")
+    assert not any((tmp_path / n).exists() for n in "abcde")
+
+
+def test_resume_compares_a_run_saved_before_the_prediction_field_as_an_eps_run(tmp_path):
+    """run.json of an older run has no ``prediction``: it resumes as the ε network it is, not as a changed DiT."""
+    from dataclasses import replace
+
+    from dcgen.train.runs import check_same_dit
+
+    eps = replace(DIT_PRESETS["debug"], prediction="eps").to_dict()
+    old = {k: v for k, v in eps.items() if k not in ("prediction", "schedule")}
+    (tmp_path / "run.json").write_text(json.dumps({"run": {"model": old, "vae_checkpoint_id": "abc"}}))
+    check_same_dit(tmp_path, SimpleNamespace(model=eps, vae_checkpoint_id="abc"))
+    with pytest.raises(ValueError, match=r"different DiT \(prediction differ"):
+        check_same_dit(tmp_path, SimpleNamespace(model=DIT_PRESETS["debug"].to_dict(), vae_checkpoint_id="abc"))
 
 
 def test_train_cli_errors_and_skipped_stages(tmp_path, debug_city, debug_vae, debug_latents, debug_dit):
