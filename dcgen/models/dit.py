@@ -330,7 +330,7 @@ class DiT(nn.Module):
             raise ValueError(f"timesteps must have shape [{b}], got {list(t_B.shape)}")
         if self.config.prediction == "v" and b:
             n_steps = self.sqrt_ac_T.shape[0]
-            if bool((t_B != t_B.round()).any()) or float(t_B.min()) < 0 or float(t_B.max()) > n_steps - 1:
+            if bool(((t_B != t_B.round()) | (t_B < 0) | (t_B > n_steps - 1)).any()):  # one device sync per call
                 raise ValueError(f"a v-prediction DiT takes whole timesteps in [0, {n_steps - 1}] (its ᾱ_t table), "
                                  f"got values in [{float(t_B.min())}, {float(t_B.max())}]")
         for kind, given in (("condition", cond), ("drop flag", drop)):

@@ -64,9 +64,9 @@ def saved_run(out: Path) -> dict | None:
 
 
 def changed_keys(saved: dict | None, current: dict) -> list[str]:
-    """Keys whose values differ between a config saved in run.json and ``current``, compared as run.json holds
+    """Keys whose values differ between a config saved in run.json and ``current``, both compared as run.json holds
     them (tuples become lists)."""
-    saved, current = saved or {}, json.loads(json.dumps(current))
+    saved, current = json.loads(json.dumps(saved or {})), json.loads(json.dumps(current))
     return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
 
 
@@ -230,8 +230,7 @@ def check_same_dit(out: Path, run) -> None:
     if saved is None:
         return
     # read through DiTConfig so a run saved before a field existed compares with that field's old meaning
-    saved_model = json.loads(json.dumps(DiTConfig.from_dict(saved["model"]).to_dict())) if saved.get("model") else None
-    keys = changed_keys(saved_model, run.model)
+    keys = changed_keys(DiTConfig.from_dict(saved["model"]).to_dict() if saved.get("model") else None, run.model)
     if keys:
         raise ValueError(f"{out}: the run was started with a different DiT ({', '.join(keys)} differ: it has "
                          f"conditions {saved.get('model', {}).get('conditions')}); resume with the original options")

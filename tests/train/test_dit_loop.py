@@ -142,6 +142,22 @@ def test_train_dit_refuses_bad_inputs(tmp_path, debug_latents, debug_dit):
     assert not any((tmp_path / n).exists() for n in "abcde")
 
 
+def test_a_v_dit_whose_schedule_differs_from_the_runs_is_refused(tmp_path):
+    from dataclasses import asdict, replace
+
+    from dcgen.diffusion.schedule import ScheduleConfig
+    from dcgen.train.context import LocalContext
+    from dcgen.train.dit_loop import DiTTrainConfig
+    from dcgen.train.dit_loop import train_dit as train_dit_loop
+
+    model = replace(DIT_PRESETS["debug"], schedule=ScheduleConfig(num_steps=500).to_dict())
+    run = DiTTrainConfig(model=model.to_dict(), schedule=ScheduleConfig().to_dict(), steps_per_epoch=1,
+                         vae_checkpoint_id="abc", grid={}, out_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match=r"the DiT's v -> ε schedule .*'num_steps': 500.* differs from the run's"):
+        train_dit_loop(LocalContext(out_dir=tmp_path / "run"), asdict(run))
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_compares_a_run_saved_before_the_prediction_field_as_an_eps_run(tmp_path):
     """run.json of an older run has no ``prediction``: it resumes as the ε network it is, not as a changed DiT."""
     from dataclasses import replace
