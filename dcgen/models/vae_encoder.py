@@ -4,6 +4,11 @@ Every voxel's class id is embedded (``Embedding(num_classes, 16)``). Two per-fra
 batch) turn the embedding into ``(B, C, T, X', Y', Z')`` features: conv3³ → residual block → a stride-2 stage
 (conv3³ stride 2, InstanceNorm, LeakyReLU, residual block) that halves X, Y and Z. The spatial branch sees the
 embedding; the temporal branch sees the embedding ⊕ a one-hot frame index, so its features know their time.
+The one-hot channels are the same at every voxel of a frame, so their share of the temporal stem's convolution is
+one pattern per frame (its kernel's sum, less where zero padding cuts the kernel at the border): ``FrameCNN``
+computes it once from the stem's own weights and adds it, instead of convolving E + T channels at every voxel
+of every clip. The result is the same; the stem does E/(E + T) of the work and keeps no (E + T)-channel input
+for backward (at the SPEC widths, 67 MB per clip at the small grid).
 Projection modules h_S then collapse the spatial features over T into a volume and the volume over Z, Y, X into
 xy, xz, yz, and the temporal features over (Y, Z), (X, Z), (X, Y) into tx, ty, tz, whose T is halved by a
 (2, 1)-stride conv. The per-plane Linear(C → 2C) that turns these planes into μ, log σ² lives in ``vae.py``.
@@ -23,18 +28,41 @@ from dcgen.models.projection import AxisProjection
 
 
 class FrameCNN(nn.Module):
-    """Per-frame 3D CNN ``[N, C_in, X, Y, Z] → [N, C, X/2, Y/2, Z/2]``."""
+    """Per-frame 3D CNN ``[N, C_in, X, Y, Z] → [N, C, X/2, Y/2, Z/2]``, N = clips × frames in clip order.
 
-    def __init__(self, in_channels: int, channels: int):
+    With ``num_frames`` T > 0 the stem's input is the ``C_in`` given channels ⊕ a one-hot frame index (T channels);
+    the caller passes only the ``C_in`` channels and the one-hot part is added as a per-frame pattern (module doc).
+    """
+
+    def __init__(self, in_channels: int, channels: int, num_frames: int = 0):
         super().__init__()
-        self.stem = nn.Conv3d(in_channels, channels, 3, padding=1)
+        self.in_channels, self.num_frames = in_channels, num_frames
+        self.stem = nn.Conv3d(in_channels + num_frames, channels, 3, padding=1)
         self.res_full = ResBlock3d(channels)
         self.down = nn.Conv3d(channels, channels, 3, stride=2, padding=1)
         self.down_norm = nn.InstanceNorm3d(channels, affine=True)
         self.res_half = ResBlock3d(channels)
 
+    def _stem(self, x_NEXYZ: torch.Tensor) -> torch.Tensor:
+        if not self.num_frames:
+            return self.stem(x_NEXYZ)
+        e, t = self.in_channels, self.num_frames
+        weight = self.stem.weight
+        h_NCXYZ = F.conv3d(x_NEXYZ, weight[:, :e], self.stem.bias, padding=1)
+        # conv of frame t's one-hot channel (1 everywhere) = conv of a ones grid with that channel's kernel
+        ones_11XYZ = torch.ones(1, 1, *x_NEXYZ.shape[2:], device=x_NEXYZ.device, dtype=h_NCXYZ.dtype)
+        kernels = weight[:, e:].transpose(0, 1).reshape(-1, 1, *weight.shape[2:])  # [T · C, 1, k, k, k]
+        frame_1TCXYZ = F.conv3d(ones_11XYZ, kernels.to(h_NCXYZ.dtype), padding=1).view(1, t, -1,
+                                                                                        *h_NCXYZ.shape[2:])
+        out_BTCXYZ = h_NCXYZ.view(-1, t, *h_NCXYZ.shape[1:]) + frame_1TCXYZ
+        return out_BTCXYZ.flatten(0, 1)
+
     def forward(self, x_NCXYZ: torch.Tensor) -> torch.Tensor:
-        h_NCXYZ = self.res_full(self.stem(x_NCXYZ))
+        if x_NCXYZ.shape[1] != self.in_channels:
+            raise ValueError(f"frame CNN expects {self.in_channels} input channels, got {x_NCXYZ.shape[1]}")
+        if self.num_frames and x_NCXYZ.shape[0] % self.num_frames:
+            raise ValueError(f"frame CNN got {x_NCXYZ.shape[0]} frames, expected whole clips of {self.num_frames}")
+        h_NCXYZ = self.res_full(self._stem(x_NCXYZ))
         h_NCXYZ = F.leaky_relu(self.down_norm(self.down(h_NCXYZ)), LEAK, inplace=True)
         return self.res_half(h_NCXYZ)
 
@@ -49,7 +77,7 @@ class HexPlaneEncoder(nn.Module):
         self.num_frames = num_frames
         self.embedding = nn.Embedding(num_classes, embed_dim)
         self.spatial_cnn = FrameCNN(embed_dim, channels)
-        self.temporal_cnn = FrameCNN(embed_dim + num_frames, channels)
+        self.temporal_cnn = FrameCNN(embed_dim, channels, num_frames)
         t, x, y, z = num_frames, dims.x, dims.y, dims.z
 
         def proj(axes: str, sizes: tuple[int, ...], collapse: str) -> AxisProjection:
@@ -75,16 +103,15 @@ class HexPlaneEncoder(nn.Module):
         return h_NCXYZ.view(b, t, *h_NCXYZ.shape[1:]).transpose(1, 2)
 
     def forward(self, occ_BTXYZ: torch.Tensor) -> dict[str, torch.Tensor]:
-        b, t, x, y, z = occ_BTXYZ.shape
+        t = occ_BTXYZ.shape[1]
+        if t != self.num_frames:
+            raise ValueError(f"encoder built for {self.num_frames} frames, got {t}")
         emb_BTEXYZ = self.embedding(occ_BTXYZ).permute(0, 1, 5, 2, 3, 4)
-        frame_BTTXYZ = torch.eye(t, device=occ_BTXYZ.device, dtype=emb_BTEXYZ.dtype).view(1, t, t, 1, 1, 1)
-        timed_BTEXYZ = torch.cat([emb_BTEXYZ, frame_BTTXYZ.expand(b, t, t, x, y, z)], dim=2)
-
         spatial_BCTXYZ = self._frames(self.spatial_cnn, emb_BTEXYZ)
         volume_BCXYZ = self.to_volume(spatial_BCTXYZ)
         planes = {name: proj(volume_BCXYZ) for name, proj in self.to_spatial.items()}
 
-        temporal_BCTXYZ = self._frames(self.temporal_cnn, timed_BTEXYZ)
+        temporal_BCTXYZ = self._frames(self.temporal_cnn, emb_BTEXYZ)
         for name, proj in self.to_temporal.items():
             planes[name] = self.halve_t[name](proj(temporal_BCTXYZ))
         return planes
