@@ -13,6 +13,10 @@ Memory: the product volume and everything after it is the big tensor. It is buil
 (xy·xz·yz) · (tx·ty) · tz so only one full-size intermediate exists. The head's 1×1 conv over the concatenation is
 computed as ``W_feat · feat + W_fourier · fourier``; each Fourier channel depends on a single coordinate, so the
 second term is four small per-axis tables added by broadcasting and the 24-channel grid is never materialised.
+In training the last stretch (transposed conv, LeakyReLU, 1×1 head) is recomputed in backward instead of keeping
+its full-resolution ``out_channels``-wide activation (67 MB per small-grid clip at the SPEC widths, as much as
+the two residual blocks' inputs together): it is the cheapest part to redo, 2 × 2 × 2 taps against the 3³ convs
+before it, about 3 % of the decoder's FLOPs.
 For mixed precision prefer bfloat16: the product of six small factors can underflow float16.
 
 Legend: B batch, N = B·T frames, T time, X/Y/Z space (primed = latent), C channels, K classes, F Fourier channels.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from dcgen.models.hexplane import LatentDims
 from dcgen.models.layers import LEAK, ResBlock3d, StackedPlaneConvBlock, fourier_encode, num_fourier_channels
@@ -59,6 +64,7 @@ class ESSDecoder(nn.Module):
         self.upsample = nn.ConvTranspose3d(hidden, out_channels, 2, stride=2)
         self.head_feat = nn.Conv3d(out_channels, num_classes, 1)
         self.head_fourier = nn.Conv3d(num_fourier_channels(4, num_freqs), num_classes, 1, bias=False)
+        self.recompute_full_resolution = True  # in training (module doc); False keeps its activations instead
 
     def fourier_logits(self, device, dtype) -> list[torch.Tensor]:
         """The Fourier half of the head as per-axis terms ``[T, K, 1, 1, 1]``, ``[1, K, X, 1, 1]``, ``[1, K, 1, Y, 1]``,
@@ -78,6 +84,10 @@ class ESSDecoder(nn.Module):
                 terms.append(term_KN.reshape(shape).to(dtype))
         return terms
 
+    def _full_resolution(self, h_NCXYZ: torch.Tensor) -> torch.Tensor:
+        """Half-resolution features → the feature half of the head's logits at full resolution."""
+        return self.head_feat(F.leaky_relu(self.upsample(h_NCXYZ), LEAK, inplace=True))
+
     def forward(self, planes: dict[str, torch.Tensor]) -> torch.Tensor:
         planes = self.plane_block(planes)
         for name in TEMPORAL_PLANES:
@@ -87,9 +97,10 @@ class ESSDecoder(nn.Module):
 
         h_NCXYZ = F.leaky_relu(self.lift(volume_BTCXYZ.flatten(0, 1)), LEAK, inplace=True)
         h_NCXYZ = self.res2(self.res1(h_NCXYZ))
-        h_NCXYZ = F.leaky_relu(self.upsample(h_NCXYZ), LEAK, inplace=True)
-
-        logits_NKXYZ = self.head_feat(h_NCXYZ)
+        if self.recompute_full_resolution and torch.is_grad_enabled() and h_NCXYZ.requires_grad:
+            logits_NKXYZ = checkpoint(self._full_resolution, h_NCXYZ, use_reentrant=False)
+        else:
+            logits_NKXYZ = self._full_resolution(h_NCXYZ)
         logits_BTKXYZ = logits_NKXYZ.view(b, t, *logits_NKXYZ.shape[1:])
         for term in self.fourier_logits(h_NCXYZ.device, h_NCXYZ.dtype):
             logits_BTKXYZ.add_(term)  # in place is safe: a conv's backward needs its input, not its output

@@ -137,3 +137,47 @@ def test_ess_per_axis_fourier_terms_equal_the_conv_on_concatenated_channels():
     ref = F.conv3d(grid.transpose(0, 1), dec.head_fourier.weight)  # frames as batch: [T, K, X, Y, Z]
     assert total.shape == ref.shape == (4, 5, 12, 10, 6)
     assert torch.allclose(total, ref, atol=1e-5)
+
+
+def test_temporal_stem_frame_pattern_equals_the_conv_on_one_hot_channels():
+    from dcgen.models.vae_encoder import FrameCNN
+
+    torch.manual_seed(0)
+    cnn = FrameCNN(in_channels=3, channels=5, num_frames=4)
+    x = torch.randn(2 * 4, 3, 6, 5, 3)
+    onehot = torch.eye(4).view(1, 4, 4, 1, 1, 1).expand(2, 4, 4, 6, 5, 3).flatten(0, 1)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    fast = cnn._stem(a)
+    grads_fast = torch.autograd.grad((fast * fast).sum(), [a, cnn.stem.weight, cnn.stem.bias])
+    ref = cnn.stem(torch.cat([b, onehot], dim=1))  # the stem on embedding ⊕ one-hot frame index
+    grads_ref = torch.autograd.grad((ref * ref).sum(), [b, cnn.stem.weight, cnn.stem.bias])
+    assert torch.allclose(fast, ref, atol=1e-5)
+    for g_fast, g_ref in zip(grads_fast, grads_ref):
+        assert torch.allclose(g_fast, g_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_frame_cnn_rejects_partial_clips_and_wrong_widths():
+    from dcgen.models.vae_encoder import FrameCNN
+
+    cnn = FrameCNN(in_channels=3, channels=4, num_frames=4)
+    with pytest.raises(ValueError, match="got 6 frames, expected whole clips of 4"):
+        cnn(torch.randn(6, 3, 4, 4, 2))
+    with pytest.raises(ValueError, match="expects 3 input channels, got 7"):
+        cnn(torch.randn(4, 7, 4, 4, 2))
+
+
+def test_ess_recomputed_full_resolution_stretch_gives_the_same_gradients():
+    torch.manual_seed(0)
+    dec = ESSDecoder(num_classes=5, dims=DIMS, num_frames=4, width=8, hidden=8, out_channels=4)
+    planes = random_planes(DIMS, channels=4)
+    logits = dec(planes)  # grad enabled: the upsample and head are recomputed in backward
+    grads = torch.autograd.grad(logits.square().sum(), list(dec.parameters()))
+    with torch.no_grad():
+        assert torch.equal(dec(planes), logits.detach())
+
+    dec.recompute_full_resolution = False  # the stretch's activations kept for backward like every other layer's
+    ref = dec(planes)
+    ref_grads = torch.autograd.grad(ref.square().sum(), list(dec.parameters()))
+    assert torch.allclose(logits, ref)
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, rtol=1e-5, atol=1e-6)
