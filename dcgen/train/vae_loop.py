@@ -182,7 +182,7 @@ def train_vae(ctx: TrainContext, run: dict) -> dict:
             occ_BTXYZ = batch["occupancy"]
             with autocast(ctx.device, cfg.amp, cfg.cpu_bf16):
                 logits_BKTXYZ, mu, logvar = model(occ_BTXYZ)
-            loss, parts = vae_loss(logits_BKTXYZ.float(), occ_BTXYZ, mu, logvar, weights_K, beta=cfg.beta,
+            loss, parts = vae_loss(logits_BKTXYZ, occ_BTXYZ, mu, logvar, weights_K, beta=cfg.beta,
                                    lovasz_weight=cfg.lovasz_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from dcgen.models.hexplane import PLANE_NAMES
-from dcgen.train.vae_losses import class_weights, kl_divergence, lovasz_softmax, vae_loss, weighted_cross_entropy
+from dcgen.train.vae_losses import (class_weights, kl_divergence, lovasz_softmax, segmentation_loss, vae_loss,
+                                   weighted_cross_entropy)
 
 
 def test_class_weights_hand_computed():
@@ -107,6 +108,37 @@ def test_vae_loss_combines_the_parts_and_backpropagates():
     total.backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
     assert mu["xy"].grad is not None
+
+
+@pytest.mark.parametrize("scale", [1.0, 4.0, 30.0])  # 30: saturated softmax, probabilities of exactly 0 and 1
+def test_fused_segmentation_loss_equals_autograd_through_the_reference_terms(scale):
+    g = torch.Generator().manual_seed(2)
+    logits = scale * torch.randn(2, 6, 3, 20, 10, generator=g)
+    target = torch.randint(0, 6, (2, 3, 20, 10), generator=g)
+    target[target == 2] = 5  # class 2 absent
+    target[:, 0] = 0
+    w = torch.tensor([1.0, 2.0, 3.0, 0.5, 1.5, 2.5])
+    a, b = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    total, ce, lovasz = segmentation_loss(a.transpose(1, 2).transpose(1, 2), target, w, lovasz_weight=0.7)
+    ref_ce, ref_lovasz = weighted_cross_entropy(b, target, w), lovasz_softmax(b.softmax(1), target)
+    (3.0 * total).backward()  # a scaled upstream gradient reaches the kept one
+    (3.0 * (ref_ce + 0.7 * ref_lovasz)).backward()
+    assert ce.item() == pytest.approx(ref_ce.item(), rel=1e-5)
+    assert lovasz.item() == pytest.approx(ref_lovasz.item(), rel=1e-5, abs=1e-7)
+    assert not ce.requires_grad and not lovasz.requires_grad
+    assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-8)
+
+
+def test_fused_segmentation_loss_returns_the_gradient_in_the_logits_dtype():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(1, 4, 6, 7, generator=g).bfloat16().requires_grad_(True)
+    target = torch.randint(0, 4, (1, 6, 7), generator=g)
+    ref = logits.detach().float().requires_grad_(True)
+    total, _, _ = segmentation_loss(logits, target, torch.ones(4))
+    total.backward()
+    (weighted_cross_entropy(ref, target, torch.ones(4)) + lovasz_softmax(ref.softmax(1), target)).backward()
+    assert logits.grad.dtype == torch.bfloat16
+    assert torch.allclose(logits.grad.float(), ref.grad.bfloat16().float(), rtol=2e-2, atol=1e-4)
 
 
 def test_vae_loss_rejects_mismatched_inputs():
