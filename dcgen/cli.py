@@ -1003,10 +1003,13 @@ def bench_vae_cmd(
     out.write_text(json.dumps(result, indent=2))
     lines = [f"wrote {out} ({preset} grid, {result['widths']} widths, batch {batch_size}, {result['device']}):"]
     for name, v in result["variants"].items():
+        rss = (f"  RSS {v['peak_rss_step_bytes'] / 2**20:7.1f} MiB ({v['memory_rss_ratio']:.2f}x)"
+               if "peak_rss_step_bytes" in v else "")
         lines.append(f"  {name:<18} {v['s_per_iter']:8.3f} s/iter ({v['time_ratio']:.2f}x)  "
-                     f"{v['peak_step_bytes'] / 2**20:9.1f} MiB ({v['memory_ratio']:.2f}x)")
+                     f"{v['peak_step_bytes'] / 2**20:9.1f} MiB ({v['memory_ratio']:.2f}x){rss}")
     q = result["ess_vs_query"]["projection"]
-    lines.append(f"  ESS vs Query: {q['time']:.2f}x time, {q['memory']:.2f}x memory; encode "
+    rss = f" (RSS {q['memory_rss']:.2f}x)" if "memory_rss" in q else ""
+    lines.append(f"  ESS vs Query: {q['time']:.2f}x time, {q['memory']:.2f}x memory{rss}; encode "
                  f"{result['encode_clips_per_s']:.2f} clips/s, decode {result['decode_clips_per_s']:.2f} clips/s")
     typer.echo("\n".join(lines))
 

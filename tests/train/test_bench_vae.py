@@ -31,6 +31,26 @@ def test_widths_of_another_preset_keep_the_grid():
                                                       vae_preset("carlasc").query_hidden)
 
 
+def test_cpu_tensor_peak_counts_what_is_live_at_once():
+    import torch
+
+    from dcgen.train.bench_vae import cpu_tensor_peak
+
+    kept = torch.zeros(1 << 20)  # live before: not counted, and its free inside counts as never freed
+
+    def step():
+        nonlocal kept
+        a = torch.ones(1 << 20)  # 4 MiB
+        b = torch.ones(2 << 20)  # 8 MiB, with a: 12 MiB at once
+        del a, b
+        c = torch.ones(2 << 20)  # 8 MiB, after they are freed
+        kept = None
+        del c
+
+    peak = cpu_tensor_peak(step)
+    assert 12 << 20 <= peak < (12 << 20) + (64 << 10)
+
+
 def test_cli_error_is_one_line():
     res = CliRunner().invoke(app, ["bench", "vae", "--preset", "huge"])
     assert res.exit_code == 2 and res.output.strip().startswith("error: unknown VAE preset 'huge'")
