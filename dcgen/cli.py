@@ -64,6 +64,8 @@ ADDRESS_OPTION = typer.Option(None, "--address", help="http(s)://HEAD:8265 runs 
                               "HOST:6379 or 'auto' joins that Ray from here. Default: an embedded local Ray.")
 CPU_BF16_OPTION = typer.Option(False, "--cpu-bf16", help="Train the VAE on CPU under bf16 autocast (~1.4× faster where "
                                "the CPU has native bf16, e.g. AVX512-BF16 or AMX; slower without).")
+PREDICTION_OPTION = typer.Option("v", help="What the DiT outputs: 'v' (velocity, min-SNR v loss: learns conditions "
+                                 "at high noise) or 'eps' (the plain ε network of SPEC §3).")
 
 
 def remote(ctx: typer.Context, cluster: Optional[Path], address: Optional[str], *, joins_ray: bool = True,
@@ -303,8 +305,7 @@ def train_dit_cmd(
                                        "otherwise)."),
     ema_decay: Optional[float] = typer.Option(None, help="EMA decay (default per preset: 0.99 debug ... 0.9999)."),
     cond_drop: float = typer.Option(0.1, help="Probability of dropping each condition (classifier-free guidance)."),
-    prediction: str = typer.Option("v", help="What the network outputs: 'v' (velocity, min-SNR v loss: learns "
-                                   "conditions at high noise) or 'eps' (the plain ε network of SPEC §3)."),
+    prediction: str = PREDICTION_OPTION,
     max_minutes: Optional[float] = typer.Option(None, help="Stop after the epoch that passes this wall time."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
     overwrite: bool = typer.Option(False, help="Delete an existing run in --out first."),
@@ -390,6 +391,7 @@ def train_all_cmd(
     dit_epochs: Optional[int] = typer.Option(None, help="DiT epochs (default per preset)."),
     max_minutes: Optional[float] = typer.Option(None, help="Wall-time bound of each training stage."),
     cpu_bf16: bool = CPU_BF16_OPTION,
+    prediction: str = PREDICTION_OPTION,
     seed: int = typer.Option(0),
     cluster: Optional[Path] = CLUSTER_OPTION,
     address: Optional[str] = ADDRESS_OPTION,
@@ -411,7 +413,7 @@ def train_all_cmd(
         summary = train_pipeline(data, preset, out or str(Path("runs") / preset), conditions=cond,
                                  scaling=_scaling(workers, gpus_per_worker, address), vae_epochs=vae_epochs,
                                  dit_epochs=dit_epochs, max_minutes=max_minutes, seed=seed, cpu_bf16=cpu_bf16,
-                                 log=typer.echo)
+                                 prediction=prediction, log=typer.echo)
     except ValueError as e:
         fail(str(e))
     typer.echo(f"pipeline done in {summary['run_dir']}: VAE {summary['vae']}, latents {summary['latents']}, "

@@ -450,17 +450,22 @@ def _stage_summary(name: str, result: dict) -> str:
 
 def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, scaling: Scaling = Scaling(),
                    vae_epochs: int | None = None, dit_epochs: int | None = None, features_epochs: int | None = None,
-                   max_minutes: float | None = None, seed: int = 0, cpu_bf16: bool = False, log=print) -> dict:
+                   max_minutes: float | None = None, seed: int = 0, cpu_bf16: bool = False,
+                   prediction: str | None = None, log=print) -> dict:
     """VAE -> encode -> DiT -> the metric feature networks, into ``out``.
 
     Each stage is skipped when its result is already there (``OUT/vae/best``, a complete ``OUT/latents.zarr``,
     ``OUT/dit/best``, ``OUT/features/best``) and resumed when its run was interrupted. ``max_minutes`` bounds each
-    training stage separately; ``cpu_bf16`` trains the VAE on CPU under bf16 autocast.
+    training stage separately; ``cpu_bf16`` trains the VAE on CPU under bf16 autocast; ``prediction`` ("v" or
+    "eps") overrides the DiT preset's output parametrisation, checked before any stage runs.
     """
     from dcgen.data.latent_store import LatentStore
     from dcgen.generate.encode import encode_store
+    from dcgen.models.dit import PREDICTIONS
     from dcgen.train import checkpoint
 
+    if prediction is not None and prediction not in PREDICTIONS:
+        raise ValueError(f"DiT prediction must be one of {list(PREDICTIONS)}, got {prediction!r}")
     out = storage.run_path(out)  # a local Path or a URI (s3://, gs://, file://)
     store = SceneStore.open(data)
     check_store_matches(store, preset)
@@ -503,7 +508,7 @@ def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, 
         log(f"dit: training into {dit_dir}")
         stages["dit"] = train_dit(str(latents), dit_dir, vae=str(vae_best), conditions=conditions, preset=preset,
                                   scaling=scaling, epochs=dit_epochs, resume=_has_ray_run(dit_dir),
-                                  max_minutes=max_minutes, seed=seed)
+                                  max_minutes=max_minutes, seed=seed, prediction=prediction)
         log(_stage_summary("dit", stages["dit"]))
 
     features_dir = out / "features"

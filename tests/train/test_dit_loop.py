@@ -192,6 +192,12 @@ def test_train_cli_errors_and_skipped_stages(tmp_path, debug_city, debug_vae, de
     assert "pipeline done" in result.output
     result = runner.invoke(app, ["train", "--data", debug_city, "--preset", "small", "--out", str(out)])
     assert result.exit_code == 2 and "does not match the model preset 'small'" in result.output
+    for args in (["train", "--data", debug_city, "--out", str(tmp_path / "new")],
+                 ["train", "dit", "--latents", debug_latents, "--out", str(tmp_path / "new-dit")]):
+        result = runner.invoke(app, [*args, "--preset", "debug", "--prediction", "x0"])
+        assert result.exit_code == 2, result.output
+        assert "error: DiT prediction must be one of ['eps', 'v'], got 'x0'" in result.output
+    assert not (tmp_path / "new").exists() and not (tmp_path / "new-dit").exists()  # refused before any stage
 
 
 def test_a_run_directory_on_a_uri_trains_resumes_and_serves_its_checkpoints(tmp_path, ray_local, debug_latents,
