@@ -63,6 +63,13 @@ class GenerationPipeline:
         if tuple(vae.config.shape) != tuple(grid.shape) or vae.config.num_classes < grid.num_classes:
             raise ValueError(f"grid {grid.shape} with {grid.num_classes} classes does not match the VAE "
                              f"({vae.config.shape}, {vae.config.num_classes} classes)")
+        if dit.config.prediction == "v" and not (
+                len(schedule.sqrt_alphas_cumprod) == len(dit.sqrt_ac_T)
+                and np.allclose(schedule.sqrt_alphas_cumprod, dit.sqrt_ac_T.cpu().numpy(), atol=1e-6)):
+            raise ValueError(f"the v DiT turns its output into ε with its config's noise schedule "
+                             f"{dit.config.schedule} but sampling uses another ({schedule.num_steps} steps, ᾱ from "
+                             f"{schedule.alphas_cumprod[0]:.6g} to {schedule.alphas_cumprod[-1]:.6g}); sample with "
+                             "the schedule it was trained with (its checkpoint's 'schedule')")
         self.device = torch.device(device)
         self.vae = vae.to(self.device).eval().requires_grad_(False)
         self.dit = dit.to(self.device).eval().requires_grad_(False)

@@ -102,8 +102,8 @@ def _segmentation_terms(logits_BKTXYZ: torch.Tensor, target_BTXYZ: torch.Tensor,
                         lovasz_weight: float, bins: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(ce, lovasz, d(ce + lovasz_weight · lovasz)/d logits)`` in float32, without autograd.
 
-    CE: ``d/dz = w_y (p − onehot_y) / Σ w_y``. Lovász: ``d/dp_c = −sign(1[y = c] − p_c) g_c / |present|`` for the
-    present classes (Jaccard weights g constant, as in ``lovasz_softmax``), then through the softmax,
+    CE: ``d/dz = w_y (p − onehot_y) / Σ w_y``. Lovász: ``d/dp_c = −sign(1[y = c] − p_c) g_c / |present|`` for
+    the present classes (Jaccard weights g constant, as in ``lovasz_softmax``), then through the softmax,
     ``d/dz = p ⊙ (s − Σ_k p_k s_k)``. Classes are taken one at a time, so the transient memory is a few voxel-sized
     vectors on top of the softmax."""
     num_classes = logits_BKTXYZ.shape[1]

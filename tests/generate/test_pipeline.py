@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from dcgen.cli import app
 from dcgen.data.store import SceneStore
 from dcgen.diffusion.samplers import ddim_sample
+from dcgen.diffusion.schedule import NoiseSchedule, ScheduleConfig
 from dcgen.generate.conditions import SceneRequest
 from dcgen.generate.loading import load_vae
 from dcgen.generate.pipeline import GenerationPipeline
@@ -161,6 +162,12 @@ def test_bad_inputs_raise_clear_errors(pipe, clips, debug_vae, debug_dit, tmp_pa
         narrow.generate([SceneRequest(trajectory=clips["trajectory"][0])], [0])
     with pytest.raises(ValueError, match="chaining needs a DiT trained with the 'prev_clip' condition"):
         narrow.chain([SceneRequest()], [0], k=2)
+    # a v DiT converts its output with its own schedule: sampling with another would be silently wrong
+    v_dit = DiT(replace(pipe.dit.config, prediction="v", schedule=ScheduleConfig(num_steps=500).to_dict()))
+    with pytest.raises(ValueError, match=r"the v DiT turns its output into ε .*'num_steps': 500.* sampling uses "
+                                         r"another \(1000 steps"):
+        GenerationPipeline(vae, v_dit, pipe.grid, pipe.schedule, micro_batch=2)
+    assert GenerationPipeline(vae, v_dit, pipe.grid, NoiseSchedule.linear(ScheduleConfig(num_steps=500)))
     # a DiT paired with another VAE
     meta, state = checkpoint.load(debug_vae, kind="vae")
     state["model"] = {k: v * 1.01 for k, v in state["model"].items()}
