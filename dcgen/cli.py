@@ -987,8 +987,9 @@ def bench_vae_cmd(
     preset: str = typer.Option("small", help="debug | small | carlasc | occ3d."),
     out: Path = typer.Option(Path("bench-vae.json"), help="JSON file to write."),
     batch_size: int = typer.Option(2, help="Clips per training step (the same for every variant)."),
-    iters: int = typer.Option(3, help="Timed iterations per variant (median reported)."),
-    warmup: int = typer.Option(1, help="Untimed iterations first."),
+    iters: int = typer.Option(6, help="Timed iterations per variant (median reported)."),
+    warmup: int = typer.Option(2, help="Untimed iterations first (on CPU the Query variants take a few steps to "
+                               "settle their heap)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: all cores)."),
     widths: Optional[str] = typer.Option(None, help="Layer widths of another preset (e.g. carlasc) on this grid."),

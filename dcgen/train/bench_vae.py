@@ -290,7 +290,7 @@ def _in_fresh_process(fn, *args):
         return pool.submit(fn, *args).result()
 
 
-def bench_vae(preset: str = "small", batch_size: int = 2, iters: int = 3, warmup: int = 1, device: str = "auto",
+def bench_vae(preset: str = "small", batch_size: int = 2, iters: int = 6, warmup: int = 2, device: str = "auto",
               threads: int | None = None, widths: str | None = None, log=None) -> dict:
     """The four variants' training cost as ratios to Projection+ESS, and encode/decode clips/s (JSON-able)."""
     import torch

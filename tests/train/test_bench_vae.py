@@ -15,7 +15,7 @@ from dcgen.train.bench_vae import VARIANTS, bench_vae, variant_name
 def test_bad_options_are_errors():
     with pytest.raises(ValueError, match="unknown VAE preset 'huge'"):
         bench_vae("huge")
-    with pytest.raises(ValueError, match="need batch size >= 1, iters >= 1, warmup >= 0; got 0, 3, 1"):
+    with pytest.raises(ValueError, match="need batch size >= 1, iters >= 1, warmup >= 0; got 0, 6, 2"):
         bench_vae("debug", batch_size=0)
     with pytest.raises(ValueError, match="unknown VAE preset 'wide'"):
         bench_vae("debug", widths="wide")
