@@ -47,6 +47,12 @@ TIMESTEP_FREQ_DIM = 256
 PREDICTIONS: tuple[str, ...] = ("eps", "v")
 
 
+def check_prediction(prediction: str) -> None:
+    """Raise a ValueError naming the choices unless ``prediction`` is one of ``PREDICTIONS``."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"DiT prediction must be one of {list(PREDICTIONS)}, got {prediction!r}")
+
+
 @dataclass(frozen=True)
 class DiTConfig:
     latent: LatentDims
@@ -72,8 +78,7 @@ class DiTConfig:
         unknown = [c for c in self.conditions if c not in CONDITIONS]
         if unknown or len(set(self.conditions)) != len(self.conditions):
             raise ValueError(f"DiT conditions {list(self.conditions)} must be distinct names from {list(CONDITIONS)}")
-        if self.prediction not in PREDICTIONS:
-            raise ValueError(f"DiT prediction must be one of {list(PREDICTIONS)}, got {self.prediction!r}")
+        check_prediction(self.prediction)
         ScheduleConfig.from_dict(self.schedule)
         RolloutLayout(self.latent, self.patch)  # validates that the patch tiles every plane
 

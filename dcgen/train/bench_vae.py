@@ -147,10 +147,6 @@ class _TrainingStep:
             return int(torch.cuda.max_memory_allocated(self.device))
         return _status_kib("VmHWM") * 1024
 
-    def tensor_peak_of_one_step(self) -> int:
-        """CPU: peak live tensor bytes of one more step above those live at its start (module doc)."""
-        return cpu_tensor_peak(self)
-
 
 def cpu_tensor_peak(fn) -> int:
     """Peak bytes of CPU tensors live at once while ``fn()`` runs, above those live when it starts, from the
@@ -188,7 +184,7 @@ def _variant_process(conn, *args) -> None:
             conn.send(step())
         elif msg == "memory":
             peak = step.peak()
-            tensor_peak = None if step.device.type == "cuda" else step.tensor_peak_of_one_step()
+            tensor_peak = None if step.device.type == "cuda" else cpu_tensor_peak(step)
             conn.send((base, peak, step.model.num_parameters(), tensor_peak))
     conn.close()
 

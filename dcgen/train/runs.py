@@ -461,11 +461,11 @@ def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, 
     """
     from dcgen.data.latent_store import LatentStore
     from dcgen.generate.encode import encode_store
-    from dcgen.models.dit import PREDICTIONS
+    from dcgen.models.dit import check_prediction
     from dcgen.train import checkpoint
 
-    if prediction is not None and prediction not in PREDICTIONS:
-        raise ValueError(f"DiT prediction must be one of {list(PREDICTIONS)}, got {prediction!r}")
+    if prediction is not None:
+        check_prediction(prediction)
     out = storage.run_path(out)  # a local Path or a URI (s3://, gs://, file://)
     store = SceneStore.open(data)
     check_store_matches(store, preset)

@@ -166,6 +166,15 @@ def test_frame_cnn_rejects_partial_clips_and_wrong_widths():
         cnn(torch.randn(4, 7, 4, 4, 2))
 
 
+def test_encoder_rejects_clips_of_another_length():
+    from dcgen.models.vae_encoder import HexPlaneEncoder
+
+    enc = HexPlaneEncoder(num_classes=3, dims=LatentDims(t=2, x=2, y=2, z=1, channels=4), num_frames=4,
+                          embed_dim=4, channels=4)
+    with pytest.raises(ValueError, match="encoder built for 4 frames, got 8"):
+        enc(torch.zeros(1, 8, 4, 4, 2, dtype=torch.long))  # 8 frames: whole clips of 4 to the frame CNN, yet wrong
+
+
 def test_ess_recomputed_full_resolution_stretch_gives_the_same_gradients():
     torch.manual_seed(0)
     dec = ESSDecoder(num_classes=5, dims=DIMS, num_frames=4, width=8, hidden=8, out_channels=4)

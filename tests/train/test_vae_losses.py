@@ -119,7 +119,11 @@ def test_fused_segmentation_loss_equals_autograd_through_the_reference_terms(sca
     target[:, 0] = 0
     w = torch.tensor([1.0, 2.0, 3.0, 0.5, 1.5, 2.5])
     a, b = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
-    total, ce, lovasz = segmentation_loss(a.transpose(1, 2).transpose(1, 2), target, w, lovasz_weight=0.7)
+    # both laid out as the decoder's logits are (a transposed view) and a flipped batch may be: not contiguous
+    logits_view = a.transpose(1, 2).contiguous().transpose(1, 2)
+    target_view = target.transpose(1, 3).contiguous().transpose(1, 3)
+    assert not logits_view.is_contiguous() and not target_view.is_contiguous()
+    total, ce, lovasz = segmentation_loss(logits_view, target_view, w, lovasz_weight=0.7)
     ref_ce, ref_lovasz = weighted_cross_entropy(b, target, w), lovasz_softmax(b.softmax(1), target)
     (3.0 * total).backward()  # a scaled upstream gradient reaches the kept one
     (3.0 * (ref_ce + 0.7 * ref_lovasz)).backward()
