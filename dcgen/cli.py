@@ -993,6 +993,8 @@ def bench_vae_cmd(
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: all cores)."),
     widths: Optional[str] = typer.Option(None, help="Layer widths of another preset (e.g. carlasc) on this grid."),
+    cpu_bf16: bool = typer.Option(False, "--cpu-bf16", help="On CPU, run every variant under bf16 autocast, as "
+                                  "`dcgen train vae --cpu-bf16` trains (CUDA always uses bf16 autocast)."),
 ) -> None:
     import json
 
@@ -1000,11 +1002,12 @@ def bench_vae_cmd(
 
     try:
         result = bench_vae(preset, batch_size=batch_size, iters=iters, warmup=warmup, device=device,
-                           threads=threads, widths=widths, log=lambda m: typer.echo(m, err=True))
+                           threads=threads, widths=widths, log=lambda m: typer.echo(m, err=True), cpu_bf16=cpu_bf16)
     except ValueError as e:
         fail(str(e))
     out.write_text(json.dumps(result, indent=2))
-    lines = [f"wrote {out} ({preset} grid, {result['widths']} widths, batch {batch_size}, {result['device']}):"]
+    lines = [f"wrote {out} ({preset} grid, {result['widths']} widths, batch {batch_size}, {result['device']}, "
+             f"{result['precision']}):"]
     for name, v in result["variants"].items():
         rss = (f"  RSS {v['peak_rss_step_bytes'] / 2**20:7.1f} MiB ({v['memory_rss_ratio']:.2f}x)"
                if "peak_rss_step_bytes" in v else "")

@@ -15,6 +15,9 @@ training steps above the memory held just before the first one (weights, optimiz
   freed blocks, which depends on the order of allocations rather than on the model: at the small grid and SPEC
   widths it read 1.7 GB for ESS against 1.2 GB of tensors at the peak, and with a fixed ``MALLOC_MMAP_THRESHOLD_``
   the resident peak fell to within 7 % of the tensor peak.
+Precision is training's: bf16 autocast on CUDA; on CPU float32, or bf16 autocast with ``cpu_bf16`` (as
+``dcgen train vae --cpu-bf16``). The ESS step is mostly 3D convolutions that run near the CPU's float32 peak, the
+Query step mostly memory traffic of per-voxel MLP activations, so the time ratio depends on the precision.
 Times are medians (and minima, the steadier estimate on a busy machine) over the timed iterations after the warm-up
 ones; on a shared machine they move with its load, which the result records.
 """
@@ -91,7 +94,7 @@ class _TrainingStep:
     """One variant's model, optimizer and batch; ``__call__`` runs and times one training step."""
 
     def __init__(self, preset: str, widths: str | None, projection: str, decoder: str, batch_size: int,
-                 device: str, threads: int | None, seed: int = 0):
+                 device: str, threads: int | None, cpu_bf16: bool = False, seed: int = 0):
         import torch
 
         from dcgen.models.vae import HexPlaneVAE
@@ -107,13 +110,14 @@ class _TrainingStep:
         occ_BTXYZ, counts = _batch(preset, batch_size, seed)
         self.occ_BTXYZ = occ_BTXYZ.to(self.device)
         self.weights_K = class_weights(counts).to(self.device)
+        self.cpu_bf16 = cpu_bf16
 
     def __call__(self) -> float:
         from dcgen.train.context import autocast
         from dcgen.train.vae_losses import vae_loss
 
         dev = self.device
-        amp = autocast(dev, amp=True)
+        amp = autocast(dev, amp=True, cpu_bf16=self.cpu_bf16)
         _sync(dev)
         t0 = time.perf_counter()
         with amp:
@@ -190,7 +194,7 @@ def _variant_process(conn, *args) -> None:
 
 
 def measure_training(preset: str, widths: str | None, batch_size: int, iters: int, warmup: int, device: str,
-                     threads: int | None, log=None) -> dict:
+                     threads: int | None, log=None, cpu_bf16: bool = False) -> dict:
     """Every variant's s/iter and peak step memory. The four run in their own processes at once but step in
     turn, round after round (the order rotating), so a change of machine load hits them all alike."""
     ctx = get_context("spawn")
@@ -201,7 +205,7 @@ def measure_training(preset: str, widths: str | None, batch_size: int, iters: in
             parent, child = ctx.Pipe()
             procs[name] = ctx.Process(target=_variant_process, daemon=True,
                                       args=(child, preset, widths, projection, decoder, batch_size, device,
-                                            threads))
+                                            threads, cpu_bf16))
             procs[name].start()
             conns[name] = parent
         def recv(name: str):
@@ -248,7 +252,7 @@ def measure_training(preset: str, widths: str | None, batch_size: int, iters: in
 
 
 def measure_codec(preset: str, widths: str | None, batch_size: int, iters: int, warmup: int, device: str,
-                  threads: int | None, seed: int = 0) -> dict:
+                  threads: int | None, cpu_bf16: bool = False, seed: int = 0) -> dict:
     """Encode (clip → μ planes) and decode (planes → class ids) clips/s of Projection+ESS in eval mode."""
     import torch
 
@@ -263,7 +267,7 @@ def measure_codec(preset: str, widths: str | None, batch_size: int, iters: int, 
     model = HexPlaneVAE(bench_config(preset, widths)).to(dev).eval()
     occ_BTXYZ, _ = _batch(preset, batch_size, seed)
     occ_BTXYZ = occ_BTXYZ.to(dev)
-    amp = autocast(dev, amp=True)
+    amp = autocast(dev, amp=True, cpu_bf16=cpu_bf16)
 
     def timed(fn) -> float:
         _sync(dev)
@@ -287,8 +291,10 @@ def _in_fresh_process(fn, *args):
 
 
 def bench_vae(preset: str = "small", batch_size: int = 2, iters: int = 6, warmup: int = 2, device: str = "auto",
-              threads: int | None = None, widths: str | None = None, log=None) -> dict:
-    """The four variants' training cost as ratios to Projection+ESS, and encode/decode clips/s (JSON-able)."""
+              threads: int | None = None, widths: str | None = None, log=None, cpu_bf16: bool = False) -> dict:
+    """The four variants' training cost as ratios to Projection+ESS, and encode/decode clips/s (JSON-able).
+    ``cpu_bf16`` runs every variant on CPU under bf16 autocast, as ``dcgen train vae --cpu-bf16`` trains (on CUDA
+    the variants always run under bf16 autocast, as training does by default)."""
     import torch
 
     from dcgen.runtime import pick_device
@@ -299,7 +305,8 @@ def bench_vae(preset: str = "small", batch_size: int = 2, iters: int = 6, warmup
     dev = pick_device(device)
     threads = threads or (None if dev.type == "cuda" else os.cpu_count())
     load_before = os.getloadavg()
-    variants = measure_training(preset, widths, batch_size, iters, warmup, str(dev), threads, log)
+    cpu_bf16 = cpu_bf16 and dev.type == "cpu"
+    variants = measure_training(preset, widths, batch_size, iters, warmup, str(dev), threads, log, cpu_bf16)
     ref = variants[variant_name("projection", "ess")]
     for v in variants.values():
         v["time_ratio"] = v["s_per_iter"] / ref["s_per_iter"]
@@ -318,13 +325,13 @@ def bench_vae(preset: str = "small", batch_size: int = 2, iters: int = 6, warmup
                                                       / max(query["peak_rss_step_bytes"], 1))
     if log is not None:
         log("  encode / decode ...")
-    codec = _in_fresh_process(measure_codec, preset, widths, batch_size, iters, warmup, str(dev), threads)
+    codec = _in_fresh_process(measure_codec, preset, widths, batch_size, iters, warmup, str(dev), threads, cpu_bf16)
     main = ess_vs_query["projection"]
     return {
         "preset": preset, "widths": widths or preset, "config": config.replace(decoder="ess").to_dict(),
         "batch_size": batch_size, "iters": iters, "warmup": warmup, "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
-        "threads": threads,
+        "threads": threads, "precision": "bf16 autocast" if dev.type == "cuda" or cpu_bf16 else "float32",
         "memory_measure": ("torch.cuda.max_memory_allocated above the allocation before the first step"
                            if dev.type == "cuda" else
                            "peak live tensor bytes of one untimed step (torch.profiler allocation events) above "

@@ -51,6 +51,22 @@ def test_cpu_tensor_peak_counts_what_is_live_at_once():
     assert 12 << 20 <= peak < (12 << 20) + (64 << 10)
 
 
+@pytest.mark.parametrize("cpu_bf16", [False, True])
+def test_training_step_runs_in_the_precision_asked(cpu_bf16):
+    import torch
+
+    from dcgen.train.bench_vae import _TrainingStep
+
+    step = _TrainingStep("debug", None, "projection", "ess", 1, "cpu", 1, cpu_bf16=cpu_bf16)
+    seen = []
+    step.model.decoder.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    before = [p.detach().clone() for p in step.model.parameters()]
+    assert step() > 0
+    assert seen == [torch.bfloat16 if cpu_bf16 else torch.float32]
+    assert all(p.dtype == torch.float32 for p in step.model.parameters())  # autocast, not a bf16 model
+    assert any(not torch.equal(a, b) for a, b in zip(before, step.model.parameters()))
+
+
 def test_cli_error_is_one_line():
     res = CliRunner().invoke(app, ["bench", "vae", "--preset", "huge"])
     assert res.exit_code == 2 and res.output.strip().startswith("error: unknown VAE preset 'huge'")
@@ -73,4 +89,5 @@ def test_debug_bench_measures_every_variant(tmp_path):
     assert result["encode_clips_per_s"] > 0 and result["decode_clips_per_s"] > 0
     assert result["ess_vs_query"]["projection"]["time"] == pytest.approx(
         ref["s_per_iter"] / result["variants"]["projection+query"]["s_per_iter"])
+    assert result["precision"] == "float32" and "float32" in res.output
     assert "ESS vs Query" in res.output
