@@ -111,11 +111,11 @@ def _segmentation_terms(logits_BKTXYZ: torch.Tensor, target_BTXYZ: torch.Tensor,
     target_BTXYZ = target_BTXYZ.long()
     target_B1TXYZ = target_BTXYZ.unsqueeze(1)
     w_BTXYZ = weights_K.float()[target_BTXYZ]
-    w_total = w_BTXYZ.sum()
-    ce = -(w_BTXYZ * logp_BKTXYZ.gather(1, target_B1TXYZ).squeeze(1)).sum() / w_total
+    w_B1TXYZ = (w_BTXYZ / w_BTXYZ.sum()).unsqueeze(1)  # each voxel's share of the weighted mean
+    ce = -(w_B1TXYZ * logp_BKTXYZ.gather(1, target_B1TXYZ)).sum()
     probs_BKTXYZ = logp_BKTXYZ.exp_()  # log-probabilities are not needed again
-    grad_BKTXYZ = probs_BKTXYZ * (w_BTXYZ / w_total).unsqueeze(1)
-    grad_BKTXYZ.scatter_add_(1, target_B1TXYZ, -(w_BTXYZ / w_total).unsqueeze(1))
+    grad_BKTXYZ = probs_BKTXYZ * w_B1TXYZ
+    grad_BKTXYZ.scatter_add_(1, target_B1TXYZ, -w_B1TXYZ)
 
     present = torch.nonzero(torch.bincount(target_BTXYZ.reshape(-1), minlength=num_classes)).squeeze(1).tolist()
     signed_BKTXYZ = torch.zeros_like(probs_BKTXYZ)
