@@ -252,7 +252,9 @@ def train_vae_cmd(
     gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker (0 = CPU)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs (default per preset)."),
     batch_size: Optional[int] = typer.Option(None, help="Clips per worker batch (default per preset)."),
-    lr: float = typer.Option(1e-3, help="AdamW learning rate."),
+    lr: Optional[float] = typer.Option(None, help="AdamW learning rate [default: the preset's, 1e-3; small 3e-3]."),
+    warmup_steps: Optional[int] = typer.Option(None, help="Linear learning-rate warm-up steps [default: the "
+                                               "preset's, 0; small 20]."),
     beta: float = typer.Option(0.0015, help="KL weight."),
     projection: str = typer.Option("projection", help="projection | avgpool (ablation)."),
     decoder: str = typer.Option("ess", help="ess | query (ablation)."),
@@ -276,8 +278,8 @@ def train_vae_cmd(
     try:
         scaling = replace(_scaling(workers, gpus_per_worker, address), max_failures=max_failures)
         summary = train_vae(data, preset, out, scaling=scaling, epochs=epochs, batch_size=batch_size, lr=lr,
-                            beta=beta, projection=projection, decoder=decoder, resume=resume, overwrite=overwrite,
-                            max_minutes=max_minutes, report_every=report_every, seed=seed, cpu_bf16=cpu_bf16)
+                            warmup_steps=warmup_steps, beta=beta, projection=projection, decoder=decoder,
+                            resume=resume, overwrite=overwrite, max_minutes=max_minutes, report_every=report_every, seed=seed, cpu_bf16=cpu_bf16)
     except ValueError as e:
         fail(str(e))
     m = summary["metrics"]

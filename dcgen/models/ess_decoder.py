@@ -17,6 +17,10 @@ In training the last stretch (transposed conv, LeakyReLU, 1×1 head) is recomput
 its full-resolution ``out_channels``-wide activation (67 MB per small-grid clip at the SPEC widths, as much as
 the two residual blocks' inputs together): it is the cheapest part to redo, 2 × 2 × 2 taps against the 3³ convs
 before it, about 3 % of the decoder's FLOPs.
+Optionally (``lift_norm``, not in SPEC) an InstanceNorm follows the lift. The six factors of the product are each
+O(0.1–0.3) at initialisation, so the product volume is ~1e-5 and the lift's output is its bias plus a signal
+~1e-5 as large: the residual blocks' norms amplify it, but the first steps learn mostly the scale. The norm hands
+the residual blocks a unit-scale volume from the first step, per frame and channel as their own norms do.
 For mixed precision prefer bfloat16: the product of six small factors can underflow float16.
 
 Legend: B batch, N = B·T frames, T time, X/Y/Z space (primed = latent), C channels, K classes, F Fourier channels.
@@ -50,7 +54,7 @@ class ESSDecoder(nn.Module):
     """``{xy, xz, yz: [B, C, ·, ·], tx, ty, tz: [B, C, T', ·]}`` → ``logits [B, K, T, X, Y, Z]``."""
 
     def __init__(self, num_classes: int, dims: LatentDims, num_frames: int, width: int = 64, hidden: int = 128,
-                 out_channels: int = 32, num_freqs: int = 3):
+                 out_channels: int = 32, num_freqs: int = 3, lift_norm: bool = False):
         super().__init__()
         self.num_frames = num_frames
         self.size = (2 * dims.x, 2 * dims.y, 2 * dims.z)
@@ -59,6 +63,7 @@ class ESSDecoder(nn.Module):
         self.t_upsample = nn.ModuleDict({n: nn.ConvTranspose2d(width, width, (2, 1), stride=(2, 1))
                                          for n in TEMPORAL_PLANES})
         self.lift = nn.Conv3d(width, hidden, 1)
+        self.lift_norm = nn.InstanceNorm3d(hidden, affine=True) if lift_norm else nn.Identity()
         self.res1 = ResBlock3d(hidden)
         self.res2 = ResBlock3d(hidden)
         self.upsample = nn.ConvTranspose3d(hidden, out_channels, 2, stride=2)
@@ -95,7 +100,7 @@ class ESSDecoder(nn.Module):
         volume_BTCXYZ = hexplane_product(planes)
         b, t = volume_BTCXYZ.shape[:2]
 
-        h_NCXYZ = F.leaky_relu(self.lift(volume_BTCXYZ.flatten(0, 1)), LEAK, inplace=True)
+        h_NCXYZ = F.leaky_relu(self.lift_norm(self.lift(volume_BTCXYZ.flatten(0, 1))), LEAK, inplace=True)
         h_NCXYZ = self.res2(self.res1(h_NCXYZ))
         if self.recompute_full_resolution and torch.is_grad_enabled() and h_NCXYZ.requires_grad:
             logits_NKXYZ = checkpoint(self._full_resolution, h_NCXYZ, use_reentrant=False)

@@ -41,7 +41,9 @@ def variant_name(projection: str, decoder: str) -> str:
     return f"{projection}+{decoder}"
 
 
-WIDTH_FIELDS = ("embed_dim", "encoder_width", "decoder_width", "decoder_hidden", "decoder_out", "query_hidden")
+# a preset's layer widths and the per-preset choices that go with them (heads per width, the CPU preset's lift norm)
+WIDTH_FIELDS = ("embed_dim", "encoder_width", "projection_heads", "decoder_width", "decoder_hidden", "decoder_out",
+                "lift_norm", "query_hidden")
 
 
 def bench_config(preset: str, widths: str | None = None, projection: str = "projection", decoder: str = "ess"):

@@ -62,6 +62,24 @@ def test_forward_backward_every_variant(projection, decoder):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+def test_lift_norm_trains_and_older_configs_load_without_it():
+    torch.manual_seed(0)
+    cfg = DEBUG.replace(lift_norm=True)
+    model = HexPlaneVAE(cfg)
+    occ = blob_clips(cfg, 2)
+    logits, mu, logvar = model(occ)
+    vae_loss(logits, occ, mu, logvar, torch.ones(cfg.num_classes))[0].backward()
+    norm = model.decoder.lift_norm
+    assert isinstance(norm, torch.nn.InstanceNorm3d) and norm.weight.grad is not None
+    assert torch.isfinite(norm.weight.grad).all()
+    assert VAE_PRESETS["small"].lift_norm and not VAE_PRESETS["carlasc"].lift_norm
+    # a config saved before the field existed builds the SPEC decoder, whose state dict has no norm
+    old = {k: v for k, v in DEBUG.to_dict().items() if k != "lift_norm"}
+    plain = HexPlaneVAE(VAEConfig.from_dict(old))
+    assert not plain.config.lift_norm
+    assert not any("lift_norm" in k for k in plain.state_dict())
+
+
 def test_planes_match_latent_dims():
     cfg = DEBUG
     model = HexPlaneVAE(cfg).eval()
@@ -110,6 +128,7 @@ def test_config_round_trips_through_json():
     ({"num_frames": 3}, "T=3"),
     ({"decoder_width": 0}, "decoder_width=0"),
     ({"encoder_width": 9}, "encoder_width=9"),
+    ({"lift_norm": "yes"}, "lift_norm='yes', expected true or false"),
 ])
 def test_config_rejects_bad_values(changes, match):
     with pytest.raises(ValueError, match=match):

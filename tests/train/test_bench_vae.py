@@ -29,6 +29,8 @@ def test_widths_of_another_preset_keep_the_grid():
     assert cfg.shape == vae_preset("small").shape and cfg.decoder == "query"
     assert (cfg.decoder_hidden, cfg.query_hidden) == (vae_preset("carlasc").decoder_hidden,
                                                       vae_preset("carlasc").query_hidden)
+    # the SPEC's architecture at those widths: two heads, no lift norm (the small preset has one head and the norm)
+    assert (cfg.projection_heads, cfg.lift_norm) == (2, False)
 
 
 def test_cpu_tensor_peak_counts_what_is_live_at_once():

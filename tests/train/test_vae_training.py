@@ -65,11 +65,19 @@ def test_lr_factor_steps_down_at_the_milestones():
     assert lr_factor(6, 20, 0.5) == 1
 
 
+def test_lr_factor_warms_up_linearly_then_follows_the_milestones():
+    got = [lr_factor(s, 10, 0.5, warmup_steps=3) for s in range(7)]
+    assert got == [0.25, 0.5, 0.75, 1, 1, 0.5, 0.25]
+    assert lr_factor(0, 10, 0.5) == lr_factor(0, 10, 0.5, warmup_steps=0) == 1
+
+
 def test_config_rejects_bad_numbers():
     with pytest.raises(ValueError, match="epochs, batch size"):
         VAETrainConfig(model={}, class_weights=[1.0], steps_per_epoch=1, epochs=0)
     with pytest.raises(ValueError, match="max_minutes must be positive"):
         VAETrainConfig(model={}, class_weights=[1.0], steps_per_epoch=1, max_minutes=0)
+    with pytest.raises(ValueError, match="warm-up steps must be >= 0, got -1"):
+        VAETrainConfig(model={}, class_weights=[1.0], steps_per_epoch=1, warmup_steps=-1)
 
 
 # ---- the loop without Ray ----------------------------------------------------------------------------------
@@ -261,3 +269,12 @@ def test_bad_failure_budget_and_report_interval_are_errors(city, tmp_path):
         train_vae(city, "debug", tmp_path / "run", scaling=Scaling(max_failures=-2))
     with pytest.raises(ValueError, match="--report-every must be >= 1, got 0"):
         train_vae(city, "debug", tmp_path / "run", report_every=0)
+
+
+def test_bad_learning_rate_or_warmup_is_an_error_before_anything_is_written(city, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="--lr must be positive, got 0.0"):
+        train_vae(city, "debug", out, lr=0.0)
+    with pytest.raises(ValueError, match="--warmup-steps must be >= 0, got -5"):
+        train_vae(city, "debug", out, warmup_steps=-5)
+    assert not out.exists()
