@@ -279,7 +279,8 @@ def train_vae_cmd(
         scaling = replace(_scaling(workers, gpus_per_worker, address), max_failures=max_failures)
         summary = train_vae(data, preset, out, scaling=scaling, epochs=epochs, batch_size=batch_size, lr=lr,
                             warmup_steps=warmup_steps, beta=beta, projection=projection, decoder=decoder,
-                            resume=resume, overwrite=overwrite, max_minutes=max_minutes, report_every=report_every, seed=seed, cpu_bf16=cpu_bf16)
+                            resume=resume, overwrite=overwrite, max_minutes=max_minutes, report_every=report_every,
+                            seed=seed, cpu_bf16=cpu_bf16)
     except ValueError as e:
         fail(str(e))
     m = summary["metrics"]

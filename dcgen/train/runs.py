@@ -135,26 +135,21 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
     model_cfg = vae_preset(preset).replace(projection=projection, decoder=decoder)
     d_epochs, d_batch, d_lr, d_warmup = VAE_DEFAULTS[preset]
     epochs, batch_size = epochs or d_epochs, batch_size or d_batch
-    lr = d_lr if lr is None else lr
-    warmup_steps = d_warmup if warmup_steps is None else warmup_steps
-    if not lr > 0:
-        raise ValueError(f"--lr must be positive, got {lr}")
-    if warmup_steps < 0:
-        raise ValueError(f"--warmup-steps must be >= 0, got {warmup_steps}")
-    prepare_run_dir(out, resume, overwrite)
-    if resume:
-        check_same_model(out, model_cfg.to_dict(), preset)
-        check_latest_checkpoint(out / "ray" / "vae", model_cfg.to_dict())
-    hist = store.class_histogram("train")
-    init_ray(scaling.address)
-    arrays = ("occupancy", "mask") if store.has_mask else ("occupancy",)
-    datasets = {"train": read_scenes(data, "train", arrays), "val": read_scenes(data, "val", arrays)}
+    lr, warmup_steps = d_lr if lr is None else lr, d_warmup if warmup_steps is None else warmup_steps
+    # the run's config checks its numbers (learning rate, warm-up, deadline) before the run directory is touched
     run = VAETrainConfig(
-        model=model_cfg.to_dict(), class_weights=[float(w) for w in class_weights(hist)],
+        model=model_cfg.to_dict(), class_weights=[float(w) for w in class_weights(store.class_histogram("train"))],
         steps_per_epoch=steps_per_epoch(n_train, batch_size, scaling.workers), epochs=epochs,
         batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, beta=beta, report_every=report_every, seed=seed,
         out_dir=str(out), max_minutes=max_minutes, fail_at_step=fail_at_step, cpu_bf16=cpu_bf16,
         extra={"data": str(data), "preset": preset, "train_clips": int(n_train), "val_clips": int(n_val)})
+    prepare_run_dir(out, resume, overwrite)
+    if resume:
+        check_same_model(out, model_cfg.to_dict(), preset)
+        check_latest_checkpoint(out / "ray" / "vae", model_cfg.to_dict())
+    init_ray(scaling.address)
+    arrays = ("occupancy", "mask") if store.has_mask else ("occupancy",)
+    datasets = {"train": read_scenes(data, "train", arrays), "val": read_scenes(data, "val", arrays)}
     (out / "run.json").write_text(json.dumps({"kind": "vae", "run": asdict(run), "scaling": asdict(scaling)},
                                              indent=2))
     result = ray_trainer.fit("dcgen.train.vae_loop:train_vae", asdict(run), datasets=datasets,

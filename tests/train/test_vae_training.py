@@ -271,10 +271,16 @@ def test_bad_failure_budget_and_report_interval_are_errors(city, tmp_path):
         train_vae(city, "debug", tmp_path / "run", report_every=0)
 
 
-def test_bad_learning_rate_or_warmup_is_an_error_before_anything_is_written(city, tmp_path):
+def test_bad_learning_rate_warmup_or_deadline_is_an_error_before_anything_is_written(city, tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(ValueError, match="--lr must be positive, got 0.0"):
+    with pytest.raises(ValueError, match="learning rate must be positive, got 0.0"):
         train_vae(city, "debug", out, lr=0.0)
-    with pytest.raises(ValueError, match="--warmup-steps must be >= 0, got -5"):
+    with pytest.raises(ValueError, match="warm-up steps must be >= 0, got -5"):
         train_vae(city, "debug", out, warmup_steps=-5)
     assert not out.exists()
+    # an existing run is not deleted by --overwrite when the new run's numbers are bad
+    (out / "ray" / "vae").mkdir(parents=True)
+    (out / "run.json").write_text("{}")
+    with pytest.raises(ValueError, match="max_minutes must be positive"):
+        train_vae(city, "debug", out, overwrite=True, max_minutes=0)
+    assert (out / "run.json").read_text() == "{}"
