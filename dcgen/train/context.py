@@ -55,8 +55,8 @@ def to_torch_batch(batch: dict[str, np.ndarray], device: torch.device) -> dict[s
         v = np.asarray(v)
         if v.dtype == np.uint8 and k not in ("mask",):
             t = torch.from_numpy(v.astype(np.int64))
-        else:
-            t = torch.from_numpy(np.ascontiguousarray(v))
+        else:  # Ray Data hands out read-only views of its Arrow blocks; torch wants memory it may write
+            t = torch.from_numpy(np.ascontiguousarray(v) if v.flags.writeable else v.copy())
         out[k] = t.to(device, non_blocking=True)
     return out
 

@@ -71,6 +71,24 @@ def test_lr_factor_warms_up_linearly_then_follows_the_milestones():
     assert lr_factor(0, 10, 0.5) == lr_factor(0, 10, 0.5, warmup_steps=0) == 1
 
 
+def test_read_only_batches_become_tensors_without_a_warning():
+    import warnings
+
+    import numpy as np
+
+    from dcgen.train.context import to_torch_batch
+
+    mask = np.ones((1, 2, 3), dtype=bool)
+    mask.flags.writeable = False  # as Ray Data hands out its Arrow-backed arrays
+    occ = np.full((1, 2, 3), 3, dtype=np.uint8)
+    occ.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = to_torch_batch({"occupancy": occ, "mask": mask}, torch.device("cpu"))
+    assert out["mask"].dtype == torch.bool and out["mask"].all()
+    assert out["occupancy"].dtype == torch.int64 and int(out["occupancy"].max()) == 3
+
+
 def test_config_rejects_bad_numbers():
     with pytest.raises(ValueError, match="epochs, batch size"):
         VAETrainConfig(model={}, class_weights=[1.0], steps_per_epoch=1, epochs=0)
