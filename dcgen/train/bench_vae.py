@@ -300,6 +300,7 @@ def bench_vae(preset: str = "small", batch_size: int = 2, iters: int = 6, warmup
     import torch
 
     from dcgen.runtime import pick_device
+    from dcgen.train.context import check_cpu_bf16
 
     config = bench_config(preset, widths)  # an unknown preset fails here, before any process starts
     if batch_size < 1 or iters < 1 or warmup < 0:
@@ -308,6 +309,8 @@ def bench_vae(preset: str = "small", batch_size: int = 2, iters: int = 6, warmup
     threads = threads or (None if dev.type == "cuda" else os.cpu_count())
     load_before = os.getloadavg()
     cpu_bf16 = cpu_bf16 and dev.type == "cpu"
+    if cpu_bf16:
+        check_cpu_bf16()
     variants = measure_training(preset, widths, batch_size, iters, warmup, str(dev), threads, log, cpu_bf16)
     ref = variants[variant_name("projection", "ess")]
     for v in variants.values():

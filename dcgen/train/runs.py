@@ -107,6 +107,15 @@ def _cpus_per_worker(scaling: Scaling) -> float:
     return max(0.25, min(1.0, (total - 1.0) / scaling.workers))
 
 
+def _check_local_cpu_bf16(cpu_bf16: bool, scaling: Scaling) -> None:
+    """--cpu-bf16 on CPU workers of the embedded Ray: refuse here, before anything is written, on a CPU that would
+    run it ~25× slower (a cluster's CPU workers check their own CPU when their loop starts)."""
+    if cpu_bf16 and scaling.address is None and not scaling.gpus_per_worker:
+        from dcgen.train.context import check_cpu_bf16
+
+        check_cpu_bf16()
+
+
 def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Scaling(), epochs: int | None = None,
               batch_size: int | None = None, lr: float | None = None, warmup_steps: int | None = None,
               beta: float = 0.0015, projection: str = "projection",
@@ -123,6 +132,7 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
     from dcgen.train.vae_losses import class_weights
 
     out = storage.run_path(out)  # a local Path or a URI (s3://, gs://, file://)
+    _check_local_cpu_bf16(cpu_bf16, scaling)
     if scaling.max_failures < -1:
         raise ValueError(f"--max-failures must be >= 0 (or -1 for unlimited), got {scaling.max_failures}")
     if report_every < 1:
@@ -471,6 +481,7 @@ def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, 
 
     if prediction is not None:
         check_prediction(prediction)
+    _check_local_cpu_bf16(cpu_bf16, scaling)
     out = storage.run_path(out)  # a local Path or a URI (s3://, gs://, file://)
     store = SceneStore.open(data)
     check_store_matches(store, preset)

@@ -21,6 +21,12 @@ def test_bad_options_are_errors():
         bench_vae("debug", widths="wide")
 
 
+def test_cpu_bf16_is_refused_on_a_cpu_without_bf16_kernels(monkeypatch):
+    monkeypatch.setattr("dcgen.train.context.cpu_runs_bf16", lambda: False)
+    with pytest.raises(ValueError, match="--cpu-bf16: this CPU .* has no bf16 kernels"):
+        bench_vae("debug", device="cpu", cpu_bf16=True)
+
+
 def test_widths_of_another_preset_keep_the_grid():
     from dcgen.models.vae import vae_preset
     from dcgen.train.bench_vae import bench_config
@@ -54,8 +60,10 @@ def test_cpu_tensor_peak_counts_what_is_live_at_once():
 
 
 @pytest.mark.parametrize("cpu_bf16", [False, True])
-def test_training_step_runs_in_the_precision_asked(cpu_bf16):
+def test_training_step_runs_in_the_precision_asked(cpu_bf16, monkeypatch):
     import torch
+
+    monkeypatch.setattr("dcgen.train.context.cpu_runs_bf16", lambda: True)  # the bf16 path on any CI CPU
 
     from dcgen.train.bench_vae import _TrainingStep
 

@@ -127,7 +127,14 @@ def test_loop_stops_at_the_deadline_and_checkpoints(city, tmp_path):
     assert checkpoint.read_meta(tmp_path / "last", kind="vae")["step"] == 0
 
 
-def test_cpu_bf16_autocasts_on_cpu_only_when_asked():
+@pytest.fixture
+def bf16_cpu(monkeypatch):
+    """Run as on a CPU with bf16 kernels, so the bf16 paths are exercised on any CI CPU (on one without, they are
+    only slower)."""
+    monkeypatch.setattr("dcgen.train.context.cpu_runs_bf16", lambda: True)
+
+
+def test_cpu_bf16_autocasts_on_cpu_only_when_asked(bf16_cpu):
     from dcgen.train.context import autocast
 
     conv, x = torch.nn.Conv3d(2, 2, 3), torch.randn(1, 2, 4, 4, 4)
@@ -137,7 +144,27 @@ def test_cpu_bf16_autocasts_on_cpu_only_when_asked():
         assert conv(x).dtype == torch.bfloat16
 
 
-def test_loop_trains_under_cpu_bf16(city, tmp_path):
+def test_cpu_bf16_is_refused_on_a_cpu_without_bf16_kernels_before_anything_is_written(city, tmp_path, monkeypatch):
+    from dcgen.train.context import autocast
+    from dcgen.train.runs import Scaling, train_pipeline
+
+    monkeypatch.setattr("dcgen.train.context.cpu_runs_bf16", lambda: False)
+    with pytest.raises(ValueError, match="--cpu-bf16: this CPU .* has no bf16 kernels .*leave --cpu-bf16 out"):
+        autocast(torch.device("cpu"), amp=True, cpu_bf16=True)
+    with autocast(torch.device("cpu"), amp=True, cpu_bf16=False):  # float32 is not affected
+        pass
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="has no bf16 kernels"):
+        train_vae(city, "debug", out, cpu_bf16=True)
+    with pytest.raises(ValueError, match="has no bf16 kernels"):
+        train_pipeline(city, "debug", out, cpu_bf16=True)
+    assert not out.exists()
+    # GPU workers never autocast on their CPU: the driver's CPU is no reason to refuse them
+    with pytest.raises(ValueError, match="learning rate must be positive"):
+        train_vae(city, "debug", out, cpu_bf16=True, lr=0.0, scaling=Scaling(gpus_per_worker=1.0))
+
+
+def test_loop_trains_under_cpu_bf16(city, tmp_path, bf16_cpu):
     ctx = LocalContext(out_dir=tmp_path, store_path=city, arrays=("occupancy", "mask"))
     result = vae_loop(ctx, local_run(city, tmp_path, epochs=1, cpu_bf16=True))
     assert result["step"] == steps_per_epoch(8, 4, 1) and 0.0 <= result["val_miou"] <= 1.0
