@@ -257,7 +257,9 @@ def train_vae_cmd(
     warmup_steps: Optional[int] = typer.Option(None, help="Linear learning-rate warm-up steps [default: the "
                                                "preset's, 0; small 20]."),
     beta: float = typer.Option(0.0015, help="KL weight."),
-    projection: str = typer.Option("projection", help="projection | avgpool (ablation)."),
+    projection: Optional[str] = typer.Option(None, help="How the encoder makes planes: projection (SPEC: CNN + "
+                                             "attention pooling) | avgpool (ablation) | column [default: the "
+                                             "preset's: column for small, projection otherwise]."),
     decoder: str = typer.Option("ess", help="ess | query (ablation)."),
     max_minutes: Optional[float] = typer.Option(None, help="Stop training at the first step past this many "
                                                 "minutes, then validate and checkpoint."),

@@ -1,7 +1,9 @@
 """``dcgen bench vae``: the VAE ablation of SPEC §5 measured here — training seconds per iteration and peak memory
 of Projection+ESS, Projection+Query, AvgPool+ESS and AvgPool+Query at one preset and batch, as ratios to
 Projection+ESS — plus encode and decode throughput (clips/s) of Projection+ESS. ``widths`` runs the preset's grid
-at another preset's layer widths (e.g. the ``small`` grid at the SPEC's ``carlasc`` widths).
+at another preset's layer widths (e.g. the ``small`` grid at the SPEC's ``carlasc`` widths). The four variants are
+the SPEC's encoder (CNN + attention or average pooling) at every preset, the ``small`` one included, which trains
+with the column encoder (``models/column_encoder.py``).
 
 Every variant trains the same synthetic-city batch with the full loss (weighted CE + Lovász + β·KL) and AdamW, in
 its own freshly spawned process, so no variant inherits another's allocator state; the four processes take their
@@ -42,8 +44,8 @@ def variant_name(projection: str, decoder: str) -> str:
 
 
 # a preset's layer widths and the per-preset choices that go with them (heads per width, the CPU preset's lift norm)
-WIDTH_FIELDS = ("embed_dim", "encoder_width", "projection_heads", "decoder_width", "decoder_hidden", "decoder_out",
-                "lift_norm", "query_hidden")
+WIDTH_FIELDS = ("embed_dim", "encoder_width", "projection_heads", "column_width", "decoder_width", "decoder_hidden",
+                "decoder_out", "lift_norm", "query_hidden")
 
 
 def bench_config(preset: str, widths: str | None = None, projection: str = "projection", decoder: str = "ess"):
