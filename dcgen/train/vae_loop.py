@@ -8,7 +8,9 @@ AVX512-BF16 or AMX, with gradients within 0.1 % in direction of float32's; witho
 Resumes from the context's latest checkpoint: weights, optimizer, step, epoch, best score and RNG;
 the learning rate is a closed-form function of (step, total steps), so a resumed run with more epochs follows the
 schedule of its new length. ``max_minutes`` stops training at the first step past the deadline (all workers agree),
-then validates and checkpoints that last, possibly partial, epoch.
+then validates and checkpoints that last, possibly partial, epoch; the schedule's milestones also count as reached
+at those shares of the deadline's time, so a run the deadline cuts short still steps its rate down (a resumed run
+has a deadline of its own, so its clock starts again; its steps keep the milestones they reached).
 """
 
 from __future__ import annotations
@@ -69,11 +71,14 @@ class VAETrainConfig:
         return cls(**d)
 
 
-def lr_factor(step: int, total_steps: int, gamma: float, warmup_steps: int = 0, milestones=MILESTONES) -> float:
+def lr_factor(step: int, total_steps: int, gamma: float, warmup_steps: int = 0, milestones=MILESTONES,
+              time_fraction: float = 0.0) -> float:
     """The MultiStep factor ``gamma ** (number of milestones f·total_steps already reached)`` at ``step``, times
-    ``(step + 1) / (warmup_steps + 1)`` during a warm-up."""
+    ``(step + 1) / (warmup_steps + 1)`` during a warm-up. ``time_fraction`` is the share of a deadline's time already
+    spent: a milestone f also counts as reached once ``time_fraction >= f``, so a run its deadline ends early still
+    takes the schedule's steps down, at the same shares of its time."""
     warmup = min(1.0, (step + 1) / (warmup_steps + 1))
-    return warmup * gamma ** sum(step >= max(1, int(f * total_steps)) for f in milestones)
+    return warmup * gamma ** sum(step >= max(1, int(f * total_steps)) or time_fraction >= f for f in milestones)
 
 
 def flip_batch_y(batch: dict[str, torch.Tensor], flip_B: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -124,12 +129,17 @@ def evaluate(model, ctx: TrainContext, batch_size: int, num_classes: int, amp: b
     return {"val_miou": acc.miou(), "val_binary_iou": acc.binary_iou(), "val_per_class_iou": acc.per_class_iou()}
 
 
-def _past_deadline(ctx: TrainContext, deadline: float | None) -> bool:
-    """Whether any worker is past ``deadline``: every rank gets the same answer, so all stop at the same step."""
+def _deadline_state(ctx: TrainContext, start: float, deadline: float | None) -> tuple[bool, float]:
+    """``(past, fraction)``: whether any worker is past ``deadline`` and the workers' mean share of the time from
+    ``start`` to it already spent. Every rank gets the same answer, so all stop at the same step and all take the
+    same learning rate."""
     if deadline is None:
-        return False
-    late = torch.tensor([1.0 if time.time() > deadline else 0.0], dtype=torch.float64, device=ctx.device)
-    return bool(ctx.all_reduce(late).item() > 0)
+        return False, 0.0
+    now = time.time()
+    state = torch.tensor([1.0 if now > deadline else 0.0, (now - start) / (deadline - start)], dtype=torch.float64,
+                         device=ctx.device)
+    late, fraction = ctx.all_reduce(state).tolist()
+    return late > 0, fraction / ctx.world_size
 
 
 def _maybe_fail(cfg: VAETrainConfig, rank: int, step: int) -> None:
@@ -169,8 +179,10 @@ def train_vae(ctx: TrainContext, run: dict) -> dict:
         step, start_epoch, best = meta["step"], meta["epoch"] + 1, meta["best_val_miou"]
     for group in opt.param_groups:
         group["initial_lr"] = cfg.lr  # this run's lr, even if the resumed one used another
+    clock = {"fraction": 0.0}  # the share of this run's deadline spent, as all workers agree on it
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total_steps, cfg.lr_gamma, cfg.warmup_steps), last_epoch=step - 1)
+        opt, lambda s: lr_factor(s, total_steps, cfg.lr_gamma, cfg.warmup_steps, time_fraction=clock["fraction"]),
+        last_epoch=step - 1)
     log = MetricsLog(cfg.out_dir, enabled=ctx.rank == 0)
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + ctx.rank * 104729 + step)
     t0 = time.time()
@@ -179,9 +191,14 @@ def train_vae(ctx: TrainContext, run: dict) -> dict:
     for epoch in range(start_epoch, cfg.epochs):
         t_epoch, n_steps, loss_sum, stopped = time.time(), 0, 0.0, False
         for batch in ctx.batches("train", cfg.batch_size, epoch, shuffle=True):
-            if _past_deadline(ctx, deadline):
+            past, fraction = _deadline_state(ctx, t0, deadline)
+            if past:
                 stopped = True
                 break
+            if fraction > clock["fraction"]:  # this step's rate follows the clock too, not only the next one's
+                clock["fraction"] = fraction
+                for group in opt.param_groups:
+                    group["lr"] = group["initial_lr"] * sched.lr_lambdas[0](step)
             _maybe_fail(cfg, ctx.rank, step)
             if cfg.random_flip:
                 batch = flip_batch_y(batch, torch.rand(batch["occupancy"].shape[0], generator=gen) < 0.5)

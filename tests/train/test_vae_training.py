@@ -71,6 +71,36 @@ def test_lr_factor_warms_up_linearly_then_follows_the_milestones():
     assert lr_factor(0, 10, 0.5) == lr_factor(0, 10, 0.5, warmup_steps=0) == 1
 
 
+def test_lr_factor_takes_a_milestone_at_its_share_of_the_deadline_time():
+    # 100 planned steps, stopped early by a deadline: at 10 steps the steps alone reach no milestone
+    assert lr_factor(10, 100, 0.5, time_fraction=0.0) == 1
+    assert [lr_factor(10, 100, 0.5, time_fraction=f) for f in (0.49, 0.5, 0.65, 0.95)] == [1, 0.5, 0.25, 0.03125]
+    # whichever comes first, the steps or the clock
+    assert lr_factor(60, 100, 0.5, time_fraction=0.1) == 0.25
+
+
+def test_loop_steps_its_rate_down_on_the_deadline_clock(city, tmp_path, monkeypatch):
+    """A run its deadline stops long before its planned steps still takes the schedule's milestones, at their shares
+    of the deadline's time (a fake clock: 1 s per reading, so the 30-s deadline comes after ~10 steps of 100)."""
+    import types
+
+    from dcgen.train import vae_loop as loop_module
+
+    now = [1000.0]
+
+    def fake_time():
+        now[0] += 1.0
+        return now[0]
+
+    monkeypatch.setattr(loop_module, "time", types.SimpleNamespace(time=fake_time))
+    ctx = LocalContext(out_dir=tmp_path, store_path=city, arrays=("occupancy", "mask"))
+    result = vae_loop(ctx, local_run(city, tmp_path, epochs=50, max_minutes=0.5))
+    assert 3 <= result["step"] < 20  # stopped by the deadline
+    lrs = [r["lr"] for r in rows(tmp_path, "lr")]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] == pytest.approx(1e-3)
+    assert lrs[-1] <= 1e-3 * 0.7 ** 3  # the steps alone (< 20 of 100) would still be at the full rate
+
+
 def test_read_only_batches_become_tensors_without_a_warning():
     import warnings
 
