@@ -153,11 +153,12 @@ class HexPlaneVAE(nn.Module):
         c = config
         if c.projection == "column":
             self.encoder = ColumnEncoder(c.num_classes, self.dims, c.num_frames, c.column_width)
+            feature_width = c.column_width
         else:
             self.encoder = HexPlaneEncoder(c.num_classes, self.dims, c.num_frames, c.embed_dim, c.encoder_width,
                                            c.projection, c.projection_heads, c.projection_depth,
                                            c.projection_mlp_ratio)
-        feature_width = c.column_width if c.projection == "column" else c.encoder_width
+            feature_width = c.encoder_width
         self.to_posterior = nn.ModuleDict({n: nn.Conv2d(feature_width, 2 * c.latent_channels, 1)
                                            for n in PLANE_NAMES})
         for head in self.to_posterior.values():

@@ -45,10 +45,10 @@ def cpu_runs_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def check_cpu_bf16(what: str = "--cpu-bf16") -> None:
+def check_cpu_bf16() -> None:
     """Refuse CPU bf16 autocast on a CPU without bf16 kernels, where it would run ~25× slower than float32."""
     if not cpu_runs_bf16():
-        raise ValueError(f"{what}: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bf16 kernels "
+        raise ValueError(f"--cpu-bf16: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bf16 kernels "
                          "(expected AVX-512 or AMX), so bf16 autocast would run ~25× slower than float32; "
                          "leave --cpu-bf16 out here")
 

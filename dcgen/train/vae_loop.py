@@ -177,12 +177,10 @@ def train_vae(ctx: TrainContext, run: dict) -> dict:
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"].cpu())
         step, start_epoch, best = meta["step"], meta["epoch"] + 1, meta["best_val_miou"]
-    for group in opt.param_groups:
-        group["initial_lr"] = cfg.lr  # this run's lr, even if the resumed one used another
-    clock = {"fraction": 0.0}  # the share of this run's deadline spent, as all workers agree on it
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total_steps, cfg.lr_gamma, cfg.warmup_steps, time_fraction=clock["fraction"]),
-        last_epoch=step - 1)
+
+    def rate(at_step: int, time_fraction: float) -> float:  # this run's lr, even if the resumed one used another
+        return cfg.lr * lr_factor(at_step, total_steps, cfg.lr_gamma, cfg.warmup_steps, time_fraction=time_fraction)
+
     log = MetricsLog(cfg.out_dir, enabled=ctx.rank == 0)
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + ctx.rank * 104729 + step)
     t0 = time.time()
@@ -195,10 +193,8 @@ def train_vae(ctx: TrainContext, run: dict) -> dict:
             if past:
                 stopped = True
                 break
-            if fraction > clock["fraction"]:  # this step's rate follows the clock too, not only the next one's
-                clock["fraction"] = fraction
-                for group in opt.param_groups:
-                    group["lr"] = group["initial_lr"] * sched.lr_lambdas[0](step)
+            for group in opt.param_groups:
+                group["lr"] = rate(step, fraction)
             _maybe_fail(cfg, ctx.rank, step)
             if cfg.random_flip:
                 batch = flip_batch_y(batch, torch.rand(batch["occupancy"].shape[0], generator=gen) < 0.5)
@@ -210,12 +206,11 @@ def train_vae(ctx: TrainContext, run: dict) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
             step += 1
             n_steps += 1
             loss_sum += float(parts["total"])
             if step % cfg.report_every == 0:
-                log.log({"step": step, "epoch": epoch, "lr": sched.get_last_lr()[0],
+                log.log({"step": step, "epoch": epoch, "lr": rate(step, fraction),
                          **{f"train_{k}": float(v) for k, v in parts.items()}})
         if stopped and n_steps == 0 and epoch > start_epoch:
             break  # the previous epoch's checkpoint is the last word
