@@ -261,6 +261,10 @@ def train_vae_cmd(
                                              "attention pooling) | avgpool (ablation) | column [default: the "
                                              "preset's: column for small, projection otherwise]."),
     decoder: str = typer.Option("ess", help="ess | query (ablation)."),
+    frame: Optional[str] = typer.Option(None, help="Coordinates the planes factor a clip in: ego (SPEC: each "
+                                        "frame's own) | reference (the middle frame's, frames resampled with the "
+                                        "clip's trajectory) [default: the preset's: reference for small, ego "
+                                        "otherwise]."),
     max_minutes: Optional[float] = typer.Option(None, help="Stop training at the first step past this many "
                                                 "minutes, then validate and checkpoint."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
@@ -282,8 +286,8 @@ def train_vae_cmd(
         scaling = replace(_scaling(workers, gpus_per_worker, address), max_failures=max_failures)
         summary = train_vae(data, preset, out, scaling=scaling, epochs=epochs, batch_size=batch_size, lr=lr,
                             warmup_steps=warmup_steps, beta=beta, projection=projection, decoder=decoder,
-                            resume=resume, overwrite=overwrite, max_minutes=max_minutes, report_every=report_every,
-                            seed=seed, cpu_bf16=cpu_bf16)
+                            frame=frame, resume=resume, overwrite=overwrite, max_minutes=max_minutes,
+                            report_every=report_every, seed=seed, cpu_bf16=cpu_bf16)
     except ValueError as e:
         fail(str(e))
     m = summary["metrics"]

@@ -74,8 +74,9 @@ class LatentStore:
     def create(cls, path: str, *, grid: Grid, dims: LatentDims, rollout_size: int, rollout_patch: int,
                conditions: dict[str, np.ndarray], clip_index: np.ndarray, splits: Sequence[str],
                prev_index: np.ndarray, source: str, vae_checkpoint: str, vae_checkpoint_id: str,
-               overwrite: bool = False) -> "LatentStore":
-        """A new store holding the conditions of ``len(clip_index)`` clips; latents are written afterwards."""
+               frame: dict | None = None, overwrite: bool = False) -> "LatentStore":
+        """A new store holding the conditions of ``len(clip_index)`` clips; latents are written afterwards.
+        ``frame`` describes the coordinates of the VAE's planes (``HexPlaneVAE.frame_info``)."""
         import zarr
 
         from dcgen.data.store import _compressor, _exists
@@ -128,6 +129,7 @@ class LatentStore:
             "rollout_patch": int(rollout_patch),
             "vae_checkpoint": str(vae_checkpoint),
             "vae_checkpoint_id": vae_checkpoint_id,
+            "frame": dict(frame) if frame is not None else {"frame": "ego"},
             "num_clips": n,
             "splits": {s: int(c) for s, c in zip(SPLITS, counts) if c},
             "clips_with_previous": int((values["prev_index"] >= 0).sum()),

@@ -53,7 +53,8 @@ class EncodeActor:
         assert np.array_equal(self.clip_index[rows], index), "clip missing from the latent store's index"
         occ_BTXYZ = torch.from_numpy(np.asarray(batch["occupancy"]).astype(np.int64)).to(self.device)
         with torch.no_grad():
-            mu, _ = self.vae.encode(occ_BTXYZ)
+            traj_BT3 = torch.from_numpy(np.array(batch["trajectory"], dtype=np.float32)).to(self.device)
+            mu, _ = self.vae.encode(occ_BTXYZ, traj_BT3)
             rollout_BCSS = self.rollout.pack({k: v.float() for k, v in mu.items()})
         self.store.write_latents(rows, rollout_BCSS.cpu().numpy())
         on_valid_BCP = rollout_BCSS[:, :, self.valid_SS].double()  # the six planes' pixels only
@@ -117,12 +118,12 @@ def encode_store(vae_ckpt: str, data: str, out: str, batch_size: int = 8, overwr
         out, grid=store.grid, dims=vae.dims, rollout_size=rollout.size, rollout_patch=rollout.patch,
         conditions=conditions, clip_index=index, splits=table.column("split").to_pylist(), prev_index=prev,
         source=str(data), vae_checkpoint=storage.resolve(vae_ckpt), vae_checkpoint_id=checkpoint_id(vae_ckpt),
-        overwrite=overwrite)
+        frame=vae.frame_info(), overwrite=overwrite)
 
     ray = init_ray(ray_address)
     size, resources = _pool(ray, workers)
     device = "cuda" if "num_gpus" in resources else "cpu"
-    ds = read_scenes(data, None, ("occupancy",), reserve_for_downstream=True).map_batches(
+    ds = read_scenes(data, None, ("occupancy", "trajectory"), reserve_for_downstream=True).map_batches(
         EncodeActor, fn_constructor_kwargs={"vae_path": storage.resolve(vae_ckpt), "out": out, "clip_index": index,
                                             "device": device},
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size), **resources)

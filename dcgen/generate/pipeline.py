@@ -124,14 +124,17 @@ class GenerationPipeline:
 
     @torch.no_grad()
     def encode(self, occ_NTXYZ: np.ndarray) -> torch.Tensor:
-        """VAE μ rollouts ``[N, C, S, S]`` (on the pipeline's device) of voxel clips, in the DiT's space."""
+        """VAE μ rollouts ``[N, C, S, S]`` (on the pipeline's device) of voxel clips, in the DiT's space. Clips come
+        without their ego motion (a previous clip, an edit's source), so a reference-frame VAE encodes them as if
+        the ego stood still: its decode gives the clip back, expressed around the middle frame's ego."""
         occ_NTXYZ = np.asarray(occ_NTXYZ)
         out = []
         for a in range(0, len(occ_NTXYZ), self.micro_batch):
             part = list(occ_NTXYZ[a:a + self.micro_batch])
             n = len(part)
             occ_MTXYZ = torch.from_numpy(np.stack(self._pad(part, np.zeros_like(part[0]))).astype(np.int64))
-            mu, _ = self.vae.encode(occ_MTXYZ.to(self.device))
+            still_MT3 = torch.zeros(self.micro_batch, self.grid.num_frames, 3) if self.vae.needs_trajectory else None
+            mu, _ = self.vae.encode(occ_MTXYZ.to(self.device), None if still_MT3 is None else still_MT3.to(self.device))
             rollout_MCSS = self.rollout.pack({k: v.float() for k, v in mu.items()})
             if self.norm is not None:
                 rollout_MCSS = self.norm.normalize(rollout_MCSS, self.valid_SS)
@@ -139,8 +142,10 @@ class GenerationPipeline:
         return torch.cat(out) if out else torch.zeros(0, *self._latent_shape(), device=self.device)
 
     @torch.no_grad()
-    def decode(self, rollout_NCSS: torch.Tensor) -> np.ndarray:
-        """Class ids ``[N, T, X, Y, Z] uint8`` of DiT-space rollouts (argmax of the VAE decoder)."""
+    def decode(self, rollout_NCSS: torch.Tensor, trajectories: Sequence | None = None) -> np.ndarray:
+        """Class ids ``[N, T, X, Y, Z] uint8`` of DiT-space rollouts (argmax of the VAE decoder). A reference-frame
+        VAE renders scene i along ``trajectories[i]`` (``[T, 3]``) where one is given, else along the trajectory
+        its latent carries (the DiT generates the ego motion with the scene)."""
         out = []
         for a in range(0, rollout_NCSS.shape[0], self.micro_batch):
             part = rollout_NCSS[a:a + self.micro_batch].to(self.device, torch.float32)
@@ -149,7 +154,15 @@ class GenerationPipeline:
             full[:n] = part
             if self.norm is not None:
                 full = self.norm.denormalize(full, self.valid_SS)
-            logits = self.vae.decode(self.rollout.unpack(full))
+            planes = self.rollout.unpack(full)
+            given = [] if trajectories is None else list(trajectories[a:a + n])
+            if self.vae.needs_trajectory and any(t is not None for t in given):
+                carried_MT3 = self.vae.trajectory(planes)
+                for k, t in enumerate(given):
+                    if t is not None:
+                        carried_MT3[k] = torch.as_tensor(np.asarray(t, np.float32), device=self.device)
+                planes = self.vae.with_trajectory(planes, carried_MT3)
+            logits = self.vae.decode(planes)
             out.append(logits.argmax(1)[:n].to(torch.uint8).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, *self.grid.shape), np.uint8)
 
@@ -281,7 +294,8 @@ class GenerationPipeline:
     def generate(self, requests: Sequence[SceneRequest], seeds: Sequence[int], sampler: str = "ddim",
                  steps: int | None = None, eta: float = 0.0) -> np.ndarray:
         """Scenes ``[N, T, X, Y, Z] uint8``; scene i depends only on ``requests[i]`` and ``seeds[i]``."""
-        return self.decode(self.sample_latents(requests, seeds, sampler, steps, eta))
+        return self.decode(self.sample_latents(requests, seeds, sampler, steps, eta),
+                           [r.trajectory for r in requests])
 
     def chain(self, requests: Sequence[SceneRequest], seeds: Sequence[int], k: int, sampler: str = "ddim",
               steps: int | None = None, eta: float = 0.0) -> np.ndarray:

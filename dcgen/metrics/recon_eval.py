@@ -29,12 +29,14 @@ def _check_grid(vae_config, grid, vae_path: str, data: str) -> None:
 
 
 @torch.no_grad()
-def reconstruct(model, occ_BTXYZ: torch.Tensor, amp: bool = True) -> torch.Tensor:
-    """Class ids ``[B, T, X, Y, Z]`` decoded from the posterior mean of ``occ``."""
+def reconstruct(model, occ_BTXYZ: torch.Tensor, amp: bool = True, trajectory: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """Class ids ``[B, T, X, Y, Z]`` decoded from the posterior mean of ``occ`` (``trajectory [B, T, 3]``: the clips'
+    ego motion, which a reference-frame VAE needs)."""
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if amp and occ_BTXYZ.device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
     with autocast:
-        logits_BKTXYZ, _, _ = model(occ_BTXYZ, sample=False)
+        logits_BKTXYZ, _, _ = model(occ_BTXYZ, sample=False, trajectory=trajectory)
     return logits_BKTXYZ.argmax(1)
 
 
@@ -65,7 +67,7 @@ def evaluate_reconstruction(vae: str, data: str, split: str | None = "val", out:
     loaded = load_vae(vae, dev)
     model, config = loaded.model, loaded.model.config
     _check_grid(config, store.grid, str(vae), data)
-    arrays = ("occupancy", "mask") if store.has_mask else ("occupancy",)
+    arrays = ("occupancy", "trajectory", "mask") if store.has_mask else ("occupancy", "trajectory")
     acc = IoUAccumulator(config.num_classes)
     render_pairs: list[tuple[int, np.ndarray, np.ndarray]] = []
     t0 = time.perf_counter()
@@ -73,7 +75,7 @@ def evaluate_reconstruction(vae: str, data: str, split: str | None = "val", out:
         idx = indices[a:a + batch_size]
         batch = store.read(idx, arrays)
         occ_BTXYZ = torch.from_numpy(batch["occupancy"].astype(np.int64)).to(dev)
-        pred_BTXYZ = reconstruct(model, occ_BTXYZ)
+        pred_BTXYZ = reconstruct(model, occ_BTXYZ, trajectory=torch.from_numpy(batch["trajectory"]).to(dev))
         mask = torch.from_numpy(batch["mask"]).to(dev) if "mask" in batch else None
         acc.update(pred_BTXYZ, occ_BTXYZ, mask)
         for i in range(min(len(idx), num_renders - len(render_pairs))):

@@ -16,6 +16,9 @@ encoder's forward takes ~0.12 s and the whole step 1.9 s; after 4 minutes of tra
 The maps are large (each pixel's fan-in is every voxel it collapses × classes: 180 k for ``tz`` at the small grid),
 ~21 M parameters at width 64, all in plain matmuls that a CPU runs near its peak.
 
+In the reference frame (``motion_frame.py``) a voxel no frame saw carries the id ``num_classes`` (``unseen``): its
+one-hot is all zeros, so it adds nothing to its pixels.
+
 Legend: B batch, T time, X/Y/Z space, K classes, C channels; primed sizes are the latent's (every axis halved).
 """
 
@@ -36,9 +39,10 @@ _AXIS_DIMS = {"t": (1, 2), "x": (3, 4), "y": (5, 6), "z": (7, 8)}
 class ColumnEncoder(nn.Module):
     """``occ [B, T, X, Y, Z]`` (long class ids) → dict of six ``[B, width, ·, ·]`` feature planes."""
 
-    def __init__(self, num_classes: int, dims: LatentDims, num_frames: int, width: int = 64):
+    def __init__(self, num_classes: int, dims: LatentDims, num_frames: int, width: int = 64, unseen: bool = False):
         super().__init__()
         self.num_classes = num_classes
+        self.unseen = unseen  # the id num_classes marks a voxel no frame saw: it adds nothing to its columns
         self.shape = (num_frames, 2 * dims.x, 2 * dims.y, 2 * dims.z)
         if num_frames != 2 * dims.t:
             raise ValueError(f"column encoder: {num_frames} frames do not halve to the latent's T'={dims.t}")
@@ -59,7 +63,9 @@ class ColumnEncoder(nn.Module):
             raise ValueError(f"column encoder built for clips of shape {self.shape}, got {tuple(occ_BTXYZ.shape[1:])}")
         b = occ_BTXYZ.shape[0]
         t, x, y, z = self.shape
-        onehot = F.one_hot(occ_BTXYZ, self.num_classes).to(self.proj["xy"].weight.dtype)
+        k = self.num_classes
+        onehot = (F.one_hot(occ_BTXYZ, k + 1)[..., :k] if self.unseen else F.one_hot(occ_BTXYZ, k)).to(
+            self.proj["xy"].weight.dtype)
         onehot = onehot.view(b, t // 2, 2, x // 2, 2, y // 2, 2, z // 2, 2, self.num_classes)
         planes = {}
         for name in PLANE_NAMES:

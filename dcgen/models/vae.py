@@ -20,6 +20,8 @@ from dcgen.models.column_encoder import ColumnEncoder
 from dcgen.models.ess_decoder import ESSDecoder
 from dcgen.models.hexplane import PLANE_NAMES, LatentDims
 from dcgen.models.layers import check_planes
+from dcgen.models.motion_frame import (FRAMES, TRAJECTORY_SCALE, TrajectorySlot, check_trajectory, from_reference,
+                                       reference_index, to_reference)
 from dcgen.models.projection import POOLINGS
 from dcgen.models.query_decoder import QueryDecoder
 from dcgen.models.vae_encoder import HexPlaneEncoder
@@ -59,11 +61,18 @@ class VAEConfig:
     query_hidden: int = 256  # Query decoder MLP width
     query_layers: int = 4
     query_chunk: int = 1 << 16  # voxels per Query-decoder chunk
+    frame: str = "ego"  # "ego" (SPEC: each frame's own coordinates) | "reference" (motion_frame.py, not in SPEC)
+    voxel_xy: tuple[float, float] = (0.4, 0.4)  # metres per voxel along X and Y: turns the trajectory into voxels
 
     def __post_init__(self):
         object.__setattr__(self, "size", tuple(int(v) for v in self.size))
         if len(self.size) != 3:
             raise ValueError(f"VAEConfig.size={self.size}, expected three sizes (X, Y, Z)")
+        object.__setattr__(self, "voxel_xy", tuple(float(v) for v in self.voxel_xy))
+        if len(self.voxel_xy) != 2 or min(self.voxel_xy) <= 0:
+            raise ValueError(f"VAEConfig.voxel_xy={self.voxel_xy}, expected two positive voxel sizes in metres")
+        if self.frame not in FRAMES:
+            raise ValueError(f"VAEConfig.frame={self.frame!r}, expected one of {', '.join(FRAMES)}")
         if self.projection not in ENCODERS:
             raise ValueError(f"VAEConfig.projection={self.projection!r}, expected one of {', '.join(ENCODERS)}")
         if self.decoder not in DECODERS:
@@ -98,6 +107,7 @@ class VAEConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["size"] = list(self.size)
+        d["voxel_xy"] = list(self.voxel_xy)
         return d
 
     @classmethod
@@ -111,7 +121,8 @@ class VAEConfig:
 
 def _preset(name: str, **widths) -> VAEConfig:
     g = GRIDS[name]
-    return VAEConfig(num_classes=g.num_classes, num_frames=g.num_frames, size=g.size, **widths)
+    return VAEConfig(num_classes=g.num_classes, num_frames=g.num_frames, size=g.size, voxel_xy=g.voxel_size[:2],
+                     **widths)
 
 
 VAE_PRESETS: dict[str, VAEConfig] = {
@@ -151,8 +162,11 @@ class HexPlaneVAE(nn.Module):
         self.config = config
         self.dims = config.dims
         c = config
+        # reference-frame clips mark the voxels no frame saw with the id num_classes (motion_frame.to_reference)
+        self.slot = TrajectorySlot(self.dims, c.num_frames) if c.frame == "reference" else None
         if c.projection == "column":
-            self.encoder = ColumnEncoder(c.num_classes, self.dims, c.num_frames, c.column_width)
+            self.encoder = ColumnEncoder(c.num_classes, self.dims, c.num_frames, c.column_width,
+                                         unseen=self.slot is not None)
             feature_width = c.column_width
         else:
             self.encoder = HexPlaneEncoder(c.num_classes, self.dims, c.num_frames, c.embed_dim, c.encoder_width,
@@ -187,15 +201,61 @@ class HexPlaneVAE(nn.Module):
             raise ValueError(f"occupancy class ids span [{lo.item()}, {hi.item()}], "
                              f"expected ids in [0, {self.config.num_classes - 1}]")
 
-    def encode(self, occ_BTXYZ: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """The posterior ``(μ, log σ²)``, each a HexPlane dict of ``[B, C, ·, ·]`` planes."""
+    @property
+    def needs_trajectory(self) -> bool:
+        """Whether ``encode`` needs the clip's trajectory (a reference-frame VAE, ``motion_frame.py``)."""
+        return self.slot is not None
+
+    def encode(self, occ_BTXYZ: torch.Tensor, trajectory: torch.Tensor | None = None
+               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The posterior ``(μ, log σ²)``, each a HexPlane dict of ``[B, C, ·, ·]`` planes. A reference-frame VAE
+        needs ``trajectory [B, T, 3]`` (the store's (x, y, yaw) relative to frame 0) and keeps it in μ's ``tz``
+        slot, with log σ² at its floor there (no noise)."""
         self._check_occ(occ_BTXYZ)
-        feats = self.encoder(occ_BTXYZ.long())
+        occ_BTXYZ = occ_BTXYZ.long()
+        if self.slot is not None:
+            if trajectory is None:
+                raise ValueError("this VAE encodes clips in their reference frame (VAEConfig.frame='reference') "
+                                 "and needs each clip's trajectory [B, T, 3]; none was given")
+            trajectory = check_trajectory(trajectory, occ_BTXYZ.shape[0], self.config.num_frames)
+            occ_BTXYZ = to_reference(occ_BTXYZ, trajectory, self.config.voxel_xy, unseen=self.config.num_classes)
+            if self.config.projection != "column":  # the CNN encoder's embedding knows no 'unseen': call it free
+                occ_BTXYZ = occ_BTXYZ.masked_fill(occ_BTXYZ == self.config.num_classes, 0)
+        feats = self.encoder(occ_BTXYZ)
         mu, logvar = {}, {}
         for name in PLANE_NAMES:
             mu[name], lv = self.to_posterior[name](feats[name]).chunk(2, dim=1)
             logvar[name] = lv.clamp(*LOGVAR_RANGE)
+        if self.slot is not None:
+            mu["tz"] = self.slot.write(mu["tz"], trajectory)
+            logvar["tz"] = self.slot.fill(logvar["tz"], LOGVAR_RANGE[0])
         return mu, logvar
+
+    def frame_info(self) -> dict:
+        """The coordinates of this VAE's planes, as a latent store records them (``frame`` attribute)."""
+        if self.slot is None:
+            return {"frame": "ego"}
+        return {"frame": "reference", "reference_frame": reference_index(self.config.num_frames),
+                "trajectory_plane": "tz",
+                "trajectory_channels": list(range(self.slot.first, self.dims.channels)),
+                "trajectory_scale": list(TRAJECTORY_SCALE)}
+
+    def latent_masks(self, planes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """Per plane a ``[C]`` bool mask of the Gaussian channels (the KL's), or None when every channel is."""
+        if self.slot is None:
+            return None
+        return {"tz": self.slot.latent_mask(planes["tz"])}
+
+    def trajectory(self, planes: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The ``[B, T, 3]`` trajectory a reference-frame HexPlane carries (None for an ego-frame VAE)."""
+        return None if self.slot is None else self.slot.read(planes["tz"])
+
+    def with_trajectory(self, planes: dict[str, torch.Tensor], trajectory: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``planes`` set to decode along ``trajectory [B, T, 3]`` (a reference-frame VAE; others unchanged)."""
+        if self.slot is None:
+            return dict(planes)
+        trajectory = check_trajectory(trajectory, planes["tz"].shape[0], self.config.num_frames)
+        return {**planes, "tz": self.slot.write(planes["tz"], trajectory)}
 
     @staticmethod
     def reparameterize(mu: dict[str, torch.Tensor], logvar: dict[str, torch.Tensor],
@@ -208,14 +268,20 @@ class HexPlaneVAE(nn.Module):
         return z
 
     def decode(self, planes: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Six latent planes → ``logits [B, K, T, X, Y, Z]`` (a permuted view; ``argmax(1)`` gives classes)."""
+        """Six latent planes → ``logits [B, K, T, X, Y, Z]`` (a permuted view; ``argmax(1)`` gives classes), in every
+        frame's ego coordinates; a reference-frame VAE decodes along the trajectory its ``tz`` slot holds."""
         check_planes(planes, self.plane_shapes, "HexPlaneVAE.decode")
-        return self.decoder(dict(planes))
+        if self.slot is None:
+            return self.decoder(dict(planes))
+        trajectory = self.slot.read(planes["tz"])
+        logits_BKTXYZ = self.decoder({**planes, "tz": self.slot.clear(planes["tz"])})
+        return from_reference(logits_BKTXYZ, trajectory, self.config.voxel_xy)
 
     def forward(self, occ_BTXYZ: torch.Tensor, sample: bool | None = None,
-                generator: torch.Generator | None = None):
-        """``(logits, μ, log σ²)``; decodes a posterior sample if ``sample`` (default: training mode), else μ."""
-        mu, logvar = self.encode(occ_BTXYZ)
+                generator: torch.Generator | None = None, trajectory: torch.Tensor | None = None):
+        """``(logits, μ, log σ²)``; decodes a posterior sample if ``sample`` (default: training mode), else μ.
+        ``trajectory`` as ``encode`` takes it."""
+        mu, logvar = self.encode(occ_BTXYZ, trajectory)
         sample = self.training if sample is None else sample
         z = self.reparameterize(mu, logvar, generator) if sample else mu
         return self.decode(z), mu, logvar

@@ -50,14 +50,15 @@ WIDTH_FIELDS = ("embed_dim", "encoder_width", "projection_heads", "column_width"
 
 def bench_config(preset: str, widths: str | None = None, projection: str = "projection", decoder: str = "ess"):
     """The ``preset`` VAE config, with the layer widths of the ``widths`` preset when given (e.g. the small grid at
-    the carlasc widths), and the given pooling and decoder."""
+    the carlasc widths), and the given pooling and decoder; in each frame's ego coordinates, as SPEC's Table 3 variants
+    are (the small preset's reference frame is a Decision of its own, ``motion_frame.py``)."""
     from dcgen.models.vae import vae_preset
 
     cfg = vae_preset(preset)
     if widths is not None:
         other = vae_preset(widths)
         cfg = cfg.replace(**{f: getattr(other, f) for f in WIDTH_FIELDS})
-    return cfg.replace(projection=projection, decoder=decoder)
+    return cfg.replace(projection=projection, decoder=decoder, frame="ego")
 
 
 def _status_kib(field: str) -> int:

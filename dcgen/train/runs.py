@@ -118,7 +118,7 @@ def _check_local_cpu_bf16(cpu_bf16: bool, scaling: Scaling) -> None:
 
 def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Scaling(), epochs: int | None = None,
               batch_size: int | None = None, lr: float | None = None, warmup_steps: int | None = None,
-              beta: float = 0.0015, projection: str | None = None,
+              beta: float = 0.0015, projection: str | None = None, frame: str | None = None,
               decoder: str = "ess", resume: bool = False, overwrite: bool = False, max_minutes: float | None = None,
               report_every: int = 20, seed: int = 0, fail_at_step: int | None = None, cpu_bf16: bool = False) -> dict:
     """Fit the HexPlane VAE on a scene store with Ray Train; returns the final metrics and checkpoint paths.
@@ -143,7 +143,8 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
     if n_train == 0 or n_val == 0:
         raise ValueError(f"{data}: needs clips in both the train and val splits (has {n_train} train, {n_val} val)")
     model_cfg = vae_preset(preset)
-    model_cfg = model_cfg.replace(projection=projection or model_cfg.projection, decoder=decoder)
+    model_cfg = model_cfg.replace(projection=projection or model_cfg.projection, decoder=decoder,
+                                  frame=frame or model_cfg.frame)
     d_epochs, d_batch, d_lr, d_warmup = VAE_DEFAULTS[preset]
     epochs, batch_size = epochs or d_epochs, batch_size or d_batch
     lr, warmup_steps = d_lr if lr is None else lr, d_warmup if warmup_steps is None else warmup_steps
@@ -159,7 +160,8 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
         check_same_model(out, model_cfg.to_dict(), preset)
         check_latest_checkpoint(out / "ray" / "vae", model_cfg.to_dict())
     init_ray(scaling.address)
-    arrays = ("occupancy", "mask") if store.has_mask else ("occupancy",)
+    # the trajectory: a reference-frame VAE (motion_frame.py) resamples every clip with it
+    arrays = ("occupancy", "trajectory", "mask") if store.has_mask else ("occupancy", "trajectory")
     datasets = {"train": read_scenes(data, "train", arrays), "val": read_scenes(data, "val", arrays)}
     (out / "run.json").write_text(json.dumps({"kind": "vae", "run": asdict(run), "scaling": asdict(scaling)},
                                              indent=2))

@@ -88,6 +88,10 @@ def flip_batch_y(batch: dict[str, torch.Tensor], flip_B: torch.Tensor) -> dict[s
         if name in out:
             x = out[name]
             out[name] = torch.where(flip_B.view(-1, *([1] * (x.dim() - 1))), x.flip(axis), x)
+    if "trajectory" in out:  # y and yaw change sign
+        sign_B13 = torch.where(flip_B.view(-1, 1, 1), -1.0, 1.0).to(out["trajectory"])
+        sign_B13 = torch.cat([torch.ones_like(sign_B13), sign_B13.expand(-1, -1, 2)], dim=2)
+        out["trajectory"] = out["trajectory"] * sign_B13
     return out
 
 
@@ -119,7 +123,7 @@ def evaluate(model, ctx: TrainContext, batch_size: int, num_classes: int, amp: b
     for batch in ctx.batches("val", batch_size, epoch=0, shuffle=False):
         occ_BTXYZ = batch["occupancy"]
         with autocast(ctx.device, amp, cpu_bf16):
-            logits_BKTXYZ, _, _ = model(occ_BTXYZ, sample=False)
+            logits_BKTXYZ, _, _ = model(occ_BTXYZ, sample=False, trajectory=batch.get("trajectory"))
         acc.update(logits_BKTXYZ.argmax(1), occ_BTXYZ, batch.get("mask"))
     model.train()
     counts = ctx.all_reduce(torch.as_tensor(acc.counts, dtype=torch.float64, device=ctx.device)).cpu().numpy()
@@ -200,9 +204,9 @@ def train_vae(ctx: TrainContext, run: dict) -> dict:
                 batch = flip_batch_y(batch, torch.rand(batch["occupancy"].shape[0], generator=gen) < 0.5)
             occ_BTXYZ = batch["occupancy"]
             with autocast(ctx.device, cfg.amp, cfg.cpu_bf16):
-                logits_BKTXYZ, mu, logvar = model(occ_BTXYZ)
+                logits_BKTXYZ, mu, logvar = model(occ_BTXYZ, trajectory=batch.get("trajectory"))
             loss, parts = vae_loss(logits_BKTXYZ, occ_BTXYZ, mu, logvar, weights_K, beta=cfg.beta,
-                                   lovasz_weight=cfg.lovasz_weight)
+                                   lovasz_weight=cfg.lovasz_weight, latent_masks=net.latent_masks(mu))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

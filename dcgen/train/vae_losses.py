@@ -159,11 +159,15 @@ def segmentation_loss(logits_BKTXYZ: torch.Tensor, target_BTXYZ: torch.Tensor, w
     return _SegmentationLoss.apply(logits_BKTXYZ, target_BTXYZ, weights_K, float(lovasz_weight), bins)
 
 
-def kl_divergence(mu: dict[str, torch.Tensor], logvar: dict[str, torch.Tensor]) -> torch.Tensor:
-    """KL(N(μ, σ²) ‖ N(0, I)) averaged over every element of the six planes."""
+def kl_divergence(mu: dict[str, torch.Tensor], logvar: dict[str, torch.Tensor],
+                  masks: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """KL(N(μ, σ²) ‖ N(0, I)) averaged over every element of the six planes; ``masks`` (plane → ``[C]`` bool, as
+    ``HexPlaneVAE.latent_masks`` gives) leaves out channels that are not part of the posterior."""
     total, count = 0.0, 0
     for name in PLANE_NAMES:
         m, lv = mu[name].float(), logvar[name].float()
+        if masks is not None and name in masks:
+            m, lv = m[:, masks[name]], lv[:, masks[name]]
         total = total + (-0.5 * (1.0 + lv - m.square() - lv.exp())).sum()
         count += m.numel()
     return total / count
@@ -171,8 +175,10 @@ def kl_divergence(mu: dict[str, torch.Tensor], logvar: dict[str, torch.Tensor]) 
 
 def vae_loss(logits_BKTXYZ: torch.Tensor, target_BTXYZ: torch.Tensor, mu: dict[str, torch.Tensor],
              logvar: dict[str, torch.Tensor], weights_K: torch.Tensor, beta: float = 0.0015,
-             lovasz_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``(total, parts)``: total = CE + lovasz_weight · Lovász + β · KL; parts (ce, lovasz, kl, total) detached."""
+             lovasz_weight: float = 1.0, latent_masks: dict[str, torch.Tensor] | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(total, parts)``: total = CE + lovasz_weight · Lovász + β · KL (over ``latent_masks``' channels, see
+    ``kl_divergence``); parts (ce, lovasz, kl, total) detached."""
     if logits_BKTXYZ.dim() != target_BTXYZ.dim() + 1 or (
             logits_BKTXYZ.shape[:1] + logits_BKTXYZ.shape[2:] != target_BTXYZ.shape):
         raise ValueError(f"logits shape {tuple(logits_BKTXYZ.shape)} does not match target shape "
@@ -181,7 +187,7 @@ def vae_loss(logits_BKTXYZ: torch.Tensor, target_BTXYZ: torch.Tensor, mu: dict[s
         raise ValueError(f"class weights have shape {tuple(weights_K.shape)}, "
                          f"expected ({logits_BKTXYZ.shape[1]},) = one per class")
     segmentation, ce, lovasz = segmentation_loss(logits_BKTXYZ, target_BTXYZ, weights_K, lovasz_weight)
-    kl = kl_divergence(mu, logvar)
+    kl = kl_divergence(mu, logvar, latent_masks)
     total = segmentation + beta * kl
     parts = {"ce": ce.detach(), "lovasz": lovasz.detach(), "kl": kl.detach(), "total": total.detach()}
     return total, parts

@@ -161,19 +161,22 @@ def test_bad_inputs_raise_clear_errors():
         model.decode({**mu, "tz": mu["tz"][:, :, :1]})
 
 
-@pytest.mark.parametrize("projection", ["projection", "column"])
-def test_debug_vae_overfits_one_batch(projection):
+@pytest.mark.parametrize("projection,frame", [("projection", "ego"), ("column", "ego"), ("column", "reference")])
+def test_debug_vae_overfits_one_batch(projection, frame):
     """The full training objective (posterior sampling included) fits one fixed clip to mIoU > 0.9, with the SPEC
-    encoder and with the small preset's column encoder."""
+    encoder and with the small preset's column encoder, in the ego frames and in the reference frame (the ego
+    drives forward and turns, ``motion_frame.py``)."""
     torch.manual_seed(0)
-    model = HexPlaneVAE(DEBUG.replace(projection=projection))
+    model = HexPlaneVAE(DEBUG.replace(projection=projection, frame=frame))
     occ = blob_clips(DEBUG, 1)
+    traj = torch.stack([torch.arange(DEBUG.num_frames) * 1.2, torch.zeros(DEBUG.num_frames),
+                        torch.arange(DEBUG.num_frames) * 0.15], dim=1)[None]
     weights = class_weights(torch.bincount(occ.flatten(), minlength=DEBUG.num_classes))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     miou = 0.0
     for step in range(1, 301):
-        logits, mu, logvar = model(occ)
-        loss, _ = vae_loss(logits, occ, mu, logvar, weights)
+        logits, mu, logvar = model(occ, trajectory=traj)
+        loss, _ = vae_loss(logits, occ, mu, logvar, weights, latent_masks=model.latent_masks(mu))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -181,7 +184,7 @@ def test_debug_vae_overfits_one_batch(projection):
             model.eval()
             with torch.no_grad():
                 acc = IoUAccumulator(DEBUG.num_classes)
-                acc.update(model(occ)[0].argmax(1), occ)
+                acc.update(model(occ, trajectory=traj)[0].argmax(1), occ)
             model.train()
             miou = acc.miou()
             if miou > 0.9:

@@ -350,6 +350,8 @@ def test_bad_learning_rate_warmup_or_deadline_is_an_error_before_anything_is_wri
     out = tmp_path / "run"
     with pytest.raises(ValueError, match="projection='maxpool', expected one of projection, avgpool, column"):
         train_vae(city, "debug", out, projection="maxpool")
+    with pytest.raises(ValueError, match="frame='world', expected one of ego, reference"):
+        train_vae(city, "debug", out, frame="world")
     with pytest.raises(ValueError, match="learning rate must be positive, got 0.0"):
         train_vae(city, "debug", out, lr=0.0)
     with pytest.raises(ValueError, match="warm-up steps must be >= 0, got -5"):
