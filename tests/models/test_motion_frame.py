@@ -177,3 +177,11 @@ def test_flipping_a_batch_mirrors_its_trajectory():
     assert torch.equal(flipped["trajectory"][0], traj[0] * torch.tensor([1.0, -1.0, -1.0]))
     assert torch.equal(flipped["trajectory"][1], traj[1])
     assert torch.equal(flipped["occupancy"][0], occ[0].flip(2))
+
+
+def test_the_small_preset_works_in_the_reference_frame_with_its_grids_voxels():
+    from dcgen.presets import GRIDS
+
+    assert VAE_PRESETS["small"].frame == "reference"
+    assert all(VAE_PRESETS[p].frame == "ego" for p in ("debug", "carlasc", "occ3d"))
+    assert all(VAE_PRESETS[p].voxel_xy == GRIDS[p].voxel_size[:2] for p in VAE_PRESETS)
