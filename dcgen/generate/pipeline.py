@@ -133,8 +133,9 @@ class GenerationPipeline:
             part = list(occ_NTXYZ[a:a + self.micro_batch])
             n = len(part)
             occ_MTXYZ = torch.from_numpy(np.stack(self._pad(part, np.zeros_like(part[0]))).astype(np.int64))
-            still_MT3 = torch.zeros(self.micro_batch, self.grid.num_frames, 3) if self.vae.needs_trajectory else None
-            mu, _ = self.vae.encode(occ_MTXYZ.to(self.device), None if still_MT3 is None else still_MT3.to(self.device))
+            still_MT3 = (torch.zeros(self.micro_batch, self.grid.num_frames, 3, device=self.device)
+                         if self.vae.needs_trajectory else None)
+            mu, _ = self.vae.encode(occ_MTXYZ.to(self.device), still_MT3)
             rollout_MCSS = self.rollout.pack({k: v.float() for k, v in mu.items()})
             if self.norm is not None:
                 rollout_MCSS = self.norm.normalize(rollout_MCSS, self.valid_SS)

@@ -88,10 +88,10 @@ def flip_batch_y(batch: dict[str, torch.Tensor], flip_B: torch.Tensor) -> dict[s
         if name in out:
             x = out[name]
             out[name] = torch.where(flip_B.view(-1, *([1] * (x.dim() - 1))), x.flip(axis), x)
-    if "trajectory" in out:  # y and yaw change sign
-        sign_B13 = torch.where(flip_B.view(-1, 1, 1), -1.0, 1.0).to(out["trajectory"])
-        sign_B13 = torch.cat([torch.ones_like(sign_B13), sign_B13.expand(-1, -1, 2)], dim=2)
-        out["trajectory"] = out["trajectory"] * sign_B13
+    if "trajectory" in out:  # (x, y, yaw): y and yaw change sign
+        traj_BT3 = out["trajectory"]
+        mirrored_BT3 = traj_BT3 * torch.tensor([1.0, -1.0, -1.0], dtype=traj_BT3.dtype, device=traj_BT3.device)
+        out["trajectory"] = torch.where(flip_B.view(-1, 1, 1), mirrored_BT3, traj_BT3)
     return out
 
 

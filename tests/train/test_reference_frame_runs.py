@@ -68,14 +68,13 @@ def test_encode_writes_latents_that_carry_the_trajectory_and_decode_like_the_vae
 
 
 def test_pipeline_renders_a_requested_trajectory(reference_vae, debug_dit, debug_city):
+    from dcgen.diffusion.schedule import NoiseSchedule, ScheduleConfig
     from dcgen.generate.conditions import SceneRequest
     from dcgen.generate.loading import load_dit
     from dcgen.generate.pipeline import GenerationPipeline
     from dcgen.presets import GRIDS
 
     d = load_dit(debug_dit)
-    from dcgen.diffusion.schedule import NoiseSchedule, ScheduleConfig
-
     schedule = NoiseSchedule.linear(ScheduleConfig.from_dict(d.meta["schedule"]))
     vae = load_vae(reference_vae).model
     pipe = GenerationPipeline(vae, d.model, GRIDS["debug"], schedule, micro_batch=2)
