@@ -13,6 +13,19 @@ for _k, _v in LOCAL_RAY_ENV.items():
 os.environ.setdefault("TYPER_USE_RICH", "0")
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: threads only slow debug-size models, and on a busy 2-core machine OpenMP threads
+    spinning at their barriers made the VAE overfit test 6x slower (95 s against 16 s, measured under pytest).
+    A module takes it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A local Ray with 4 logical CPUs (2-core CI deadlocks with 2 train workers + Ray Data at num_cpus=2)."""

@@ -30,12 +30,7 @@ TINY_IMAGE = {"width": 8, "aux_size": 4}
 TINY_VOXEL = {"widths": (8, 16), "bottleneck_dim": 8}
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_clips(n: int, grid=DEBUG, seed: int = 0) -> np.ndarray:

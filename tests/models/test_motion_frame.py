@@ -22,12 +22,7 @@ T, X, Y, Z = DEBUG.shape
 K = DEBUG.num_classes
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def one_hot_logits(occ_BTXYZ: torch.Tensor) -> torch.Tensor:

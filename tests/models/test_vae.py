@@ -12,17 +12,9 @@ from dcgen.models.hexplane import PLANE_NAMES, LatentDims
 from dcgen.models.vae import VAE_PRESETS, HexPlaneVAE, VAEConfig, vae_preset
 from dcgen.train.vae_losses import class_weights, vae_loss
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 DEBUG = VAE_PRESETS["debug"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Intra-op threads only slow debug-size models, and on a busy 2-core machine OpenMP threads spinning at their
-    barriers made the overfit test 6x slower (95 s against 16 s, measured under pytest)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 VARIANTS = [(p, d) for p in ("projection", "avgpool", "column") for d in ("ess", "query")]
 
 
