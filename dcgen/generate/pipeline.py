@@ -129,12 +129,12 @@ class GenerationPipeline:
         the ego stood still: its decode gives the clip back, expressed around the middle frame's ego."""
         occ_NTXYZ = np.asarray(occ_NTXYZ)
         out = []
+        still_MT3 = (torch.zeros(self.micro_batch, self.grid.num_frames, 3, device=self.device)
+                     if self.vae.needs_trajectory else None)
         for a in range(0, len(occ_NTXYZ), self.micro_batch):
             part = list(occ_NTXYZ[a:a + self.micro_batch])
             n = len(part)
             occ_MTXYZ = torch.from_numpy(np.stack(self._pad(part, np.zeros_like(part[0]))).astype(np.int64))
-            still_MT3 = (torch.zeros(self.micro_batch, self.grid.num_frames, 3, device=self.device)
-                         if self.vae.needs_trajectory else None)
             mu, _ = self.vae.encode(occ_MTXYZ.to(self.device), still_MT3)
             rollout_MCSS = self.rollout.pack({k: v.float() for k, v in mu.items()})
             if self.norm is not None:

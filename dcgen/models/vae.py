@@ -169,9 +169,9 @@ class HexPlaneVAE(nn.Module):
         self.config = config
         self.dims = config.dims
         c = config
-        # reference-frame clips mark the voxels no frame saw with the id num_classes (motion_frame.to_reference)
         self.slot = TrajectorySlot(self.dims, c.num_frames) if c.frame == "reference" else None
         if c.projection == "column":
+            # reference-frame clips mark the voxels no frame saw with the id num_classes (motion_frame.to_reference)
             self.encoder = ColumnEncoder(c.num_classes, self.dims, c.num_frames, c.column_width,
                                          unseen=self.slot is not None)
             feature_width = c.column_width
