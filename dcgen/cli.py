@@ -62,7 +62,7 @@ CLUSTER_OPTION = typer.Option(None, "--cluster", help="Ray cluster-launcher YAML
 ADDRESS_OPTION = typer.Option(None, "--address", help="http(s)://HEAD:8265 runs this command as a Ray Job on that "
                               "cluster's job server (log streamed, exit status returned); ray://HOST:10001, "
                               "HOST:6379 or 'auto' joins that Ray from here. Default: an embedded local Ray.")
-CPU_BF16_OPTION = typer.Option(False, "--cpu-bf16", help="Train the VAE on CPU under bf16 autocast (~1.4× faster where "
+CPU_BF16_OPTION = typer.Option(False, "--cpu-bf16", help="Train the VAE on CPU under bf16 autocast (1.25–1.4× faster where "
                                "the CPU has native bf16, e.g. AVX512-BF16 or AMX; refused on a CPU without bf16 "
                                "kernels, e.g. AVX2 only, where it runs ~25× slower).")
 PREDICTION_OPTION = typer.Option("v", help="What the DiT outputs: 'v' (velocity, min-SNR v loss: learns conditions "

@@ -3,7 +3,7 @@
 AdamW (lr 1e-3, wd 0), learning rate ×0.7 at 50/60/70/80/90 % of the run's steps (after an optional linear
 warm-up, which the CPU preset's higher learning rate uses), loss = class-weighted CE +
 Lovász-softmax + β·KL, validation mIoU every epoch (observed voxels only), best checkpoint by val mIoU. AMP (bf16)
-and TF32 on CUDA; bf16 autocast on CPU when asked (``cpu_bf16``: ~1.4× faster on CPUs with native bf16, e.g.
+and TF32 on CUDA; bf16 autocast on CPU when asked (``cpu_bf16``: 1.25–1.4× faster on CPUs with native bf16, e.g.
 AVX512-BF16 or AMX, with gradients within 0.1 % in direction of float32's; without native bf16 it is slower).
 Resumes from the context's latest checkpoint: weights, optimizer, step, epoch, best score and RNG;
 the learning rate is a closed-form function of (step, total steps), so a resumed run with more epochs follows the
