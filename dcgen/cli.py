@@ -181,6 +181,35 @@ def data_info_cmd(
     typer.echo("\n".join(lines))
 
 
+@data_app.command("verify", help="Check every clip the manifest lists against what was written (per-clip "
+                  "checksums), and the manifest against the arrays; exits 1 naming each damaged clip and array.\n\n"
+                  "Example: dcgen data verify city.zarr")
+def data_verify_cmd(
+    store: str = typer.Argument(..., help="Scene store (NAME.zarr, local path or URI)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    import json
+
+    from dcgen.data.store import SceneStore
+
+    try:
+        report = SceneStore.open(store).verify()
+    except ValueError as e:
+        fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        for problem in report["problems"]:
+            typer.echo(f"damaged: {problem}")
+        for clip, messages in report["damaged"].items():
+            for message in messages:
+                typer.echo(f"damaged: clip {clip}: {message}")
+        state = "ok" if report["ok"] else f"DAMAGED ({len(report['damaged'])} clips)"
+        typer.echo(f"{report['path']}: {report['checked']} of {report['clips']} listed clips checked: {state}")
+    if not report["ok"]:
+        raise typer.Exit(code=1)
+
+
 # ---- render ----------------------------------------------------------------------------------------------
 
 @app.command("render", help="Render one clip of a scene store: bird's-eye and oblique views per frame with a class "

@@ -91,6 +91,24 @@ def remove_dir(path) -> None:
         fs.delete_dir(p)
 
 
+def replace_tree(src, dest) -> None:
+    """Put the directory ``src`` at ``dest``, replacing what is there. Locally the old tree moves aside first and
+    is deleted only after the rename, so ``dest`` is never missing its old content while ``src`` is incomplete;
+    on object storage (no directory rename) the old tree is deleted and the new one moved in."""
+    if not is_uri(dest):
+        old = None
+        if os.path.lexists(dest):
+            old = f"{os.path.dirname(os.path.abspath(dest))}/.{os.path.basename(dest)}.old-{os.getpid()}"
+            os.rename(dest, old)
+        os.rename(src, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return
+    remove_dir(dest)
+    fs, s = _fs(src)
+    fs.move(s, _fs(dest)[1])
+
+
 def upload_dir(local: str | Path, dest: str) -> None:
     """Replace the directory ``dest`` (a URI) with a copy of the local directory ``local``."""
     from pyarrow.fs import LocalFileSystem, copy_files

@@ -80,13 +80,11 @@ def index_groups(indices: np.ndarray, clips_per_task: int, align: int) -> list[n
 
 
 def read_clips(store: SceneStore, group: np.ndarray, arrays: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The clips at sorted ``group`` as numpy arrays, one zarr slice per contiguous run."""
-    runs = contiguous_runs(group)
-    out = {}
-    for name in arrays:
-        arr = store.array(name)
-        parts = [np.asarray(arr[a:b]) for a, b in runs]
-        out[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    """The clips at sorted ``group`` as numpy arrays, one zarr slice per contiguous run, each checked against
+    the manifest (a damaged clip raises naming it)."""
+    parts = [store.read(slice(a, b), arrays, check=False) for a, b in contiguous_runs(group)]
+    out = {n: parts[0][n] if len(parts) == 1 else np.concatenate([p[n] for p in parts]) for n in arrays}
+    store.check_clips(group, out)
     return out
 
 

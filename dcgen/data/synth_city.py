@@ -128,7 +128,7 @@ def write_synthetic_city(out: str, preset: str, num_clips: int, seed: int = 0, v
     ``workers`` caps the tasks in flight (default: the cluster's CPUs); it also sizes a freshly started local
     Ray. ``progress(done, total, seconds)`` is called as blocks commit. Returns the store path.
     """
-    from dcgen.data.store import CLIPS_PER_CHUNK, SceneStore
+    from dcgen.data.store import CLIPS_PER_CHUNK, SceneStore, staged
     from dcgen.presets import grid as preset_grid
     from dcgen.runtime import init_ray
 
@@ -145,30 +145,29 @@ def write_synthetic_city(out: str, preset: str, num_clips: int, seed: int = 0, v
     provenance = {"generator": "dcgen.data.synth_city", "preset": preset, "seed": int(seed),
                   "num_clips": int(num_clips), "val_fraction": float(val_fraction), "city": _asdict(CityConfig()),
                   "traffic": _asdict(TrafficConfig()), "lidar": _asdict(LidarConfig())}
-    SceneStore.create(out, grid, source=SOURCE, attrs=provenance, with_mask=True, capacity=num_clips,
-                      overwrite=overwrite)
-
     ray = init_ray(ray_address, num_cpus=workers if ray_address is None else None)
     task = ray.remote(num_cpus=1)(_write_block)
     per_task = 2 * CLIPS_PER_CHUNK
-    todo = [(a, min(a + per_task, num_clips)) for a in range(0, num_clips, per_task)]
     limit = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    pending, done, t0 = [], 0, time.perf_counter()
-    log.info("synth-city: %d %s clips, seed %d, %d blocks -> %s", num_clips, preset, seed, len(todo), out)
-    try:
-        while todo or pending:
-            while todo and len(pending) < limit:  # exactly ``workers`` tasks, even on a larger cluster
-                a, b = todo.pop(0)
-                pending.append(task.remote(out, int(seed), a, b, float(val_fraction)))
-            ready, pending = ray.wait(pending, num_returns=1)
-            done += sum(_get(ray, ready))
-            if progress is not None:
-                progress(done, num_clips, time.perf_counter() - t0)
-    except BaseException:
-        for ref in pending:
-            ray.cancel(ref)
-        raise
-    SceneStore.open(out, "a").finalize()
+    log.info("synth-city: %d %s clips, seed %d -> %s", num_clips, preset, seed, out)
+    with staged(out, overwrite) as build:  # an existing store stays whole until the new one is complete
+        SceneStore.create(build, grid, source=SOURCE, attrs=provenance, with_mask=True, capacity=num_clips)
+        todo = [(a, min(a + per_task, num_clips)) for a in range(0, num_clips, per_task)]
+        pending, done, t0 = [], 0, time.perf_counter()
+        try:
+            while todo or pending:
+                while todo and len(pending) < limit:  # exactly ``workers`` tasks, even on a larger cluster
+                    a, b = todo.pop(0)
+                    pending.append(task.remote(build, int(seed), a, b, float(val_fraction)))
+                ready, pending = ray.wait(pending, num_returns=1)
+                done += sum(_get(ray, ready))
+                if progress is not None:
+                    progress(done, num_clips, time.perf_counter() - t0)
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref)
+            raise
+        SceneStore.open(build, "a").finalize()
     return out
 
 

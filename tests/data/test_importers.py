@@ -313,16 +313,55 @@ def test_overwrite_replaces_store(tmp_path, ray_local):
     assert r.num_clips == 1 and store.num_clips == 1 and store.grid.num_frames == 3
 
 
-def test_error_mid_import_leaves_complete_clips(tmp_path, ray_local):
+def test_error_mid_import_writes_nothing(tmp_path, ray_local):
     src = write_waymo(tmp_path / "src", {"000": list(range(9)), "001": list(range(3))})
     bad = src / "training" / "001" / "001_04.npz"
     data = dict(np.load(bad))
     data["voxel_label"][5, 5, 5] = 99
     np.savez_compressed(bad, **data)
-    out = str(tmp_path / "w.zarr")
+    out = tmp_path / "w.zarr"
     with pytest.raises(ValueError, match=r"001/001_04\.npz: class ids \[99\] are not valid .*\(import stopped; "
-                                         r".* lists the 8 of 10 clips"):
-        import_dataset(src, out, ImportConfig("occ3d-waymo", num_frames=2, clips_per_task=8))
-    store = SceneStore.open(out)
-    assert store.indices().tolist() == list(range(8))
-    assert store.manifest().column("frame_start").to_pylist() == list(range(8))
+                                         r"nothing was written to .*w\.zarr\)"):
+        import_dataset(src, str(out), ImportConfig("occ3d-waymo", num_frames=2, clips_per_task=8))
+    assert not out.exists() and not list(tmp_path.glob(".w.zarr.*"))  # no half store, no leftover build
+
+
+def corrupt_npz_member(path: Path, member: str) -> None:
+    """Flip one byte inside ``member``'s stored bytes so its CRC-32 no longer matches (np.savez stores raw)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(member)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    data_start = info.header_offset + 30 + name_len + extra_len
+    raw[data_start + info.compress_size - 7] ^= 0xFF  # inside the array's data, past the .npy header
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage", ["crc", "class-id"])
+def test_failed_overwrite_keeps_the_good_store(tmp_path, ray_local, damage):
+    src = write_nuscenes(tmp_path / "trainval", {"scene-0001": 9, "scene-0002": 4})
+    out = tmp_path / "n.zarr"
+    import_dataset(src, str(out), ImportConfig("occ3d-nuscenes", num_frames=2))
+    before = snapshot(out)
+    good = SceneStore.open(out)
+    assert good.num_clips == 11
+    bad = src / "gts" / "scene-0002" / "scene-0002-tok3" / "labels.npz"
+    data = dict(np.load(bad))
+    if damage == "crc":
+        np.savez(bad, **data)  # stored, not deflated: the flipped byte reaches the CRC check, not inflate
+        corrupt_npz_member(bad, "semantics.npy")
+        expected = r"scene-0002-tok3/labels\.npz.*(CRC|crc)"
+    else:
+        data["semantics"][1, 2, 3] = 42
+        np.savez_compressed(bad, **data)
+        expected = r"scene-0002-tok3/labels\.npz.*42"
+    with pytest.raises(ValueError, match=expected + r".*\(import stopped; .*n\.zarr is unchanged\)"):
+        import_dataset(src, str(out), ImportConfig("occ3d-nuscenes", num_frames=2, overwrite=True,
+                                                   clips_per_task=8))
+    assert snapshot(out) == before
+    again = SceneStore.open(out)
+    assert again.num_clips == 11 and again.verify()["ok"]
+    assert not list(tmp_path.glob(".n.zarr.*"))

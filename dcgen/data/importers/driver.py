@@ -4,9 +4,10 @@ The only importer file that touches Ray (imported inside ``import_dataset``); th
 runs are plain functions. Steps: (1) refuse an existing output unless overwriting, and never overwrite something
 that is not a scene store; (2) check every file of every scene in parallel, one task per scene, before anything is
 written, so bad input leaves an existing store untouched; (3) number the windows in a fixed order and create the
-store pre-sized to that count; (4) one task per block of ``clips_per_task`` clips (a whole number of store shards)
-reads the frames it needs, derives side information and writes and commits its block, so parallel writers never
-share a shard and an error mid-import leaves a store that opens and lists only complete clips.
+store pre-sized to that count in a hidden sibling of the output; (4) one task per block of ``clips_per_task`` clips
+(a whole number of store shards) reads the frames it needs, derives side information and writes and commits its
+block, so parallel writers never share a shard; (5) only a complete import is swapped in at the output: a bad file
+found while writing (a corrupt member, an out-of-range class id) leaves an existing store whole and no partial one.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from pathlib import Path
 from dcgen.data.importers import carlasc, occ3d_nuscenes, occ3d_waymo
 from dcgen.data.importers.source_format import SPLITS, Scene, SceneRef, SourceFormat
 from dcgen.data.importers.windows import Window, blocks, build_batch, plan_windows
-from dcgen.data.store import CLIPS_PER_CHUNK, SceneStore
+from dcgen import storage
+from dcgen.data.store import CLIPS_PER_CHUNK, SceneStore, staged
 from dcgen.presets import GRIDS
 
 log = logging.getLogger("dcgen.import")
@@ -96,34 +98,33 @@ def import_dataset(src: str | Path, out: str, config: ImportConfig, ray_address:
         "stride": config.stride, "num_frames": grid.num_frames, "scenes": len(scenes), "frames": num_frames,
         "pose_sources": pose_sources,
     }
-    store = SceneStore.create(out, grid, source=fmt.name, attrs=provenance, with_mask=True, capacity=len(windows),
-                              overwrite=config.overwrite, extra_arrays=fmt.extra_arrays)
     log.info("importing %s %s: %d scenes, %d frames -> %d clips into %s", fmt.name, config.split, len(scenes),
              num_frames, len(windows), out)
-
-    write = ray.remote(_write_block)
-    todo = [(a, windows[a:b]) for a, b in blocks(len(windows), config.clips_per_task)]
-    max_in_flight = max(1, int(ray.cluster_resources().get("CPU", 1))) + 1
-    pending: list = []
-    try:
-        while todo or pending:
-            while todo and len(pending) < max_in_flight:
-                start, ws = todo.pop(0)
-                needed = {w.scene: scenes[w.scene] for w in ws}  # a task gets only its block's scenes
-                pending.append(write.remote(fmt.name, out, start, ws, needed, config.split))
-            done, pending = ray.wait(pending, num_returns=1)
-            _get(ray, done)
-    except ValueError as e:
-        if pending:  # blocks already running are valid work: let them finish and commit
-            ray.wait(pending, num_returns=len(pending))
-        listed = SceneStore.open(out).num_clips
-        raise ValueError(f"{e} (import stopped; {out} lists the {listed} of {len(windows)} clips written "
-                         "before the error)") from None
-    except BaseException:
-        for ref in pending:
-            ray.cancel(ref)
-        raise
-    store.finalize()
+    with staged(out, config.overwrite) as build:
+        store = SceneStore.create(build, grid, source=fmt.name, attrs=provenance, with_mask=True,
+                                  capacity=len(windows), extra_arrays=fmt.extra_arrays)
+        write = ray.remote(_write_block)
+        todo = [(a, windows[a:b]) for a, b in blocks(len(windows), config.clips_per_task)]
+        max_in_flight = max(1, int(ray.cluster_resources().get("CPU", 1))) + 1
+        pending: list = []
+        try:
+            while todo or pending:
+                while todo and len(pending) < max_in_flight:
+                    start, ws = todo.pop(0)
+                    needed = {w.scene: scenes[w.scene] for w in ws}  # a task gets only its block's scenes
+                    pending.append(write.remote(fmt.name, build, start, ws, needed, config.split))
+                done, pending = ray.wait(pending, num_returns=1)
+                _get(ray, done)
+        except ValueError as e:
+            if pending:  # let running blocks end before their store is removed
+                ray.wait(pending, num_returns=len(pending))
+            kept = f"{out} is unchanged" if storage.exists(out) else f"nothing was written to {out}"
+            raise ValueError(f"{e} (import stopped; {kept})") from None
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref)
+            raise
+        store.finalize()
     return ImportResult(out, fmt.name, config.split, len(scenes), num_frames, len(windows), pose_sources)
 
 
