@@ -1,16 +1,25 @@
 """``dcgen export``: a scene store's clips as per-frame files, for tools that read occupancy frame by frame (issue 6).
 
-Formats (frames of clip ``i`` go under a directory named ``clip-{i:09d}``):
+Formats (frames of clip ``i`` go under a directory named ``clip-{i:09d}``; each exported clip is one scene):
 
-- ``occ3d-npz``: the Occ3D-nuScenes layout that ``dcgen data import occ3d-nuscenes`` and the public Occ3D tools
-  read (SPEC §1): ``OUT/gts/<clip>/<token>/labels.npz`` with ``semantics`` (X, Y, Z uint8 in Occ3D-nuScenes raw ids,
-  17 = free), ``mask_lidar`` and ``mask_camera`` (uint8; the store's ``mask`` when it has one, else all ones), and
-  ``OUT/annotations.json`` with ``train_split``/``val_split``/``test_split`` and per-frame ``timestamp`` (µs) and
-  ``ego_pose`` (translation, rotation quaternion w x y z). Unified classes map back to one raw id each (vehicle →
-  car, ground → terrain, pole → traffic_cone, ...), so re-importing gives the same unified ids. The grid is the
-  store's (Occ3D's own is 200 × 200 × 16).
+- ``occ3d-npz``: the Occ3D-nuScenes ``trainval/`` layout that ``dcgen data import occ3d-nuscenes`` and the public
+  Occ3D loaders read (SPEC §1; Occ3D README): ``OUT/gts/<clip>/<token>/labels.npz`` with ``semantics`` (X, Y, Z
+  uint8 Occ3D-nuScenes raw ids, 17 = free), ``mask_lidar`` (the store's ``mask``) and ``mask_camera`` (the store's
+  ``mask_camera``, which Occ3D imports carry), each uint8 and all ones only where the store lacks that array (the
+  summary says which); and ``OUT/annotations.json``: ``train_split``/``val_split``/``test_split`` (clip names) and
+  ``scene_infos[clip][token]`` in time order with ``timestamp`` (µs), ``ego_pose`` (translation, rotation quaternion
+  w x y z), ``gt_path`` (``gts/<clip>/<token>/labels.npz``, relative to OUT), ``prev``/``next`` (neighbouring tokens
+  of the clip, ``"EOF"`` at its ends as in the release) and an empty ``camera_sensor`` (no images). Timestamps are
+  the clip's frames at the grid's frame rate from its manifest ``frame_start``, plus a per-clip offset that keeps
+  them strictly increasing across the whole export. Unified classes map back to one raw id each (vehicle → car,
+  ground → terrain, pole → traffic_cone, ...), so re-importing gives the same unified ids. The grid is the store's
+  (Occ3D's own is 200 × 200 × 16, which the importer requires).
 - ``npy``: ``OUT/<clip>/<t:03d>.npy`` (X, Y, Z uint8 unified ids), ``OUT/classes.json`` (id, name, RGB) and
   ``OUT/index.json`` (one entry per clip: its manifest row and directory).
+
+Every clip is checked (class ids in ``0..num_classes-1``, finite poses) before its files are written, and the export
+is built in a hidden sibling of OUT that replaces OUT only when complete: a failed export, with ``--overwrite``
+too, leaves an earlier export whole.
 
 Legend: T/X/Y/Z clip axes.
 """
@@ -18,18 +27,20 @@ Legend: T/X/Y/Z clip axes.
 from __future__ import annotations
 
 import json
-import shutil
+import math
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from dcgen.data.classes import NUSCENES_FREE
+from dcgen.data.classes import NUSCENES_FREE, check_unified
 
 FORMATS = ("occ3d-npz", "npy")
 MARKERS = {"occ3d-npz": "annotations.json", "npy": "index.json"}
 # unified id -> the Occ3D-nuScenes raw id written for it (each maps back to the same unified id)
 UNIFIED_TO_NUSCENES = np.array([NUSCENES_FREE, 15, 1, 0, 7, 8, 11, 14, 13, 16, 4, 2], dtype=np.uint8)
+# what the Occ3D-nuScenes annotations.json holds as ``prev`` of a scene's first frame and ``next`` of its last
+END_OF_SCENE = "EOF"
 
 
 def quaternion_wxyz(rot_33: np.ndarray) -> list[float]:
@@ -53,74 +64,123 @@ def quaternion_wxyz(rot_33: np.ndarray) -> list[float]:
     return (q if q[0] >= 0 else -q).tolist()
 
 
-def _prepare_out(out: Path, fmt: str, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
+def frame_timestamps(frame_starts: list[int], num_frames: int, frame_rate: float) -> np.ndarray:
+    """Microsecond timestamps ``[clip, t]``: frame ``frame_start + t`` at ``frame_rate``, plus ``n * spacing`` for
+    the n-th exported clip, ``spacing`` being the longest clip end rounded up to a whole second, so timestamps rise
+    strictly within each clip and across the whole export while keeping each clip's position in its source scene."""
+    if not (math.isfinite(frame_rate) and 0 < frame_rate <= 1e6):
+        raise ValueError(f"grid frame_rate {frame_rate!r} Hz cannot give distinct microsecond timestamps; expected "
+                         "0 < frame_rate <= 1e6")
+    starts = np.asarray(frame_starts, dtype=np.int64)
+    if starts.size and int(starts.min()) < 0:
+        raise ValueError(f"manifest frame_start {int(starts.min())} is negative; expected >= 0")
+    period_us = 1e6 / frame_rate
+    rel_NT = np.rint((starts[:, None] + np.arange(num_frames)[None, :]) * period_us).astype(np.int64)
+    ends = np.rint((starts + num_frames) * period_us).astype(np.int64)
+    spacing = int(math.ceil(int(ends.max(initial=1)) / 1e6)) * 1_000_000
+    return rel_NT + np.arange(starts.size, dtype=np.int64)[:, None] * spacing
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` that an export may not replace; deletes nothing (the swap at the end does)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise ValueError(f"--out {out}: exists and is not empty; pass --overwrite to replace an earlier export")
         if not any((out / m).is_file() for m in MARKERS.values()):
             raise ValueError(f"--out {out}: not an earlier dcgen export (no {' or '.join(MARKERS.values())}); "
                              "refusing to delete it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+
+
+def _check_clip(clip: dict[str, np.ndarray], num_classes: int, what: str) -> None:
+    """Raise naming the clip unless its class ids are in range and its poses finite (JSON has no NaN)."""
+    check_unified(clip["occupancy"], num_classes, f"{what}: array 'occupancy'")
+    if not np.isfinite(clip["ego_pose"]).all():
+        raise ValueError(f"{what}: array 'ego_pose' holds NaN or inf; expected finite ego-to-world poses")
 
 
 def export_store(store_path: str, fmt: str, out: str | Path, *, split: str | None = None, overwrite: bool = False,
                  log: Callable[[str], None] | None = None) -> dict:
     """Write every complete clip (of ``split``, or all) of the store as per-frame files; returns a summary."""
-    from dcgen.data.store import SceneStore
+    from dcgen.data.store import SceneStore, staged
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
     store = SceneStore.open(store_path)
-    table = store.manifest()
-    rows = table.to_pylist()
+    rows = store.manifest().to_pylist()
     if split is not None:
         rows = [r for r in rows if r["split"] == split]
     if not rows:
         raise ValueError(f"{store_path}: no complete clips{' in split ' + repr(split) if split else ''} to export")
-    if fmt == "occ3d-npz" and store.grid.num_classes > UNIFIED_TO_NUSCENES.size:
-        raise ValueError(f"{store_path}: {store.grid.num_classes} classes; occ3d-npz holds the "
+    grid = store.grid
+    if fmt == "occ3d-npz" and grid.num_classes > UNIFIED_TO_NUSCENES.size:
+        raise ValueError(f"{store_path}: {grid.num_classes} classes; occ3d-npz holds the "
                          f"{UNIFIED_TO_NUSCENES.size} unified classes")
     out = Path(out)
-    _prepare_out(out, fmt, overwrite)
-    grid = store.grid
-    names = ("occupancy", "ego_pose") + (("mask",) if store.has_mask else ())
+    _check_out(out, overwrite)
+    masks = {"mask_lidar": "mask", "mask_camera": "mask_camera"}  # npz key -> store array
+    sources = {k: (f"store array {a!r}" if a in store.array_names else f"all ones: the store has no {a!r} array")
+               for k, a in masks.items()}
+    names = ["occupancy", "ego_pose"] + [a for a in masks.values() if a in store.array_names]
+    stamps_NT = (frame_timestamps([int(r["frame_start"]) for r in rows], grid.num_frames, grid.frame_rate)
+                 if fmt == "occ3d-npz" else None)
+    if fmt == "occ3d-npz" and log is not None:
+        for k, s in sources.items():
+            if s.startswith("all ones"):
+                log(f"  {k}: {s}")
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     infos: dict[str, dict] = {}
     index_rows = []
     frames = 0
-    for n, row in enumerate(rows):
-        i = int(row["index"])
-        clip = {k: v[0] for k, v in store.read(slice(i, i + 1), names).items()}
-        name = f"clip-{i:09d}"
-        occ_TXYZ = clip["occupancy"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with staged(str(out), overwrite=True) as build:  # _check_out decided what may be replaced
+        tmp = Path(build)
+        tmp.mkdir()
+        for n, row in enumerate(rows):
+            i = int(row["index"])
+            clip = {k: v[0] for k, v in store.read(slice(i, i + 1), names).items()}
+            _check_clip(clip, grid.num_classes, f"{store_path}: clip {i}")
+            name = f"clip-{i:09d}"
+            occ_TXYZ = clip["occupancy"]
+            num_t = occ_TXYZ.shape[0]
+            if fmt == "npy":
+                (tmp / name).mkdir()
+                for t in range(num_t):
+                    np.save(tmp / name / f"{t:03d}.npy", occ_TXYZ[t])
+                index_rows.append({**{k: v for k, v in row.items() if k != "class_counts"}, "dir": name})
+            else:
+                splits.setdefault(row["split"], []).append(name)
+                ones_TXYZ = np.ones(occ_TXYZ.shape, dtype=np.uint8)
+                mask_TXYZ = {k: clip[a].astype(np.uint8) if a in clip else ones_TXYZ for k, a in masks.items()}
+                tokens = [f"{i:09d}-{t:03d}" for t in range(num_t)]
+                infos[name] = {}
+                for t, token in enumerate(tokens):
+                    gt_path = f"gts/{name}/{token}/labels.npz"
+                    (tmp / gt_path).parent.mkdir(parents=True)
+                    np.savez_compressed(tmp / gt_path, semantics=UNIFIED_TO_NUSCENES[occ_TXYZ[t]],
+                                        **{k: m[t] for k, m in mask_TXYZ.items()})
+                    pose = clip["ego_pose"][t].astype(np.float64)
+                    infos[name][token] = {
+                        "timestamp": int(stamps_NT[n, t]),
+                        "ego_pose": {"translation": pose[:3, 3].tolist(), "rotation": quaternion_wxyz(pose[:3, :3])},
+                        "gt_path": gt_path,
+                        "prev": tokens[t - 1] if t > 0 else END_OF_SCENE,
+                        "next": tokens[t + 1] if t + 1 < num_t else END_OF_SCENE,
+                        "camera_sensor": {},
+                    }
+            frames += num_t
+            if log is not None and (n + 1) % 100 == 0:
+                log(f"  {n + 1}/{len(rows)} clips")
         if fmt == "npy":
-            (out / name).mkdir()
-            for t in range(occ_TXYZ.shape[0]):
-                np.save(out / name / f"{t:03d}.npy", occ_TXYZ[t])
-            index_rows.append({**{k: v for k, v in row.items() if k != "class_counts"}, "dir": name})
+            (tmp / "classes.json").write_text(json.dumps(store.meta["classes"], indent=1))
+            (tmp / "index.json").write_text(json.dumps({"store": str(store_path), "grid": grid.to_dict(),
+                                                        "clips": index_rows}, indent=1, default=str))
         else:
-            splits.setdefault(row["split"], []).append(name)
-            infos[name] = {}
-            mask_TXYZ = clip["mask"].astype(np.uint8) if "mask" in clip else np.ones_like(occ_TXYZ)
-            for t in range(occ_TXYZ.shape[0]):
-                token = f"{i:09d}-{t:03d}"
-                d = out / "gts" / name / token
-                d.mkdir(parents=True)
-                np.savez_compressed(d / "labels.npz", semantics=UNIFIED_TO_NUSCENES[occ_TXYZ[t]],
-                                    mask_lidar=mask_TXYZ[t], mask_camera=mask_TXYZ[t])
-                pose = clip["ego_pose"][t].astype(np.float64)
-                infos[name][token] = {"timestamp": int(round(t * 1e6 / grid.frame_rate)),
-                                      "ego_pose": {"translation": pose[:3, 3].tolist(),
-                                                   "rotation": quaternion_wxyz(pose[:3, :3])}}
-        frames += occ_TXYZ.shape[0]
-        if log is not None and (n + 1) % 100 == 0:
-            log(f"  {n + 1}/{len(rows)} clips")
-    if fmt == "npy":
-        (out / "classes.json").write_text(json.dumps(store.meta["classes"], indent=1))
-        (out / "index.json").write_text(json.dumps({"store": str(store_path), "grid": grid.to_dict(),
-                                                    "clips": index_rows}, indent=1, default=str))
-    else:
-        (out / "annotations.json").write_text(json.dumps({f"{k}_split": v for k, v in splits.items()}
-                                                         | {"scene_infos": infos, "source_store": str(store_path)}))
-    return {"out": str(out), "format": fmt, "clips": len(rows), "frames": frames}
+            (tmp / "annotations.json").write_text(json.dumps({f"{k}_split": v for k, v in splits.items()}
+                                                             | {"scene_infos": infos,
+                                                                "source_store": str(store_path)}))
+    summary = {"out": str(out), "format": fmt, "clips": len(rows), "frames": frames}
+    if fmt == "occ3d-npz":
+        summary["masks"] = sources
+    return summary
