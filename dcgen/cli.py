@@ -483,6 +483,9 @@ def encode_cmd(
                             ray_address=address)
     except ValueError as e:
         fail(str(e))
+    except RuntimeError as e:  # a Ray worker failed for a reason other than bad input; the message names it
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(code=1)
     splits = ", ".join(f"{k} {v}" for k, v in info["splits"].items())
     typer.echo(f"encoded {info['num_clips']} clips ({splits}; {info['clips_with_previous']} with a previous clip) "
                f"into {info['path']} with VAE {info['vae_checkpoint_id']}")
@@ -675,17 +678,13 @@ def serve_cmd(
                              gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica,
                              max_batch_size=max_batch_size, batch_wait_s=batch_wait_s, micro_batch=micro_batch,
                              token_env=token_env, max_count=max_count, max_body_bytes=int(max_body_mb * 2**20))
-        from dcgen.train import checkpoint
-
         config.ingress_settings()  # the token must be there before anything starts
-        checkpoint.read_meta(vae, kind="vae")  # a wrong path fails here, not in a replica that Serve restarts
-        checkpoint.read_meta(dit, kind="dit")
         from dcgen.serve.app import start
 
-        url = start(config, address=address)
+        url = start(config, address=address)  # vets the checkpoints first: a bad one fails before Serve starts
     except ValueError as e:
         fail(str(e))
-    except RuntimeError as e:  # Serve could not deploy (e.g. the model replica failed to load the checkpoints)
+    except RuntimeError as e:  # Serve could not deploy (e.g. a model replica failed for a reason other than input)
         fail(f"the Serve application did not start: {str(e).strip().splitlines()[0]}")
     import signal
 

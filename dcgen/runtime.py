@@ -1,4 +1,5 @@
-"""Process-level concerns shared by every command: seeds, devices, logging and the embedded local Ray.
+"""Process-level concerns shared by every command: seeds, devices, logging, the embedded local Ray, and the errors
+raised inside Ray workers brought back to the driver as the user's own exceptions.
 
 Seeds follow one rule (STYLE): scene k of a job draws from a generator seeded by (job seed, k), so output never
 depends on batch size, worker count or order. ``scene_seed`` is that derivation, used everywhere.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import sys
 
 import numpy as np
 
@@ -107,3 +110,91 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
         DataContext.get_current().enable_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # ray.init resets the library loggers
     return ray
+
+
+# ---- errors raised inside Ray tasks, actors and Serve replicas ---------------------------------------------------
+# A worker's ValueError names the bad input (STYLE), but Ray hands the driver a wrapper: RayTaskError(ValueError)
+# whose str() is the worker's whole traceback, or, where Ray pickles only text, no exception object at all: an actor
+# whose constructor raised becomes an ActorDiedError whose message holds the constructor's traceback, Ray Data wraps
+# a UDF's exception in a UserCodeException (and pickling drops its __cause__), and Serve reports a replica that
+# failed to start as "Failed to update the deployments", the traceback left in the deployment's status message.
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# an exception line of a formatted traceback: a (dotted) class name at column 0, then ": message" or nothing
+_EXCEPTION_LINE = re.compile(r"^((?:[A-Za-z_]\w*\.)*[A-Z]\w*)(?:: (.*))?$")
+# what may precede an exception line: a frame or source line (indented), the banner, or a line holding Ray's
+# "ray::task()" header (an ActorDiedError opens with "The actor died because of an error raised in ..., ray::A()")
+_BEFORE_EXCEPTION = (" ", "\t", "Traceback (most recent call last):")
+
+
+class WorkerError(RuntimeError):
+    """An exception a Ray worker raised whose type the driver cannot rebuild: its type name and message."""
+
+    def __init__(self, type_name: str, message: str):
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+
+
+def exception_from_traceback(text: str) -> BaseException | None:
+    """The exception a worker raised, from the formatted traceback Ray passed on as text (``None`` if none is found).
+
+    That is the last exception of the chain that is not one of Ray's wrappers (``ray.*``): Python prints the raised
+    exception after the ones that caused it. Its message is the first line only (Ray Data appends notes to it). A
+    ValueError (or a subclass the driver knows) comes back as ValueError, anything else as ``WorkerError``.
+    """
+    lines = _ANSI.sub("", text).splitlines()
+    found = None
+    for prev, line in zip(lines, lines[1:]):
+        m = _EXCEPTION_LINE.match(line)
+        if m and (prev.startswith(_BEFORE_EXCEPTION) or "ray::" in prev) and not m.group(1).startswith("ray."):
+            found = m
+    if found is None:
+        return None
+    type_name, message = found.group(1), (found.group(2) or "").strip()
+    module, _, name = type_name.rpartition(".")
+    cls = getattr(sys.modules.get(module or "builtins"), name, None)  # only modules loaded here: no import
+    if isinstance(cls, type) and issubclass(cls, ValueError):
+        return ValueError(message)
+    return WorkerError(type_name, message)
+
+
+def unwrap_ray_error(e: BaseException) -> BaseException:
+    """The exception user code raised behind Ray's wrappers (``RayTaskError``, an ``ActorDiedError`` of a failed
+    constructor, Ray Data's ``UserCodeException``); ``e`` itself when it is no such wrapper or holds nothing better."""
+    from ray.exceptions import RayActorError, RayError, RayTaskError, UserCodeException
+
+    for _ in range(16):  # wrappers nest a few deep at most; the bound only guards against a cycle
+        if isinstance(e, RayTaskError):
+            cause = e.cause
+            if isinstance(cause, UserCodeException) or type(cause) is RayError:  # the original survives as text
+                return exception_from_traceback(str(e)) or e
+            if not isinstance(cause, BaseException):
+                return e
+            e = cause
+        elif isinstance(e, RayActorError):
+            return (exception_from_traceback(str(e)) if e.actor_init_failed else None) or e
+        elif not isinstance(e, RayError) and isinstance(e.__cause__, (RayTaskError, RayActorError)):
+            e = e.__cause__
+        else:
+            return e
+    return e
+
+
+def error_summary(e: BaseException) -> str:
+    """``"Type: first line of the message"`` of an exception (a ``WorkerError`` gives the worker's type)."""
+    type_name = getattr(e, "type_name", type(e).__name__)
+    text = str(getattr(e, "message", e)).strip()
+    return f"{type_name}: {text.splitlines()[0]}" if text else type_name
+
+
+def ray_get_or_raise(ray, refs):
+    """``ray.get`` that re-raises a task's or actor's ValueError as itself (its message names the bad input) rather
+    than as Ray's wrapper, whose message is the worker's traceback; any other failure propagates unchanged."""
+    try:
+        return ray.get(refs)
+    except Exception as e:  # Ray raises RayTaskError subclasses, RayActorError, ...
+        root = unwrap_ray_error(e)
+        if isinstance(root, ValueError) and root is not e:
+            raise root.with_traceback(None) from None
+        raise

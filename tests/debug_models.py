@@ -93,3 +93,32 @@ def train_debug_dit(latents: str, out_dir, conditions: tuple[str, ...], epochs: 
                          out_dir=str(out_dir))
     train_dit(ctx, asdict(run))
     return str(out_dir / "best")
+
+
+class PickledNote:
+    """An arbitrary Python object: what a checkpoint must never carry (unpickling it runs code named by the file)."""
+
+    def __init__(self, text: str = "saved by a training script"):
+        self.text = text
+
+
+def damaged_checkpoint(src: str, dst, damage: str) -> str:
+    """A copy of the checkpoint directory ``src`` at ``dst`` with its weights damaged, metadata unchanged: ``pickled``
+    saves a ``PickledNote`` beside the state_dicts; ``missing_key`` drops the first tensor of every state_dict."""
+    import shutil
+    from pathlib import Path
+
+    import torch
+
+    shutil.copytree(src, dst)
+    state_path = Path(dst) / "state.pt"
+    state = torch.load(state_path, weights_only=True)
+    if damage == "pickled":
+        state["note"] = PickledNote()
+    elif damage == "missing_key":
+        for weights in {id(w): w for w in state.values()}.values():  # "model" and "ema" may be one dict
+            del weights[next(iter(weights))]
+    else:
+        raise ValueError(f"damage {damage!r}: expected 'pickled' or 'missing_key'")
+    torch.save(state, state_path)
+    return str(dst)

@@ -24,3 +24,37 @@ def test_embedded_ray_workers_silence_the_train_cleaners_futile_warnings(ray_loc
         assert ray_local.get(probe.levels.remote())[0] == logging.ERROR
     finally:
         ray_local.kill(probe)
+
+
+def test_ray_get_or_raise_gives_a_workers_value_error_its_own_message(ray_local):
+    import pytest
+    from ray.exceptions import RayTaskError
+
+    from dcgen.runtime import WorkerError, error_summary, ray_get_or_raise, unwrap_ray_error
+
+    @ray_local.remote(num_cpus=0)
+    def check(value):
+        if value < 0:
+            raise ValueError(f"value {value}: expected >= 0")
+        return {}[value]  # a KeyError: not the user's input, so not a ValueError
+
+    @ray_local.remote(num_cpus=0)
+    class Reader:
+        def __init__(self, path):
+            raise ValueError(f"{path}: not a scene store")  # Ray keeps only the traceback text of this one
+
+        def read(self):
+            return 1
+
+    with pytest.raises(ValueError) as e:
+        ray_get_or_raise(ray_local, check.remote(-1))
+    assert str(e.value) == "value -1: expected >= 0" and not isinstance(e.value, RayTaskError)
+    with pytest.raises(ValueError) as e:
+        ray_get_or_raise(ray_local, Reader.remote("/data/x.zarr").read.remote())
+    assert str(e.value) == "/data/x.zarr: not a scene store"
+    with pytest.raises(RayTaskError) as e:  # anything else propagates as Ray raised it
+        ray_get_or_raise(ray_local, check.remote(3))
+    root = unwrap_ray_error(e.value)
+    assert isinstance(root, KeyError) and error_summary(root) == "KeyError: 3"
+    assert error_summary(WorkerError("zarr.errors.GroupNotFoundError", "no group\nat /x")) == \
+        "zarr.errors.GroupNotFoundError: no group"

@@ -361,7 +361,7 @@ def run_synth(job: SynthJob, out: str, *, overwrite: bool = False, ray_address: 
     here, still before any generation. ``progress(p, final)`` is called after every block and at the end."""
     import os
 
-    from dcgen.runtime import init_ray
+    from dcgen.runtime import error_summary, init_ray, unwrap_ray_error
 
     out = out if "://" in str(out) else os.path.abspath(out)
     t_start = time.perf_counter()
@@ -412,12 +412,13 @@ def run_synth(job: SynthJob, out: str, *, overwrite: bool = False, ray_address: 
                 bar.update(row)
                 if progress is not None:
                     progress(bar, False)
-        except Exception as e:  # Ray wraps a worker's exception in RayTaskError/UserCodeException
-            root = root_cause(e)
-            message = str(root).strip().splitlines()[0] if str(root).strip() else ""
-            raise RuntimeError(f"a synth worker failed ({type(root).__name__}: {message}); the {len(rows)} blocks "
-                               "finished in this run are kept: fix the cause and re-run the same command to "
-                               "continue") from e
+        except Exception as e:  # Ray wraps a worker's exception (RayTaskError, ActorDiedError, UserCodeException)
+            root = unwrap_ray_error(e)
+            kept = (f"the {len(rows)} blocks finished in this run are kept: fix the cause and re-run the same "
+                    "command to continue")
+            if isinstance(root, ValueError):  # bad input a worker found (a checkpoint, a source clip): its own words
+                raise ValueError(f"{str(root).strip().splitlines()[0]}; {kept}") from None
+            raise RuntimeError(f"a synth worker failed ({error_summary(root)}); {kept}") from e
     store = SceneStore.open(out, "a")
     accepted_total = int(store.indices().size)
     given_up = state.given_up(job) + [int(r["block"]) for r in rows if r["given_up"]]
@@ -447,18 +448,6 @@ def run_synth(job: SynthJob, out: str, *, overwrite: bool = False, ray_address: 
     if progress is not None:
         progress(bar, True)
     return summary
-
-
-def root_cause(e: BaseException) -> BaseException:
-    """The innermost exception behind Ray's wrappers (``RayTaskError.cause``, ``__cause__`` chains)."""
-    seen = set()
-    while id(e) not in seen:
-        seen.add(id(e))
-        nxt = getattr(e, "cause", None) or e.__cause__
-        if not isinstance(nxt, BaseException):
-            break
-        e = nxt
-    return e
 
 
 def _store_bytes(path: str, exclude: tuple[str, ...] = ()) -> int:

@@ -4,7 +4,8 @@ Ray Data reads the clips (``read_scenes``) and ``map_batches`` runs an actor poo
 actor when the cluster has GPUs, CPU slots otherwise), each writing its batches' latents straight into the latent
 store (one clip per chunk, so writers never share a chunk) and returning per-channel sums for the statistics. The
 driver checks everything first (checkpoint, grid, output), copies the conditions, and marks the store complete
-only after every latent is written.
+only after every latent is written. The store is built in a hidden sibling of ``out`` and swapped in only then, so
+a failure (a damaged clip found by a read task, reported naming the store and clip) leaves an earlier store whole.
 
 Legend: B batch, C latent channels, S rollout side, T/X/Y/Z clip axes.
 """
@@ -78,11 +79,10 @@ def encode_store(vae_ckpt: str, data: str, out: str, batch_size: int = 8, overwr
     """Write the latent store ``out`` for every complete clip of the scene store ``data``; returns its summary."""
     from dcgen import storage
     from dcgen.data.latent_store import LatentStore, previous_clips
-    from dcgen.data.ray_dataset import read_scenes
-    from dcgen.data.store import SceneStore, _exists
+    from dcgen.data.store import SceneStore, _exists, staged
     from dcgen.generate.loading import load_vae
     from dcgen.models.rollout import RolloutLayout
-    from dcgen.runtime import init_ray
+    from dcgen.runtime import error_summary, unwrap_ray_error
     from dcgen.train.checkpoint import checkpoint_id
 
     if batch_size < 1:
@@ -114,18 +114,40 @@ def encode_store(vae_ckpt: str, data: str, out: str, batch_size: int = 8, overwr
     conditions = {k: np.concatenate(v) for k, v in conditions.items()}
     if overwrite and _exists(out):
         LatentStore.open(out, require_complete=False)  # replace only a latent store, never anything else
-    latents = LatentStore.create(
-        out, grid=store.grid, dims=vae.dims, rollout_size=rollout.size, rollout_patch=rollout.patch,
-        conditions=conditions, clip_index=index, splits=table.column("split").to_pylist(), prev_index=prev,
-        source=str(data), vae_checkpoint=storage.resolve(vae_ckpt), vae_checkpoint_id=checkpoint_id(vae_ckpt),
-        frame=vae.frame_info(), overwrite=overwrite)
+    with staged(out, overwrite) as building:  # an earlier latent store at out stays whole unless this one finishes
+        latents = LatentStore.create(
+            building, grid=store.grid, dims=vae.dims, rollout_size=rollout.size, rollout_patch=rollout.patch,
+            conditions=conditions, clip_index=index, splits=table.column("split").to_pylist(), prev_index=prev,
+            source=str(data), vae_checkpoint=storage.resolve(vae_ckpt), vae_checkpoint_id=checkpoint_id(vae_ckpt),
+            frame=vae.frame_info())
+        try:
+            mean, std, low, high = _encode_latents(vae, data, building, index, batch_size, workers, ray_address,
+                                                   storage.resolve(vae_ckpt), rollout)
+        except Exception as e:  # Ray wraps what a read task or an encoder actor raised
+            root = unwrap_ray_error(e)
+            lost = f"nothing was written at {out}" + (" (the latent store there is kept)" if _exists(out) else "")
+            if isinstance(root, ValueError):  # a damaged clip, say: the store reader's message names store and clip
+                message = str(root).strip().splitlines()[0]
+                # the driver knows the store even where the worker's message does not name it
+                raise ValueError(f"{message if str(data) in message else f'{data}: {message}'}; {lost}") from None
+            raise RuntimeError(f"encoding {data} failed ({error_summary(root)}); {lost}") from e
+        latents.finalize(mean, std, low, high)
+    log.info("encoded %d clips of %s into %s", index.size, data, out)
+    return LatentStore.open(out).describe()
+
+
+def _encode_latents(vae, data: str, out: str, index: np.ndarray, batch_size: int, workers: int | None,
+                    ray_address: str | None, vae_path: str, rollout) -> tuple[np.ndarray, ...]:
+    """Encode every clip of ``data`` into the latent store ``out`` on a Ray Data actor pool; returns the latents'
+    per-channel mean, std, minimum and maximum over the valid rollout pixels."""
+    from dcgen.data.ray_dataset import read_scenes
+    from dcgen.runtime import init_ray
 
     ray = init_ray(ray_address)
     size, resources = _pool(ray, workers)
     device = "cuda" if "num_gpus" in resources else "cpu"
     ds = read_scenes(data, None, ("occupancy", "trajectory"), reserve_for_downstream=True).map_batches(
-        EncodeActor, fn_constructor_kwargs={"vae_path": storage.resolve(vae_ckpt), "out": out, "clip_index": index,
-                                            "device": device},
+        EncodeActor, fn_constructor_kwargs={"vae_path": vae_path, "out": out, "clip_index": index, "device": device},
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size), **resources)
     c = vae.dims.channels
     total, total_sq, seen = np.zeros(c), np.zeros(c), np.zeros(index.size, dtype=bool)
@@ -136,10 +158,8 @@ def encode_store(vae_ckpt: str, data: str, out: str, batch_size: int = 8, overwr
         low, high = np.minimum(low, part["min"].min(0)), np.maximum(high, part["max"].max(0))
         seen[part["row"]] = True
     if not seen.all():
-        raise RuntimeError(f"encode wrote {int(seen.sum())} of {index.size} latents; the store stays incomplete")
+        raise RuntimeError(f"encode wrote {int(seen.sum())} of {index.size} latents")
     pixels = float(rollout.valid_mask().sum()) * index.size
     mean = total / pixels
     std = np.sqrt(np.maximum(total_sq / pixels - mean ** 2, 0.0))
-    latents.finalize(mean, std, low, high)
-    log.info("encoded %d clips of %s into %s", index.size, data, out)
-    return latents.describe()
+    return mean, std, low, high

@@ -401,20 +401,16 @@ def inpaint_mask(box: tuple[int, int, int, int], grid: Grid) -> np.ndarray:
 
 def checkpoint_facts(vae: str, dit: str) -> dict:
     """Grid, accepted conditions, latent downsampling and checkpoint ids of a VAE + DiT pair, from their metadata
-    alone (no weights loaded), with the pairing checked."""
-    from dcgen.train import checkpoint
+    and a memory-mapped read of their weights (no tensor data loaded), the pairing checked: a checkpoint the workers
+    could not load (missing, corrupt, carrying pickled objects, of the wrong kind) fails here, before any Ray work."""
+    from dcgen.generate.loading import check_checkpoints
 
-    checkpoint.read_meta(vae, kind="vae")  # a missing, corrupt or non-VAE checkpoint fails here
-    dit_meta = checkpoint.read_meta(dit, kind="dit")
-    vae_id, dit_id = checkpoint.checkpoint_id(vae), checkpoint.checkpoint_id(dit)
-    want = dit_meta.get("vae_checkpoint_id")
-    if want != vae_id:
-        raise ValueError(f"DiT checkpoint {dit} was trained on latents of VAE {want!r}, but {vae} is {vae_id!r}; pass "
-                         "the VAE checkpoint the DiT was trained with")
+    checked = check_checkpoints(vae, dit)
+    dit_meta = checked["dit"]
     grid = Grid.from_dict(dit_meta["grid"])
     latent_x = int(dit_meta["config"]["latent"]["x"])
     return {"grid": grid, "accepted": tuple(dit_meta.get("conditions", ())) + ("inpaint", "outpaint"),
-            "latent_down": grid.size[0] // latent_x, "checkpoints": {"vae": vae_id, "dit": dit_id}}
+            "latent_down": grid.size[0] // latent_x, "checkpoints": dict(checked["ids"])}
 
 
 def _abs(path: str | None) -> str | None:
@@ -428,8 +424,9 @@ def build_job(*, vae: str, dit: str, n: int, cond: str = "none", scenario: str |
               steps: int = 50, guidance: float = 4.0, batch_size: int = 8, micro_batch: int = 8,
               estimate_trajectory: bool = False, max_attempts: int = 3, gates: dict | None = None,
               serve_app: str | None = None, workers: int | None = None) -> SynthJob:
-    """The job of a ``dcgen synth`` command line, every input checked from metadata alone (no weights loaded, no
-    Ray): condition kind, checkpoints and their pairing, scenario file, source store grid, gate options."""
+    """The job of a ``dcgen synth`` command line, every input checked before any Ray work (no tensor data loaded):
+    condition kind, checkpoints (as the workers will read them) and their pairing, scenario file, source store grid,
+    gate options."""
     from dcgen.generate.gates import GateConfig
 
     if cond not in CONDITION_KINDS + ("scenario",):

@@ -34,8 +34,28 @@ def _load_into(model: torch.nn.Module, weights: dict, path) -> None:
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise ValueError(f"{path}: weights do not fit the model its config describes ({first})") from e
+        # torch's first line only names the class; the missing, unexpected or misshapen keys follow on tab lines
+        lines = [line.strip() for line in str(e).strip().splitlines()] or [type(e).__name__]
+        detail = " ".join(lines[1:]) or lines[0]
+        detail = detail if len(detail) <= 300 else detail[:300] + "..."
+        raise ValueError(f"{path}: weights do not fit the model its config describes ({detail})") from e
+
+
+def check_checkpoints(vae: str | Path, dit: str | Path, use_ema: bool = True) -> dict:
+    """Vet a VAE + DiT pair in the driver before any Ray work, so a bad checkpoint is named here and not inside an
+    actor whose constructor fails: both read as a worker will read them (metadata, and the weights' pickle with
+    ``weights_only=True``, memory-mapped so no tensor data is read), the weights sampling uses present, the DiT
+    trained on this very VAE. Returns ``{"vae": meta, "dit": meta, "ids": {"vae": id, "dit": id}}``."""
+    vae_meta, vae_state = checkpoint.load(vae, kind="vae", mmap=True)
+    _weights(vae_state, "model", vae)
+    dit_meta, dit_state = checkpoint.load(dit, kind="dit", mmap=True)
+    _weights(dit_state, "ema" if use_ema else "model", dit)
+    ids = {"vae": checkpoint.checkpoint_id(vae), "dit": checkpoint.checkpoint_id(dit)}
+    want = dit_meta.get("vae_checkpoint_id")
+    if want != ids["vae"]:
+        raise ValueError(f"DiT checkpoint {dit} was trained on latents of VAE {want!r}, but {vae} is {ids['vae']!r}; "
+                         "pass the VAE checkpoint the DiT was trained with")
+    return {"vae": vae_meta, "dit": dit_meta, "ids": ids}
 
 
 def load_vae(path: str | Path, device: torch.device | str = "cpu") -> Loaded:

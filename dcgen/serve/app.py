@@ -253,12 +253,33 @@ def app_builder(args: dict):
 
 def start(config: ServeConfig, address: str | None = None) -> str:
     """Start Serve on ``config.host:config.port`` (embedded local Ray unless ``address``) and deploy; returns the
-    base URL once every replica is up."""
+    base URL once every replica is up. The checkpoints are vetted here first, so a bad one is named before anything
+    starts; a replica that still fails to start raises its own ValueError (or a RuntimeError naming its error)."""
+    from dcgen.generate.loading import check_checkpoints
     from dcgen.runtime import init_ray
 
     app = build_app(config)  # reads the token first: a missing one fails before anything starts
+    check_checkpoints(config.vae, config.dit, use_ema=config.use_ema)
     init_ray(address)
     serve.start(http_options={"host": config.host, "port": config.port})
-    serve.run(app, name=config.app_name, route_prefix="/")
+    try:
+        serve.run(app, name=config.app_name, route_prefix="/")
+    except RuntimeError as e:
+        raise (replica_error(config.app_name) or e) from None
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
     return f"http://{host}:{config.port}"
+
+
+def replica_error(app_name: str) -> Exception | None:
+    """The exception a replica of ``app_name`` failed to start with. Serve's own error says only "Failed to update
+    the deployments [...]"; the replica's traceback is left, as text, in the failed deployment's status message."""
+    from dcgen.runtime import error_summary, exception_from_traceback
+
+    status = serve.status().applications.get(app_name)
+    for name, deployment in (status.deployments.items() if status is not None else ()):
+        root = exception_from_traceback(deployment.message or "")
+        if isinstance(root, ValueError):  # bad input the replica found (a checkpoint): its own words
+            return ValueError(f"the {name} deployment could not start: {root}")
+        if root is not None:
+            return RuntimeError(f"the {name} deployment could not start ({error_summary(root)})")
+    return None

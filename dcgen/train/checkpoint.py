@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -110,16 +111,30 @@ def _read_meta(path: Path, kind: str | None) -> dict:
     return meta
 
 
-def load(path: str | os.PathLike, kind: str | None = None, map_location="cpu") -> tuple[dict, dict]:
-    """``(meta, state)`` of a checkpoint, loaded with ``weights_only=True``."""
+def load(path: str | os.PathLike, kind: str | None = None, map_location="cpu", mmap: bool = False) -> tuple[dict, dict]:
+    """``(meta, state)`` of a checkpoint, loaded with ``weights_only=True``. ``mmap`` maps the tensors' storage
+    instead of reading it: the pickle is still checked in full, so a driver can vet a checkpoint at almost no cost."""
+    import pickle
+
     import torch
 
     local = _local(path)
     meta = _read_meta(local, kind)
     state_path = local / STATE_FILE
     try:
-        state = torch.load(state_path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises RuntimeError/UnpicklingError/EOFError for damaged files
+        state = torch.load(state_path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        # torch's message is a page of advice ending in "weights_only=False", which would run the file's code
+        text = str(e)
+        found = re.search(r"GLOBAL (\S+)", text)
+        if found:
+            raise ValueError(f"{state_path}: checkpoint carries pickled objects ({found.group(1)}); expected only "
+                             "tensors and plain containers (dcgen loads weights with torch.load(weights_only=True) "
+                             "and never runs code from a checkpoint); re-save the state_dicts alone") from None
+        reason = (text.partition("WeightsUnpickler error:")[2].strip() or text).splitlines() or ["no detail"]
+        raise ValueError(f"{state_path}: corrupted or unreadable checkpoint weights (UnpicklingError: "
+                         f"{reason[0]})") from None
+    except Exception as e:  # torch raises RuntimeError/EOFError for damaged files
         raise ValueError(f"{state_path}: corrupted or unreadable checkpoint weights ({type(e).__name__}: {e})") from e
     return meta, state
 

@@ -133,3 +133,35 @@ def test_encode_cli_reports_errors_on_one_line(tmp_path, debug_city):
                                       str(tmp_path / "x.zarr")])
     assert result.exit_code == 2
     assert "error:" in result.output and "not a dcgen checkpoint" in result.output
+
+
+def test_encode_refuses_a_checkpoint_carrying_pickled_objects(tmp_path, debug_city, debug_vae):
+    from debug_models import damaged_checkpoint
+
+    bad = damaged_checkpoint(debug_vae, tmp_path / "vae", "pickled")
+    result = CliRunner().invoke(app, ["encode", "--vae", bad, "--data", debug_city, "--out", str(tmp_path / "x.zarr")])
+    assert result.exit_code == 2, result.output
+    assert f"error: {bad}/state.pt: checkpoint carries pickled objects (debug_models.PickledNote); expected only " \
+           "tensors and plain containers" in result.output
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_encode_of_a_damaged_store_names_store_and_clips_and_keeps_the_earlier_latents(
+        ray_local, tmp_path, debug_city, debug_vae, debug_latents):
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(debug_city, damaged)
+    shard = sorted(p for p in (damaged / "occupancy" / "c").rglob("*") if p.is_file())[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # truncated: Blosc cannot decode it
+    out = tmp_path / "latents.zarr"
+    shutil.copytree(debug_latents, out)  # an earlier encode that --overwrite would replace
+    before = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    result = CliRunner().invoke(app, ["encode", "--vae", debug_vae, "--data", str(damaged), "--out", str(out),
+                                      "--overwrite", "--batch-size", "4"])
+    assert result.exit_code == 2, result.output
+    # one error line, no Ray traceback (loggers that Ray bound to an earlier invoke's closed stream may complain)
+    (line,) = [t for t in result.output.splitlines() if t.startswith("error:")]
+    assert line.startswith(f"error: {damaged}: array 'occupancy', clips 0..") and "cannot be decoded" in line, line
+    assert line.endswith(f"nothing was written at {out} (the latent store there is kept)"), line
+    assert {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    assert LatentStore.open(str(out)).complete
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.zarr", "latents.zarr"]  # no half-built store left

@@ -518,22 +518,67 @@ def test_perception_reader_example_reads_a_synth_store(layout_run):
     assert reader.select_by_manifest(path, conditions="command").size == 0
 
 
-def test_a_failing_worker_is_a_clear_error(ray_local, ckpts, debug_city, tmp_path):
-    import shutil
+def _tree(path) -> dict:
+    """Every file under ``path`` with its bytes: a store is unchanged when this is."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(Path(path).rglob("*")) if p.is_file()}
 
-    from dcgen.generate.batch import run_synth
-    from dcgen.generate.job import build_job
+
+def test_a_damaged_source_clip_read_by_a_worker_is_named(ray_local, ckpts, debug_city, tmp_path):
+    import shutil
 
     source = tmp_path / "source.zarr"
     shutil.copytree(debug_city, source)
-    job = build_job(vae=ckpts[0], dit=ckpts[1], n=8, cond="bev", source=str(source), steps=2, guidance=1.0,
-                    workers=1)
-    for chunk in (source / "bev" / "c").rglob("*"):  # damaged after the checks: the condition reads fail inside Ray
+    for chunk in (source / "bev" / "c").rglob("*"):  # found only by the condition reads, inside Ray Data
         if chunk.is_file():
             chunk.write_bytes(b"not a blosc chunk")
-    with pytest.raises(RuntimeError, match=r"a synth worker failed \(\w+: .*\); the 0 blocks finished in this "
-                                           r"run are kept: fix the cause and re-run the same command"):
-        run_synth(job, str(tmp_path / "out.zarr"))
+    out = tmp_path / "out.zarr"
+    result, text = _invoke(_synth(ckpts, out, "--n", "8", "--cond", "bev", "--source", source))
+    assert result.exit_code == 2, text
+    # one error line (loggers that Ray bound to an earlier invoke's closed stream may add their own complaints)
+    (line,) = [t for t in text.splitlines() if t.startswith("error:")]
+    assert line.startswith(f"error: {source}: array 'bev', clip") and "stored bytes cannot be decoded" in line, text
+    assert line.endswith("the 0 blocks finished in this run are kept: fix the cause and re-run the same command to "
+                         "continue"), text
+    assert SceneStore.open(str(out), "a").indices().size == 0  # the output store stays consistent and resumable
+
+
+def test_a_checkpoint_carrying_pickled_objects_is_refused_before_any_ray_work(layout_run, ckpts, debug_city,
+                                                                               tmp_path):
+    from debug_models import damaged_checkpoint
+
+    out, _ = layout_run
+    before = _tree(out)
+    vae, dit = ckpts
+    bad_dit = damaged_checkpoint(dit, tmp_path / "dit", "pickled")
+    bad_vae = damaged_checkpoint(vae, tmp_path / "vae", "pickled")
+    for culprit, pair in ((bad_dit, (vae, bad_dit)), (bad_vae, (bad_vae, dit))):
+        result, text = _invoke(_synth(pair, out, "--n", "12", "--cond", "layout", "--source", debug_city,
+                                      "--workers", "2"))  # layout_run's command but for the checkpoint
+        culprit = Path(culprit) / "state.pt"
+        assert result.exit_code == 2, text
+        # named in the driver: a worker's error would add "blocks finished", the changed job "holds another job"
+        (line,) = [t for t in text.splitlines() if t.startswith("error:")]
+        assert line == (f"error: {culprit}: checkpoint carries pickled objects (debug_models.PickledNote); "
+                        "expected only tensors and plain containers (dcgen loads weights with "
+                        "torch.load(weights_only=True) and never runs code from a checkpoint); re-save the "
+                        "state_dicts alone"), text
+    assert _tree(out) == before  # the finished store is untouched
+
+
+def test_a_checkpoint_only_a_worker_can_reject_is_named_by_its_own_message(ray_local, ckpts, tmp_path):
+    from debug_models import damaged_checkpoint
+
+    bad_dit = damaged_checkpoint(ckpts[1], tmp_path / "dit", "missing_key")  # its keys are there: found in the actor
+    out = tmp_path / "out.zarr"
+    result, text = _invoke(["synth", "--vae", ckpts[0], "--dit", bad_dit, "--out", out, "--n", "8", "--steps", STEPS,
+                            "--workers", "1"])
+    assert result.exit_code == 2, text
+    (line,) = [t for t in text.splitlines() if t.startswith("error:")]
+    assert line.startswith(f"error: {bad_dit}: weights do not fit the model its config describes (Missing key(s) "
+                           "in state_dict: "), text
+    assert line.endswith("the 0 blocks finished in this run are kept: fix the cause and re-run the same command to "
+                         "continue"), text
+    assert SceneStore.open(str(out), "a").indices().size == 0
 
 
 @pytest.mark.slow
