@@ -198,3 +198,42 @@ def ray_get_or_raise(ray, refs):
         if isinstance(root, ValueError) and root is not e:
             raise root.with_traceback(None) from None
         raise
+
+
+def run_tasks(fn, args: list[tuple], *, limit: int, num_cpus: float | None = None,
+              on_done=None, address: str | None = None) -> list:
+    """Run ``fn(*a)`` for every ``a`` in ``args`` as Ray tasks, at most ``limit`` in flight, in order of ``args``;
+    results in that order. ``on_done(result)`` is called as each finishes. A task's ValueError is re-raised as
+    itself once the tasks already running have finished (their work is valid); any other error cancels them.
+
+    The one bounded-task loop of the project (synthetic city, importers): Ray stays in this file.
+    """
+    ray = init_ray(address)
+    task = ray.remote(fn) if num_cpus is None else ray.remote(num_cpus=num_cpus)(fn)
+    todo = list(enumerate(args))
+    results: list = [None] * len(args)
+    pending: dict = {}
+    try:
+        while todo or pending:
+            while todo and len(pending) < max(1, limit):
+                i, a = todo.pop(0)
+                pending[task.remote(*a)] = i
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(ready[0])
+            results[i] = ray_get_or_raise(ray, ready[0])
+            if on_done is not None:
+                on_done(results[i])
+    except ValueError:
+        if pending:
+            ray.wait(list(pending), num_returns=len(pending))
+        raise
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref)
+        raise
+    return results
+
+
+def cluster_cpus(address: str | None = None) -> int:
+    """Logical CPUs of the connected (or embedded) Ray cluster, at least 1."""
+    return max(1, int(init_ray(address).cluster_resources().get("CPU", 1)))

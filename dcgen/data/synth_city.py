@@ -130,7 +130,7 @@ def write_synthetic_city(out: str, preset: str, num_clips: int, seed: int = 0, v
     """
     from dcgen.data.store import CLIPS_PER_CHUNK, SceneStore, staged
     from dcgen.presets import grid as preset_grid
-    from dcgen.runtime import init_ray
+    from dcgen.runtime import cluster_cpus, init_ray, run_tasks
 
     grid = preset_grid(preset)
     check_grid(grid)
@@ -145,28 +145,23 @@ def write_synthetic_city(out: str, preset: str, num_clips: int, seed: int = 0, v
     provenance = {"generator": "dcgen.data.synth_city", "preset": preset, "seed": int(seed),
                   "num_clips": int(num_clips), "val_fraction": float(val_fraction), "city": _asdict(CityConfig()),
                   "traffic": _asdict(TrafficConfig()), "lidar": _asdict(LidarConfig())}
-    ray = init_ray(ray_address, num_cpus=workers if ray_address is None else None)
-    task = ray.remote(num_cpus=1)(_write_block)
+    init_ray(ray_address, num_cpus=workers if ray_address is None else None)
     per_task = 2 * CLIPS_PER_CHUNK
-    limit = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     log.info("synth-city: %d %s clips, seed %d -> %s", num_clips, preset, seed, out)
     with staged(out, overwrite) as build:  # an existing store stays whole until the new one is complete
         SceneStore.create(build, grid, source=SOURCE, attrs=provenance, with_mask=True, capacity=num_clips)
-        todo = [(a, min(a + per_task, num_clips)) for a in range(0, num_clips, per_task)]
-        pending, done, t0 = [], 0, time.perf_counter()
-        try:
-            while todo or pending:
-                while todo and len(pending) < limit:  # exactly ``workers`` tasks, even on a larger cluster
-                    a, b = todo.pop(0)
-                    pending.append(task.remote(build, int(seed), a, b, float(val_fraction)))
-                ready, pending = ray.wait(pending, num_returns=1)
-                done += sum(_get(ray, ready))
-                if progress is not None:
-                    progress(done, num_clips, time.perf_counter() - t0)
-        except BaseException:
-            for ref in pending:
-                ray.cancel(ref)
-            raise
+        done, t0 = 0, time.perf_counter()
+
+        def committed(count: int) -> None:
+            nonlocal done
+            done += count
+            if progress is not None:
+                progress(done, num_clips, time.perf_counter() - t0)
+
+        # exactly ``workers`` tasks in flight, even on a larger cluster
+        run_tasks(_write_block, [(build, int(seed), a, min(a + per_task, num_clips), float(val_fraction))
+                                 for a in range(0, num_clips, per_task)],
+                  limit=workers or cluster_cpus(ray_address), num_cpus=1, on_done=committed, address=ray_address)
         SceneStore.open(build, "a").finalize()
     return out
 
@@ -175,19 +170,6 @@ def _asdict(cfg) -> dict:
     from dataclasses import asdict
 
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-
-
-def _get(ray, refs):
-    """``ray.get`` that re-raises a task's ValueError as itself."""
-    from ray.exceptions import RayTaskError
-
-    try:
-        return ray.get(refs)
-    except RayTaskError as e:
-        cause = getattr(e, "cause", None)
-        if isinstance(cause, ValueError):
-            raise ValueError(str(cause)) from None
-        raise
 
 
 def _refuse_foreign(out: str, overwrite: bool) -> None:

@@ -1,7 +1,6 @@
 """Import a public dataset split into a scene store with Ray tasks (SPEC §1): scan, plan windows, write blocks.
 
-The only importer file that touches Ray (imported inside ``import_dataset``); the readers and the window logic it
-runs are plain functions. Steps: (1) refuse an existing output unless overwriting, and never overwrite something
+The readers and the window logic are plain functions; ``dcgen.runtime.run_tasks`` runs them as bounded Ray tasks. Steps: (1) refuse an existing output unless overwriting, and never overwrite something
 that is not a scene store; (2) check every file of every scene in parallel, one task per scene, before anything is
 written, so bad input leaves an existing store untouched; (3) number the windows in a fixed order and create the
 store pre-sized to that count in a hidden sibling of the output; (4) one task per block of ``clips_per_task`` clips
@@ -70,7 +69,7 @@ class ImportResult:
 
 def import_dataset(src: str | Path, out: str, config: ImportConfig, ray_address: str | None = None) -> ImportResult:
     """Import split ``config.split`` of the dataset at ``src`` into a new scene store at ``out``."""
-    from dcgen.runtime import init_ray
+    from dcgen.runtime import cluster_cpus, run_tasks
 
     fmt = FORMATS[config.dataset]
     src = Path(src).resolve()
@@ -78,9 +77,8 @@ def import_dataset(src: str | Path, out: str, config: ImportConfig, ray_address:
     _check_target(out, config.overwrite)
 
     refs = fmt.list_scenes(src, config.split)
-    ray = init_ray(ray_address)
-    scan = ray.remote(_scan_scene)
-    scenes: list[Scene] = _get(ray, [scan.remote(fmt.name, r) for r in refs])
+    limit = cluster_cpus(ray_address) + 1
+    scenes: list[Scene] = run_tasks(_scan_scene, [(fmt.name, r) for r in refs], limit=limit, address=ray_address)
 
     base = GRIDS[fmt.preset]
     grid = dataclasses.replace(base, num_frames=config.num_frames or base.num_frames, frame_rate=fmt.frame_rate)
@@ -103,27 +101,13 @@ def import_dataset(src: str | Path, out: str, config: ImportConfig, ray_address:
     with staged(out, config.overwrite) as build:
         store = SceneStore.create(build, grid, source=fmt.name, attrs=provenance, with_mask=True,
                                   capacity=len(windows), extra_arrays=fmt.extra_arrays)
-        write = ray.remote(_write_block)
-        todo = [(a, windows[a:b]) for a, b in blocks(len(windows), config.clips_per_task)]
-        max_in_flight = max(1, int(ray.cluster_resources().get("CPU", 1))) + 1
-        pending: list = []
+        blocks_todo = [(fmt.name, build, a, windows[a:b], {w.scene: scenes[w.scene] for w in windows[a:b]},
+                        config.split) for a, b in blocks(len(windows), config.clips_per_task)]  # only its scenes
         try:
-            while todo or pending:
-                while todo and len(pending) < max_in_flight:
-                    start, ws = todo.pop(0)
-                    needed = {w.scene: scenes[w.scene] for w in ws}  # a task gets only its block's scenes
-                    pending.append(write.remote(fmt.name, build, start, ws, needed, config.split))
-                done, pending = ray.wait(pending, num_returns=1)
-                _get(ray, done)
+            run_tasks(_write_block, blocks_todo, limit=limit, address=ray_address)
         except ValueError as e:
-            if pending:  # let running blocks end before their store is removed
-                ray.wait(pending, num_returns=len(pending))
             kept = f"{out} is unchanged" if storage.exists(out) else f"nothing was written to {out}"
             raise ValueError(f"{e} (import stopped; {kept})") from None
-        except BaseException:
-            for ref in pending:
-                ray.cancel(ref)
-            raise
         store.finalize()
     return ImportResult(out, fmt.name, config.split, len(scenes), num_frames, len(windows), pose_sources)
 
@@ -138,19 +122,6 @@ def _write_block(dataset: str, out: str, start: int, windows: list[Window], scen
     batch, rows = build_batch(FORMATS[dataset], scenes, windows, store.grid, split, store.array_names)
     store.write(start, batch, rows)
     return len(windows)
-
-
-def _get(ray, refs):
-    """``ray.get`` that re-raises a task's ValueError as itself (its message names the bad file)."""
-    from ray.exceptions import RayTaskError
-
-    try:
-        return ray.get(refs)
-    except RayTaskError as e:
-        cause = getattr(e, "cause", None)
-        if isinstance(cause, ValueError):
-            raise ValueError(str(cause)) from None
-        raise
 
 
 def _check_target(out: str, overwrite: bool) -> None:
