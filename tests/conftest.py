@@ -70,3 +70,28 @@ def debug_dit(tmp_path_factory, debug_latents):
     """A debug DiT with every condition, trained a few epochs on ``debug_latents``: its best checkpoint."""
     return train_debug_dit(debug_latents, tmp_path_factory.mktemp("dit-run"),
                            ("command", "trajectory", "layout", "bev", "prev_clip"), epochs=3)
+
+
+@pytest.fixture(scope="session")
+def debug_features(tmp_path_factory, debug_city):
+    """Tiny metric feature networks (32-px renders; 64-D 2D and 12-D 3D features, narrow enough that a half of
+    ``debug_city`` has more samples than features) trained two steps on ``debug_city``: their best checkpoint."""
+    from dataclasses import asdict
+
+    import torch
+
+    from dcgen.metrics.feature_nets import FeatureNetsConfig
+    from dcgen.metrics.proxy_task import ProxyTask
+    from dcgen.presets import GRIDS
+    from dcgen.train.context import LocalContext
+    from dcgen.train.features_loop import FeaturesTrainConfig, train_features
+
+    out = tmp_path_factory.mktemp("features-run")
+    cfg = FeatureNetsConfig.for_grid(GRIDS["debug"], ProxyTask(), render_size=32, image={"width": 2, "groups": 2},
+                                     voxel={"widths": (2, 4), "bottleneck_dim": 4, "groups": 2})
+    run = FeaturesTrainConfig(nets=cfg.to_dict(), steps_per_epoch=2, epochs=1, batch_size=4, seed=0,
+                              report_every=100, out_dir=str(out))
+    torch.manual_seed(0)
+    train_features(LocalContext(out_dir=out, store_path=debug_city, arrays=("occupancy", "command"), seed=0),
+                   asdict(run))
+    return str(out / "best")

@@ -5,7 +5,9 @@ scene quality.
 - ``class_noise``: a share ``p`` of the occupied voxels get a different random non-free class;
 - ``shift``: every clip is translated by ``(dx, dy)`` voxels in X and Y, free space entering at the border (the
   ego no longer at the centre, the road off its place);
-- ``empty``: a share ``p`` of the clips become all free (a generator that sometimes outputs nothing).
+- ``empty``: a share ``p`` of the clips become all free (a generator that sometimes outputs nothing);
+- ``erode``: objects of some classes lose their outer layer in every frame (issue 23's generated vehicles at half
+  their real size, poles and pedestrians reduced to single voxels or gone).
 Each draws from ``runtime.rng(seed, clip index)``, so a clip's corruption does not depend on the batch it is in.
 Legend: N clips, T time, X/Y/Z space.
 """
@@ -67,6 +69,22 @@ def empty(occ_NTXYZ, p: float, seed: int = 0, first_index: int = 0) -> np.ndarra
     for i in range(out.shape[0]):
         if clip_rng(seed, first_index + i).random() < p:
             out[i] = FREE
+    return out
+
+
+def erode(occ_NTXYZ, classes) -> np.ndarray:
+    """A copy where every voxel of ``classes`` (unified ids) with a 4-neighbour in X/Y of another class becomes free,
+    frame by frame: objects shrink by a voxel on each side, those two voxels thin or less vanish. The grid's edge
+    counts as the object's own class, so objects cut by the edge are not eaten from there."""
+    from scipy import ndimage
+
+    out = _clips(occ_NTXYZ).copy()
+    # a plus in X/Y only: erosion never crosses frames (T), clips (N) or heights (Z)
+    cross = np.zeros((1, 1, 3, 3, 1), bool)
+    cross[0, 0, 1, :, 0] = cross[0, 0, :, 1, 0] = True
+    for c in classes:
+        mask = out == c
+        out[mask & ~ndimage.binary_erosion(mask, structure=cross, border_value=1)] = FREE
     return out
 
 
