@@ -373,3 +373,20 @@ def test_a_vae_that_trained_on_the_reconstructed_clips_is_flagged(city, tmp_path
     assert any(re.fullmatch(r"the reconstruction row reconstructs [1-4] of 4 clips the VAE .*run/best trained on: "
                             r"the ceiling is optimistic", w) for w in report["warnings"])
     assert not report["notes"]  # its training store is known
+
+
+def test_eval_fidelity_command_prints_the_table_and_writes_the_report(city, tmp_path):
+    from typer.testing import CliRunner
+
+    from dcgen.cli import app
+
+    out = tmp_path / "fid"
+    result = CliRunner().invoke(app, ["eval", "fidelity", "--real", f"{city['real']}:all", "--fake", city["copy_b"],
+                                      "--features", city["features"], "--out", str(out), "--device", "cpu",
+                                      "--kid-subsets", "5"])
+    assert result.exit_code == 0, result.output
+    assert "real B (real-vs-real)" in result.output and "x1.00" in result.output
+    assert (out / "report.json").is_file() and (out / "report.png").is_file()
+    bad = CliRunner().invoke(app, ["eval", "fidelity", "--real", f"{city['real']}:nosuch", "--fake", city["copy_b"],
+                                   "--features", city["features"]])
+    assert bad.exit_code == 2 and "error:" in bad.output and "nosuch" in bad.output
