@@ -7,7 +7,8 @@ CPU numpy), the image network reads every view and the voxel network reads the c
 major: the ``V`` views of clip ``n`` are rows ``n V .. n V + V - 1``; 3D rows are clips. Features are float32,
 probabilities (the proxy task's joint p(y|x), ``FeatureNets.class_probs``, float64) sum to one per row. Networks run in eval mode in float32,
 so a clip's features do not depend on the batch it came in (GroupNorm, no batch statistics).
-``extract_store`` does the same over the clips of a scene store, reading them in contiguous runs.
+``extract_store`` does the same over the clips of a scene store, reading them in contiguous runs, and counts the
+distinct clips it read (by their bytes: a collapsed generator writes one scene many times).
 Legend: N clips, M = N V images, D features, K classes.
 """
 
@@ -105,7 +106,7 @@ def extract_store(nets: FeatureNets, path: str, split: str | None = None, batch_
                   max_clips: int | None = None,
                   log: Callable[[str], None] | None = None) -> tuple[ClipFeatures, dict]:
     """Features of the complete clips of a scene store (one ``split``, or all with None); returns them and
-    ``{"path", "split", "num_clips", "indices_sha1", "seconds", "clips_per_second"}``."""
+    ``{"path", "split", "num_clips", "distinct_clips", "indices_sha1", "seconds", "clips_per_second"}``."""
     from dcgen.data.ray_dataset import contiguous_runs
     from dcgen.data.store import SceneStore
 
@@ -125,18 +126,19 @@ def extract_store(nets: FeatureNets, path: str, split: str | None = None, batch_
             raise ValueError(f"max_clips must be >= 1 (or None for all), got {max_clips}")
         indices = indices[:max_clips]
     t0 = time.perf_counter()
-    parts, done, last_said = [], 0, 0.0
+    parts, digests, done, last_said = [], set(), 0, 0.0
     for start, stop in contiguous_runs(indices):
         for a in range(start, stop, int(batch_size)):
             b = min(stop, a + int(batch_size))
             occ = store.read(slice(a, b), ("occupancy",))["occupancy"]
             parts.append(extract_features(nets, occ, batch_size))
+            digests.update(hashlib.blake2b(clip.tobytes(), digest_size=16).digest() for clip in occ)
             done += b - a
             if log is not None and (done == indices.size or time.perf_counter() - last_said > 5.0):
                 last_said = time.perf_counter()  # at most one line per 5 s, and the last
                 log(f"  {done}/{indices.size} clips")
     seconds = time.perf_counter() - t0
-    info = {"path": str(path), "split": split, "num_clips": int(indices.size),
+    info = {"path": str(path), "split": split, "num_clips": int(indices.size), "distinct_clips": len(digests),
             "indices_sha1": hashlib.sha1(indices.astype(np.int64).tobytes()).hexdigest()[:12],
             "seconds": seconds, "clips_per_second": indices.size / max(seconds, 1e-9)}
     return ClipFeatures.concat(parts), info

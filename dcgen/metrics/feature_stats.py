@@ -16,6 +16,12 @@ import numpy as np
 
 MIN_SAMPLES_COVARIANCE = 2
 ROW_BLOCK = 4096  # rows converted to float64 at a time when accumulating a covariance
+# A set whose spread (root mean variance) is at most this fraction of its root mean square value is *collapsed*:
+# its rows are one vector up to rounding. Identical clips can come out of a float32 network a few ulps apart (a
+# batch of another size runs other GEMM kernels: copies of one clip in batches of 1, 2, 5 and 16 differed by up to
+# 2e-7 of their magnitude on an AVX-512 CPU), so exact equality cannot be the test; genuinely different samples
+# differ far more than 1e-5 of their magnitude.
+COLLAPSE_RTOL = 1e-5
 
 
 def check_features(features, what: str, min_samples: int = 1, purpose: str = "") -> np.ndarray:
@@ -63,6 +69,22 @@ def mean_and_covariance(features_ND: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return mean_D, (cov_DD + cov_DD.T) * 0.5
 
 
+def common_centre(a_ND: np.ndarray, b_MD: np.ndarray) -> np.ndarray:
+    """``[D]`` float64 mean of the union of two feature sets."""
+    total_D = a_ND.sum(axis=0, dtype=np.float64) + b_MD.sum(axis=0, dtype=np.float64)
+    return total_D / (a_ND.shape[0] + b_MD.shape[0])
+
+
+def centred(features_ND: np.ndarray, centre_D: np.ndarray) -> np.ndarray:
+    """``features - centre`` in the features' own precision: subtracted in float64, rounded once, so the rows lose
+    nothing beyond their own last bit while their norms shrink to those of the spread (the pairwise metrics' float32
+    products then keep their digits)."""
+    out_ND = np.empty_like(features_ND)
+    for start in range(0, features_ND.shape[0], ROW_BLOCK):
+        out_ND[start:start + ROW_BLOCK] = features_ND[start:start + ROW_BLOCK].astype(np.float64) - centre_D
+    return out_ND
+
+
 @dataclass(frozen=True)
 class FeatureStats:
     """Mean and covariance of one feature set, with the sample count they came from."""
@@ -85,6 +107,18 @@ class FeatureStats:
     @property
     def dim(self) -> int:
         return self.mean_D.shape[0]
+
+    @property
+    def spread(self) -> float:
+        """Mean variance per feature, tr(S) / D."""
+        return float(np.trace(self.cov_DD)) / self.dim
+
+    @property
+    def collapsed(self) -> bool:
+        """True when every sample is the same vector up to rounding (see ``COLLAPSE_RTOL``)."""
+        n = self.num_samples
+        mean_square = float(self.mean_D @ self.mean_D) / self.dim + self.spread * (n - 1) / n
+        return self.spread <= COLLAPSE_RTOL ** 2 * mean_square
 
     @classmethod
     def from_features(cls, features, what: str = "features") -> "FeatureStats":

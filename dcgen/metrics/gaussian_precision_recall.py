@@ -15,6 +15,13 @@ samples much better than new ones (in-sample squared distances average about D, 
 - a ridge lam = ``ridge`` · tr(S)/D is added to the covariance (fixed from the full set) so rank-deficient
   features (dead units, N < D) give large, finite distances instead of a singular matrix.
 Everything is float64, through one symmetric eigendecomposition of S per set.
+
+A *collapsed* generated set (every sample the same vector up to rounding, ``FeatureStats.collapsed``: a sampler
+that returns one scene whatever the seed) has no Gaussian to fit. Its precision is still defined (is that one point
+inside the real distribution?); its recall is taken as the limit of a Gaussian shrunk onto the point: the fraction
+of real samples *at* the point, within the same rounding tolerance, which is 0 unless the generator reproduces a
+real sample. Callers report the collapse beside the numbers (``GenerationMetrics.collapsed``). A collapsed *real*
+set is an error: there is no reference distribution to compare with.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dcgen.metrics.feature_stats import (FeatureStats, ROW_BLOCK, check_features, check_same_dim,
+from dcgen.metrics.feature_stats import (COLLAPSE_RTOL, ROW_BLOCK, FeatureStats, check_features, check_same_dim,
                                          mean_and_covariance)
 
 DEFAULT_QUANTILE = 0.95
@@ -42,15 +49,18 @@ class GaussianFit:
     num_samples: int
 
     @classmethod
-    def from_stats(cls, stats: FeatureStats, ridge: float = DEFAULT_RIDGE) -> "GaussianFit":
+    def from_stats(cls, stats: FeatureStats, ridge: float = DEFAULT_RIDGE, what: str = "features") -> "GaussianFit":
+        """The fit of a set with some spread; ``what`` names the set in errors."""
         if stats.num_samples < MIN_SAMPLES:
             raise ValueError(f"a Gaussian precision/recall fit needs at least {MIN_SAMPLES} samples (leave-one-out "
                              f"covariance of N - 1 >= 2), got {stats.num_samples}")
-        spread = float(np.trace(stats.cov_DD)) / stats.dim
-        if spread <= 0.0:
-            raise ValueError("all feature vectors of a set are identical; a Gaussian fit needs some spread")
+        if stats.collapsed:
+            raise ValueError(f"{what}: all {stats.num_samples} feature vectors are identical (up to rounding: "
+                             f"spread at most {COLLAPSE_RTOL:g} of their magnitude); a Gaussian fit needs samples "
+                             "that differ (are the clips all the same, or does the feature network map every clip to "
+                             "one vector?)")
         evals_D, evecs_DD = np.linalg.eigh(stats.cov_DD)
-        return cls(stats.mean_D, np.clip(evals_D, 0.0, None), evecs_DD, ridge * spread, stats.num_samples)
+        return cls(stats.mean_D, np.clip(evals_D, 0.0, None), evecs_DD, ridge * stats.spread, stats.num_samples)
 
     def _projected_sq(self, feats_ND: np.ndarray) -> np.ndarray:
         """``[N, D]`` squared coordinates of the centred samples along the covariance's eigenvectors."""
@@ -82,10 +92,20 @@ def _inside_fraction(fit: GaussianFit, own_ND: np.ndarray, other_ND: np.ndarray,
     return float((fit.mahalanobis_sq(other_ND) <= tau).mean())
 
 
+def fraction_at_point(point_D: np.ndarray, feats_ND: np.ndarray) -> float:
+    """Fraction of samples equal to ``point`` up to rounding: mean squared difference per feature at most
+    ``COLLAPSE_RTOL``² of the point's mean square (the tolerance that calls a set collapsed)."""
+    tol = COLLAPSE_RTOL ** 2 * float(point_D @ point_D)
+    inside = [((feats_ND[a:a + ROW_BLOCK].astype(np.float64) - point_D) ** 2).sum(axis=1) <= tol
+              for a in range(0, feats_ND.shape[0], ROW_BLOCK)]
+    return float(np.concatenate(inside).mean())
+
+
 def gaussian_precision_recall(real_features, fake_features, quantile: float = DEFAULT_QUANTILE,
                               ridge: float = DEFAULT_RIDGE, real_fit: GaussianFit | None = None,
                               fake_fit: GaussianFit | None = None) -> tuple[float, float]:
-    """``(precision, recall)`` of generated vs real features under Gaussian fits (see the module docstring).
+    """``(precision, recall)`` of generated vs real features under Gaussian fits (see the module docstring; a
+    collapsed generated set gets the limit recall, a collapsed real set raises).
 
     ``real_fit`` / ``fake_fit`` may pass fits already made from the same arrays (saves a covariance and an
     eigendecomposition each); ``ridge`` is then theirs.
@@ -98,16 +118,24 @@ def gaussian_precision_recall(real_features, fake_features, quantile: float = DE
     real_ND = check_features(real_features, "real features", MIN_SAMPLES, why)
     fake_ND = check_features(fake_features, "generated features", MIN_SAMPLES, why)
     check_same_dim(real_ND.shape[1], fake_ND.shape[1], "real features", "generated features")
-    fits = []
-    for feats_ND, fit, what in ((real_ND, real_fit, "real"), (fake_ND, fake_fit, "generated")):
-        if fit is None:
-            fit = GaussianFit.from_stats(FeatureStats(*mean_and_covariance(feats_ND), feats_ND.shape[0]), ridge)
-        elif fit.num_samples != feats_ND.shape[0] or fit.mean_D.shape[0] != feats_ND.shape[1]:
-            raise ValueError(f"the {what} Gaussian fit describes {fit.num_samples} × {fit.mean_D.shape[0]} "
-                             f"features but the {what} features are {feats_ND.shape[0]} × {feats_ND.shape[1]}; "
-                             "expected a fit of the same set")
-        fits.append(fit)
-    real_fit, fake_fit = fits
+    real_fit = _fit_of(real_ND, real_fit, ridge, "real")
     precision = _inside_fraction(real_fit, real_ND, fake_ND, quantile)
-    recall = _inside_fraction(fake_fit, fake_ND, real_ND, quantile)
-    return precision, recall
+    if fake_fit is None:
+        fake_stats = FeatureStats(*mean_and_covariance(fake_ND), fake_ND.shape[0])
+        if fake_stats.collapsed:
+            return precision, fraction_at_point(fake_stats.mean_D, real_ND)
+        fake_fit = GaussianFit.from_stats(fake_stats, ridge, "generated features")
+    fake_fit = _fit_of(fake_ND, fake_fit, ridge, "generated")
+    return precision, _inside_fraction(fake_fit, fake_ND, real_ND, quantile)
+
+
+def _fit_of(feats_ND: np.ndarray, fit: GaussianFit | None, ridge: float, what: str) -> GaussianFit:
+    """``fit`` checked against the set it must describe, or a new fit of that set."""
+    if fit is None:
+        return GaussianFit.from_stats(FeatureStats(*mean_and_covariance(feats_ND), feats_ND.shape[0]), ridge,
+                                      f"{what} features")
+    if fit.num_samples != feats_ND.shape[0] or fit.mean_D.shape[0] != feats_ND.shape[1]:
+        raise ValueError(f"the {what} Gaussian fit describes {fit.num_samples} × {fit.mean_D.shape[0]} "
+                         f"features but the {what} features are {feats_ND.shape[0]} × {feats_ND.shape[1]}; "
+                         "expected a fit of the same set")
+    return fit

@@ -7,7 +7,10 @@ made with that same checkpoint (``reference.py``). ``compare_features`` computes
 the features checkpoint id and where each set came from; ``format_table`` prints it beside the paper's numbers
 (CarlaSC, 16 frames, measured with the authors' own feature networks, so only the orders of magnitude compare).
 Below as many samples as features, covariances are rank-deficient and FID / Gaussian P/R are rough: the result
-carries a note saying so.
+carries a note saying so. A generated set of identical scenes (a collapsed sampler) is reported, not refused: the
+result counts the distinct generated clips and says "collapsed: all N scenes identical", and a space whose generated
+features are one vector up to rounding carries ``collapsed`` and a note (``generation.generation_metrics``). Real
+clips that are all one vector stay an error: there is no distribution to compare with.
 """
 
 from __future__ import annotations
@@ -57,9 +60,22 @@ def compare_features(real: ClipFeatures, fake: ClipFeatures, config: GenerationM
         notes = [f"{which} has {n} samples for {dim} features: its covariance is rank-deficient, so FID and the "
                  "Gaussian precision/recall are rough" for which, n in (("real set", real_f.shape[0]),
                                                                      ("generated set", fake_f.shape[0])) if n <= dim]
+        if m.collapsed:
+            notes.append(f"generated set collapsed: all {fake_f.shape[0]} feature vectors are identical up to "
+                         "rounding; the Gaussian recall is the share of real samples at that point, the other "
+                         "metrics stand as computed")
         out[space] = {**m.to_dict(), "real_is_mean": real_is, "num_real": int(real_f.shape[0]),
                       "num_fake": int(fake_f.shape[0]), "dim": int(dim), "notes": notes}
     return out
+
+
+def diversity_note(num_scenes: int, distinct: int) -> str | None:
+    """"collapsed: all N scenes identical" when every scene is the same, a count when some repeat, else None."""
+    if distinct == 1 and num_scenes > 1:
+        return f"collapsed: all {num_scenes} scenes identical"
+    if distinct < num_scenes:
+        return f"only {distinct} of {num_scenes} scenes distinct"
+    return None
 
 
 def evaluate_generation(real: str, fake: str, features: str, *, real_split: str | None = None,
@@ -93,7 +109,9 @@ def evaluate_generation(real: str, fake: str, features: str, *, real_split: str 
         "image_kind": loaded.config.image_kind, "dims": {"2d": loaded.nets.dims[0], "3d": loaded.nets.dims[1]},
         "real": {**real_info, "num_clips": real_feats.num_clips, "num_images": real_feats.num_images},
         "fake": {"kind": "store", "path": str(fake), "split": fake_split, "num_clips": fake_feats.num_clips,
-                 "num_images": fake_feats.num_images, "seconds": info["seconds"]},
+                 "num_images": fake_feats.num_images, "distinct_clips": info["distinct_clips"],
+                 "collapsed": info["distinct_clips"] == 1,
+                 "note": diversity_note(fake_feats.num_clips, info["distinct_clips"]), "seconds": info["seconds"]},
         "config": asdict(config), "metrics": metrics, "paper_table2": PAPER_TABLE2,
         "seconds": time.perf_counter() - t0,
     }
@@ -137,6 +155,8 @@ def format_table(result: dict) -> str:
     lines.append(f"real: {r['path']} ({r['kind']}) {r['num_clips']} clips / {r['num_images']} images; "
                  f"generated: {f['path']} {f['num_clips']} clips / {f['num_images']} images")
     lines.append("paper rows: CarlaSC 16 frames with the authors' feature networks; compare orders of magnitude only")
+    if f.get("note"):
+        lines.append(f"generated: {f['note']}")
     for s in SPACES:
         for note in m[s]["notes"]:
             lines.append(f"note ({s.upper()}): {note}")

@@ -3,6 +3,10 @@ probabilities), FID, KID, k-NN precision/recall and the Gaussian precision/recal
 Table 2. Each covariance is computed once and eigendecomposed once, shared by FID and the Gaussian precision/recall;
 the real set's statistics can be passed in precomputed (``FeatureStats.load``), but must describe the very
 ``real_features`` given, since the Gaussian precision/recall measures those samples against them.
+
+A generated set whose features are all one vector (up to rounding: a collapsed sampler) is a finding, not an error:
+every metric still has a value (the Gaussian recall its limit, see ``gaussian_precision_recall``) and ``collapsed``
+says so. A collapsed real set raises: there is nothing to compare with.
 """
 
 from __future__ import annotations
@@ -11,9 +15,9 @@ from dataclasses import asdict, dataclass
 
 from dcgen.metrics.feature_stats import FeatureStats, check_features, check_same_dim
 from dcgen.metrics.fid import frechet_distance
-from dcgen.metrics.gaussian_precision_recall import DEFAULT_QUANTILE, DEFAULT_RIDGE, GaussianFit
+from dcgen.metrics.gaussian_precision_recall import (DEFAULT_QUANTILE, DEFAULT_RIDGE, GaussianFit,
+                                                     gaussian_precision_recall)
 from dcgen.metrics.gaussian_precision_recall import MIN_SAMPLES as GAUSSIAN_MIN_SAMPLES
-from dcgen.metrics.gaussian_precision_recall import gaussian_precision_recall
 from dcgen.metrics.inception_score import inception_score
 from dcgen.metrics.kid import kernel_inception_distance
 from dcgen.metrics.precision_recall import DEFAULT_BATCH, DEFAULT_K, knn_precision_recall
@@ -44,6 +48,7 @@ class GenerationMetrics:
     gaussian_recall: float
     is_mean: float | None = None  # None when no class probabilities were given
     is_std: float | None = None
+    collapsed: bool = False  # every generated feature vector is the same up to rounding (FeatureStats.collapsed)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,9 +72,11 @@ def generation_metrics(real_features, fake_features, fake_probs=None,
     fake_stats = FeatureStats.from_features(fake_MD, "generated features")
     check_same_dim(real_stats.dim, fake_stats.dim, "real statistics", "generated features")
 
-    # One eigendecomposition per covariance serves both FID (S_real^½) and the Gaussian precision/recall.
-    real_fit = GaussianFit.from_stats(real_stats, config.gaussian_ridge)
-    fake_fit = GaussianFit.from_stats(fake_stats, config.gaussian_ridge)
+    # One eigendecomposition per covariance serves both FID (S_real^½) and the Gaussian precision/recall; a
+    # collapsed generated set has no Gaussian to fit (gaussian_precision_recall takes its limit instead).
+    real_fit = GaussianFit.from_stats(real_stats, config.gaussian_ridge, "real features")
+    collapsed = fake_stats.collapsed
+    fake_fit = None if collapsed else GaussianFit.from_stats(fake_stats, config.gaussian_ridge, "generated features")
     fid = frechet_distance(real_stats, fake_stats, (real_fit.evals_D, real_fit.evecs_DD))
     subset = min(config.kid_subset_size, real_ND.shape[0], fake_MD.shape[0])
     kid_mean, kid_std = kernel_inception_distance(real_ND, fake_MD, config.kid_subsets, subset, config.seed)
@@ -83,4 +90,5 @@ def generation_metrics(real_features, fake_features, fake_probs=None,
             raise ValueError(f"generated class probabilities cover {probs.shape[0]} samples but there are "
                              f"{fake_MD.shape[0]} generated feature rows; expected one row per sample")
         is_mean, is_std = inception_score(probs, min(config.is_splits, probs.shape[0]))
-    return GenerationMetrics(fid, kid_mean, kid_std, precision, recall, g_precision, g_recall, is_mean, is_std)
+    return GenerationMetrics(fid, kid_mean, kid_std, precision, recall, g_precision, g_recall, is_mean, is_std,
+                             collapsed)

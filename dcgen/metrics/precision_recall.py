@@ -8,14 +8,17 @@ counts as inside.
 Distances are squared Euclidean, ``|a|² + |b|² - 2 a·b`` (radii clipped at 0), computed block by block against
 the whole other set (``batch_size`` rows at a time: a 10,000-sample set needs a 1024 × 10,000 block, 40 MB in
 float32), in the input precision (float32 features: float32 matmuls). Precision and recall share one pass over
-the cross distances.
+the cross distances. That expansion has an absolute error of order eps·(|a|² + |b|²): features far from the origin
+would drown their distances in it. Distances do not depend on where the origin is, so both sets are first centred
+on the mean of their union (subtracted in float64, rounded once to the input precision): the norms are then those
+of the spread, and shifting every feature changes nothing.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from dcgen.metrics.feature_stats import check_features, check_same_dim
+from dcgen.metrics.feature_stats import centred, check_features, check_same_dim, common_centre
 
 DEFAULT_K = 3
 DEFAULT_BATCH = 1024
@@ -30,7 +33,8 @@ def _sq_dists(a_MD: np.ndarray, b_ND: np.ndarray, a_sq_M: np.ndarray, b_sq_N: np
 
 
 def knn_radii_sq(feats_ND: np.ndarray, k: int = DEFAULT_K, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
-    """``[N]`` squared distance from each sample to its k-th nearest other sample of the same set."""
+    """``[N]`` squared distance from each sample to its k-th nearest other sample of the same set (pass features
+    centred near their mean: see the module docstring)."""
     sq_N = np.einsum("nd,nd->n", feats_ND, feats_ND)
     radii_N = np.empty(feats_ND.shape[0], dtype=feats_ND.dtype)
     for start in range(0, feats_ND.shape[0], batch_size):
@@ -55,6 +59,8 @@ def knn_precision_recall(real_features, fake_features, k: int = DEFAULT_K,
     check_same_dim(real_ND.shape[1], fake_ND.shape[1], "real features", "generated features")
     dtype = np.result_type(real_ND.dtype, fake_ND.dtype)
     real_ND, fake_ND = real_ND.astype(dtype, copy=False), fake_ND.astype(dtype, copy=False)
+    centre_D = common_centre(real_ND, fake_ND)
+    real_ND, fake_ND = centred(real_ND, centre_D), centred(fake_ND, centre_D)
 
     real_radii_N = knn_radii_sq(real_ND, k, batch_size)
     fake_radii_M = knn_radii_sq(fake_ND, k, batch_size)

@@ -5,6 +5,7 @@ their error paths, and the acceptance check: real-vs-real FID far below real-vs-
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 
 import numpy as np
@@ -13,17 +14,17 @@ import torch
 from typer.testing import CliRunner
 
 from dcgen.cli import app
+from dcgen.data.grid import GRIDS
 from dcgen.data.store import SceneStore
 from dcgen.data.synth_city import generate_block
 from dcgen.metrics import corruptions
 from dcgen.metrics.extract import ClipFeatures, extract_features, extract_store
 from dcgen.metrics.feature_nets import FeatureNetsConfig, load_feature_nets
 from dcgen.metrics.feature_stats import FeatureStats
-from dcgen.metrics.gen_eval import compare_features, evaluate_generation, format_table
+from dcgen.metrics.gen_eval import compare_features, diversity_note, evaluate_generation, format_table
 from dcgen.metrics.generation import GenerationMetricsConfig
 from dcgen.metrics.proxy_task import ProxyTask
 from dcgen.metrics.reference import ReferenceStats, make_reference
-from dcgen.presets import GRIDS
 from dcgen.train.context import LocalContext
 from dcgen.train.features_loop import FeaturesTrainConfig, train_features
 
@@ -37,6 +38,15 @@ def make_store(path, num_clips: int, seed: int = 0, val_every: int = 4) -> str:
     for row in rows:
         row["split"] = "val" if row["index"] % val_every == val_every - 1 else "train"
     store.write(0, batch, rows)
+    store.finalize()
+    return str(path)
+
+
+def make_repeated_store(path, num_clips: int, seed: int = 0) -> str:
+    """A store holding one synthetic-city clip ``num_clips`` times: what a collapsed sampler writes."""
+    store = SceneStore.create(str(path), DEBUG, source="test-city", with_mask=True, capacity=num_clips)
+    batch, rows = generate_block(DEBUG, seed, 0, num_clips, 0.0, store.array_names)
+    store.write(0, {k: np.repeat(v[:1], num_clips, axis=0) for k, v in batch.items()}, rows)
     store.finalize()
     return str(path)
 
@@ -118,11 +128,13 @@ def test_eval_gen_on_two_stores_prints_table_2_and_writes_json(world, tmp_path):
     doc = json.loads(out.read_text())
     assert doc["feature_checkpoint_id"] == load_feature_nets(world["features"]).checkpoint_id
     assert doc["real"]["num_clips"] == 12 and doc["fake"]["num_clips"] == 8
+    assert doc["fake"]["distinct_clips"] == 8 and doc["fake"]["collapsed"] is False and doc["fake"]["note"] is None
     for space, rows in (("2d", (72, 48)), ("3d", (12, 8))):
         m = doc["metrics"][space]
         assert (m["num_real"], m["num_fake"]) == rows
         assert m["fid"] > 0 and m["is_mean"] >= 1.0 and 0 <= m["precision"] <= 1
         assert m["notes"]  # 72 / 48 images for 256 2D features, 12 / 8 clips for 40 3D ones: rank-deficient
+        assert m["collapsed"] is False
     assert doc["paper_table2"]["DynamicCity"]["3d"]["fid"] == 354.2
 
 
@@ -154,6 +166,49 @@ def test_eval_gen_errors(world, tmp_path):
     result = cli("eval", "reference", "--data", world["real"], "--features", world["features"], "--out",
                  tmp_path / "r.npz", "--split", "test")
     assert result.exit_code == 2 and "split 'test' has no complete clips" in result.output
+
+
+def test_eval_gen_reports_a_collapsed_generated_set_and_refuses_a_collapsed_real_one(world, tmp_path):
+    same = make_repeated_store(tmp_path / "same.zarr", 6)
+    out = tmp_path / "gen.json"
+    result = cli("eval", "gen", "--real", world["real"], "--fake", same, "--features", world["features"], "--json",
+                 out, "--kid-subsets", "3", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "generated: collapsed: all 6 scenes identical" in result.output
+    doc = json.loads(out.read_text())
+    assert doc["fake"]["distinct_clips"] == 1 and doc["fake"]["collapsed"] is True
+    assert doc["fake"]["note"] == "collapsed: all 6 scenes identical"
+    m3 = doc["metrics"]["3d"]
+    assert m3["collapsed"] is True and any(n.startswith("generated set collapsed: all 6 feature vectors")
+                                           for n in m3["notes"])
+    assert "note (3D): generated set collapsed" in result.output
+    for space in ("2d", "3d"):
+        m = doc["metrics"][space]
+        for key in ("fid", "kid_mean", "precision", "recall", "gaussian_precision", "gaussian_recall", "is_mean"):
+            assert math.isfinite(m[key]), (space, key)
+        assert 0 <= m["gaussian_recall"] <= 1 and 0 <= m["recall"] <= 1
+    # the real side is the reference distribution: identical real clips leave nothing to compare with
+    bad = tmp_path / "bad.json"
+    result = cli("eval", "gen", "--real", same, "--fake", world["fake"], "--features", world["features"], "--json",
+                 bad, "--kid-subsets", "3", "--device", "cpu")
+    assert result.exit_code == 2
+    assert "3D metrics: real features: all 6 feature vectors are identical (up to rounding" in result.output
+    assert not bad.exists() and json.loads(out.read_text())["fake"]["collapsed"] is True
+
+
+def test_compare_features_flags_a_collapsed_space():
+    real = fake_features(10)
+    one = fake_features(8, seed=1)
+    collapsed = ClipFeatures(one.feat2d_MD, one.probs2d_MK, np.repeat(one.feat3d_ND[:1], 8, axis=0), one.probs3d_NK,
+                             6)
+    out = compare_features(real, collapsed, GenerationMetricsConfig(kid_subsets=2))
+    assert out["3d"]["collapsed"] is True and out["2d"]["collapsed"] is False
+    assert any(n.startswith("generated set collapsed: all 8 feature vectors") for n in out["3d"]["notes"])
+    assert out["3d"]["gaussian_recall"] == 0.0 and math.isfinite(out["3d"]["fid"])
+    with pytest.raises(ValueError, match="3D metrics: real features: all 8 feature vectors are identical"):
+        compare_features(collapsed, real, GenerationMetricsConfig(kid_subsets=2))
+    assert diversity_note(6, 1) == "collapsed: all 6 scenes identical"
+    assert diversity_note(6, 4) == "only 4 of 6 scenes distinct" and diversity_note(6, 6) is None
 
 
 def fake_features(n: int, d2: int = 8, d3: int = 4, seed: int = 0, value: float | None = None) -> ClipFeatures:

@@ -358,3 +358,111 @@ def test_all_five_metrics_on_10000_by_2048_features_within_30_s():
     elapsed = time.perf_counter() - start
     assert np.isfinite(list(v for v in m.to_dict().values())).all()
     assert elapsed < 30.0, f"all five metrics took {elapsed:.1f} s on 10,000 x 2048 features"
+
+
+# ---- a collapsed generated set is reported, a collapsed real set refused ------------------------------------------
+
+def one_vector(n: int, d: int, seed: int, jitter: float = 0.0) -> np.ndarray:
+    """``n`` copies of one float32 vector, each entry moved by up to ``jitter`` of its size (as a float32 network
+    gives identical inputs in different batch positions: a few ulps apart)."""
+    rng = np.random.default_rng(seed)
+    row = rng.standard_normal((1, d)).astype(np.float32) + 2.0
+    wobble = 1.0 + jitter * rng.uniform(-1, 1, (n, d))
+    return (row * wobble).astype(np.float32)
+
+
+@pytest.mark.parametrize("jitter", [0.0, 1e-6])
+def test_feature_stats_call_one_vector_up_to_rounding_collapsed(jitter):
+    assert FeatureStats.from_features(one_vector(8, 5, 0, jitter)).collapsed
+    assert FeatureStats.from_features(np.zeros((8, 5))).collapsed
+    assert not FeatureStats.from_features(one_vector(8, 5, 0, 1e-3)).collapsed  # small but real spread
+    assert not FeatureStats.from_features(gaussian_features(8, 5, 0) + 1000.0).collapsed
+
+
+@pytest.mark.parametrize("jitter", [0.0, 1e-6])
+def test_collapsed_generated_set_gives_finite_metrics_and_the_flag(jitter):
+    real = gaussian_features(40, 6, 0).astype(np.float32)
+    fake = one_vector(12, 6, 1, jitter)
+    probs = np.random.default_rng(0).dirichlet(np.ones(4), 12)
+    m = generation_metrics(real, fake, probs, GenerationMetricsConfig(kid_subsets=4, kid_subset_size=10))
+    assert m.collapsed is True
+    values = [v for k, v in m.to_dict().items() if k != "collapsed"]
+    assert all(math.isfinite(v) for v in values), m
+    assert m.fid > 0 and 0 <= m.precision <= 1 and 0 <= m.gaussian_precision <= 1
+    # the point is no real sample: no real sample lies in a manifold shrunk onto it
+    assert m.recall == 0.0 and m.gaussian_recall == 0.0
+    assert gaussian_precision_recall(real, fake) == (m.gaussian_precision, m.gaussian_recall)
+    # a generator that reproduces one real sample covers exactly that sample
+    copies = np.repeat(real[3:4], 12, axis=0)
+    assert gaussian_precision_recall(real, copies)[1] == pytest.approx(1 / 40)
+    assert generation_metrics(real, copies, config=GenerationMetricsConfig(kid_subsets=2, kid_subset_size=10)).collapsed
+    assert generation_metrics(real, gaussian_features(12, 6, 1), config=GenerationMetricsConfig(
+        kid_subsets=2, kid_subset_size=10)).collapsed is False
+
+
+def test_collapsed_real_set_is_an_error_that_says_why():
+    real, fake = one_vector(10, 6, 0), gaussian_features(10, 6, 1)
+    with pytest.raises(ValueError, match=r"real features: all 10 feature vectors are identical \(up to rounding"
+                                         r".*does the feature network map every clip to one vector"):
+        generation_metrics(real, fake, config=GenerationMetricsConfig(kid_subsets=2, kid_subset_size=5))
+    with pytest.raises(ValueError, match="real features: all 10 feature vectors are identical"):
+        gaussian_precision_recall(real, fake)
+
+
+# ---- shifting every feature: distances do not move, KID keeps its digits ------------------------------------------
+
+def lattice_features(n: int, d: int, seed: int, scale: float = 1.0, shift: float = 0.0) -> np.ndarray:
+    """Gaussian features on a 2^-12 grid (|x| < 8), so ``x + 1000`` is still exact in float32: the shifted set is
+    exactly the original one moved, and any change in a metric is the metric's own rounding."""
+    rng = np.random.default_rng(seed)
+    x = np.clip(rng.standard_normal((n, d)) * scale + shift, -7.9, 7.9)
+    return np.round(x * 2 ** 12) / 2 ** 12
+
+
+def kid_float64_reference(real: np.ndarray, fake: np.ndarray, num_subsets: int, m: int, seed: int) -> float:
+    """KID exactly as documented (same subsets), every product in float64 on the raw features."""
+    rng = np.random.default_rng(seed)
+    d, mmds = real.shape[1], []
+    for _ in range(num_subsets):
+        x = real[rng.choice(len(real), m, replace=False)].astype(np.float64)
+        y = fake[rng.choice(len(fake), m, replace=False)].astype(np.float64)
+        k_xx, k_yy, k_xy = ((a @ b.T / d + 1.0) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+        off = k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)
+        mmds.append(off / (m * (m - 1)) - 2.0 * k_xy.sum() / (m * m))
+    return float(np.mean(mmds))
+
+
+def knn_margin(real: np.ndarray, fake: np.ndarray, k: int = 3) -> float:
+    """Smallest |distance - radius| / radius over every comparison the k-NN precision/recall makes (float64)."""
+    def sq(a, b):
+        return ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+
+    r_real = np.sort(sq(real, real), axis=1)[:, k]
+    r_fake = np.sort(sq(fake, fake), axis=1)[:, k]
+    cross = sq(fake, real)
+    return float(min((abs(cross - r_real[None, :]) / r_real[None, :]).min(),
+                     (abs(cross - r_fake[:, None]) / r_fake[:, None]).min()))
+
+
+@pytest.mark.parametrize("shift", [20.0, 1000.0])
+def test_shifting_every_feature_leaves_distances_alone_and_kid_exact(shift):
+    real = lattice_features(300, 16, 8)
+    fake = lattice_features(300, 16, 9, scale=1.1)  # near the real set: a small KID among large kernel values
+    moved_real, moved_fake = (real + shift).astype(np.float32), (fake + shift).astype(np.float32)
+    assert np.array_equal(moved_real.astype(np.float64) - shift, real)  # the shift itself is exact
+    # every comparison is 1e-5 or more from a tie, two orders above float32 rounding of a distance between centred
+    # features (~1e-7 of it), so no CPU's kernels can flip one
+    assert knn_margin(real, fake) > 1e-5
+    base = knn_precision_recall(real.astype(np.float32), fake.astype(np.float32))
+    assert 0.1 < base[0] < 0.95 and 0.1 < base[1] < 0.95
+    assert knn_precision_recall(moved_real, moved_fake) == base
+    assert knn_precision_recall(real + shift, fake + shift) == base  # float64 input: the same sets
+    g_base = gaussian_precision_recall(real.astype(np.float32), fake.astype(np.float32))
+    assert gaussian_precision_recall(moved_real, moved_fake) == g_base  # float64, centred: ties ~1e-13 away
+    assert fid_from_features(moved_real, moved_fake) == pytest.approx(fid_from_features(real, fake), rel=1e-6)
+    # KID's cubic kernel is defined on the raw features and is not translation invariant: compare with float64
+    got = kernel_inception_distance(moved_real, moved_fake, num_subsets=4, subset_size=200, seed=5)[0]
+    want = kid_float64_reference(real + shift, fake + shift, 4, 200, 5)
+    assert got == pytest.approx(want, rel=1e-4)
+    unshifted = kernel_inception_distance(real.astype(np.float32), fake.astype(np.float32), 4, 200, 5)[0]
+    assert unshifted == pytest.approx(kid_float64_reference(real, fake, 4, 200, 5), rel=1e-4)
