@@ -66,7 +66,7 @@ def run_quickstart(cfg: QuickstartConfig, log: Callable[[str], None] = print) ->
     from dcgen.metrics.reference import make_reference
     from dcgen.render.clip import save_clip
     from dcgen.runtime import init_ray
-    from dcgen.train.runs import train_pipeline
+    from dcgen.train.pipeline import train_pipeline
 
     clips, vae_epochs, dit_epochs, feat_epochs, scenes, steps = cfg.sizes()
     out = Path(cfg.out).resolve()

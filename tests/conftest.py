@@ -57,8 +57,8 @@ def debug_vae(tmp_path_factory, debug_city):
 
 @pytest.fixture(scope="session")
 def debug_latents(tmp_path_factory, ray_local, debug_city, debug_vae):
-    """``debug_city`` encoded with ``debug_vae`` by ``dcgen.generate.encode`` on the local Ray."""
-    from dcgen.generate.encode import encode_store
+    """``debug_city`` encoded with ``debug_vae`` by ``dcgen.train.encode`` on the local Ray."""
+    from dcgen.train.encode import encode_store
 
     out = tmp_path_factory.mktemp("latents") / "latents.zarr"
     encode_store(debug_vae, debug_city, str(out), batch_size=4)
@@ -80,9 +80,9 @@ def debug_features(tmp_path_factory, debug_city):
 
     import torch
 
+    from dcgen.data.grid import GRIDS
     from dcgen.metrics.feature_nets import FeatureNetsConfig
     from dcgen.metrics.proxy_task import ProxyTask
-    from dcgen.presets import GRIDS
     from dcgen.train.context import LocalContext
     from dcgen.train.features_loop import FeaturesTrainConfig, train_features
 

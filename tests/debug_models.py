@@ -17,9 +17,9 @@ def write_city_store(path, num_scenes: int, clips_per_scene: int = 2, seed: int 
     import numpy as np
 
     from dcgen.data.derive import derive_side_info
+    from dcgen.data.grid import GRIDS
     from dcgen.data.store import SceneStore
     from dcgen.data.synth_city import generate_clip
-    from dcgen.presets import GRIDS
 
     grid = GRIDS["debug"] if frame_rate is None else replace(GRIDS["debug"], frame_rate=frame_rate)
     t = grid.num_frames
@@ -49,14 +49,14 @@ def train_debug_vae(store_path: str, out_dir, epochs: int = 1, batch_size: int =
     from dataclasses import asdict
 
     from dcgen.data.store import SceneStore
-    from dcgen.models.vae import vae_preset
+    from dcgen.presets import get_preset
     from dcgen.train.context import LocalContext
     from dcgen.train.vae_loop import VAETrainConfig, steps_per_epoch, train_vae
     from dcgen.train.vae_losses import class_weights
 
     store = SceneStore.open(store_path)
     ctx = LocalContext(out_dir=out_dir, store_path=store_path, arrays=("occupancy", "mask"), seed=seed)
-    run = VAETrainConfig(model=vae_preset("debug").to_dict(),
+    run = VAETrainConfig(model=get_preset("debug").vae.to_dict(),
                          class_weights=[float(w) for w in class_weights(store.class_histogram("train"))],
                          steps_per_epoch=steps_per_epoch(store.indices("train").size, batch_size, 1), epochs=epochs,
                          batch_size=batch_size, lr=lr, report_every=1000, seed=seed, out_dir=str(out_dir), **options)
@@ -71,7 +71,7 @@ def train_debug_dit(latents: str, out_dir, conditions: tuple[str, ...], epochs: 
 
     from dcgen.data.latent_store import LatentStore, latent_batches
     from dcgen.diffusion.schedule import ScheduleConfig
-    from dcgen.models.dit import DIT_PRESETS
+    from dcgen.presets import get_preset
     from dcgen.train.context import LocalContext
     from dcgen.train.dit_loop import DiTTrainConfig, train_dit
     from dcgen.train.vae_loop import steps_per_epoch
@@ -85,7 +85,7 @@ def train_debug_dit(latents: str, out_dir, conditions: tuple[str, ...], epochs: 
     ctx = LocalContext(splits=splits, out_dir=out_dir)
     from dcgen.train.runs import latent_norm_of
 
-    cfg = replace(DIT_PRESETS["debug"], conditions=tuple(conditions), latent_norm=latent_norm_of(store))
+    cfg = replace(get_preset("debug").dit, conditions=tuple(conditions), latent_norm=latent_norm_of(store))
     run = DiTTrainConfig(model=cfg.to_dict(), schedule=ScheduleConfig().to_dict(),
                          steps_per_epoch=steps_per_epoch(store.rows("train").size, batch_size, 1),
                          vae_checkpoint_id=store.vae_checkpoint_id, grid=store.grid.to_dict(), epochs=epochs,

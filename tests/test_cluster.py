@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from dcgen import jobs_client
 from dcgen.cli import app
-from dcgen.cluster import dashboard_port, load_cluster_config
+from dcgen.jobs_client import dashboard_port, load_cluster_config
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -273,8 +273,9 @@ def test_remote_synth_city_then_vae_fit_leave_their_outputs(with_token, tmp_path
 
 @pytest.mark.slow
 def test_remote_synth_writes_exactly_n_scenes(with_token, tmp_path):
+    from dcgen.bench.serve import write_untrained_checkpoints
+
     from dcgen.data.store import SceneStore
-    from dcgen.serve.bench import write_untrained_checkpoints
 
     vae, dit = write_untrained_checkpoints("debug", tmp_path / "ckpt")
     out = tmp_path / "scenes.zarr"

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from dcgen import storage
-from dcgen.train import checkpoint
+from dcgen import checkpoint, storage
 
 
 def test_uri_path_operations(tmp_path):

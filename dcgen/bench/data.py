@@ -47,8 +47,8 @@ class DataBenchConfig:
 
     def check(self) -> None:
         """Raise naming the field unless the benchmark can run with these settings."""
+        from dcgen.data.grid import grid
         from dcgen.data.store import CLIPS_PER_CHUNK
-        from dcgen.presets import grid
 
         grid(self.preset)
         if self.num_clips < 1:

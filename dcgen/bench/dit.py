@@ -15,7 +15,8 @@ within 10 % of DDPM-1000). Two more DDIM rows tell the step count from the sampl
 step count (``ddim_1000``: the probability-flow ODE solved finely). On the quickstart's debug model (32 scenes,
 guidance 4) with an ε network, DDIM-1000 was as far from DDPM-1000 as DDIM-50 (3D FID 156 and 158 vs 49): the gap
 was the ODE on a minutes-trained network, not the 50 steps. The same model as a v network (``DiTConfig.prediction``,
-same data and steps) closed it: DDIM-50 3D FID 72 and 2D FID 100 against DDPM-1000's 89 and 110.
+same data and steps) closed it: DDIM-50 3D FID 72 and 2D FID 100 against DDPM-1000's 89 and 110. Each sampler's
+entry also counts its distinct scenes: a sampler that returns one scene for every seed is reported as collapsed.
 """
 
 from __future__ import annotations
@@ -30,29 +31,31 @@ import torch
 
 def parameter_counts() -> dict[str, int]:
     """DiT parameters of every preset (built on the meta device: no memory, no time)."""
-    from dcgen.models.dit import DIT_PRESETS, DiT
+    from dcgen.models.dit import DiT
+    from dcgen.presets import PRESETS
 
     out = {}
-    for name, cfg in DIT_PRESETS.items():
+    for name, cfg in ((n, p.dit) for n, p in PRESETS.items()):
         with torch.device("meta"):
             out[name] = sum(p.numel() for p in DiT(cfg).parameters())
     return out
 
 
 def _pipeline(preset: str, vae: str | None, dit: str | None, device, micro_batch: int):
+    from dcgen.data.grid import grid
     from dcgen.diffusion.schedule import NoiseSchedule
     from dcgen.generate.pipeline import GenerationPipeline
-    from dcgen.models.dit import DIT_PRESETS, DiT
-    from dcgen.models.vae import HexPlaneVAE, vae_preset
-    from dcgen.presets import grid
+    from dcgen.models.dit import DiT
+    from dcgen.models.vae import HexPlaneVAE
+    from dcgen.presets import get_preset
 
     if (vae is None) != (dit is None):
         raise ValueError("give both --vae and --dit checkpoints, or neither (fresh networks of the preset)")
     if vae is not None:
         return GenerationPipeline.from_checkpoints(vae, dit, device=str(device), micro_batch=micro_batch)
     torch.manual_seed(0)
-    cfg = replace(DIT_PRESETS[preset], conditions=("command",))
-    return GenerationPipeline(HexPlaneVAE(vae_preset(preset)), DiT(cfg), grid(preset), NoiseSchedule.linear(),
+    cfg = replace(get_preset(preset).dit, conditions=("command",))
+    return GenerationPipeline(HexPlaneVAE(get_preset(preset).vae), DiT(cfg), grid(preset), NoiseSchedule.linear(),
                               device=device, micro_batch=micro_batch)
 
 
@@ -71,12 +74,14 @@ def time_sampling(pipe, scenes: int, sampler: str, steps: int, guidance: float, 
 
 def time_training(preset: str, device, batch_size: int, iters: int, warmup: int = 2) -> float:
     """Seconds per DiT training iteration (every condition, AdamW, hybrid loss, EMA) on random latents."""
+    from dcgen.diffusion.objective import EpsModel, diffusion_loss
     from dcgen.diffusion.schedule import NoiseSchedule
-    from dcgen.models.dit import DIT_PRESETS, DiT
-    from dcgen.train.dit_loop import diffusion_loss
+    from dcgen.models.dit import DiT
+    from dcgen.presets import get_preset
+    from dcgen.train.context import autocast
     from dcgen.train.ema import EMA
 
-    cfg = DIT_PRESETS[preset]
+    cfg = get_preset(preset).dit
     model = DiT(cfg).to(device)
     ema = EMA(model, 0.9999)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -97,8 +102,8 @@ def time_training(preset: str, device, batch_size: int, iters: int, warmup: int 
     for i in range(warmup + iters):
         _sync(device)
         t0 = time.perf_counter()
-        loss = diffusion_loss(model, schedule, batch, cfg.conditions, valid_SS, gen, 0.1, amp=True,
-                              prediction=cfg.prediction).mean()
+        loss = diffusion_loss(EpsModel(model), schedule, batch, cfg.conditions, valid_SS, gen, 0.1,
+                              autocast(torch.device(device), True)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -136,11 +141,15 @@ def quality_requests(pipe, data: str, n: int, split: str, guidance: float) -> li
 def sampler_quality(pipe, data: str, features: str, scenes: int, samplers: dict[str, tuple[str, int, float]],
                     guidance: float, split: str = "val", seed: int = 0, log=None) -> dict:
     """Generation metrics (2D and 3D) of ``scenes`` scenes per sampler against ``split`` of ``data``, and each
-    sampler's metrics relative to the first one's. ``samplers`` maps a name to (sampler, steps, η)."""
+    sampler's metrics relative to the first one's. ``samplers`` maps a name to (sampler, steps, η).
+
+    A sampler whose scenes are all the same (a collapsed model: on a minutes-trained debug model every seed can
+    decode to one clip, or not, depending on the CPU's rounding) is a result: its entry counts the distinct scenes,
+    says ``collapsed`` and carries the note "collapsed: all N scenes identical" beside metrics that stay finite."""
     import tempfile
 
     from dcgen.generate.sample_store import write_samples
-    from dcgen.metrics.gen_eval import evaluate_generation
+    from dcgen.metrics.gen_eval import diversity_note, evaluate_generation
     from dcgen.runtime import scene_seed
 
     requests = quality_requests(pipe, data, scenes, split, guidance)
@@ -153,14 +162,20 @@ def sampler_quality(pipe, data: str, features: str, scenes: int, samplers: dict[
             t0 = time.perf_counter()
             occ = pipe.generate(requests, seeds, sampler=sampler, steps=steps, eta=eta)
             seconds = time.perf_counter() - t0
+            distinct = len({clip.tobytes() for clip in occ})  # bytes: exact, whatever the CPU
+            note = diversity_note(scenes, distinct)
+            if log and note:
+                log(f"quality {name}: {note}")
             path = write_samples(f"{tmp}/{name}.zarr", pipe.grid, occ, requests, seeds)
             result = evaluate_generation(data, path, features, real_split=split, device=str(pipe.device))
-            out["samplers"][name] = {"seconds": seconds, **{f"{k}_{s}": result["metrics"][s][k]
-                                                            for s in ("2d", "3d") for k in QUALITY_KEYS}}
+            metrics = {f"{k}_{s}": result["metrics"][s][k] for s in ("2d", "3d") for k in QUALITY_KEYS}
+            out["samplers"][name] = {"seconds": seconds, "distinct_scenes": distinct, "collapsed": distinct == 1,
+                                     "note": note, **metrics}
     first = next(iter(samplers))
     base = out["samplers"][first]
+    metric_keys = [f"{k}_{s}" for s in ("2d", "3d") for k in QUALITY_KEYS]
     out["relative_to"] = first
-    out["relative"] = {name: {k: (v / base[k] if base[k] else None) for k, v in m.items() if k != "seconds"}
+    out["relative"] = {name: {k: (m[k] / base[k] if base[k] else None) for k in metric_keys}
                        for name, m in out["samplers"].items() if name != first}
     return out
 
@@ -173,12 +188,10 @@ def bench_dit(preset: str = "debug", *, scenes: int = 4, ddpm_steps: int = 1000,
               log=None) -> dict:
     """The benchmark as a JSON-able dict. Samplers: DDPM at ``ddpm_steps``; DDIM (η = 0) at each of ``ddim_steps``
     and at ``ddpm_steps``; DDIM at η = 1 at ``ddim_eta1_steps``; DDPM respaced to ``respaced_ddpm_steps``."""
-    from dcgen.models.dit import DIT_PRESETS
+    from dcgen.presets import get_preset
     from dcgen.runtime import pick_device
-    from dcgen.train.runs import DIT_DEFAULTS
 
-    if preset not in DIT_PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(DIT_PRESETS)}")
+    get_preset(preset)  # an unknown name is an error naming the choices
     if scenes < 1 or train_iters < 1 or ddpm_steps < 1 or any(s < 1 for s in ddim_steps):
         raise ValueError(f"scenes, train iterations and step counts must be >= 1, got scenes={scenes}, "
                          f"train_iters={train_iters}, ddpm_steps={ddpm_steps}, ddim_steps={list(ddim_steps)}")
@@ -196,7 +209,7 @@ def bench_dit(preset: str = "debug", *, scenes: int = 4, ddpm_steps: int = 1000,
                 for name, (sampler, steps, eta) in samplers.items()}
     ratios = {f"ddpm_{ddpm_steps}_over_{k}": sampling[f"ddpm_{ddpm_steps}"] / v
               for k, v in sampling.items() if k != f"ddpm_{ddpm_steps}"}
-    batch = train_batch or DIT_DEFAULTS.get(preset, (0, 16, 0))[1]
+    batch = train_batch or get_preset(preset).dit_recipe.batch_size
     params = parameter_counts()
     quality = None
     if quality_data is not None:

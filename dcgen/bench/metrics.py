@@ -35,10 +35,10 @@ def bench_extraction(preset: str, num_clips: int, batch_size: int, features: str
     """Clips/s of the 2D side (render + image network) and the 3D side (voxel network) on ``num_clips`` clips."""
     import torch
 
+    from dcgen.data.grid import grid as preset_grid
     from dcgen.data.synth_city import generate_clip
     from dcgen.metrics.feature_nets import FeatureNets, FeatureNetsConfig, load_feature_nets
     from dcgen.metrics.proxy_task import ProxyTask
-    from dcgen.presets import grid as preset_grid
     from dcgen.runtime import pick_device
 
     if num_clips < 1 or batch_size < 1:

@@ -36,18 +36,19 @@ def write_untrained_checkpoints(preset: str, out: str | Path, conditions: tuple[
     same per step, so timings do not change; tests that tell scenes of different seeds apart still can."""
     import torch
 
+    from dcgen import checkpoint
+    from dcgen.data.grid import grid
     from dcgen.diffusion.schedule import ScheduleConfig
-    from dcgen.models.dit import DIT_PRESETS, DiT
-    from dcgen.models.vae import HexPlaneVAE, vae_preset
-    from dcgen.presets import grid
-    from dcgen.train import checkpoint
+    from dcgen.models.dit import DiT
+    from dcgen.models.vae import HexPlaneVAE
+    from dcgen.presets import get_preset
 
     out = Path(out)
     torch.manual_seed(seed)
-    vae_cfg = vae_preset(preset)
+    vae_cfg = get_preset(preset).vae
     vae_path = checkpoint.save(out / "vae", kind="vae", config=vae_cfg.to_dict(),
                                state={"model": HexPlaneVAE(vae_cfg).state_dict()}, step=0)
-    dit_cfg = replace(DIT_PRESETS[preset], prediction="eps")
+    dit_cfg = replace(get_preset(preset).dit, prediction="eps")
     if conditions is not None:
         dit_cfg = replace(dit_cfg, conditions=tuple(conditions))
     weights = DiT(dit_cfg).state_dict()
@@ -94,7 +95,7 @@ def pipeline_ceiling(vae: str, dit: str, batch: int, steps: int, guidance: float
 
 
 async def _level(url: str, concurrency: int, num_requests: int, steps: int, guidance: float, first_seed: int) -> dict:
-    from dcgen.client import AsyncDcgenClient
+    from dcgen.serve.client import AsyncDcgenClient
 
     latencies: list[float] = []
     batch_sizes: list[int] = []
@@ -129,9 +130,7 @@ def bench_serve(out: str | Path, *, vae: str | None = None, dit: str | None = No
         raise ValueError("give both --vae and --dit checkpoints, or neither (freshly initialised networks of --preset)")
     if not concurrency or any(c < 1 for c in concurrency):
         raise ValueError(f"concurrency levels {list(concurrency)}; expected integers >= 1")
-    from ray import serve
-
-    from dcgen.serve.app import start
+    from dcgen.serve.app import delete, shutdown, start
     from dcgen.serve.config import ServeConfig
     tmp = tempfile.TemporaryDirectory(prefix="dcgen-bench-serve-")
     try:
@@ -166,8 +165,8 @@ def bench_serve(out: str | Path, *, vae: str | None = None, dit: str | None = No
                     f"p50 {levels[str(c)]['p50_latency_s']:.3f} s  p99 {levels[str(c)]['p99_latency_s']:.3f} s  "
                     f"mean batch {levels[str(c)]['mean_batch_size']:.1f}")
             report[mode] = {"max_batch_size": batch, "micro_batch": micro, "levels": levels}
-            serve.delete(cfg.app_name)
-        serve.shutdown()
+            delete(cfg.app_name)
+        shutdown()
         on, off = report["batched"]["levels"], report["unbatched"]["levels"]
         ratio = {c: on[c]["requests_per_s"] / off[c]["requests_per_s"] for c in on}
         report["ratio"] = ratio

@@ -30,10 +30,10 @@ def untrained_feature_checkpoint(preset: str, out: Path) -> str:
     """A features checkpoint of freshly initialised networks for ``preset``'s grid (timing only)."""
     import torch
 
+    from dcgen import checkpoint
+    from dcgen.data.grid import grid
     from dcgen.metrics.feature_nets import FeatureNetsConfig, build_feature_nets, model_state
     from dcgen.metrics.proxy_task import ProxyTask
-    from dcgen.presets import grid
-    from dcgen.train import checkpoint
 
     torch.manual_seed(0)
     cfg = FeatureNetsConfig.for_grid(grid(preset), ProxyTask())
@@ -47,12 +47,12 @@ def bench_synth(preset: str = "small", *, vae: str | None = None, dit: str | Non
                 ray_address: str | None = None, workdir: str | None = None,
                 log: Callable[[str], None] = print) -> dict:
     """Time ``run_synth`` at each worker count; returns the JSON-able report."""
+    from dcgen.bench.serve import write_untrained_checkpoints
+    from dcgen.data.grid import grid
     from dcgen.data.synth_city import write_synthetic_city
     from dcgen.generate.batch import run_synth
     from dcgen.generate.job import build_job
-    from dcgen.presets import grid
     from dcgen.runtime import init_ray
-    from dcgen.serve.bench import write_untrained_checkpoints
 
     grid(preset)  # a clear error for an unknown preset
     if (vae is None) != (dit is None):

@@ -52,11 +52,11 @@ def bench_config(preset: str, widths: str | None = None, projection: str = "proj
     """The ``preset`` VAE config, with the layer widths of the ``widths`` preset when given (e.g. the small grid at
     the carlasc widths), and the given pooling and decoder; in each frame's ego coordinates, as SPEC's Table 3 variants
     are (the small preset's reference frame is a Decision of its own, ``motion_frame.py``)."""
-    from dcgen.models.vae import vae_preset
+    from dcgen.presets import get_preset
 
-    cfg = vae_preset(preset)
+    cfg = get_preset(preset).vae
     if widths is not None:
-        other = vae_preset(widths)
+        other = get_preset(widths).vae
         cfg = cfg.replace(**{f: getattr(other, f) for f in WIDTH_FIELDS})
     return cfg.replace(projection=projection, decoder=decoder, frame="ego")
 
@@ -79,8 +79,8 @@ def _batch(preset: str, batch_size: int, seed: int):
     import numpy as np
     import torch
 
+    from dcgen.data.grid import grid
     from dcgen.data.synth_city import generate_clip
-    from dcgen.presets import grid
 
     g = grid(preset)
     occ = np.stack([generate_clip(g, seed, i)["occupancy"] for i in range(batch_size)])

@@ -103,7 +103,8 @@ def _check_clip(clip: dict[str, np.ndarray], num_classes: int, what: str) -> Non
 def export_store(store_path: str, fmt: str, out: str | Path, *, split: str | None = None, overwrite: bool = False,
                  log: Callable[[str], None] | None = None) -> dict:
     """Write every complete clip (of ``split``, or all) of the store as per-frame files; returns a summary."""
-    from dcgen.data.store import SceneStore, staged
+    from dcgen.data.integrity import staged
+    from dcgen.data.store import SceneStore
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")

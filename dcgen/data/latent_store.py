@@ -27,8 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from dcgen.models.hexplane import LatentDims
-from dcgen.presets import Grid
+from dcgen.data.grid import Grid, LatentDims
 
 SCHEMA_VERSION = 1
 KIND = "latent-store"

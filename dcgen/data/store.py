@@ -17,29 +17,25 @@ exists, and parts are written (atomically, by rename) after the block's arrays. 
 that opens and whose manifest lists exactly the complete clips. Parallel writers are safe when each owns whole
 shards (``clips_per_chunk`` clips): ``write`` checks the alignment.
 
-Each manifest row records a CRC-32C of every array's clip (``crc32c_<array>``), and ``read`` checks the clips it
-returns against them: Zarr reads a missing chunk as its fill value, so without the check a deleted shard file
-would read back as an all-free clip. A damaged clip raises ``ValueError`` naming the store, the array and the clip;
-``verify`` checks a whole store. Stores written before the checksums are checked on occupancy's class counts.
-A job that replaces a store builds the new one in a hidden sibling and swaps it in on success (``staged``), so a
-failed import or generation leaves the old store whole.
+``read`` checks every clip it returns against the checksums its manifest row recorded and raises naming the
+store, array and clip (``integrity.py``, which also builds replacement stores beside the old one).
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import json
 import posixpath
 import uuid
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from dcgen import storage
 from dcgen.data.classes import CLASSES
-from dcgen.presets import Grid
+from dcgen.data.integrity import clip_problems, verify_store
+from dcgen.data.grid import Grid
+from dcgen.data.manifest import MANIFEST_COLUMNS, manifest_table, pa_type
 
 SCHEMA_VERSION = 1
 CLIPS_PER_CHUNK = 8
@@ -78,24 +74,6 @@ CORE_ARRAYS: dict[str, ArraySpec] = {a.name: a for a in (
 )}
 REQUIRED_ARRAYS = ("occupancy", "trajectory", "ego_pose", "command", "layout", "bev")
 
-MANIFEST_COLUMNS = {
-    "index": "int64",      # position of the clip in the arrays
-    "scene": "string",     # source scene / sequence name
-    "frame_start": "int64",  # first source frame of the clip's window
-    "split": "string",     # train | val | test
-    "seed": "int64",       # generator seed for synthetic clips, -1 for imported ones
-    "source": "string",    # dataset or job that produced the clip
-}
-
-
-CHECKSUM_PREFIX = "crc32c_"  # manifest column of each array's per-clip checksum
-
-
-def clip_checksum(values: np.ndarray) -> int:
-    """CRC-32C of one clip's C-order bytes (bool as 0/1 bytes); hardware CRC, ~2.5 GB/s."""
-    import google_crc32c
-
-    return int(google_crc32c.value(np.ascontiguousarray(values).view(np.uint8).tobytes()))
 
 
 def _compressor():
@@ -241,7 +219,7 @@ class SceneStore:
 
         Raises naming the part when a row lists a clip the arrays cannot hold (arrays shorter than the manifest).
         """
-        table = self._manifest_table_unchecked()
+        table = self.raw_manifest()
         idx = table.column("index").to_numpy()
         if idx.size and int(idx[-1]) >= self.capacity:
             raise ValueError(f"{self.path}: the manifest lists clip {int(idx[-1])} but the arrays hold "
@@ -250,7 +228,8 @@ class SceneStore:
                              f"run `dcgen data verify {self.path}`")
         return table
 
-    def _manifest_table_unchecked(self):
+    def raw_manifest(self):
+        """The manifest as committed, without checking it against the arrays (``verify`` reports on it)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -259,7 +238,7 @@ class SceneStore:
         if self._manifest_cache is not None and self._manifest_cache[0] == parts:
             return self._manifest_cache[1]
         if not parts:
-            return pa.table({k: pa.array([], type=_pa_type(v)) for k, v in MANIFEST_COLUMNS.items()})
+            return pa.table({k: pa.array([], type=pa_type(v)) for k, v in MANIFEST_COLUMNS.items()})
         tables = []
         for p in parts:
             try:
@@ -351,7 +330,8 @@ class SceneStore:
             if clash:
                 raise ValueError(f"{self.path}: clips {clash[0][0]}..{clash[0][1] - 1} are already written; "
                                  "refusing to overwrite")
-        table = self._manifest_table(start, batch, rows)
+        table = manifest_table(start, batch, rows, source=self.meta["source"], num_classes=self.grid.num_classes,
+                               array_names=self.array_names)
         for name, arr in self._arrays.items():
             arr[start:stop] = np.asarray(batch[name])
         self._commit(start, stop, table)
@@ -398,36 +378,6 @@ class SceneStore:
             out.append((int(a), int(b)))
         return out
 
-    def _manifest_table(self, start: int, batch: dict[str, np.ndarray], rows: Sequence[dict]):
-        import pyarrow as pa
-
-        n = len(rows)
-        cols: dict[str, list] = {k: [] for k in MANIFEST_COLUMNS}
-        extra_keys = sorted({k for r in rows for k in r} - set(MANIFEST_COLUMNS))
-        for key in extra_keys:
-            cols[key] = []
-        for i, row in enumerate(rows):
-            if "index" in row and int(row["index"]) != start + i:
-                raise ValueError(f"manifest row {i} has index {row['index']}, expected {start + i}")
-            for key in MANIFEST_COLUMNS:
-                default = {"index": start + i, "seed": -1, "frame_start": 0, "split": "train",
-                           "source": self.meta["source"]}.get(key)
-                value = row.get(key, default)
-                if value is None:
-                    raise ValueError(f"manifest row {i} lacks {key!r}")
-                cols[key].append(value)
-            for key in extra_keys:
-                cols[key].append(row.get(key))
-        occ = np.asarray(batch["occupancy"]).reshape(n, -1)
-        counts = [np.bincount(o, minlength=self.grid.num_classes).astype(np.int64).tolist() for o in occ]
-        arrays = {k: pa.array(v, type=_pa_type(MANIFEST_COLUMNS[k])) for k, v in cols.items() if k in MANIFEST_COLUMNS}
-        arrays.update({k: pa.array([_jsonable(x) for x in cols[k]]) for k in extra_keys})
-        arrays["class_counts"] = pa.array(counts, type=pa.list_(pa.int64()))
-        for name in self._arrays:
-            values = np.asarray(batch[name])
-            arrays[CHECKSUM_PREFIX + name] = pa.array([clip_checksum(v) for v in values], type=pa.int64())
-        return pa.table(arrays)
-
     def _commit(self, start: int, stop: int, table) -> None:
         import pyarrow.parquet as pq
 
@@ -449,7 +399,7 @@ class SceneStore:
         names = list(arrays) if arrays is not None else list(self._arrays)
         if isinstance(indices, slice):
             idx = np.arange(*indices.indices(self.capacity), dtype=np.int64)
-            out = {n: self._read_array(n, indices, idx) for n in names}
+            out = {n: self.read_array(n, indices, idx) for n in names}
         else:
             idx = np.asarray(list(indices), dtype=np.int64)
             if idx.size and (idx.min() < 0 or idx.max() >= self.capacity):
@@ -458,13 +408,13 @@ class SceneStore:
             for n in names:
                 arr = self.array(n)
                 # one read per clip; zarr's orthogonal indexing is slower for scattered reads
-                out[n] = (np.stack([self._read_array(n, int(i), idx[k:k + 1]) for k, i in enumerate(idx)])
+                out[n] = (np.stack([self.read_array(n, int(i), idx[k:k + 1]) for k, i in enumerate(idx)])
                           if idx.size else np.zeros((0, *arr.shape[1:]), arr.dtype))
         if check:
             self.check_clips(idx, out)
         return out
 
-    def _read_array(self, name: str, selection, idx: np.ndarray) -> np.ndarray:
+    def read_array(self, name: str, selection, idx: np.ndarray) -> np.ndarray:
         """One zarr read, its decode errors (a truncated or corrupt chunk) reported with the array and clips."""
         arr = self.array(name)
         try:
@@ -477,83 +427,15 @@ class SceneStore:
 
     def check_clips(self, indices: np.ndarray, batch: dict[str, np.ndarray]) -> None:
         """Raise naming the first clip of ``batch`` (clips ``indices``) that differs from what the manifest recorded."""
-        problems = self.clip_problems(indices, batch, first_only=True)
+        problems = clip_problems(self, indices, batch, first_only=True)
         if problems:
             i, message = problems[0]
             raise ValueError(f"{self.path}: clip {i}: {message}; run `dcgen data verify {self.path}` for the "
                              "whole store")
 
-    def clip_problems(self, indices: np.ndarray, batch: dict[str, np.ndarray], *,
-                      first_only: bool = False) -> list[tuple[int, str]]:
-        """``(clip, what is wrong)`` for each listed clip of ``batch`` whose arrays do not match the manifest."""
-        listed, recorded = self._recorded()
-        if listed.size == 0:
-            return []
-        pos = np.minimum(np.searchsorted(listed, indices), listed.size - 1)
-        out = []
-        for k in np.flatnonzero(listed[pos] == indices):
-            row, clip = int(pos[k]), int(indices[k])
-            for name, values in batch.items():
-                want = recorded.get(name)
-                want = None if want is None else want[row]
-                if want is not None:
-                    bad = clip_checksum(values[k]) != want
-                elif name == "occupancy":  # a store written before the checksums: its class counts
-                    got = np.bincount(values[k].ravel(), minlength=self.grid.num_classes)
-                    bad = not np.array_equal(got, recorded["class_counts"][row])
-                else:
-                    continue
-                if bad:
-                    out.append((clip, _damage(name, values[k], self)))
-                    if first_only:
-                        return out
-        return out
-
-    def _recorded(self) -> tuple[np.ndarray, dict[str, list]]:
-        """Listed clip indices and, per array, what the manifest recorded of each row (None where nothing)."""
-        table = self._manifest_table_unchecked()
-        if self._recorded_for is not table:
-            columns = {n: table.column(CHECKSUM_PREFIX + n).to_pylist() for n in self._arrays
-                       if CHECKSUM_PREFIX + n in table.column_names}
-            columns["class_counts"] = [np.asarray(c, dtype=np.int64)
-                                       for c in table.column("class_counts").to_pylist()] if table.num_rows else []
-            self._recorded_cache = (table.column("index").to_numpy(), columns)
-            self._recorded_for = table
-        return self._recorded_cache
-
     def verify(self) -> dict:
-        """Check every listed clip against the manifest (and the manifest against the arrays): a JSON-able report.
-
-        ``ok`` is true when nothing is damaged; ``damaged`` maps clip -> what is wrong; ``problems`` lists damage
-        to the store as a whole (manifest rows beyond the arrays, duplicate rows, unreadable parts).
-        """
-        problems: list[str] = []
-        damaged: dict[int, list[str]] = {}
-        try:
-            table = self._manifest_table_unchecked()
-        except ValueError as e:
-            return {"path": self.path, "ok": False, "clips": 0, "checked": 0, "damaged": {}, "problems": [str(e)]}
-        idx = table.column("index").to_numpy()
-        if np.unique(idx).size != idx.size:
-            problems.append(f"the manifest lists {idx.size - np.unique(idx).size} clips twice")
-        beyond = idx[idx >= self.capacity]
-        if beyond.size:
-            problems.append(f"the manifest lists {beyond.size} clips ({int(beyond[0])}..{int(beyond[-1])}) beyond "
-                            f"the arrays' {self.capacity} clips")
-        checked = 0
-        for i in idx[idx < self.capacity]:
-            i = int(i)
-            batch = {}
-            for name in self._arrays:
-                try:
-                    batch[name] = self._read_array(name, slice(i, i + 1), np.array([i]))
-                except ValueError as e:
-                    damaged.setdefault(i, []).append(str(e).split(": ", 1)[-1])
-            for clip, message in self.clip_problems(np.array([i]), batch):
-                damaged.setdefault(clip, []).append(message)
-            checked += 1
-        return {"path": self.path, "ok": not problems and not damaged, "clips": int(idx.size), "checked": checked,
-                "damaged": {str(k): v for k, v in sorted(damaged.items())}, "problems": problems}
+        """Every listed clip checked against the manifest, and the manifest against the arrays (``integrity``)."""
+        return verify_store(self)
 
     def describe(self) -> dict:
         """A JSON-able summary: counts per split, class histogram, commands."""
@@ -574,50 +456,6 @@ class SceneStore:
             "commands": dict(zip(("static", "forward", "left", "right"), (int(c) for c in cmds))),
             "arrays": list(self.array_names),
         }
-
-
-def _damage(name: str, values: np.ndarray, store: SceneStore) -> str:
-    """What a clip's array that fails its checksum looks like, in words."""
-    if name == "occupancy" and values.size and int(values.max()) >= store.grid.num_classes:
-        return (f"array 'occupancy' holds class id {int(values.max())}, expected 0..{store.grid.num_classes - 1} "
-                "(it differs from what was written)")
-    if not values.any():
-        return (f"array {name!r} reads back empty (all fill value) but was written with data: its chunk is "
-                "missing")
-    return f"array {name!r} differs from what was written (checksum mismatch): its chunk is damaged"
-
-
-@contextlib.contextmanager
-def staged(out: str, overwrite: bool) -> Iterator[str]:
-    """A hidden sibling path to build a store in, swapped in at ``out`` only if the block succeeds.
-
-    Until the swap the store at ``out`` (if any) stays whole, so a job that fails half-way (a bad file found while
-    writing) loses nothing; on failure the partial build is removed. ``overwrite`` must allow an existing ``out``.
-    """
-    if _exists(out) and not overwrite:
-        raise ValueError(f"{out}: already exists; pass --overwrite to replace it")
-    parent, name = posixpath.split(str(out).rstrip("/"))
-    tmp = posixpath.join(parent, f".{name}.building-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-    except BaseException:
-        storage.remove_dir(tmp)
-        raise
-    storage.replace_tree(tmp, out)
-
-
-def _pa_type(name: str):
-    import pyarrow as pa
-
-    return {"int64": pa.int64(), "string": pa.string()}[name]
-
-
-def _jsonable(x):
-    if isinstance(x, (dict, list)):
-        return json.dumps(x, sort_keys=True)
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
 
 
 # the stores' names for the shared filesystem helpers (local paths and URIs alike)

@@ -20,12 +20,12 @@ from typing import Callable
 import numpy as np
 
 from dcgen.data.derive import derive_side_info, pose_from_xyyaw
+from dcgen.data.grid import Grid
 from dcgen.data.synth_lidar import LidarConfig, visibility
 from dcgen.data.synth_raster import (CROWN_DM, NO_CROWN_DM, TOP_DM, MapWindow, columns_to_voxels, paint_map,
                                      sample_frames, stamp_actors)
 from dcgen.data.synth_traffic import TrafficConfig, plan_ego, populate
 from dcgen.data.synth_world import CityConfig, Scenery, blocks_in, furnish, plan_city
-from dcgen.presets import Grid
 from dcgen.runtime import rng as scene_rng
 
 log = logging.getLogger("dcgen.synth")
@@ -128,8 +128,9 @@ def write_synthetic_city(out: str, preset: str, num_clips: int, seed: int = 0, v
     ``workers`` caps the tasks in flight (default: the cluster's CPUs); it also sizes a freshly started local
     Ray. ``progress(done, total, seconds)`` is called as blocks commit. Returns the store path.
     """
-    from dcgen.data.store import CLIPS_PER_CHUNK, SceneStore, staged
-    from dcgen.presets import grid as preset_grid
+    from dcgen.data.grid import grid as preset_grid
+    from dcgen.data.integrity import staged
+    from dcgen.data.store import CLIPS_PER_CHUNK, SceneStore
     from dcgen.runtime import cluster_cpus, init_ray, run_tasks
 
     grid = preset_grid(preset)

@@ -18,8 +18,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from dcgen.data.grid import Grid
 from dcgen.data.synth_raster import surface_layer
-from dcgen.presets import Grid
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from dcgen.data.classes import CLASS_IDS
+from dcgen.data.grid import Grid
 from dcgen.data.synth_traffic import Actors
 from dcgen.data.synth_world import ROAD, Scenery
-from dcgen.presets import Grid
 
 VEGETATION = CLASS_IDS["vegetation"]
 # byte layout of a packed column

@@ -34,7 +34,9 @@ class ScheduleConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ScheduleConfig":
-        return cls(int(d["num_steps"]), float(d["beta_start"]), float(d["beta_end"]))
+        from dcgen import config
+
+        return config.from_dict(cls, d)
 
 
 class NoiseSchedule:

@@ -34,12 +34,12 @@ from typing import Callable
 
 import numpy as np
 
+from dcgen.data.grid import Grid
 from dcgen.data.store import SceneStore
 from dcgen.generate.conditions import SceneRequest
 from dcgen.generate.job import SynthJob, identity_difference
 from dcgen.generate.synth_block import (SOURCE, block_arrays, block_conditions, block_rows, cond_arrays,
                                         requests_from_conditions)
-from dcgen.presets import Grid
 
 REJECTED = "rejected"
 WRITER_CPUS = 0.5  # derived side arrays (ego-motion search) and zarr writes: CPU work off the generation actors
@@ -71,7 +71,7 @@ class ServeBackend:
         self.handle = serve_handle(app)
 
     def generate(self, reqs: list[SceneRequest], seeds: list[int], sampler: str, steps: int) -> np.ndarray:
-        from dcgen.serve.model import SceneJob
+        from dcgen.generate.conditions import SceneJob
 
         responses = [self.handle.generate.remote(SceneJob(r, int(s), sampler, steps)) for r, s in zip(reqs, seeds)]
         results = [r.result() for r in responses]

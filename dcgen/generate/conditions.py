@@ -2,7 +2,9 @@
 
 A ``SceneRequest`` is the one currency between the batch job, the Serve endpoint and the pipeline: numpy arrays at
 voxel resolution, exactly as a scene store holds them, so conditions can be taken from a store's clips unchanged.
-The pipeline turns them into DiT inputs (encoding ``prev_clip`` and inpainting sources with the VAE).
+The pipeline turns them into DiT inputs (encoding ``prev_clip`` and inpainting sources with the VAE). A
+``SceneJob`` is one request with its own seed in a batch queue (synth workers, Serve replicas); a ``SceneResult`` what
+came back for it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dcgen.presets import Grid
+from dcgen.data.grid import Grid
 
 # Names shared with dcgen.models.dit.CONDITIONS; "inpaint"/"outpaint" act at sampling time only.
 MODEL_CONDITIONS = ("command", "trajectory", "layout", "bev", "prev_clip")
@@ -133,3 +135,22 @@ def from_store_clip(clip: dict[str, np.ndarray], kind: str, guidance: float = 4.
         return SceneRequest(**{kind: clip[kind]}, guidance=guidance)
     raise ValueError(f"condition kind {kind!r} does not come from a single clip; expected none, command, "
                      "trajectory, layout or bev")
+
+
+@dataclass(frozen=True)
+class SceneJob:
+    """One scene in the batch queue: validated conditions and the scene's own generator seed."""
+
+    request: SceneRequest
+    seed: int
+    sampler: str = "ddim"
+    steps: int | None = None
+
+
+@dataclass(frozen=True)
+class SceneResult:
+    occupancy_TXYZ: np.ndarray | None
+    batch_size: int  # scenes in the @serve.batch call this scene was part of
+    checkpoints: dict  # ids of the VAE and DiT checkpoints of the replica that answered
+    error: str | None = None
+    invalid: bool = False  # the pipeline rejected the scene's conditions (a client error, not a server fault)

@@ -281,8 +281,8 @@ def real_clips_from_store(path: str, split: str | None, max_clips: int, grid=Non
 def real_features_from_reference(path: str, features_ckpt: str, grid=None) -> tuple[RealFeatures, dict]:
     """The features of ``dcgen eval reference``'s ``ref.npz``, checked against the features checkpoint (same
     network, the model's grid); returns them and the reference's meta (data path, split, ...)."""
+    from dcgen import checkpoint
     from dcgen.metrics.reference import ReferenceStats
-    from dcgen.train import checkpoint
 
     meta = checkpoint.read_meta(features_ckpt, kind="features")
     _check_grid("--features", features_ckpt, _grid_of(meta["config"]["grid"]), grid)
@@ -294,7 +294,7 @@ def real_features_from_reference(path: str, features_ckpt: str, grid=None) -> tu
 
 
 def _grid_of(d: dict):
-    from dcgen.presets import Grid
+    from dcgen.data.grid import Grid
 
     return Grid.from_dict(d)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from dcgen.presets import Grid
+from dcgen.data.grid import Grid
 from dcgen.runtime import scene_seed
 
 CONDITION_KINDS = ("none", "command", "trajectory", "layout", "bev", "extend", "inpaint", "outpaint")
@@ -403,7 +403,7 @@ def checkpoint_facts(vae: str, dit: str) -> dict:
     """Grid, accepted conditions, latent downsampling and checkpoint ids of a VAE + DiT pair, from their metadata
     and a memory-mapped read of their weights (no tensor data loaded), the pairing checked: a checkpoint the workers
     could not load (missing, corrupt, carrying pickled objects, of the wrong kind) fails here, before any Ray work."""
-    from dcgen.generate.loading import check_checkpoints
+    from dcgen.models.loading import check_checkpoints
 
     checked = check_checkpoints(vae, dit)
     dit_meta = checked["dit"]

@@ -27,16 +27,17 @@ import numpy as np
 import torch
 
 from dcgen.data.classes import CLASSES
+from dcgen.data.grid import Grid
 from dcgen.diffusion.guidance import guide
-from dcgen.diffusion.latent_norm import LatentNorm
 from dcgen.diffusion.inpaint import Inpainting, shift_x
+from dcgen.diffusion.latent_norm import LatentNorm
+from dcgen.diffusion.objective import EpsModel
 from dcgen.diffusion.samplers import DDIM_STEPS, ddim_sample, ddpm_sample
 from dcgen.diffusion.schedule import NoiseSchedule, ScheduleConfig
 from dcgen.generate.conditions import SAMPLING_CONDITIONS, SceneRequest
 from dcgen.models.dit import DiT
 from dcgen.models.rollout import RolloutLayout
 from dcgen.models.vae import HexPlaneVAE
-from dcgen.presets import Grid
 from dcgen.runtime import scene_seed
 
 SAMPLERS = ("ddim", "ddpm")
@@ -63,16 +64,11 @@ class GenerationPipeline:
         if tuple(vae.config.shape) != tuple(grid.shape) or vae.config.num_classes < grid.num_classes:
             raise ValueError(f"grid {grid.shape} with {grid.num_classes} classes does not match the VAE "
                              f"({vae.config.shape}, {vae.config.num_classes} classes)")
-        if dit.config.prediction == "v" and not (
-                len(schedule.sqrt_alphas_cumprod) == len(dit.sqrt_ac_T)
-                and np.allclose(schedule.sqrt_alphas_cumprod, dit.sqrt_ac_T.cpu().numpy(), atol=1e-6)):
-            raise ValueError(f"the v DiT turns its output into ε with its config's noise schedule "
-                             f"{dit.config.schedule} but sampling uses another ({schedule.num_steps} steps, ᾱ from "
-                             f"{schedule.alphas_cumprod[0]:.6g} to {schedule.alphas_cumprod[-1]:.6g}); sample with "
-                             "the schedule it was trained with (its checkpoint's 'schedule')")
+        EpsModel(dit).check_schedule(schedule)
         self.device = torch.device(device)
         self.vae = vae.to(self.device).eval().requires_grad_(False)
         self.dit = dit.to(self.device).eval().requires_grad_(False)
+        self.eps = EpsModel(self.dit)  # ε whatever the network predicts
         self.grid = grid
         self.schedule = schedule
         self.micro_batch = int(micro_batch)
@@ -90,7 +86,7 @@ class GenerationPipeline:
     def from_checkpoints(cls, vae: str, dit: str, device: str = "auto", use_ema: bool = True,
                          micro_batch: int = 8) -> "GenerationPipeline":
         """Load a VAE and a DiT checkpoint; the DiT must have been trained on latents of this very VAE."""
-        from dcgen.generate.loading import load_dit, load_vae
+        from dcgen.models.loading import load_dit, load_vae
         from dcgen.runtime import pick_device
 
         dev = pick_device(device)
@@ -276,10 +272,10 @@ class GenerationPipeline:
         guided_B = any_B & (scale_M1.view(m) != 1.0)
 
         def model_fn(x_MCSS: torch.Tensor, t_M: torch.Tensor) -> torch.Tensor:
-            out_c = self.dit(x_MCSS, t_M, cond, drop_cond)
+            out_c = self.eps(x_MCSS, t_M, cond, drop_cond)
             if not bool(guided_B.any()):
                 return out_c
-            out_u = self.dit(x_MCSS, t_M, cond, drop_all)
+            out_u = self.eps(x_MCSS, t_M, cond, drop_all)
             # rows at scale 1 (or without conditions) keep the conditional output exactly
             return torch.where(guided_B.view(m, 1, 1, 1), guide(out_c, out_u, scale_M1, c), out_c)
 

@@ -17,8 +17,8 @@ from typing import Sequence
 import numpy as np
 
 from dcgen.data.derive import bev_semantics, command_from_trajectory, pose_from_xyyaw, vehicle_layout
+from dcgen.data.grid import Grid
 from dcgen.generate.conditions import SceneRequest
-from dcgen.presets import Grid
 
 SOURCE = "dcgen-sample"
 
@@ -157,9 +157,10 @@ def sample_to_store(vae: str, dit: str, out: str, *, n: int, cond: dict, sources
     else:
         occ = pipe.generate(requests, seeds, sampler=sampler, steps=steps, eta=eta)
     seconds = time.perf_counter() - t0
-    provenance = {"generator": "dcgen sample", "vae": str(vae), "dit": str(dit), **pipe.checkpoint_ids,
-                  "seed": int(seed), "sampler": sampler, "steps": steps, "eta": eta, "guidance": guidance, "chain": chain,
-                  "cond": dict(cond), "sources": dict(sources)}
+    # the checkpoints' paths (what trained on what can be traced from them) and their ids, as synth records them
+    provenance = {"generator": "dcgen sample", "vae": str(vae), "dit": str(dit),
+                  "checkpoints": dict(pipe.checkpoint_ids), "seed": int(seed), "sampler": sampler, "steps": steps,
+                  "eta": eta, "guidance": guidance, "chain": chain, "cond": dict(cond), "sources": dict(sources)}
     path = write_samples(out, pipe.grid, occ, requests, seeds, provenance=provenance, overwrite=overwrite,
                          estimate=estimate_trajectory)
     return {"path": path, "scenes": n, "clips": n * chain, "seconds": seconds, "device": str(pipe.device)}

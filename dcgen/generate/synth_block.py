@@ -12,10 +12,10 @@ import json
 
 import numpy as np
 
+from dcgen.data.grid import Grid
 from dcgen.data.store import ArraySpec, SceneStore
 from dcgen.generate.conditions import SceneRequest
 from dcgen.generate.job import Scenario, SynthJob, inpaint_mask
-from dcgen.presets import Grid
 
 SOURCE = "dcgen-synth"
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dcgen.data.classes import CLASS_IDS, FREE
-from dcgen.presets import Grid
+from dcgen.data.grid import Grid
 
 # Classes that stay put in the world; moving actors (vehicle, pedestrian, bicycle) would only add noise.
 STATIC_CLASSES = tuple(CLASS_IDS[n] for n in ("building", "barrier", "other", "pole", "road", "ground", "sidewalk",

@@ -4,7 +4,7 @@
 dcgen, or a user's pretrained ``InceptionV3``) and the 3D ``VoxelNet``, plus what ties them to the data: the grid
 of the clips, the proxy task they were trained on and the metric renders the image network sees
 (``render_for_metrics`` at ``render_size`` pixels, bird's-eye and oblique views of ``render_frames``). The
-checkpoint (kind ``features``, ``dcgen.train.checkpoint`` format) keeps this config beside both state_dicts, so
+checkpoint (kind ``features``, ``dcgen.checkpoint`` format) keeps this config beside both state_dicts, so
 ``load_feature_nets`` rebuilds the exact pair; its ``checkpoint_id`` is what reference statistics are tied to.
 
 Image kinds: ``cnn`` (default, 512-D features, trains on CPU), ``inception`` (InceptionV3 shape trained from
@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from dcgen.data.grid import Grid
 from dcgen.metrics.inception import InceptionV3
 from dcgen.metrics.proxy_task import ProxyTask
 from dcgen.metrics.render_net import RenderNet, RenderNetConfig
 from dcgen.metrics.voxel_net import VoxelNet, VoxelNetConfig
-from dcgen.presets import Grid
 
 KIND = "features"
 IMAGE_KINDS = ("cnn", "inception", "inception-pretrained")
@@ -80,7 +80,9 @@ class FeatureNetsConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureNetsConfig":
-        return cls(**d)
+        from dcgen import config
+
+        return config.from_dict(cls, d)
 
     @classmethod
     def for_grid(cls, grid: Grid, proxy: ProxyTask, image_kind: str = "cnn", render_size: int = DEFAULT_RENDER_SIZE,
@@ -192,7 +194,7 @@ class LoadedFeatureNets:
 
 def load_feature_nets(path: str | Path, device: torch.device | str = "cpu") -> LoadedFeatureNets:
     """A trained features checkpoint (kind ``features``) in eval mode on ``device``; clear errors otherwise."""
-    from dcgen.train import checkpoint
+    from dcgen import checkpoint
 
     meta, state = checkpoint.load(path, kind=KIND, map_location="cpu")
     try:

@@ -318,7 +318,7 @@ def fidelity_report(real: str, fake: str, features: str, *, real_split: str | No
     _check_grids(real_store, fake_store, nets, features)
     vae_loaded = None
     if vae is not None:
-        from dcgen.generate.loading import load_vae
+        from dcgen.models.loading import load_vae
 
         vae_loaded = load_vae(vae, dev)
         c, r = vae_loaded.model.config, real_store.grid

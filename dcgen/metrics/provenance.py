@@ -104,8 +104,8 @@ def train_extra(path: str, meta: dict) -> dict:
 def generator_training_data(provenance: dict) -> dict:
     """The scene store and clips the DiT of a generated store trained on: ``{"dit", "latents", "store", "split":
     "train", "clip_indices"}``, or ``{"dit", "unknown": why it cannot be told}``."""
+    from dcgen import checkpoint
     from dcgen.data.latent_store import LatentStore
-    from dcgen.train import checkpoint
 
     job = provenance.get("job") if isinstance(provenance.get("job"), dict) else {}
     dit = job.get("dit") or provenance.get("dit")

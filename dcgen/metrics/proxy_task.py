@@ -116,7 +116,9 @@ class ProxyTask:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ProxyTask":
-        return cls(**{**d, "density_edges": tuple(d["density_edges"])})
+        from dcgen import config
+
+        return config.from_dict(cls, d)
 
     # ---- the three parts --------------------------------------------------------------------------------
 

@@ -46,8 +46,8 @@ def evaluate_reconstruction(vae: str, data: str, split: str | None = "val", out:
     """Per-class IoU, mIoU and binary IoU of ``vae`` reconstructing the ``split`` clips of the store ``data``
     (``split=None``: every complete clip). Renders the first ``num_renders`` clips into ``out`` when given."""
     from dcgen.data.store import SceneStore
-    from dcgen.generate.loading import load_vae
     from dcgen.metrics.recon_iou import IoUAccumulator
+    from dcgen.models.loading import load_vae
     from dcgen.runtime import pick_device
 
     if batch_size < 1:

@@ -58,7 +58,9 @@ class RenderNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RenderNetConfig":
-        return cls(**d)
+        from dcgen import config
+
+        return config.from_dict(cls, d)
 
 
 def _conv(c_in: int, c_out: int, stride: int, groups: int) -> nn.Sequential:

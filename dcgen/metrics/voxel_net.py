@@ -102,10 +102,9 @@ class VoxelNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VoxelNetConfig":
-        d = dict(d)
-        for k in ("size", "pool", "patch", "widths"):
-            d[k] = tuple(d[k])
-        return cls(**d)
+        from dcgen import config
+
+        return config.from_dict(cls, d)
 
 
 def _conv3(c_in: int, c_out: int, stride, groups: int) -> nn.Sequential:

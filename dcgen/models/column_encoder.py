@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcgen.models.hexplane import PLANE_NAMES, LatentDims
+from dcgen.data.grid import PLANE_NAMES, LatentDims
 
 # dimension of each axis in the one-hot view [B, T', 2, X', 2, Y', 2, Z', 2, K]: (latent position, offset in the pair)
 _AXIS_DIMS = {"t": (1, 2), "x": (3, 4), "y": (5, 6), "z": (7, 8)}

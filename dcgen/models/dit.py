@@ -9,8 +9,9 @@ S × S canvas. Blocks are adaLN-Zero with that per-token vector. With a learned 
 ε then the interpolation v of improved DDPM.
 
 **Decision** (departs from SPEC §3's ε network): with ``prediction="v"`` (the presets) the network's first C output
-channels are the velocity v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (Salimans & Ho 2022), which ``forward`` turns into
-ε = √(1 − ᾱ_t) x_t + √ᾱ_t v̂ before returning, so the loss, samplers, guidance and inpainting all still see ε.
+channels are the velocity v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (Salimans & Ho 2022); ``dcgen.diffusion.objective.EpsModel``
+turns it into ε = √(1 − ᾱ_t) x_t + √ᾱ_t v̂ with the config's ``schedule``, so the loss, samplers, guidance and
+inpainting all still see ε, and the network itself knows no noise schedule.
 Why: an ε network learns nothing at high noise, where ε ≈ x_t and x_0 errors cost ᾱ_t/(1 − ᾱ_t) < 0.003; yet that
 is where a command must act, since x_t alone shows the turn below t ≈ 750. On the synthetic city a command DiT
 with ε output left its left−right x̂_0 difference at t = 999 at cosine 0.07 to the true one after 3,000 steps;
@@ -29,21 +30,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcgen.diffusion.schedule import NoiseSchedule, ScheduleConfig
-from dcgen.models.hexplane import LatentDims
+from dcgen.data.grid import Grid, LatentDims
 from dcgen.models.rollout import RolloutLayout
-from dcgen.presets import GRIDS, Grid
 
 CONDITIONS: tuple[str, ...] = ("command", "trajectory", "layout", "bev", "prev_clip")
 NUM_COMMANDS = 4
 LATENT_CHANNELS = 16
 TIMESTEP_FREQ_DIM = 256
+# SPEC §3's linear β schedule (dcgen.diffusion.schedule.ScheduleConfig's defaults; a test keeps them equal)
+DEFAULT_SCHEDULE = {"num_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
 PREDICTIONS: tuple[str, ...] = ("eps", "v")
 
 
@@ -68,8 +70,11 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     learn_sigma: bool = True
     latent_norm: dict | None = None  # LatentNorm.to_dict() of the latents it trains on; None: raw μ, no x̂₀ bound
-    prediction: str = "v"  # what the network outputs: "eps" or "v" (returned as ε either way; module docstring)
-    schedule: dict = field(default_factory=lambda: ScheduleConfig().to_dict())  # ᾱ_t of the v -> ε conversion
+    prediction: str = "v"  # what the network outputs: "eps" or "v" (module docstring)
+    # ScheduleConfig.to_dict() of the ᾱ_t its v -> ε conversion uses (the diffusion side reads and checks it)
+    schedule: dict = field(default_factory=lambda: dict(DEFAULT_SCHEDULE))
+    # configs saved before ``prediction`` existed are ε networks
+    LEGACY_DEFAULTS: ClassVar[dict] = {"prediction": "eps"}
 
     def __post_init__(self) -> None:
         if self.depth < 1 or self.width < 1 or self.heads < 1 or self.width % self.heads:
@@ -79,7 +84,9 @@ class DiTConfig:
         if unknown or len(set(self.conditions)) != len(self.conditions):
             raise ValueError(f"DiT conditions {list(self.conditions)} must be distinct names from {list(CONDITIONS)}")
         check_prediction(self.prediction)
-        ScheduleConfig.from_dict(self.schedule)
+        missing = sorted(set(DEFAULT_SCHEDULE) - set(self.schedule))
+        if missing:
+            raise ValueError(f"DiT schedule {self.schedule} lacks {missing}; expected a ScheduleConfig dict")
         RolloutLayout(self.latent, self.patch)  # validates that the patch tiles every plane
 
     @property
@@ -91,31 +98,15 @@ class DiTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiTConfig":
-        return cls(latent=LatentDims(**{k: int(v) for k, v in d["latent"].items()}), depth=int(d["depth"]),
-                   width=int(d["width"]), heads=int(d["heads"]), num_frames=int(d["num_frames"]),
-                   layout_size=tuple(int(v) for v in d["layout_size"]),
-                   bev_size=tuple(int(v) for v in d["bev_size"]), num_classes=int(d["num_classes"]),
-                   conditions=tuple(d["conditions"]), patch=int(d["patch"]), mlp_ratio=float(d["mlp_ratio"]),
-                   learn_sigma=bool(d["learn_sigma"]), latent_norm=d.get("latent_norm"),
-                   # configs saved before the field existed are ε networks
-                   prediction=str(d.get("prediction", "eps")),
-                   schedule=d.get("schedule") or ScheduleConfig().to_dict())
+        from dcgen import config
+
+        return config.from_dict(cls, d)
 
     @classmethod
     def for_grid(cls, grid: Grid, depth: int, width: int, heads: int, **overrides) -> "DiTConfig":
         latent = LatentDims.from_grid(grid.num_frames, grid.size, LATENT_CHANNELS)
         return cls(latent=latent, depth=depth, width=width, heads=heads, num_frames=grid.num_frames,
                    layout_size=grid.layout_size, bev_size=grid.size[:2], num_classes=grid.num_classes, **overrides)
-
-
-DIT_PRESETS: dict[str, DiTConfig] = {
-    # wider than a token's 2·2·16 = 64 input values: at width 64 the final LayerNorm drops a token's scale and mean,
-    # which capped ε accuracy at high noise (MSE 0.04 at t = 999 vs 0.001 at width 128) and spoiled samples
-    "debug": DiTConfig.for_grid(GRIDS["debug"], depth=2, width=128, heads=2),
-    "small": DiTConfig.for_grid(GRIDS["small"], depth=8, width=256, heads=4),
-    "carlasc": DiTConfig.for_grid(GRIDS["carlasc"], depth=16, width=384, heads=8),
-    "occ3d": DiTConfig.for_grid(GRIDS["occ3d"], depth=18, width=768, heads=12),
-}
 
 
 def timestep_embedding(t_B: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -217,12 +208,6 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(d, config.heads, config.mlp_ratio) for _ in range(config.depth))
         self.final = FinalLayer(d, p, config.out_channels)
         self._canvas = (s, config.latent.x, config.latent.y)
-        if config.prediction == "v":
-            sched = NoiseSchedule.linear(ScheduleConfig.from_dict(config.schedule))
-            self.register_buffer("sqrt_ac_T", torch.from_numpy(sched.sqrt_alphas_cumprod).float(), persistent=False)
-            self.register_buffer("sqrt_1m_ac_T", torch.from_numpy(sched.sqrt_one_minus_alphas_cumprod).float(),
-                                 persistent=False)
-            self.register_buffer("valid_SS", self.rollout.valid_mask("cpu").float(), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -320,7 +305,8 @@ class DiT(nn.Module):
 
     def forward(self, x_BCSS: torch.Tensor, t_B: torch.Tensor, cond: dict | None = None, drop: dict | None = None,
                 drop_padding: bool = True) -> torch.Tensor:
-        """Noise (and variance) prediction for ``x_BCSS`` at timesteps ``t_B`` (ε, whatever ``prediction`` is).
+        """The network's output for ``x_BCSS`` at timesteps ``t_B``: ε or v (``config.prediction``), then the
+        variance interpolation; ``dcgen.diffusion.objective.EpsModel`` gives ε either way.
 
         ``cond`` maps condition names to tensors; ``drop`` maps names to bool ``[B]`` (True = use the null
         embedding for that sample). ``drop_padding=False`` keeps padding tokens and masks them out of attention
@@ -333,11 +319,6 @@ class DiT(nn.Module):
         b = x_BCSS.shape[0]
         if t_B.shape != (b,):
             raise ValueError(f"timesteps must have shape [{b}], got {list(t_B.shape)}")
-        if self.config.prediction == "v" and b:
-            n_steps = self.sqrt_ac_T.shape[0]
-            if bool(((t_B != t_B.round()) | (t_B < 0) | (t_B > n_steps - 1)).any()):  # one device sync per call
-                raise ValueError(f"a v-prediction DiT takes whole timesteps in [0, {n_steps - 1}] (its ᾱ_t table), "
-                                 f"got values in [{float(t_B.min())}, {float(t_B.max())}]")
         for kind, given in (("condition", cond), ("drop flag", drop)):
             extra = [k for k in given if k not in self.config.conditions]
             if extra:
@@ -367,30 +348,10 @@ class DiT(nn.Module):
             full_BNP[:, self.keep_idx] = patches_BNP
         else:
             full_BNP = patches_BNP * self.token_valid_N[None, :, None].to(patches_BNP.dtype)
-        out_BCSS = self.unpatchify(full_BNP)
-        return self.v_to_eps(out_BCSS, x_BCSS, t_B) if self.config.prediction == "v" else out_BCSS
-
-    def v_to_eps(self, out_BCSS: torch.Tensor, x_BCSS: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:
-        """The output with its first C channels v̂ replaced by ε̂ = √(1 − ᾱ_t) x_t + √ᾱ_t v̂ (in float32); padding
-        stays 0 whatever ``x_BCSS`` holds there."""
-        c = self.config.latent.channels
-        a_B111 = self.sqrt_ac_T[t_B.long()].reshape(-1, 1, 1, 1)
-        s_B111 = self.sqrt_1m_ac_T[t_B.long()].reshape(-1, 1, 1, 1)
-        eps_BCSS = s_B111 * x_BCSS.float() * self.valid_SS + a_B111 * out_BCSS[:, :c].float()
-        return torch.cat([eps_BCSS, out_BCSS[:, c:].float()], dim=1)
+        return self.unpatchify(full_BNP)
 
     def unpatchify(self, patches_BNP: torch.Tensor) -> torch.Tensor:
         """``[B, H·W, p·p·C_out]`` -> ``[B, C_out, S, S]``."""
         b, g, p = patches_BNP.shape[0], self.rollout.grid, self.config.patch
         x = patches_BNP.reshape(b, g, g, p, p, -1)
         return torch.einsum("bhwpqc->bchpwq", x).reshape(b, -1, g * p, g * p)
-
-
-def dropped_conditions(config: DiTConfig, batch: int, prob: float, generator: torch.Generator,
-                       device=None) -> dict[str, torch.Tensor]:
-    """Independent per-sample, per-condition drop flags with probability ``prob`` (classifier-free training)."""
-    if not 0.0 <= prob <= 1.0:
-        raise ValueError(f"condition drop probability must be in [0, 1], got {prob}")
-    flags = torch.rand(len(config.conditions), batch, generator=generator, device=generator.device) < prob
-    return {name: flags[i].to(device) for i, name in enumerate(config.conditions)}
-

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from dcgen.models.hexplane import LatentDims
+from dcgen.data.grid import LatentDims
 from dcgen.models.layers import LEAK, ResBlock3d, StackedPlaneConvBlock, fourier_encode, num_fourier_channels
 
 TEMPORAL_PLANES = ("tx", "ty", "tz")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcgen.models.hexplane import PLANE_NAMES
+from dcgen.data.grid import PLANE_NAMES
 
 LEAK = 0.1
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from dcgen.train import checkpoint
+from dcgen import checkpoint
 
 
 @dataclass(frozen=True)

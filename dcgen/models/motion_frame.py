@@ -26,7 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dcgen.models.hexplane import LatentDims
+from dcgen.data.grid import LatentDims
 
 FRAMES = ("ego", "reference")
 # metres, metres, radians → latent units of order one (a clip moves up to ~15 m and turns up to ~1 rad)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcgen.models.hexplane import PLANE_NAMES, LatentDims
+from dcgen.data.grid import PLANE_NAMES, LatentDims
 from dcgen.models.layers import StackedPlaneConvBlock, fourier_encode, num_fourier_channels
 
 _AXIS = {"t": 0, "x": 1, "y": 2, "z": 3}

@@ -22,7 +22,7 @@ from functools import cached_property
 
 import torch
 
-from dcgen.models.hexplane import PLANE_NAMES, LatentDims
+from dcgen.data.grid import PLANE_NAMES, LatentDims
 
 
 @dataclass(frozen=True)

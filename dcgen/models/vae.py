@@ -1,10 +1,10 @@
-"""The HexPlane VAE (SPEC §2): a 4D semantic clip ↔ six latent planes, with its config and named presets.
+"""The HexPlane VAE (SPEC §2): a 4D semantic clip ↔ six latent planes, with its config.
 
 ``HexPlaneVAE`` composes the encoder (embedding, two per-frame CNNs, projection modules), a per-plane
 ``Linear(C → 2C)`` per pixel giving μ and log σ² (encoder step 4) and a decoder (ESS, or the per-point Query
 baseline). Latent planes are dicts keyed by ``PLANE_NAMES`` with shapes from ``LatentDims``; training samples them
 with the reparameterisation, diffusion encodes with μ. ``VAEConfig`` is everything needed to rebuild the network
-from a checkpoint; ``VAE_PRESETS`` holds one per grid preset (``debug`` trains in seconds on a CPU).
+from a checkpoint; ``dcgen.presets`` holds one per preset name (``debug`` trains in seconds on a CPU).
 
 Legend: B batch, T time, X/Y/Z space, K classes, C channels.
 """
@@ -16,16 +16,15 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
+from dcgen.data.grid import PLANE_NAMES, LatentDims
 from dcgen.models.column_encoder import ColumnEncoder
 from dcgen.models.ess_decoder import ESSDecoder
-from dcgen.models.hexplane import PLANE_NAMES, LatentDims
 from dcgen.models.layers import check_planes
 from dcgen.models.motion_frame import (FRAMES, TRAJECTORY_SCALE, TrajectorySlot, check_trajectory, from_reference,
                                        reference_index, to_reference)
 from dcgen.models.projection import POOLINGS
 from dcgen.models.query_decoder import QueryDecoder
 from dcgen.models.vae_encoder import HexPlaneEncoder
-from dcgen.presets import GRIDS, PRESET_NAMES
 
 DECODERS = ("ess", "query")
 # how the encoder turns voxels into planes: the SPEC CNN + attention pooling or + mean, or the column encoder
@@ -112,53 +111,9 @@ class VAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VAEConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown VAEConfig keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**d)
+        from dcgen import config
 
-
-def _preset(name: str, **widths) -> VAEConfig:
-    g = GRIDS[name]
-    return VAEConfig(num_classes=g.num_classes, num_frames=g.num_frames, size=g.size, voxel_xy=g.voxel_size[:2],
-                     **widths)
-
-
-VAE_PRESETS: dict[str, VAEConfig] = {
-    "debug": _preset("debug", embed_dim=8, encoder_width=8, decoder_width=16, decoder_hidden=32, decoder_out=16,
-                     query_hidden=64),
-    # ``small`` is the CPU preset: at the carlasc widths one 64×64×8×16 clip costs ~300 GFLOP forward (the decoder's
-    # 128-wide 3D residual blocks alone ~230), 34 s per training clip on a busy 2-core CPU; these widths keep the
-    # architecture and the latent (C = 16) and need ~10× fewer FLOPs, though only ~2.5× less time (14 s measured
-    # beside it): narrow 3D convolutions and the projection attention use a CPU poorly. One projection head keeps
-    # the SPEC's 8 channels per head at this width: two 4-channel heads made the step ~1.3× slower (the attention is
-    # exp- and memory-bound on a CPU) and learnt no more per step. ``lift_norm`` (see ESSDecoder) is what lets the
-    # preset's 3× learning rate (train/runs.py) help: in 8-minute probes 22.7 % val mIoU with it, 17.8 % without,
-    # 19.9 % at the SPEC's rate; a 30-minute run went from 27.7 % to 31.0 %. The preset encodes with the column
-    # encoder (``column_encoder.py``, not SPEC): on an AVX2 CPU in float32 its step is 1.9 s against the CNN +
-    # attention encoder's 4.3 s, and 4-minute probes read 21.9 % val mIoU against 11.5 %. The CNN encoder's widths
-    # stay, for ``--projection projection|avgpool`` and ``dcgen bench vae``'s ablation. The preset factors its
-    # clips in the reference frame (``motion_frame.py``, not SPEC): 4-minute probes read 31.8 % val mIoU against
-    # 21.9 % in the ego frames, for a 9 % dearer step (2.05 s against 1.88 s). There the product of the planes is
-    # the SPEC's 64 wide (``decoder_width``): at 16 each voxel's height profile is a sum of 16 separable xz · yz
-    # profiles, and the decoder (147 k parameters at 16) underfits, train and val mIoU alike. Two one-thread probes
-    # side by side read 39.8 % against 36.2 % after 10 minutes, for a 6 % dearer step (in the ego frames 64 had
-    # learnt no faster in 4 minutes); a 48-wide 3D CNN (``decoder_hidden``) learnt more per step but made it 45 %
-    # dearer (31.0 % at 10 minutes).
-    "small": _preset("small", embed_dim=8, encoder_width=8, projection_heads=1, decoder_width=64, decoder_hidden=32,
-                     decoder_out=16, lift_norm=True, query_hidden=64, projection="column", column_width=64,
-                     frame="reference"),
-    "carlasc": _preset("carlasc"),
-    "occ3d": _preset("occ3d"),
-}
-
-
-def vae_preset(name: str) -> VAEConfig:
-    """The VAE config of a named preset; a clear error for an unknown name."""
-    if name not in VAE_PRESETS:
-        raise ValueError(f"unknown VAE preset {name!r}; expected one of {', '.join(PRESET_NAMES)}")
-    return VAE_PRESETS[name]
+        return config.from_dict(cls, d)
 
 
 class HexPlaneVAE(nn.Module):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcgen.models.hexplane import LatentDims
+from dcgen.data.grid import LatentDims
 from dcgen.models.layers import LEAK, ResBlock3d
 from dcgen.models.projection import AxisProjection
 

@@ -30,14 +30,30 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dcgen.serve.api import (API_VERSION, NPZ_MEDIA_TYPE, HealthResponse, InfoResponse, ScenesMetadata,
                              ScenesRequest, ServeStats, encode_npz)
-from dcgen.presets import Grid
+from dcgen.data.grid import Grid
 from dcgen.runtime import scene_seed
 from dcgen.serve.config import IngressSettings, ServeConfig
-from dcgen.serve.model import SceneJob, SceneModel
+from dcgen.generate.conditions import SceneJob, SceneResult
+from dcgen.serve.model import SceneReplica
 
 log = logging.getLogger("dcgen.serve")
 OPEN_PATHS = ("/v1/health",)  # liveness probes need no token; they reveal nothing
 INFO_TTL_S = 30.0  # the model's description is re-read this often (a redeploy may swap checkpoints)
+
+
+@serve.deployment(max_ongoing_requests=16)
+class SceneModel(SceneReplica):
+    """The model deployment: a ``SceneReplica`` whose ``generate`` calls from every ingress replica are batched."""
+
+    def __init__(self, vae: str, dit: str, device: str = "auto", use_ema: bool = True, micro_batch: int = 8,
+                 max_batch_size: int = 8, batch_wait_s: float = 0.05):
+        super().__init__(vae, dit, device=device, use_ema=use_ema, micro_batch=micro_batch)
+        self.generate.set_max_batch_size(max_batch_size)
+        self.generate.set_batch_wait_timeout_s(batch_wait_s)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def generate(self, jobs: list[SceneJob]) -> list[SceneResult]:
+        return await self.generate_batch(jobs)
 
 
 class ApiError(StarletteHTTPException):
@@ -255,7 +271,7 @@ def start(config: ServeConfig, address: str | None = None) -> str:
     """Start Serve on ``config.host:config.port`` (embedded local Ray unless ``address``) and deploy; returns the
     base URL once every replica is up. The checkpoints are vetted here first, so a bad one is named before anything
     starts; a replica that still fails to start raises its own ValueError (or a RuntimeError naming its error)."""
-    from dcgen.generate.loading import check_checkpoints
+    from dcgen.models.loading import check_checkpoints
     from dcgen.runtime import init_ray
 
     app = build_app(config)  # reads the token first: a missing one fails before anything starts
@@ -283,3 +299,13 @@ def replica_error(app_name: str) -> Exception | None:
         if root is not None:
             return RuntimeError(f"the {name} deployment could not start ({error_summary(root)})")
     return None
+
+
+def delete(app_name: str) -> None:
+    """Delete one Serve application; Serve and its proxy stay up for the next."""
+    serve.delete(app_name)
+
+
+def shutdown() -> None:
+    """Delete every Serve application and stop Serve's HTTP proxy; the Ray session they ran on stays up."""
+    serve.shutdown()

@@ -12,7 +12,7 @@ import hashlib
 import ipaddress
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 LOOPBACK = "127.0.0.1"
 MIN_TOKEN_CHARS = 16
@@ -89,11 +89,9 @@ class ServeConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ServeConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"serve config: unknown keys {unknown}; expected some of {sorted(known)}")
-        return cls(**d)
+        from dcgen import config
+
+        return config.from_dict(cls, d, what="serve config")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The model deployment: one ``GenerationPipeline`` per replica, fed one scene at a time through ``@serve.batch``.
+"""The model replica: one ``GenerationPipeline``, fed one scene at a time in batches (``serve/app.py`` makes it a
+Ray Serve deployment and batches its calls with ``@serve.batch``; this file knows no Ray).
 
 The ingress splits a request of ``count`` scenes into ``count`` ``SceneJob``s (scene i seeded ``scene_seed(seed, i)``,
 SPEC §3 / STYLE: per-scene seeds), so scenes of concurrent requests share model batches. A batch is split by
@@ -12,52 +13,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 
 import numpy as np
-from ray import serve
 
-from dcgen.generate.conditions import SceneRequest
+from dcgen.generate.conditions import SceneJob, SceneResult
 
 log = logging.getLogger("dcgen.serve")
 
 
-@dataclass(frozen=True)
-class SceneJob:
-    """One scene in the batch queue: validated conditions and the scene's own generator seed."""
+class SceneReplica:
+    """What one replica does: load the pipeline, answer ``info``, generate a batch of ``SceneJob``s."""
 
-    request: SceneRequest
-    seed: int
-    sampler: str = "ddim"
-    steps: int | None = None
-
-
-@dataclass(frozen=True)
-class SceneResult:
-    occupancy_TXYZ: np.ndarray | None
-    batch_size: int  # scenes in the @serve.batch call this scene was part of
-    checkpoints: dict  # ids of the VAE and DiT checkpoints of the replica that answered
-    error: str | None = None
-    invalid: bool = False  # the pipeline rejected the scene's conditions (a client error, not a server fault)
-
-
-@serve.deployment(max_ongoing_requests=16)
-class SceneModel:
-    def __init__(self, vae: str, dit: str, device: str = "auto", use_ema: bool = True, micro_batch: int = 8,
-                 max_batch_size: int = 8, batch_wait_s: float = 0.05):
+    def __init__(self, vae: str, dit: str, device: str = "auto", use_ema: bool = True, micro_batch: int = 8):
         from dcgen.generate.pipeline import GenerationPipeline
 
         self.pipeline = GenerationPipeline.from_checkpoints(vae, dit, device=device, use_ema=use_ema,
                                                             micro_batch=micro_batch)
         self.checkpoints = dict(self.pipeline.checkpoint_ids)
-        self.generate.set_max_batch_size(max_batch_size)
-        self.generate.set_batch_wait_timeout_s(batch_wait_s)
 
     def info(self) -> dict:
         return self.pipeline.info()
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def generate(self, jobs: list[SceneJob]) -> list[SceneResult]:
+    async def generate_batch(self, jobs: list[SceneJob]) -> list[SceneResult]:
+        """One result per job, in order; a failing scene fails alone (the batch is retried scene by scene)."""
         results: list[SceneResult | None] = [None] * len(jobs)
         groups: dict[tuple, list[int]] = {}
         for i, job in enumerate(jobs):

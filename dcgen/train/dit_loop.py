@@ -1,10 +1,8 @@
 """The DiT training loop (SPEC §3), plain PyTorch against a ``TrainContext``.
 
 Latents (and previous-clip latents) are standardised per channel first (``LatentNorm`` in the DiT config). Each
-step draws t uniformly and ε ~ N(0, I), noises the rollout latent (x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε), drops
-every condition independently with p = 0.1 (and ``prev_clip`` always where a clip has no previous clip), and
-minimises the hybrid loss (ε MSE + VLB for the learned variance) masked to the six planes; a v-prediction DiT
-weights the ε MSE into the min-SNR v-space loss (``dcgen.diffusion.losses.v_loss_weight``). AdamW (lr 1e-4, wd 0),
+step minimises ``dcgen.diffusion.objective.diffusion_loss`` (t and ε drawn, x_t noised, conditions dropped with
+p = 0.1, the hybrid loss masked to the six planes, min-SNR v-weighted for a v-prediction DiT). AdamW (lr 1e-4, wd 0),
 EMA of the weights (0.9999, warmed up over the first steps; debug runs use a smaller decay), AMP
 bf16 on CUDA. Every epoch the validation loss of the EMA weights (fixed t and ε, so epochs compare) picks the best
 checkpoint; checkpoints carry weights, EMA, optimizer, step, the DiT config (with its conditions), the schedule,
@@ -24,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcgen import storage
-from dcgen.train import checkpoint
+from dcgen import checkpoint, storage
+from dcgen.diffusion.objective import diffusion_loss, to_dit_space
 from dcgen.train.context import MetricsLog, TrainContext, autocast, unwrap
 
 KIND = "dit"
@@ -65,15 +63,9 @@ class DiTTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiTTrainConfig":
-        return cls(**d)
+        from dcgen import config
 
-
-def batch_conditions(batch: dict[str, torch.Tensor], conditions: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """The DiT condition tensors of a latent-store batch (``prev_clip`` is the previous clip's latent)."""
-    source = {"command": ("command", torch.long), "trajectory": ("trajectory", torch.float32),
-              "layout": ("layout", torch.float32), "bev": ("bev", torch.long),
-              "prev_clip": ("prev_latent", torch.float32)}
-    return {name: batch[source[name][0]].to(source[name][1]) for name in conditions}
+        return config.from_dict(cls, d)
 
 
 def _generator(*key: int) -> torch.Generator:
@@ -82,49 +74,14 @@ def _generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def to_dit_space(batch: dict[str, torch.Tensor], norm, valid_SS: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The batch with its latents (and previous-clip latents) standardised by ``norm`` (a ``LatentNorm``)."""
-    if norm is None:
-        return batch
-    out = dict(batch)
-    for key in ("latent", "prev_latent"):
-        if key in out:
-            out[key] = norm.normalize(out[key].float(), valid_SS)
-    return out
-
-
-def diffusion_loss(model, schedule, batch: dict[str, torch.Tensor], conditions: tuple[str, ...],
-                   valid_SS: torch.Tensor, gen: torch.Generator, drop_prob: float, amp: bool,
-                   norm=None, prediction: str = "eps") -> torch.Tensor:
-    """Per-sample hybrid loss ``[B]`` of one batch with t, ε and the condition drops drawn from ``gen``; ``norm``
-    (a ``LatentNorm``) maps the store's raw latents into the DiT's space; ``prediction`` is the DiT's
-    (``DiTConfig.prediction``): "v" weights the ε-MSE by ``v_loss_weight``."""
-    from dcgen.diffusion.losses import hybrid_loss, v_loss_weight
-
-    batch = to_dit_space(batch, norm, valid_SS)
-    x0_BCSS = batch["latent"].float()
-    b, device = x0_BCSS.shape[0], x0_BCSS.device
-    t_B = torch.randint(0, schedule.num_steps, (b,), generator=gen).to(device)
-    noise_BCSS = (torch.randn(x0_BCSS.shape, generator=gen).to(device)) * valid_SS
-    flags = torch.rand(len(conditions), b, generator=gen) < drop_prob
-    drop = {name: flags[i].to(device) for i, name in enumerate(conditions)}
-    if "prev_clip" in drop:
-        drop["prev_clip"] = drop["prev_clip"] | ~batch["has_prev"].bool()
-    x_t_BCSS = schedule.q_sample(x0_BCSS, t_B, noise_BCSS)
-    with autocast(device, amp):
-        out_BCSS = model(x_t_BCSS, t_B, batch_conditions(batch, conditions), drop)
-    weight_B = v_loss_weight(schedule, t_B) if prediction == "v" else None
-    return hybrid_loss(schedule, out_BCSS.float(), x0_BCSS, x_t_BCSS, t_B, noise_BCSS, valid_SS,
-                       mse_weight_B=weight_B)["loss"]
-
-
 @torch.no_grad()
 def evaluate(models: dict, ctx: TrainContext, schedule, conditions, valid_SS, batch_size: int, seed: int,
-             amp: bool, norm=None, prediction: str = "eps") -> dict[str, float]:
-    """Validation loss of each model over this worker's shard with the same t and ε every epoch, reduced."""
+             amp: bool, norm=None) -> dict[str, float]:
+    """Validation loss of each model (``EpsModel``s) over this worker's shard with the same t and ε every epoch,
+    reduced."""
     sums = torch.zeros(len(models) + 1, dtype=torch.float64, device=ctx.device)
     for model in models.values():
-        model.eval()
+        model.net.eval()
     # every model sees the same t and noise: each batch replays the generator from the same state
     gen = _generator(seed, VAL_SEED_OFFSET, ctx.rank)
     for batch in ctx.batches("val", batch_size, epoch=0, shuffle=False):
@@ -132,11 +89,11 @@ def evaluate(models: dict, ctx: TrainContext, schedule, conditions, valid_SS, ba
         start = gen.get_state()
         for i, model in enumerate(models.values()):
             gen.set_state(start)
-            sums[i] += diffusion_loss(model, schedule, batch, conditions, valid_SS, gen, 0.0, amp,
-                                      prediction=prediction).double().sum()
+            sums[i] += diffusion_loss(model, schedule, batch, conditions, valid_SS, gen, 0.0,
+                                      autocast(ctx.device, amp)).double().sum()
         sums[-1] += batch["latent"].shape[0]
     for model in models.values():
-        model.train()
+        model.net.train()
     sums = ctx.all_reduce(sums)
     n = max(float(sums[-1]), 1.0)
     return {f"val_loss{'' if name == 'ema' else '_' + name}": float(sums[i]) / n for i, name in enumerate(models)}
@@ -145,6 +102,7 @@ def evaluate(models: dict, ctx: TrainContext, schedule, conditions, valid_SS, ba
 def train_dit(ctx: TrainContext, run: dict) -> dict:
     cfg = DiTTrainConfig.from_dict(run)
     from dcgen.diffusion.latent_norm import LatentNorm
+    from dcgen.diffusion.objective import EpsModel
     from dcgen.diffusion.schedule import NoiseSchedule, ScheduleConfig
     from dcgen.models.dit import DiT, DiTConfig
     from dcgen.train.ema import EMA
@@ -163,6 +121,7 @@ def train_dit(ctx: TrainContext, run: dict) -> dict:
     model = ctx.prepare(DiT(model_cfg))
     net = unwrap(model)
     ema = EMA(net, cfg.ema_decay)
+    eps_model, eps_ema, eps_net = EpsModel(model, model_cfg), EpsModel(ema.shadow), EpsModel(net)
     valid_SS = net.rollout.valid_mask(ctx.device).float()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, start_epoch, best = 0, 0, float("inf")
@@ -186,8 +145,8 @@ def train_dit(ctx: TrainContext, run: dict) -> dict:
                     marker.parent.mkdir(parents=True, exist_ok=True)
                     marker.touch()
                     os._exit(1)
-            loss = diffusion_loss(model, schedule, batch, conditions, valid_SS, gen, cfg.cond_drop, cfg.amp,
-                                  norm, model_cfg.prediction).mean()
+            loss = diffusion_loss(eps_model, schedule, batch, conditions, valid_SS, gen, cfg.cond_drop,
+                                  autocast(ctx.device, cfg.amp), norm).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -197,8 +156,8 @@ def train_dit(ctx: TrainContext, run: dict) -> dict:
             train_sum += float(loss.detach())
             if step % cfg.report_every == 0:
                 log.log({"step": step, "epoch": epoch, "train_loss": float(loss.detach())})
-        val = evaluate({"ema": ema.shadow, "raw": net}, ctx, schedule, conditions, valid_SS, cfg.batch_size,
-                       cfg.seed, cfg.amp, norm, model_cfg.prediction)
+        val = evaluate({"ema": eps_ema, "raw": eps_net}, ctx, schedule, conditions, valid_SS, cfg.batch_size,
+                       cfg.seed, cfg.amp, norm)
         seconds = time.time() - t_epoch
         row = {"step": step, "epoch": epoch, **val, "train_loss": train_sum / max(n_steps, 1),
                "epoch_seconds": seconds, "s_per_iter": seconds / max(n_steps, 1)}

@@ -36,7 +36,7 @@ class EncodeActor:
         import torch
 
         from dcgen.data.latent_store import LatentStore
-        from dcgen.generate.loading import load_vae
+        from dcgen.models.loading import load_vae
         from dcgen.models.rollout import RolloutLayout
 
         self.device = torch.device(device)
@@ -78,12 +78,13 @@ def encode_store(vae_ckpt: str, data: str, out: str, batch_size: int = 8, overwr
                  workers: int | None = None, ray_address: str | None = None) -> dict:
     """Write the latent store ``out`` for every complete clip of the scene store ``data``; returns its summary."""
     from dcgen import storage
+    from dcgen.checkpoint import checkpoint_id
     from dcgen.data.latent_store import LatentStore, previous_clips
-    from dcgen.data.store import SceneStore, _exists, staged
-    from dcgen.generate.loading import load_vae
+    from dcgen.data.integrity import staged
+    from dcgen.data.store import SceneStore, _exists
+    from dcgen.models.loading import load_vae
     from dcgen.models.rollout import RolloutLayout
     from dcgen.runtime import error_summary, unwrap_ray_error
-    from dcgen.train.checkpoint import checkpoint_id
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")

@@ -28,9 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dcgen import storage
+from dcgen import checkpoint, storage
 from dcgen.metrics.feature_nets import KIND, FeatureNets, FeatureNetsConfig, model_state
-from dcgen.train import checkpoint
 from dcgen.train.context import MetricsLog, TrainContext, autocast, unwrap
 
 WARMUP_FRACTION = 0.05
@@ -67,7 +66,9 @@ class FeaturesTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeaturesTrainConfig":
-        return cls(**d)
+        from dcgen import config
+
+        return config.from_dict(cls, d)
 
 
 def lr_factor(step: int, total_steps: int) -> float:

@@ -1,4 +1,5 @@
-"""Driver side of training: check inputs, build Ray Data datasets and a run config, call ``ray_trainer.fit``.
+"""Driver side of training: check inputs, build Ray Data datasets and a run config, call ``ray_trainer.fit``
+(run-directory checks in ``run_dir.py``, the whole pipeline in ``pipeline.py``).
 
 Each ``train_*`` function validates everything a user can get wrong (store vs preset grid, empty splits, an existing
 run without ``resume``) before a worker starts, and returns a summary with the exported best checkpoint's path.
@@ -14,14 +15,9 @@ from pathlib import Path
 
 from dcgen import storage
 from dcgen.data.store import SceneStore
-from dcgen.presets import GRIDS
-from dcgen.presets import grid as preset_grid
-
-# Per-preset defaults a user can override: (epochs, batch size, learning rate, warm-up steps). On CPU (small) steps
-# are what a run lacks: one clip per step, and 3× the SPEC's rate after a short warm-up, which the preset's lift norm
-# keeps stable (measurements in vae.py).
-VAE_DEFAULTS = {"debug": (2, 4, 1e-3, 0), "small": (6, 1, 3e-3, 20), "carlasc": (100, 4, 1e-3, 0),
-                "occ3d": (100, 2, 1e-3, 0)}
+from dcgen.presets import get_preset, preset_of_grid
+from dcgen.train.run_dir import (check_latest_checkpoint, check_same_dit, check_same_features, check_same_model,
+                                 check_store_matches, prepare_run_dir)
 
 
 @dataclass(frozen=True)
@@ -33,81 +29,18 @@ class Scaling:
     max_failures: int = 2
 
 
-def check_store_matches(store: SceneStore, preset: str, what: str = "model") -> None:
-    g = preset_grid(preset)
-    if (store.grid.num_frames, store.grid.size) != (g.num_frames, g.size) or store.grid.num_classes > g.num_classes:
-        raise ValueError(f"{store.path}: store grid T={store.grid.num_frames} XYZ={list(store.grid.size)} "
-                         f"K={store.grid.num_classes} does not match the {what} preset {preset!r} "
-                         f"(T={g.num_frames} XYZ={list(g.size)} K={g.num_classes})")
-
-
-def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    has_run = _has_ray_run(out)
-    if has_run and overwrite:
-        storage.remove_dir(str(out))
-    elif has_run and not resume:
-        raise ValueError(f"{out}: a training run is already there; pass --resume to continue it or --overwrite "
-                         "to start over")
-    elif resume and not has_run:
-        raise ValueError(f"{out}: --resume given but there is no run to resume")
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def saved_run(out: Path) -> dict | None:
-    """The ``run`` section of ``OUT/run.json``, or None when there is none (a run interrupted before it wrote
-    run.json has no checkpoint either; the loops check their own)."""
-    run_file = out / "run.json"
-    if not run_file.is_file():
-        return None
-    try:
-        return json.loads(run_file.read_text())["run"]
-    except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"{run_file}: unreadable run description ({e}); pass --overwrite to start over") from e
-
-
-def changed_keys(saved: dict | None, current: dict) -> list[str]:
-    """Keys whose values differ between a config saved in run.json and ``current``, both compared as run.json holds
-    them (tuples become lists)."""
-    saved, current = json.loads(json.dumps(saved or {})), json.loads(json.dumps(current))
-    return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-
-
-def check_same_model(out: Path, model_cfg: dict, preset: str) -> None:
-    """``--resume`` continues the network the run was started with: same preset grid and options."""
-    saved = saved_run(out)
-    if saved is None:
-        return
-    keys = changed_keys(saved.get("model"), model_cfg)
-    if keys:
-        old = saved.get("extra", {}).get("preset", "?")
-        raise ValueError(f"{out}: the run was started with preset {old!r} and a different VAE ({', '.join(keys)} "
-                         f"differ) than --preset {preset!r} with these options; resume with the original ones")
-
-
-def check_latest_checkpoint(ray_run: Path, model_cfg: dict) -> None:
-    """The checkpoint Ray Train will resume from (the newest) must load and be of this network; checked here so a
-    damaged one is one clear error rather than a worker failing ``max_failures`` times."""
-    from dcgen.train import checkpoint
-    from dcgen.train.vae_loop import KIND, check_resumable
-
-    # Ray names checkpoint directories by creation time; checkpoint_manager_snapshot.json sits beside them
-    found = sorted(p for p in ray_run.glob("checkpoint_*") if p.is_dir())
-    if found:
-        meta, _ = checkpoint.load(found[-1], kind=KIND)
-        check_resumable(meta, model_cfg, found[-1])
-
-
-def _cpus_per_worker(scaling: Scaling) -> float:
+def cpus_per_worker(scaling: Scaling) -> float:
+    """CPUs per training worker: as given, else what leaves one CPU of the cluster to Ray Data."""
     if scaling.cpus_per_worker is not None:
         return scaling.cpus_per_worker
-    import ray
+    from dcgen.runtime import cluster_cpus
 
-    total = float(ray.cluster_resources().get("CPU", 1.0))
+    total = float(cluster_cpus(scaling.address))
     # leave at least one CPU for Ray Data's read tasks: 2 workers at 1 CPU each on 2 CPUs deadlock (PLATFORM-NOTES)
     return max(0.25, min(1.0, (total - 1.0) / scaling.workers))
 
 
-def _check_local_cpu_bf16(cpu_bf16: bool, scaling: Scaling) -> None:
+def check_local_cpu_bf16(cpu_bf16: bool, scaling: Scaling) -> None:
     """--cpu-bf16 on CPU workers of the embedded Ray: refuse here, before anything is written, on a CPU that would
     run it ~25× slower (a cluster's CPU workers check their own CPU when their loop starts)."""
     if cpu_bf16 and scaling.address is None and not scaling.gpus_per_worker:
@@ -122,17 +55,16 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
               decoder: str = "ess", resume: bool = False, overwrite: bool = False, max_minutes: float | None = None,
               report_every: int = 20, seed: int = 0, fail_at_step: int | None = None, cpu_bf16: bool = False) -> dict:
     """Fit the HexPlane VAE on a scene store with Ray Train; returns the final metrics and checkpoint paths.
-    ``epochs``, ``batch_size``, ``lr`` and ``warmup_steps`` default to the preset's (``VAE_DEFAULTS``).
+    ``epochs``, ``batch_size``, ``lr`` and ``warmup_steps`` default to the preset's ``vae_recipe``.
     ``cpu_bf16`` trains CPU workers under bf16 autocast (CUDA workers always use it)."""
     from dcgen.data.ray_dataset import read_scenes
-    from dcgen.models.vae import vae_preset
     from dcgen.runtime import init_ray
     from dcgen.train import ray_trainer
     from dcgen.train.vae_loop import VAETrainConfig, steps_per_epoch
     from dcgen.train.vae_losses import class_weights
 
     out = storage.run_path(out)  # a local Path or a URI (s3://, gs://, file://)
-    _check_local_cpu_bf16(cpu_bf16, scaling)
+    check_local_cpu_bf16(cpu_bf16, scaling)
     if scaling.max_failures < -1:
         raise ValueError(f"--max-failures must be >= 0 (or -1 for unlimited), got {scaling.max_failures}")
     if report_every < 1:
@@ -142,10 +74,11 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
     n_train, n_val = store.indices("train").size, store.indices("val").size
     if n_train == 0 or n_val == 0:
         raise ValueError(f"{data}: needs clips in both the train and val splits (has {n_train} train, {n_val} val)")
-    model_cfg = vae_preset(preset)
-    model_cfg = model_cfg.replace(projection=projection or model_cfg.projection, decoder=decoder,
-                                  frame=frame or model_cfg.frame)
-    d_epochs, d_batch, d_lr, d_warmup = VAE_DEFAULTS[preset]
+    named = get_preset(preset)
+    model_cfg = named.vae.replace(projection=projection or named.vae.projection, decoder=decoder,
+                                  frame=frame or named.vae.frame)
+    recipe = named.vae_recipe
+    d_epochs, d_batch, d_lr, d_warmup = recipe.epochs, recipe.batch_size, recipe.lr, recipe.warmup_steps
     epochs, batch_size = epochs or d_epochs, batch_size or d_batch
     lr, warmup_steps = d_lr if lr is None else lr, d_warmup if warmup_steps is None else warmup_steps
     # the run's config checks its numbers (learning rate, warm-up, deadline) before the run directory is touched
@@ -167,7 +100,7 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
                                              indent=2))
     result = ray_trainer.fit("dcgen.train.vae_loop:train_vae", asdict(run), datasets=datasets,
                              storage_path=str(out / "ray"), name="vae", num_workers=scaling.workers,
-                             gpus_per_worker=scaling.gpus_per_worker, cpus_per_worker=_cpus_per_worker(scaling),
+                             gpus_per_worker=scaling.gpus_per_worker, cpus_per_worker=cpus_per_worker(scaling),
                              max_failures=scaling.max_failures)
     if result.error:
         raise RuntimeError(f"VAE training failed: {result.error}")
@@ -176,13 +109,6 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
 
 
 # ---- DiT ---------------------------------------------------------------------------------------------------
-
-# Per-preset defaults a user can override: (epochs, batch size, EMA decay, learning rate). The debug preset trains
-# for a few hundred steps, after which a 0.9999 average would still be the initial weights, and its tiny DiT
-# reaches a given loss ~2x sooner at 1e-3 than at the paper's 1e-4.
-DIT_DEFAULTS = {"debug": (40, 8, 0.99, 1e-3), "small": (60, 16, 0.999, 1e-4), "carlasc": (400, 32, 0.9999, 1e-4),
-                "occ3d": (400, 16, 0.9999, 1e-4)}
-
 
 def parse_conditions(spec, latents=None) -> tuple[str, ...]:
     """DiT conditions from ``"command,trajectory"`` (or a sequence); ``"none"`` for an unconditional model;
@@ -223,12 +149,9 @@ def latent_norm_of(latents) -> dict:
 
 def dit_config_for(preset: str, latents, conditions: tuple[str, ...]):
     """The DiT preset's config with exactly ``conditions``, checked against the latent store's dims and grid."""
-    from dcgen.models.dit import DIT_PRESETS
     from dcgen.models.rollout import RolloutLayout
 
-    if preset not in DIT_PRESETS:
-        raise ValueError(f"unknown DiT preset {preset!r}; expected one of {', '.join(DIT_PRESETS)}")
-    cfg = replace(DIT_PRESETS[preset], conditions=tuple(conditions), latent_norm=latent_norm_of(latents))
+    cfg = replace(get_preset(preset).dit, conditions=tuple(conditions), latent_norm=latent_norm_of(latents))
     g = latents.grid
     if (cfg.latent != latents.dims or cfg.num_frames != g.num_frames or tuple(cfg.layout_size) != g.layout_size
             or tuple(cfg.bev_size) != tuple(g.size[:2]) or cfg.num_classes < g.num_classes):
@@ -240,23 +163,6 @@ def dit_config_for(preset: str, latents, conditions: tuple[str, ...]):
     return cfg
 
 
-def check_same_dit(out: Path, run) -> None:
-    """``--resume`` continues the network the run was started with: same DiT (conditions included) and VAE."""
-    from dcgen.models.dit import DiTConfig
-
-    saved = saved_run(out)
-    if saved is None:
-        return
-    # read through DiTConfig so a run saved before a field existed compares with that field's old meaning
-    keys = changed_keys(DiTConfig.from_dict(saved["model"]).to_dict() if saved.get("model") else None, run.model)
-    if keys:
-        raise ValueError(f"{out}: the run was started with a different DiT ({', '.join(keys)} differ: it has "
-                         f"conditions {saved.get('model', {}).get('conditions')}); resume with the original options")
-    if saved.get("vae_checkpoint_id") != run.vae_checkpoint_id:
-        raise ValueError(f"{out}: the run was trained on latents of VAE {saved.get('vae_checkpoint_id')!r}, these "
-                         f"are from {run.vae_checkpoint_id!r}; resume with the original latents")
-
-
 def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditions=None, preset: str = "small",
               scaling: Scaling = Scaling(), epochs: int | None = None, batch_size: int | None = None,
               lr: float | None = None, ema_decay: float | None = None, cond_drop: float = 0.1, resume: bool = False,
@@ -264,11 +170,12 @@ def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditio
               fail_at_step: int | None = None, prediction: str | None = None) -> dict:
     """Fit the DiT on a latent store with Ray Train; returns the final metrics and checkpoint paths.
     ``prediction`` ("v" or "eps") overrides the preset's output parametrisation."""
-    from dcgen.data.latent_dataset import read_latents
+    from dcgen import checkpoint
     from dcgen.data.latent_store import LatentStore
+    from dcgen.data.ray_dataset import read_latents
     from dcgen.diffusion.schedule import ScheduleConfig
     from dcgen.runtime import init_ray
-    from dcgen.train import checkpoint, ray_trainer
+    from dcgen.train import ray_trainer
     from dcgen.train.dit_loop import DiTTrainConfig
     from dcgen.train.vae_loop import steps_per_epoch
 
@@ -288,7 +195,8 @@ def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditio
     if n_train == 0 or n_val == 0:
         raise ValueError(f"{latents}: needs clips in both the train and val splits (has {n_train} train, "
                          f"{n_val} val)")
-    d_epochs, d_batch, d_ema, d_lr = DIT_DEFAULTS.get(preset, (100, 16, 0.9999, 1e-4))
+    recipe = get_preset(preset).dit_recipe
+    d_epochs, d_batch, d_ema, d_lr = recipe.epochs, recipe.batch_size, recipe.ema_decay, recipe.lr
     epochs, batch_size, lr = epochs or d_epochs, batch_size or d_batch, lr or d_lr
     ema_decay = d_ema if ema_decay is None else ema_decay
     run = DiTTrainConfig(
@@ -308,7 +216,7 @@ def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditio
                                              indent=2))
     result = ray_trainer.fit("dcgen.train.dit_loop:train_dit", asdict(run), datasets=datasets,
                              storage_path=str(out / "ray"), name="dit", num_workers=scaling.workers,
-                             gpus_per_worker=scaling.gpus_per_worker, cpus_per_worker=_cpus_per_worker(scaling),
+                             gpus_per_worker=scaling.gpus_per_worker, cpus_per_worker=cpus_per_worker(scaling),
                              max_failures=scaling.max_failures)
     if result.error:
         raise RuntimeError(f"DiT training failed: {result.error}")
@@ -321,16 +229,6 @@ def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditio
 
 # Per-preset defaults a user can override: (epochs, batch size). On CPU (small) steps are what a run lacks, so two
 # clips per step: twice the updates per minute of four.
-FEATURES_DEFAULTS = {"debug": (3, 8), "small": (6, 8), "carlasc": (20, 8), "occ3d": (20, 8)}
-
-
-def _preset_of(grid) -> str | None:
-    for name, g in GRIDS.items():
-        if (g.num_frames, g.size) == (grid.num_frames, grid.size):
-            return name
-    return None
-
-
 def features_run_config(data: str, out: str | Path, *, preset: str | None = None, workers: int = 1,
                         epochs: int | None = None, batch_size: int | None = None, image_net: str = "cnn",
                         inception_weights: str | None = None, render_size: int = 128, lr: float = 2e-3,
@@ -376,7 +274,9 @@ def features_run_config(data: str, out: str | Path, *, preset: str | None = None
     vehicles = [int(c[VEHICLE]) if len(c) > VEHICLE else 0 for c in counts]
     proxy = ProxyTask(density_edges=fit_density_edges(vehicles, int(np.prod(g.shape))))
     nets_cfg = FeatureNetsConfig.for_grid(g, proxy, image_kind, render_size, image=image_cfg)
-    d_epochs, d_batch = FEATURES_DEFAULTS.get(preset or _preset_of(g) or "", (10, 8))
+    named = preset or preset_of_grid(g)
+    d_epochs, d_batch = (10, 8) if named is None else (get_preset(named).features_recipe.epochs,
+                                                       get_preset(named).features_recipe.batch_size)
     epochs, batch_size = epochs or d_epochs, batch_size or d_batch
     trained_on = {"data": str(data), "source": store.meta.get("source"),
                   "provenance": store.meta.get("provenance", {}), "grid": g.to_dict(), "train_clips": int(n_train),
@@ -385,7 +285,7 @@ def features_run_config(data: str, out: str | Path, *, preset: str | None = None
         nets=nets_cfg.to_dict(), steps_per_epoch=steps_per_epoch(n_train, batch_size, workers),
         epochs=epochs, batch_size=batch_size, lr=lr, aux_weight=aux_weight, report_every=report_every, seed=seed,
         out_dir=str(storage.run_path(out)), max_minutes=max_minutes, inception_weights=inception_weights,
-        inception_sha256=inception_sha, extra={"trained_on": trained_on, "preset": preset or _preset_of(g)})
+        inception_sha256=inception_sha, extra={"trained_on": trained_on, "preset": named})
 
 
 def train_features(data: str, out: str | Path, *, preset: str | None = None, scaling: Scaling = Scaling(),
@@ -414,7 +314,7 @@ def train_features(data: str, out: str | Path, *, preset: str | None = None, sca
                                              indent=2))
     result = ray_trainer.fit("dcgen.train.features_loop:train_features", asdict(run), datasets=datasets,
                              storage_path=str(out / "ray"), name="features", num_workers=scaling.workers,
-                             gpus_per_worker=scaling.gpus_per_worker, cpus_per_worker=_cpus_per_worker(scaling),
+                             gpus_per_worker=scaling.gpus_per_worker, cpus_per_worker=cpus_per_worker(scaling),
                              max_failures=scaling.max_failures)
     if result.error:
         raise RuntimeError(f"feature network training failed: {result.error}")
@@ -424,120 +324,3 @@ def train_features(data: str, out: str | Path, *, preset: str | None = None, sca
     nets = FeatureNetsConfig.from_dict(run.nets)
     return {"best": str(out / "best"), "last": str(out / "last"), "metrics": final, "run_dir": str(out),
             "proxy_task": nets.proxy, "image_kind": nets.image_kind}
-
-
-def check_same_features(out: Path, nets_cfg: dict) -> None:
-    """``--resume`` continues the feature networks the run was started with."""
-    saved = saved_run(out)
-    if saved is None:
-        return
-    if "nets" not in saved:
-        raise ValueError(f"{out / 'run.json'}: unreadable run description (no 'nets'); pass --overwrite to start "
-                         "over")
-    keys = changed_keys(saved["nets"], nets_cfg)
-    if keys:
-        raise ValueError(f"{out}: the run was started with other feature networks ({', '.join(keys)} differ); "
-                         "resume with the original store and options, or pass --overwrite")
-
-
-# ---- the whole pipeline --------------------------------------------------------------------------------------
-
-def _stage_done(path: Path, kind: str | None) -> bool:
-    """True when ``path`` holds a checkpoint of ``kind``; a damaged one is an error, not a reason to redo it."""
-    from dcgen.train import checkpoint
-
-    if not path.exists():
-        return False
-    checkpoint.read_meta(path, kind=kind)
-    return True
-
-
-def _has_ray_run(run_dir: Path) -> bool:
-    ray_dir = run_dir / "ray"
-    return ray_dir.is_dir() and any(ray_dir.iterdir())
-
-
-def _stage_summary(name: str, result: dict) -> str:
-    """One line on a finished training stage: its last epoch and validation numbers."""
-    metrics = result.get("metrics") or {}
-    keys = ("epoch", "val_miou", "best_val_miou", "val_loss", "best_val_loss", "val_image_acc", "val_voxel_acc")
-    parts = [f"{k} {metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k} {metrics[k]}"
-             for k in keys if k in metrics]
-    return f"{name}: done ({', '.join(parts) or 'no metrics'})"
-
-
-def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, scaling: Scaling = Scaling(),
-                   vae_epochs: int | None = None, dit_epochs: int | None = None, features_epochs: int | None = None,
-                   max_minutes: float | None = None, seed: int = 0, cpu_bf16: bool = False,
-                   prediction: str | None = None, log=print) -> dict:
-    """VAE -> encode -> DiT -> the metric feature networks, into ``out``.
-
-    Each stage is skipped when its result is already there (``OUT/vae/best``, a complete ``OUT/latents.zarr``,
-    ``OUT/dit/best``, ``OUT/features/best``) and resumed when its run was interrupted. ``max_minutes`` bounds each
-    training stage separately; ``cpu_bf16`` trains the VAE on CPU under bf16 autocast; ``prediction`` ("v" or
-    "eps") overrides the DiT preset's output parametrisation, checked before any stage runs.
-    """
-    from dcgen.data.latent_store import LatentStore
-    from dcgen.generate.encode import encode_store
-    from dcgen.models.dit import check_prediction
-    from dcgen.train import checkpoint
-
-    if prediction is not None:
-        check_prediction(prediction)
-    _check_local_cpu_bf16(cpu_bf16, scaling)
-    out = storage.run_path(out)  # a local Path or a URI (s3://, gs://, file://)
-    store = SceneStore.open(data)
-    check_store_matches(store, preset)
-    out.mkdir(parents=True, exist_ok=True)
-    stages: dict[str, dict] = {}
-
-    vae_dir = out / "vae"
-    if _stage_done(vae_dir / "best", "vae"):
-        log(f"vae: {vae_dir / 'best'} exists, skipping")
-        stages["vae"] = {"skipped": True, "best": str(vae_dir / "best")}
-    else:
-        log(f"vae: training into {vae_dir}")
-        stages["vae"] = train_vae(data, preset, vae_dir, scaling=scaling, epochs=vae_epochs, seed=seed,
-                                  resume=_has_ray_run(vae_dir), max_minutes=max_minutes, cpu_bf16=cpu_bf16)
-        log(_stage_summary("vae", stages["vae"]))
-    vae_best = vae_dir / "best"
-    vae_id = checkpoint.checkpoint_id(vae_best)
-
-    latents = out / "latents.zarr"
-    done = False
-    if latents.exists():
-        existing = LatentStore.open(str(latents), require_complete=False)
-        if existing.complete and existing.vae_checkpoint_id != vae_id:
-            raise ValueError(f"{latents} was encoded with VAE {existing.vae_checkpoint_id!r}, not {vae_best} "
-                             f"({vae_id!r}); remove it (and {out / 'dit'}) to encode again")
-        done = existing.complete
-    if done:
-        log(f"encode: {latents} is complete, skipping")
-        stages["encode"] = {"skipped": True, "latents": str(latents)}
-    else:
-        log(f"encode: {data} -> {latents}")
-        stages["encode"] = encode_store(str(vae_best), data, str(latents), overwrite=latents.exists(),
-                                        ray_address=scaling.address)
-
-    dit_dir = out / "dit"
-    if _stage_done(dit_dir / "best", "dit"):
-        log(f"dit: {dit_dir / 'best'} exists, skipping")
-        stages["dit"] = {"skipped": True, "best": str(dit_dir / "best")}
-    else:
-        log(f"dit: training into {dit_dir}")
-        stages["dit"] = train_dit(str(latents), dit_dir, vae=str(vae_best), conditions=conditions, preset=preset,
-                                  scaling=scaling, epochs=dit_epochs, resume=_has_ray_run(dit_dir),
-                                  max_minutes=max_minutes, seed=seed, prediction=prediction)
-        log(_stage_summary("dit", stages["dit"]))
-
-    features_dir = out / "features"
-    if _stage_done(features_dir / "best", None):
-        log(f"features: {features_dir / 'best'} exists, skipping")
-        stages["features"] = {"skipped": True, "best": str(features_dir / "best")}
-    else:
-        log(f"features: training into {features_dir}")
-        stages["features"] = train_features(data, features_dir, preset=preset, scaling=scaling, epochs=features_epochs,
-                                            resume=_has_ray_run(features_dir), max_minutes=max_minutes, seed=seed)
-        log(_stage_summary("features", stages["features"]))
-    return {"run_dir": str(out), "vae": str(vae_best), "latents": str(latents), "dit": str(dit_dir / "best"),
-            "stages": stages}

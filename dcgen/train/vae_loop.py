@@ -24,8 +24,7 @@ from pathlib import Path
 
 import torch
 
-from dcgen import storage
-from dcgen.train import checkpoint
+from dcgen import checkpoint, storage
 from dcgen.train.context import MetricsLog, TrainContext, autocast, unwrap
 
 KIND = "vae"
@@ -68,7 +67,9 @@ class VAETrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VAETrainConfig":
-        return cls(**d)
+        from dcgen import config
+
+        return config.from_dict(cls, d)
 
 
 def lr_factor(step: int, total_steps: int, gamma: float, warmup_steps: int = 0, milestones=MILESTONES,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dcgen.models.hexplane import PLANE_NAMES
+from dcgen.data.grid import PLANE_NAMES
 
 
 def class_weights(counts) -> torch.Tensor:

@@ -8,9 +8,11 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from dcgen.data.bench import DataBenchConfig, bench_data, store_size
+from dcgen.bench.data import DataBenchConfig, bench_data, store_size
+from dcgen.data.grid import grid
 from dcgen.data.store import SceneStore
-from test_store import G
+
+G = grid("debug")
 
 
 def test_bench_data_on_a_debug_store(ray_local, tmp_path):

@@ -8,16 +8,16 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from dcgen.bench.vae import VARIANTS, bench_vae, variant_name
 from dcgen.cli import app
-from dcgen.train.bench_vae import VARIANTS, bench_vae, variant_name
 
 
 def test_bad_options_are_errors():
-    with pytest.raises(ValueError, match="unknown VAE preset 'huge'"):
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
         bench_vae("huge")
     with pytest.raises(ValueError, match="need batch size >= 1, iters >= 1, warmup >= 0; got 0, 6, 2"):
         bench_vae("debug", batch_size=0)
-    with pytest.raises(ValueError, match="unknown VAE preset 'wide'"):
+    with pytest.raises(ValueError, match="unknown preset 'wide'"):
         bench_vae("debug", widths="wide")
 
 
@@ -28,13 +28,13 @@ def test_cpu_bf16_is_refused_on_a_cpu_without_bf16_kernels(monkeypatch):
 
 
 def test_widths_of_another_preset_keep_the_grid():
-    from dcgen.models.vae import vae_preset
-    from dcgen.train.bench_vae import bench_config
+    from dcgen.bench.vae import bench_config
+    from dcgen.presets import get_preset
 
     cfg = bench_config("small", "carlasc", decoder="query")
-    assert cfg.shape == vae_preset("small").shape and cfg.decoder == "query"
-    assert (cfg.decoder_hidden, cfg.query_hidden) == (vae_preset("carlasc").decoder_hidden,
-                                                      vae_preset("carlasc").query_hidden)
+    assert cfg.shape == get_preset("small").vae.shape and cfg.decoder == "query"
+    assert (cfg.decoder_hidden, cfg.query_hidden) == (get_preset("carlasc").vae.decoder_hidden,
+                                                      get_preset("carlasc").vae.query_hidden)
     # the SPEC's architecture at those widths: two heads, no lift norm (the small preset has one head and the norm)
     assert (cfg.projection_heads, cfg.lift_norm) == (2, False)
 
@@ -42,7 +42,7 @@ def test_widths_of_another_preset_keep_the_grid():
 def test_cpu_tensor_peak_counts_what_is_live_at_once():
     import torch
 
-    from dcgen.train.bench_vae import cpu_tensor_peak
+    from dcgen.bench.vae import cpu_tensor_peak
 
     kept = torch.zeros(1 << 20)  # live before: not counted, and its free inside counts as never freed
 
@@ -65,7 +65,7 @@ def test_training_step_runs_in_the_precision_asked(cpu_bf16, monkeypatch):
 
     monkeypatch.setattr("dcgen.train.context.cpu_runs_bf16", lambda: True)  # the bf16 path on any CI CPU
 
-    from dcgen.train.bench_vae import _TrainingStep
+    from dcgen.bench.vae import _TrainingStep
 
     step = _TrainingStep("debug", None, "projection", "ess", 1, "cpu", 1, cpu_bf16=cpu_bf16)
     seen = []
@@ -79,7 +79,7 @@ def test_training_step_runs_in_the_precision_asked(cpu_bf16, monkeypatch):
 
 def test_cli_error_is_one_line():
     res = CliRunner().invoke(app, ["bench", "vae", "--preset", "huge"])
-    assert res.exit_code == 2 and res.output.strip().startswith("error: unknown VAE preset 'huge'")
+    assert res.exit_code == 2 and res.output.strip().startswith("error: unknown preset 'huge'")
 
 
 @pytest.mark.slow

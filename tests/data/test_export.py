@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 from dcgen.cli import app
 from dcgen.data.classes import NUSCENES_FREE, NUSCENES_TO_UNIFIED
 from dcgen.data.derive import derive_side_info, pose_from_xyyaw
+from dcgen.data.export import END_OF_SCENE, _check_clip, export_store, frame_timestamps
+from dcgen.data.grid import GRIDS
 from dcgen.data.importers.source_format import MASK_CAMERA
 from dcgen.data.store import SceneStore
-from dcgen.generate.export import END_OF_SCENE, _check_clip, export_store, frame_timestamps
-from dcgen.presets import GRIDS
 
 runner = CliRunner()
 

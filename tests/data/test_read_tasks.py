@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_store import G, make_batch
 
+from dcgen.data.grid import grid
 from dcgen.data.ray_dataset import default_clips_per_task, index_groups, read_clips
 from dcgen.data.store import SceneStore
-from dcgen.presets import grid
-from test_store import G, make_batch
 
 
 def test_index_groups_cover_sorted_indices_cut_on_shards():

@@ -9,8 +9,8 @@ import jsonschema
 import numpy as np
 import pytest
 
+from dcgen.data.grid import grid
 from dcgen.data.store import SceneStore
-from dcgen.presets import grid
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 G = grid("debug")

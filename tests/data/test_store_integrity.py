@@ -150,7 +150,7 @@ def test_ray_data_read_refuses_a_missing_chunk(tmp_path, ray_local):
 
 
 def test_staged_build_swaps_in_only_on_success(tmp_path):
-    from dcgen.data.store import staged
+    from dcgen.data.integrity import staged
 
     path = tmp_path / "a.zarr"
     good_store(path, 8)

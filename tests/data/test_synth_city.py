@@ -13,13 +13,13 @@ from typer.testing import CliRunner
 from dcgen.cli import app
 from dcgen.data.classes import CLASS_IDS, VEHICLE
 from dcgen.data.derive import command_from_trajectory, pose_from_xyyaw, trajectory_from_poses
+from dcgen.data.grid import GRIDS
 from dcgen.data.store import SceneStore
 from dcgen.data.synth_city import check_grid, generate_clip, split_of, write_synthetic_city
 from dcgen.data.synth_lidar import LidarConfig
 from dcgen.data.synth_raster import surface_layer
 from dcgen.data.synth_traffic import TrafficConfig, boxes_overlap, plan_ego, populate
 from dcgen.data.synth_world import CityConfig, plan_city
-from dcgen.presets import GRIDS
 from dcgen.runtime import rng
 
 DEBUG, SMALL, CARLASC = GRIDS["debug"], GRIDS["small"], GRIDS["carlasc"]

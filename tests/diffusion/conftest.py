@@ -8,10 +8,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from dcgen.models.dit import DIT_PRESETS, DiT
+from dcgen.models.dit import DiT
+from dcgen.presets import get_preset
 
 # pinned (not the preset's current width or output parametrisation) so the recorded golden sums stay valid
-TINY = replace(DIT_PRESETS["debug"], width=64, heads=2, prediction="eps")
+TINY = replace(get_preset("debug").dit, width=64, heads=2, prediction="eps")
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dcgen.data.grid import PLANE_NAMES
 from dcgen.diffusion.inpaint import inpainting, outpainting, shift_x
 from dcgen.diffusion.samplers import ddim_sample, ddpm_sample, per_sample_noise
 from dcgen.diffusion.schedule import NoiseSchedule
-from dcgen.models.hexplane import PLANE_NAMES
 
 SCHED = NoiseSchedule.linear()
 

@@ -5,6 +5,7 @@ command turns left more often than a "right" one, and chained clips continue one
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -12,16 +13,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from dcgen import checkpoint
 from dcgen.cli import app
+from dcgen.data.grid import GRIDS
 from dcgen.data.store import SceneStore
 from dcgen.diffusion.samplers import ddim_sample
 from dcgen.diffusion.schedule import NoiseSchedule, ScheduleConfig
 from dcgen.generate.conditions import SceneRequest
-from dcgen.generate.loading import load_vae
 from dcgen.generate.pipeline import GenerationPipeline
 from dcgen.models.dit import DiT
-from dcgen.presets import GRIDS
-from dcgen.train import checkpoint
+from dcgen.models.loading import load_vae
 
 ALL = ("command", "trajectory", "layout", "bev", "prev_clip")
 STEPS = 4
@@ -90,7 +91,7 @@ def test_guidance_scale_one_is_the_conditional_model(pipe, clips):
             "bev": torch.from_numpy(clips["bev"][[0] * m].astype(np.int64)),
             "prev_clip": pipe.encode(clips["occupancy"][[1] * m])}
     gens = [torch.Generator().manual_seed(s) for s in [7] + [0] * (m - 1)]
-    want = ddim_sample(lambda x, t: pipe.dit(x, t, cond), pipe.schedule, (m, 16, 20, 20), gens, num_steps=STEPS,
+    want = ddim_sample(lambda x, t: pipe.eps(x, t, cond), pipe.schedule, (m, 16, 20, 20), gens, num_steps=STEPS,
                        valid_SS=pipe.valid_SS, x0_range=pipe.x0_range)
     assert torch.equal(got[0], want[0])
     guided = pipe.sample_latents([replace(req, guidance=4.0)], [7], steps=STEPS)
@@ -260,7 +261,7 @@ def test_bench_dit_cli(tmp_path, debug_vae, debug_dit):
 
 
 def test_bench_dit_compares_sampler_quality(tmp_path, debug_vae, debug_dit, debug_city):
-    from dcgen.generate.bench_synth import untrained_feature_checkpoint
+    from dcgen.bench.synth import untrained_feature_checkpoint
 
     features = untrained_feature_checkpoint("debug", tmp_path / "features")
     out = tmp_path / "bench.json"
@@ -273,16 +274,32 @@ def test_bench_dit_compares_sampler_quality(tmp_path, debug_vae, debug_dit, debu
     assert result.exit_code == 2 and "6 clips in split 'val', need 7 (--quality-scenes)" in result.output
     result = CliRunner().invoke(app, [*args, "--quality-data", debug_city, "--features", features,
                                       "--quality-scenes", "6"])
+    # A collapsed sampler (every seed decoding to one clip) is a finding the report carries, not a crash.
+    # Whether this briefly trained debug model collapses depends on the CPU's rounding (it does on an AVX-512/AMX
+    # Xeon), so only invariants are checked: every sampler has finite metrics and a true count of its scenes.
     assert result.exit_code == 0, result.output
     quality = json.loads(out.read_text())["quality"]
-    assert set(quality["samplers"]) == {"ddpm_4", "ddim_50", "ddim_25", "ddim_4", "ddim_50_eta1", "ddpm_50"}
-    assert quality["relative_to"] == "ddpm_4"
-    for name, m in quality["samplers"].items():
-        assert m["fid_3d"] >= 0 and m["kid_mean_3d"] == m["kid_mean_3d"] and 0 <= m["precision_2d"] <= 1, name
-    rel = quality["relative"]["ddim_50"]
     samplers = quality["samplers"]
-    assert rel["fid_3d"] == pytest.approx(samplers["ddim_50"]["fid_3d"] / samplers["ddpm_4"]["fid_3d"])
-    assert "quality ddim_50 / ddpm_4: fid" in result.output
+    assert set(samplers) == {"ddpm_4", "ddim_50", "ddim_25", "ddim_4", "ddim_50_eta1", "ddpm_50"}
+    assert quality["relative_to"] == "ddpm_4"
+    for name, m in samplers.items():
+        assert 1 <= m["distinct_scenes"] <= 6 and m["collapsed"] == (m["distinct_scenes"] == 1), name
+        for space in ("2d", "3d"):
+            assert math.isfinite(m[f"fid_{space}"]) and m[f"fid_{space}"] >= 0, (name, space)
+            assert math.isfinite(m[f"kid_mean_{space}"]), (name, space)
+            assert 0 <= m[f"precision_{space}"] <= 1 and 0 <= m[f"recall_{space}"] <= 1, (name, space)
+        if m["collapsed"]:
+            assert m["note"] == "collapsed: all 6 scenes identical"
+            assert f"quality {name}: collapsed: all 6 scenes identical" in result.output
+        elif m["distinct_scenes"] < 6:
+            assert m["note"] == f"only {m['distinct_scenes']} of 6 scenes distinct"
+        else:
+            assert m["note"] is None
+    for name, rel in quality["relative"].items():
+        for key, value in rel.items():
+            base = samplers["ddpm_4"][key]
+            assert value == (None if base == 0 else pytest.approx(samplers[name][key] / base)), (name, key)
+    assert "quality ddim_50 / ddpm_4: " in result.output
 
 
 # ---- behaviour of trained debug models (slow) ---------------------------------------------------------------
@@ -293,7 +310,7 @@ def turning_models(tmp_path_factory, ray_local):
     consecutive clips each (at 4 Hz the ego turns ~0.2 rad within the 4 debug frames, enough to see)."""
     from debug_models import train_debug_dit, train_debug_vae, write_city_store
 
-    from dcgen.generate.encode import encode_store
+    from dcgen.train.encode import encode_store
 
     root = tmp_path_factory.mktemp("turning")
     city = write_city_store(root / "city.zarr", num_scenes=64, seed=3, val_every=16, frame_rate=4.0)

@@ -18,15 +18,14 @@ import pytest
 from typer.testing import CliRunner
 
 from dcgen.cli import app
+from dcgen.data.grid import GRIDS
 from dcgen.data.store import SceneStore
 from dcgen.generate.batch import rejected_path
 from dcgen.generate.conditions import SceneRequest
-from dcgen.generate.gates import (GateConfig, RealClips, batch_fid, calibrate, flicker, js_divergence,
-                                  occupied_fraction)
+from dcgen.generate.gates import GateConfig, RealClips, batch_fid, calibrate, flicker, js_divergence, occupied_fraction
 from dcgen.generate.job import Scenario, attempt_seed, scenario_for_kind
 from dcgen.metrics.feature_stats import FeatureStats
 from dcgen.metrics.fid import frechet_distance
-from dcgen.presets import GRIDS
 from dcgen.runtime import scene_seed
 
 runner = CliRunner()
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    from dcgen.serve.bench import write_untrained_checkpoints
+    from dcgen.bench.serve import write_untrained_checkpoints
 
     return write_untrained_checkpoints("debug", tmp_path_factory.mktemp("synth-ckpt"))
 
@@ -273,11 +272,11 @@ def test_killed_driver_resumes_to_exactly_n_without_duplicates(ray_local, ckpts,
 
 
 def _feature_checkpoint(path) -> str:
+    import torch
+
+    from dcgen import checkpoint
     from dcgen.metrics.feature_nets import FeatureNetsConfig, build_feature_nets, model_state
     from dcgen.metrics.proxy_task import ProxyTask
-    from dcgen.train import checkpoint
-
-    import torch
 
     torch.manual_seed(0)
     cfg = FeatureNetsConfig.for_grid(DEBUG, ProxyTask(), render_size=32,
@@ -309,7 +308,7 @@ def test_fid_kid_gates_record_their_numbers(ray_local, ckpts, debug_city, tmp_pa
 
     # another feature network than the reference's: refused before generation
     other = _feature_checkpoint(tmp_path / "features2")
-    from dcgen.train import checkpoint
+    from dcgen import checkpoint
 
     meta, state = checkpoint.load(other)
     state["model"]["voxel"] = {k: v + 1 for k, v in state["model"]["voxel"].items()}
@@ -331,7 +330,7 @@ def small_store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def command_only(tmp_path_factory):
-    from dcgen.serve.bench import write_untrained_checkpoints
+    from dcgen.bench.serve import write_untrained_checkpoints
 
     return write_untrained_checkpoints("debug", tmp_path_factory.mktemp("cmd-ckpt"), conditions=("command",))
 
@@ -418,7 +417,7 @@ def test_scenario_mixes_kinds_and_guidance(ray_local, ckpts, debug_city, tmp_pat
 
 def test_unified_ids_map_to_occ3d_and_back():
     from dcgen.data.classes import NUSCENES_TO_UNIFIED
-    from dcgen.generate.export import UNIFIED_TO_NUSCENES, quaternion_wxyz
+    from dcgen.data.export import UNIFIED_TO_NUSCENES, quaternion_wxyz
 
     assert np.array_equal(NUSCENES_TO_UNIFIED[UNIFIED_TO_NUSCENES], np.arange(12))
     from dcgen.data.importers.source_format import pose_from_quaternion
@@ -473,11 +472,11 @@ def test_export_writes_per_frame_files(debug_city, tmp_path):
 
 @pytest.mark.slow
 def test_serve_mode_gives_the_same_bytes(ray_local, ckpts, tmp_path):
+    from dcgen.bench.serve import free_port
     from ray import serve
 
     from dcgen.generate.pipeline import GenerationPipeline
     from dcgen.serve.app import start
-    from dcgen.serve.bench import free_port
     from dcgen.serve.config import ServeConfig
 
     vae, dit = ckpts

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from dcgen import checkpoint
 from dcgen.data.classes import CLASS_IDS
+from dcgen.data.grid import GRIDS
 from dcgen.data.store import SceneStore
 from dcgen.data.synth_city import generate_block
 from dcgen.metrics import corruptions
@@ -19,8 +21,6 @@ from dcgen.metrics.inception import InceptionV3, load_inception_weights
 from dcgen.metrics.proxy_task import ProxyTask, fit_density_edges, vehicle_share
 from dcgen.metrics.render_net import RenderNet, RenderNetConfig
 from dcgen.metrics.voxel_net import VoxelNet, VoxelNetConfig, class_shares, coarse_class_map
-from dcgen.presets import GRIDS
-from dcgen.train import checkpoint
 from dcgen.train.context import LocalContext
 from dcgen.train.features_loop import FeaturesTrainConfig, lr_factor, train_features
 

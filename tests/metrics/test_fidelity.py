@@ -212,9 +212,9 @@ def test_a_store_seeded_entirely_from_ground_truth_is_refused(city, tmp_path):
 def _dit_trained_on(root, store_path: str) -> str:
     """A DiT checkpoint directory whose training config names a latent store encoded from ``store_path`` (the
     metadata the DiT loop writes, with no weights: the report reads metadata only)."""
+    from dcgen import checkpoint
+    from dcgen.data.grid import LatentDims
     from dcgen.data.latent_store import LatentStore
-    from dcgen.models.hexplane import LatentDims
-    from dcgen.train import checkpoint
     from dcgen.train.dit_loop import DiTTrainConfig, _meta_extra
 
     store = SceneStore.open(store_path)

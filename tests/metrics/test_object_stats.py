@@ -126,8 +126,8 @@ def test_a_left_turn_is_compensated_with_positive_yaw(yaw, expected_zero):
 
 
 def test_synthetic_city_static_world_holds_still_under_its_own_trajectory():
+    from dcgen.data.grid import grid
     from dcgen.data.synth_city import generate_clip
-    from dcgen.presets import grid
 
     g = grid("small")
     clip = generate_clip(g, 0, 1)

@@ -7,11 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dcgen.data.grid import PLANE_NAMES
 from dcgen.models.column_encoder import ColumnEncoder
-from dcgen.models.hexplane import PLANE_NAMES
-from dcgen.models.vae import VAE_PRESETS, HexPlaneVAE
+from dcgen.models.vae import HexPlaneVAE
+from dcgen.presets import get_preset
 
-DEBUG = VAE_PRESETS["debug"].replace(projection="column", column_width=8)
+DEBUG = get_preset("debug").vae.replace(projection="column", column_width=8)
 
 
 def encoder() -> ColumnEncoder:
@@ -70,7 +71,7 @@ def test_vae_with_the_column_encoder_has_the_spec_latent():
     mu, logvar = model.encode(random_clip())
     for name in PLANE_NAMES:
         assert mu[name].shape == logvar[name].shape == (1, *DEBUG.dims.plane_shape(name))
-    assert VAE_PRESETS["small"].projection == "column"
+    assert get_preset("small").vae.projection == "column"
 
 
 def test_a_clip_of_the_wrong_shape_is_refused():

@@ -8,13 +8,15 @@ from dataclasses import replace
 import pytest
 import torch
 
+from dcgen.data.grid import LatentDims
 from dcgen.diffusion.losses import hybrid_loss, v_loss_weight
+from dcgen.diffusion.objective import EpsModel, dropped_conditions
 from dcgen.diffusion.schedule import NoiseSchedule, ScheduleConfig
-from dcgen.models.dit import CONDITIONS, DIT_PRESETS, PREDICTIONS, DiT, DiTConfig, dropped_conditions
-from dcgen.models.hexplane import LatentDims
+from dcgen.models.dit import CONDITIONS, DEFAULT_SCHEDULE, PREDICTIONS, DiT, DiTConfig
 from dcgen.models.rollout import RolloutLayout
+from dcgen.presets import PRESETS, get_preset
 
-DEBUG = DIT_PRESETS["debug"]
+DEBUG = get_preset("debug").dit
 
 
 def perturbed_dit(config: DiTConfig = DEBUG, seed: int = 0, scale: float = 0.05) -> DiT:
@@ -45,7 +47,7 @@ def inputs(batch: int = 2, seed: int = 2):
 
 
 def test_config_round_trips_through_json():
-    for cfg in DIT_PRESETS.values():
+    for cfg in (p.dit for p in PRESETS.values()):
         assert DiTConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert DEBUG.out_channels == 32 and replace(DEBUG, learn_sigma=False).out_channels == 16
 
@@ -61,7 +63,7 @@ def test_config_validation():
 
 def test_carlasc_has_about_43m_parameters():
     with torch.device("meta"):
-        model = DiT(DIT_PRESETS["carlasc"])
+        model = DiT(get_preset("carlasc").dit)
     n = sum(p.numel() for p in model.parameters())
     assert 42.5e6 < n < 44.7e6, n
     assert int(model.keep_idx.numel()) == 1444 - 28
@@ -72,7 +74,7 @@ def test_fresh_model_predicts_zero():
     x, t = inputs()
     with torch.no_grad():
         out = DiT(replace(DEBUG, prediction="eps"))(x, t, conditions(DEBUG, 2))
-        out_v = DiT(replace(DEBUG, prediction="v"))(x, t, conditions(DEBUG, 2))
+        out_v = EpsModel(DiT(replace(DEBUG, prediction="v")))(x, t, conditions(DEBUG, 2))
     assert out.shape == out_v.shape == (2, 32, 20, 20)
     assert float(out.abs().max()) == 0.0
     sched, valid = NoiseSchedule.linear(), DiT(DEBUG).rollout.valid_mask()
@@ -89,7 +91,7 @@ def test_v_prediction_returns_eps_of_its_velocity():
     t = torch.tensor([0, 250, 750, 999])
     x_t = sched.q_sample(x0, t, noise)
     v = sched.coef("sqrt_alphas_cumprod", t, 4) * noise - sched.coef("sqrt_one_minus_alphas_cumprod", t, 4) * x0
-    out = model.v_to_eps(torch.cat([v, torch.ones_like(v)], 1), x_t, t)
+    out = EpsModel(model).v_to_eps(torch.cat([v, torch.ones_like(v)], 1), x_t, t)
     assert torch.allclose(out[:, :16], noise, atol=1e-4)
     assert torch.allclose(sched.predict_x0(x_t, t, out[:, :16])[:3], x0[:3], atol=1e-3)
     assert torch.equal(out[:, 16:], torch.ones_like(v))
@@ -100,7 +102,12 @@ def test_v_prediction_rejects_timesteps_off_its_table():
     x, _ = inputs()
     for bad in (torch.tensor([0, 1000]), torch.tensor([-1, 3]), torch.tensor([2.5, 3.0])):
         with pytest.raises(ValueError, match=r"whole timesteps in \[0, 999\]"):
-            model(x, bad)
+            EpsModel(model)(x, bad)
+
+
+def test_dit_default_schedule_is_the_diffusion_default():
+    """models/ knows no schedule, so DiTConfig keeps SPEC's defaults as a plain dict: the same numbers."""
+    assert DEFAULT_SCHEDULE == ScheduleConfig().to_dict() == DEBUG.schedule
 
 
 def test_old_configs_without_prediction_load_as_eps_networks():
@@ -197,21 +204,22 @@ def test_bad_inputs_are_rejected():
 
 
 def test_dropped_conditions_flags():
-    flags = dropped_conditions(DEBUG, 1000, 0.1, torch.Generator().manual_seed(0))
+    flags = dropped_conditions(DEBUG.conditions, 1000, 0.1, torch.Generator().manual_seed(0))
     assert set(flags) == set(CONDITIONS)
     rate = torch.stack(list(flags.values())).float().mean().item()
     assert 0.07 < rate < 0.13
     with pytest.raises(ValueError, match="drop probability must be in \\[0, 1\\], got 1.5"):
-        dropped_conditions(DEBUG, 4, 1.5, torch.Generator())
+        dropped_conditions(DEBUG.conditions, 4, 1.5, torch.Generator())
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_training_a_debug_dit_lowers_the_loss(prediction):
     torch.manual_seed(0)
-    model = DiT(replace(DEBUG, prediction=prediction))
+    net = DiT(replace(DEBUG, prediction=prediction))
+    model = EpsModel(net)
     schedule = NoiseSchedule.linear()
     gen = torch.Generator().manual_seed(0)
-    valid = model.rollout.valid_mask()
+    valid = net.rollout.valid_mask()
     x0 = torch.randn(4, 16, 20, 20, generator=gen) * valid
     cond = conditions(DEBUG, 4)
     t_eval = torch.randint(0, 1000, (4,), generator=gen)
@@ -228,7 +236,7 @@ def test_training_a_debug_dit_lowers_the_loss(prediction):
         return hybrid_loss(schedule, out, x0, x_t, t, noise, valid, mse_weight_B=weight)["loss"]
 
     before = evaluate()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
     for _ in range(30):
         t = torch.randint(0, 1000, (4,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)

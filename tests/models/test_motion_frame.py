@@ -9,14 +9,14 @@ import math
 import pytest
 import torch
 
-from dcgen.models.hexplane import PLANE_NAMES
-from dcgen.models.motion_frame import (TRAJECTORY_SCALE, TrajectorySlot, from_reference, reference_index,
-                                       to_reference)
-from dcgen.models.vae import VAE_PRESETS, HexPlaneVAE
-from dcgen.train.vae_losses import kl_divergence, vae_loss
+from dcgen.data.grid import PLANE_NAMES
+from dcgen.models.motion_frame import TRAJECTORY_SCALE, TrajectorySlot, from_reference, reference_index, to_reference
+from dcgen.models.vae import HexPlaneVAE
+from dcgen.presets import PRESETS, get_preset
 from dcgen.train.vae_loop import flip_batch_y
+from dcgen.train.vae_losses import kl_divergence, vae_loss
 
-DEBUG = VAE_PRESETS["debug"].replace(projection="column", column_width=8, frame="reference")
+DEBUG = get_preset("debug").vae.replace(projection="column", column_width=8, frame="reference")
 V = DEBUG.voxel_xy  # (1.6, 1.6) metres
 T, X, Y, Z = DEBUG.shape
 K = DEBUG.num_classes
@@ -175,8 +175,8 @@ def test_flipping_a_batch_mirrors_its_trajectory():
 
 
 def test_the_small_preset_works_in_the_reference_frame_with_its_grids_voxels():
-    from dcgen.presets import GRIDS
+    from dcgen.data.grid import GRIDS
 
-    assert VAE_PRESETS["small"].frame == "reference"
-    assert all(VAE_PRESETS[p].frame == "ego" for p in ("debug", "carlasc", "occ3d"))
-    assert all(VAE_PRESETS[p].voxel_xy == GRIDS[p].voxel_size[:2] for p in VAE_PRESETS)
+    assert get_preset("small").vae.frame == "reference"
+    assert all(get_preset(p).vae.frame == "ego" for p in ("debug", "carlasc", "occ3d"))
+    assert all(get_preset(p).vae.voxel_xy == GRIDS[p].voxel_size[:2] for p in PRESETS)

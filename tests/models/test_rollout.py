@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dcgen.models.hexplane import PLANE_NAMES, LatentDims
+from dcgen.data.grid import GRIDS, PLANE_NAMES, LatentDims
 from dcgen.models.rollout import RolloutLayout
-from dcgen.presets import GRIDS
 
 
 def _dims(preset: str, channels: int = 16) -> LatentDims:

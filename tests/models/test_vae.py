@@ -7,14 +7,15 @@ import json
 import pytest
 import torch
 
+from dcgen.data.grid import PLANE_NAMES, LatentDims
 from dcgen.metrics.recon_iou import IoUAccumulator
-from dcgen.models.hexplane import PLANE_NAMES, LatentDims
-from dcgen.models.vae import VAE_PRESETS, HexPlaneVAE, VAEConfig, vae_preset
+from dcgen.models.vae import HexPlaneVAE, VAEConfig
+from dcgen.presets import PRESETS, get_preset
 from dcgen.train.vae_losses import class_weights, vae_loss
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-DEBUG = VAE_PRESETS["debug"]
+DEBUG = get_preset("debug").vae
 VARIANTS = [(p, d) for p in ("projection", "avgpool", "column") for d in ("ess", "query")]
 
 
@@ -64,7 +65,7 @@ def test_lift_norm_trains_and_older_configs_load_without_it():
     norm = model.decoder.lift_norm
     assert isinstance(norm, torch.nn.InstanceNorm3d) and norm.weight.grad is not None
     assert torch.isfinite(norm.weight.grad).all()
-    assert VAE_PRESETS["small"].lift_norm and not VAE_PRESETS["carlasc"].lift_norm
+    assert get_preset("small").vae.lift_norm and not get_preset("carlasc").vae.lift_norm
     # a config saved before the field existed builds the SPEC decoder, whose state dict has no norm
     old = {k: v for k, v in DEBUG.to_dict().items() if k != "lift_norm"}
     plain = HexPlaneVAE(VAEConfig.from_dict(old))
@@ -99,18 +100,18 @@ def test_eval_forward_decodes_the_mean_and_sampling_follows_the_generator():
 
 
 def test_carlasc_preset_golden_numbers():
-    model = HexPlaneVAE(VAE_PRESETS["carlasc"])
+    model = HexPlaneVAE(get_preset("carlasc").vae)
     assert model.dims == LatentDims(8, 64, 64, 4, 16)
     assert model.dims.num_floats == 90_624
     assert round(model.compression_ratio, 1) == 23.1
     assert model.num_parameters() == 2_328_947
-    assert round(HexPlaneVAE(VAE_PRESETS["occ3d"]).compression_ratio, 1) == 48.3
+    assert round(HexPlaneVAE(get_preset("occ3d").vae).compression_ratio, 1) == 48.3
 
 
 def test_config_round_trips_through_json():
-    for cfg in VAE_PRESETS.values():
+    for cfg in (p.vae for p in PRESETS.values()):
         assert VAEConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    assert vae_preset("debug") is DEBUG
+    assert get_preset("debug").vae is DEBUG
 
 
 @pytest.mark.parametrize("changes,match", [
@@ -128,10 +129,10 @@ def test_config_rejects_bad_values(changes, match):
 
 
 def test_config_and_preset_lookup_errors():
-    with pytest.raises(ValueError, match="unknown VAEConfig keys"):
+    with pytest.raises(ValueError, match="VAEConfig: unknown keys"):
         VAEConfig.from_dict({**DEBUG.to_dict(), "widht": 3})
-    with pytest.raises(ValueError, match="unknown VAE preset 'huge'"):
-        vae_preset("huge")
+    with pytest.raises(ValueError, match="unknown preset 'huge'; expected one of debug, small, carlasc, occ3d"):
+        get_preset("huge").vae
 
 
 def test_bad_inputs_raise_clear_errors():

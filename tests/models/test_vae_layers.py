@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dcgen.data.grid import PLANE_NAMES, LatentDims
 from dcgen.models.ess_decoder import ESSDecoder, hexplane_product
-from dcgen.models.hexplane import PLANE_NAMES, LatentDims
 from dcgen.models.layers import StackedPlaneConvBlock, fourier_features, masked_instance_norm
 from dcgen.models.projection import AttentionPool, AxisProjection
 from dcgen.models.query_decoder import sample_hexplane

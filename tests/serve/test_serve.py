@@ -12,9 +12,9 @@ import jsonschema
 import numpy as np
 import pytest
 
-from dcgen.client import AsyncDcgenClient, DcgenClient, DcgenError, scene_body
 from dcgen.runtime import scene_seed
 from dcgen.serve.api import NPZ_MEDIA_TYPE, decode_npz
+from dcgen.serve.client import AsyncDcgenClient, DcgenClient, DcgenError, scene_body
 
 TOKEN = "test-token-0123456789abcdef"
 TOKEN_ENV = "DCGEN_SERVE_TEST_TOKEN"
@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def server(ray_local, tmp_path_factory):
+    from dcgen.bench.serve import free_port, write_untrained_checkpoints
     from ray import serve
 
     from dcgen.serve.app import start
-    from dcgen.serve.bench import free_port, write_untrained_checkpoints
     from dcgen.serve.config import ServeConfig
 
     vae, dit = write_untrained_checkpoints("debug", tmp_path_factory.mktemp("ckpt"))
@@ -260,7 +260,7 @@ def test_the_model_handle_inside_the_cluster_gives_the_same_scene(server, client
     from ray import serve
 
     from dcgen.generate.conditions import SceneRequest
-    from dcgen.serve.model import SceneJob
+    from dcgen.generate.conditions import SceneJob
 
     model = serve.get_deployment_handle("SceneModel", app_name=server["config"].app_name)
     result = model.generate.remote(SceneJob(SceneRequest(command=2), scene_seed(21, 0), "ddim", STEPS)).result()

@@ -12,11 +12,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from dcgen.client import scene_body
-from dcgen.presets import GRIDS
+from dcgen.data.grid import GRIDS
 from dcgen.serve import api
 from dcgen.serve.api import EncodedArray, ScenesRequest
 from dcgen.serve.app import _field_of, _token_ok, app_builder, response_format
+from dcgen.serve.client import scene_body
 from dcgen.serve.config import ServeConfig, read_token, token_digest
 
 ROOT = Path(__file__).resolve().parents[2]

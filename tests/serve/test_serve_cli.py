@@ -33,7 +33,7 @@ def test_bench_serve_rejects_bad_options(tmp_path):
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    from dcgen.serve.bench import write_untrained_checkpoints
+    from dcgen.bench.serve import write_untrained_checkpoints
 
     return write_untrained_checkpoints("debug", tmp_path_factory.mktemp("serve-cli-ckpt"))
 
@@ -52,10 +52,9 @@ def test_serve_refuses_a_checkpoint_carrying_pickled_objects_before_starting(ckp
 
 
 def test_serve_names_the_checkpoint_a_model_replica_could_not_load(ray_local, ckpts, tmp_path):
-    from ray import serve
-
-    from dcgen.serve.bench import free_port
+    from dcgen.bench.serve import free_port
     from debug_models import damaged_checkpoint
+    from ray import serve
 
     vae, dit = ckpts
     bad = damaged_checkpoint(dit, tmp_path / "dit", "missing_key")  # its keys are there: found in the replica

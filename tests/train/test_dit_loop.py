@@ -9,18 +9,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from debug_models import train_debug_dit
 from typer.testing import CliRunner
 
+from dcgen import checkpoint
 from dcgen.cli import app
+from dcgen.data.grid import Grid
 from dcgen.data.latent_store import LatentStore
+from dcgen.diffusion.objective import EpsModel, diffusion_loss
 from dcgen.diffusion.schedule import NoiseSchedule
-from dcgen.models.dit import DIT_PRESETS, DiT
-from dcgen.presets import Grid
-from dcgen.train import checkpoint
-from dcgen.train.dit_loop import diffusion_loss
+from dcgen.models.dit import DiT
+from dcgen.presets import get_preset
 from dcgen.train.runs import Scaling, parse_conditions, train_dit
-
-from debug_models import train_debug_dit
 
 ALL = ("command", "trajectory", "layout", "bev", "prev_clip")
 
@@ -49,17 +49,18 @@ def _batch(cfg, b=6):
 
 
 def test_prev_clip_is_dropped_where_there_is_no_previous_clip():
-    cfg = DIT_PRESETS["debug"]
+    cfg = get_preset("debug").dit
     spy = Spy(cfg)
     batch = _batch(cfg)
     valid = spy.net.rollout.valid_mask().float()
-    loss = diffusion_loss(spy, NoiseSchedule.linear(), batch, ALL, valid, torch.Generator().manual_seed(1), 0.0,
-                          amp=False)
+    loss = diffusion_loss(EpsModel(spy, cfg), NoiseSchedule.linear(), batch, ALL, valid,
+                          torch.Generator().manual_seed(1), 0.0)
     assert loss.shape == (6,) and torch.isfinite(loss).all()
     drop = spy.drops[-1]
     assert torch.equal(drop["prev_clip"], ~batch["has_prev"])
     assert not any(drop[k].any() for k in ALL[:-1])
-    diffusion_loss(spy, NoiseSchedule.linear(), batch, ALL, valid, torch.Generator().manual_seed(1), 1.0, amp=False)
+    diffusion_loss(EpsModel(spy, cfg), NoiseSchedule.linear(), batch, ALL, valid, torch.Generator().manual_seed(1),
+                   1.0)
     assert all(spy.drops[-1][k].all() for k in ALL)
 
 
@@ -135,7 +136,7 @@ def test_train_dit_refuses_bad_inputs(tmp_path, debug_latents, debug_dit):
         train_dit(debug_latents, tmp_path / "b", vae=str(other_vae), preset="debug")
     with pytest.raises(ValueError, match="do not match the DiT preset 'small'"):
         train_dit(debug_latents, tmp_path / "c", preset="small")
-    with pytest.raises(ValueError, match="unknown DiT preset"):
+    with pytest.raises(ValueError, match="unknown preset 'huge'; expected one of debug, small, carlasc, occ3d"):
         train_dit(debug_latents, tmp_path / "d", preset="huge")
     with pytest.raises(ValueError, match=r"DiT prediction must be one of \['eps', 'v'\], got 'x0'"):
         train_dit(debug_latents, tmp_path / "e", preset="debug", prediction="x0")
@@ -150,7 +151,7 @@ def test_a_v_dit_whose_schedule_differs_from_the_runs_is_refused(tmp_path):
     from dcgen.train.dit_loop import DiTTrainConfig
     from dcgen.train.dit_loop import train_dit as train_dit_loop
 
-    model = replace(DIT_PRESETS["debug"], schedule=ScheduleConfig(num_steps=500).to_dict())
+    model = replace(get_preset("debug").dit, schedule=ScheduleConfig(num_steps=500).to_dict())
     run = DiTTrainConfig(model=model.to_dict(), schedule=ScheduleConfig().to_dict(), steps_per_epoch=1,
                          vae_checkpoint_id="abc", grid={}, out_dir=str(tmp_path / "run"))
     with pytest.raises(ValueError, match=r"the DiT's v -> ε schedule .*'num_steps': 500.* differs from the run's"):
@@ -162,14 +163,14 @@ def test_resume_compares_a_run_saved_before_the_prediction_field_as_an_eps_run(t
     """run.json of an older run has no ``prediction``: it resumes as the ε network it is, not as a changed DiT."""
     from dataclasses import replace
 
-    from dcgen.train.runs import check_same_dit
+    from dcgen.train.run_dir import check_same_dit
 
-    eps = replace(DIT_PRESETS["debug"], prediction="eps").to_dict()
+    eps = replace(get_preset("debug").dit, prediction="eps").to_dict()
     old = {k: v for k, v in eps.items() if k not in ("prediction", "schedule")}
     (tmp_path / "run.json").write_text(json.dumps({"run": {"model": old, "vae_checkpoint_id": "abc"}}))
     check_same_dit(tmp_path, SimpleNamespace(model=eps, vae_checkpoint_id="abc"))
     with pytest.raises(ValueError, match=r"different DiT \(prediction differ"):
-        check_same_dit(tmp_path, SimpleNamespace(model=DIT_PRESETS["debug"].to_dict(), vae_checkpoint_id="abc"))
+        check_same_dit(tmp_path, SimpleNamespace(model=get_preset("debug").dit.to_dict(), vae_checkpoint_id="abc"))
 
 
 def test_train_cli_errors_and_skipped_stages(tmp_path, debug_city, debug_vae, debug_latents, debug_dit):

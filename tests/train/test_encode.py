@@ -10,14 +10,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from dcgen.checkpoint import checkpoint_id
 from dcgen.cli import app
+from dcgen.data.grid import GRIDS
 from dcgen.data.latent_store import LatentStore, latent_batches, previous_clips
 from dcgen.data.store import SceneStore
-from dcgen.generate.encode import encode_store
-from dcgen.generate.loading import load_vae
+from dcgen.models.loading import load_vae
 from dcgen.models.rollout import RolloutLayout
-from dcgen.presets import GRIDS
-from dcgen.train.checkpoint import checkpoint_id
+from dcgen.train.encode import encode_store
 
 
 def test_previous_clips_follow_scenes_and_frames():
@@ -44,7 +44,13 @@ def test_latents_decode_like_the_vae_on_mu(debug_city, debug_vae, debug_latents)
         logits = vae.decode(rollout.unpack(stored))
     assert torch.allclose(rollout.pack(mu), stored, atol=1e-5)
     assert torch.allclose(logits, logits_ref, atol=1e-4)
-    assert torch.equal(logits.argmax(1), logits_ref.argmax(1))
+    # The stored latents came from other batches (and threads) than this forward pass, so the logits agree to
+    # rounding, not bit for bit: the decoded classes must agree wherever the reference decides by more than twice
+    # the allowed logit difference, and near-tie voxels (either class is right) must be rare.
+    top2 = logits_ref.topk(2, dim=1).values
+    decided = (top2[:, 0] - top2[:, 1]) > 2 * (1e-4 + 1e-5 * logits_ref.abs().amax(1))
+    assert decided.float().mean() > 0.99
+    assert torch.equal(logits.argmax(1)[decided], logits_ref.argmax(1)[decided])
     stats = latents.meta
     assert len(stats["latent_mean"]) == len(stats["latent_std"]) == vae.dims.channels
     assert all(s > 0 for s in stats["latent_std"])
@@ -81,7 +87,7 @@ def test_conditions_splits_and_previous_clips_are_copied(debug_city, debug_laten
 
 
 def test_training_batches_join_the_previous_latent(debug_latents, ray_local):
-    from dcgen.data.latent_dataset import read_latents
+    from dcgen.data.ray_dataset import read_latents
 
     store = LatentStore.open(debug_latents)
     batch = next(latent_batches(debug_latents, "train", 64))

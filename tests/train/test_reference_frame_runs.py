@@ -11,8 +11,8 @@ import torch
 
 from dcgen.data.latent_store import LatentStore
 from dcgen.data.store import SceneStore
-from dcgen.generate.loading import load_vae
 from dcgen.metrics.recon_eval import evaluate_reconstruction
+from dcgen.models.loading import load_vae
 from dcgen.models.rollout import RolloutLayout
 from dcgen.train.runs import train_vae
 
@@ -32,12 +32,15 @@ def clips(store_path: str, rows) -> tuple[torch.Tensor, torch.Tensor]:
 def test_ray_train_run_trains_a_reference_frame_vae_that_eval_recon_reads(reference_vae, debug_city):
     vae = load_vae(reference_vae).model
     assert vae.config.frame == "reference" and vae.needs_trajectory
-    result = evaluate_reconstruction(reference_vae, debug_city, split="val", num_renders=0)
+    result = evaluate_reconstruction(reference_vae, debug_city, split="val", num_renders=0, batch_size=4)
     assert result["num_clips"] > 0 and 0.0 <= result["miou"] <= 1.0
     val = SceneStore.open(debug_city).indices("val")
     occ, traj = clips(debug_city, val)
+    # decoded in the evaluation's batches of 4: a batch of another shape may run other kernels and flip a near-tie
+    # voxel's class, and the exact count below checks the table's bookkeeping, not the kernels
     with torch.no_grad():
-        pred = vae(occ, sample=False, trajectory=traj)[0].argmax(1)
+        pred = torch.cat([vae(occ[a:a + 4], sample=False, trajectory=traj[a:a + 4])[0].argmax(1)
+                          for a in range(0, len(val), 4)])
     # the table counts the reconstructions decoded along each clip's own trajectory
     confusion = np.asarray(result["confusion"])
     mask = torch.from_numpy(SceneStore.open(debug_city).read(val, ("mask",))["mask"])
@@ -47,7 +50,7 @@ def test_ray_train_run_trains_a_reference_frame_vae_that_eval_recon_reads(refere
 
 def test_encode_writes_latents_that_carry_the_trajectory_and_decode_like_the_vae(reference_vae, debug_city,
                                                                                    tmp_path):
-    from dcgen.generate.encode import encode_store
+    from dcgen.train.encode import encode_store
 
     out = tmp_path / "latents.zarr"
     encode_store(reference_vae, debug_city, str(out), batch_size=4)
@@ -68,11 +71,11 @@ def test_encode_writes_latents_that_carry_the_trajectory_and_decode_like_the_vae
 
 
 def test_pipeline_renders_a_requested_trajectory(reference_vae, debug_dit, debug_city):
+    from dcgen.data.grid import GRIDS
     from dcgen.diffusion.schedule import NoiseSchedule, ScheduleConfig
     from dcgen.generate.conditions import SceneRequest
-    from dcgen.generate.loading import load_dit
     from dcgen.generate.pipeline import GenerationPipeline
-    from dcgen.presets import GRIDS
+    from dcgen.models.loading import load_dit
 
     d = load_dit(debug_dit)
     schedule = NoiseSchedule.linear(ScheduleConfig.from_dict(d.meta["schedule"]))
@@ -85,5 +88,10 @@ def test_pipeline_renders_a_requested_trajectory(reference_vae, debug_dit, debug
     assert torch.equal(torch.from_numpy(given[1]), torch.from_numpy(carried[1]))  # no trajectory: the latent's own
     planes = pipe.rollout.unpack(pipe.norm.denormalize(rollout, pipe.valid_SS) if pipe.norm else rollout)
     with torch.no_grad():
-        want = vae.decode(vae.with_trajectory({k: v[:1] for k, v in planes.items()}, traj)).argmax(1)
-    assert np.array_equal(given[0], want[0].numpy().astype(np.uint8))
+        want_logits = vae.decode(vae.with_trajectory({k: v[:1] for k, v in planes.items()}, traj))[0]
+    # the pipeline decodes in micro-batches of 2, this reference alone: logits agree to rounding, so the classes
+    # must agree wherever the reference decides by a clear margin (1e-4, far above float32 rounding of these logits)
+    top2 = want_logits.topk(2, dim=0).values
+    decided = (top2[0] - top2[1]).numpy() > 1e-4
+    assert decided.mean() > 0.99
+    assert np.array_equal(given[0][decided], want_logits.argmax(0).numpy().astype(np.uint8)[decided])

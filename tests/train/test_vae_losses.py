@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dcgen.models.hexplane import PLANE_NAMES
+from dcgen.data.grid import PLANE_NAMES
 from dcgen.train.vae_losses import (class_weights, kl_divergence, lovasz_softmax, segmentation_loss, vae_loss,
                                    weighted_cross_entropy)
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from dcgen import checkpoint
+from dcgen.data.grid import GRIDS
 from dcgen.data.store import SceneStore
 from dcgen.data.synth_city import generate_block
-from dcgen.presets import GRIDS
-from dcgen.train import checkpoint
 from dcgen.train.context import LocalContext
 from dcgen.train.runs import train_vae
 from dcgen.train.vae_loop import VAETrainConfig, lr_factor, steps_per_epoch
@@ -40,11 +40,11 @@ def city(tmp_path_factory) -> str:
 
 def local_run(store: str, out: Path, epochs: int, **overrides) -> dict:
     """The VAE loop on a LocalContext (no Ray) with debug widths, batch 4; returns its run dict."""
-    from dcgen.models.vae import vae_preset
+    from dcgen.presets import get_preset
     from dcgen.train.vae_losses import class_weights
 
     s = SceneStore.open(store)
-    run = VAETrainConfig(model=vae_preset("debug").to_dict(),
+    run = VAETrainConfig(model=get_preset("debug").vae.to_dict(),
                          class_weights=[float(w) for w in class_weights(s.class_histogram("train"))],
                          steps_per_epoch=steps_per_epoch(s.indices("train").size, 4, 1), epochs=epochs,
                          batch_size=4, report_every=1, out_dir=str(out))
@@ -176,7 +176,8 @@ def test_cpu_bf16_autocasts_on_cpu_only_when_asked(bf16_cpu):
 
 def test_cpu_bf16_is_refused_on_a_cpu_without_bf16_kernels_before_anything_is_written(city, tmp_path, monkeypatch):
     from dcgen.train.context import autocast
-    from dcgen.train.runs import Scaling, train_pipeline
+    from dcgen.train.pipeline import train_pipeline
+    from dcgen.train.runs import Scaling
 
     monkeypatch.setattr("dcgen.train.context.cpu_runs_bf16", lambda: False)
     with pytest.raises(ValueError, match="--cpu-bf16: this CPU .* has no bf16 kernels .*leave --cpu-bf16 out"):
@@ -214,17 +215,17 @@ def test_loop_rejects_a_truncated_checkpoint(city, tmp_path):
 
 
 def test_loop_rejects_a_checkpoint_of_another_vae(city, tmp_path):
-    from dcgen.models.vae import vae_preset
+    from dcgen.presets import get_preset
 
     ctx = LocalContext(out_dir=tmp_path, store_path=city, arrays=("occupancy", "mask"))
     vae_loop(ctx, local_run(city, tmp_path, epochs=1))
-    other = vae_preset("small").to_dict()
+    other = get_preset("small").vae.to_dict()
     with pytest.raises(ValueError, match="checkpoint is of a different VAE than this run.*num_frames"):
         vae_loop(LocalContext(out_dir=tmp_path, store_path=city), local_run(city, tmp_path, epochs=2, model=other))
 
 
 def test_load_vae_rejects_truncated_weights(city, tmp_path):
-    from dcgen.generate.loading import load_vae
+    from dcgen.models.loading import load_vae
 
     ctx = LocalContext(out_dir=tmp_path, store_path=city, arrays=("occupancy", "mask"))
     vae_loop(ctx, local_run(city, tmp_path, epochs=1))
@@ -238,10 +239,10 @@ def test_load_vae_rejects_truncated_weights(city, tmp_path):
 
 def fake_run(out: Path, preset: str = "debug", **model_changes) -> Path:
     """A run directory as a previous ``train_vae`` leaves it: Ray's folder, run.json and a sentinel file."""
-    from dcgen.models.vae import vae_preset
+    from dcgen.presets import get_preset
 
     (out / "ray" / "vae").mkdir(parents=True)
-    model = vae_preset(preset).replace(**model_changes).to_dict()
+    model = get_preset(preset).vae.replace(**model_changes).to_dict()
     (out / "run.json").write_text(json.dumps({"kind": "vae", "run": {"model": model, "extra": {"preset": preset}}}))
     (out / "keep.txt").write_text("precious")
     return out
@@ -267,10 +268,10 @@ def test_resume_with_another_preset_or_network_is_an_error(city, tmp_path):
 
 
 def test_resume_from_a_truncated_ray_checkpoint_is_an_error_before_any_worker(city, tmp_path):
-    from dcgen.models.vae import vae_preset
+    from dcgen.presets import get_preset
 
     out = fake_run(tmp_path / "run")
-    model = vae_preset("debug")
+    model = get_preset("debug").vae
     for name in ("checkpoint_2026-01-01_00-00-00.000001", "checkpoint_2026-01-01_00-00-09.000001"):
         checkpoint.save(out / "ray" / "vae" / name, kind="vae", config=model.to_dict(), state={"w": torch.ones(99)},
                         step=1)

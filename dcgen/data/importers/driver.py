@@ -18,12 +18,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dcgen import storage
+from dcgen.data.grid import GRIDS
 from dcgen.data.importers import carlasc, occ3d_nuscenes, occ3d_waymo
 from dcgen.data.importers.source_format import SPLITS, Scene, SceneRef, SourceFormat
 from dcgen.data.importers.windows import Window, blocks, build_batch, plan_windows
-from dcgen import storage
-from dcgen.data.store import CLIPS_PER_CHUNK, SceneStore, staged
-from dcgen.presets import GRIDS
+from dcgen.data.integrity import staged
+from dcgen.data.store import CLIPS_PER_CHUNK, SceneStore
 
 log = logging.getLogger("dcgen.import")
 

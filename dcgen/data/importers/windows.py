@@ -13,8 +13,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from dcgen.data.derive import derive_side_info
+from dcgen.data.grid import Grid
 from dcgen.data.importers.source_format import Scene, SourceFormat
-from dcgen.presets import Grid
 
 
 @dataclass(frozen=True)

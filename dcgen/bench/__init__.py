@@ -1,0 +1,1 @@
+"""Benchmarks: the top floor, may import any room."""

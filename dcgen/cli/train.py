@@ -1,0 +1,232 @@
+"""``dcgen train`` (the VAE, the DiT and the metric feature networks on Ray Train, or the whole pipeline) and
+``dcgen encode`` (a scene store through a trained VAE into the latent store the DiT trains on)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from dcgen.cli.common import ADDRESS_OPTION, CLUSTER_OPTION, app, fail, remote, user_errors
+
+train_app = typer.Typer(help="Train models on Ray Train: vae, dit, features (or the whole pipeline).",
+                        invoke_without_command=True)
+
+CPU_BF16_OPTION = typer.Option(False, "--cpu-bf16", help="Train the VAE on CPU under bf16 autocast (1.25–1.4× "
+                               "faster where the CPU has native bf16, e.g. AVX512-BF16 or AMX; refused on a CPU "
+                               "without bf16 kernels, e.g. AVX2 only, where it runs ~25× slower).")
+PREDICTION_OPTION = typer.Option("v", help="What the DiT outputs: 'v' (velocity, min-SNR v loss: learns conditions "
+                                 "at high noise) or 'eps' (the plain ε network of SPEC §3).")
+
+
+def _scaling(workers: int, gpus_per_worker: float, address: Optional[str]):
+    from dcgen.train.runs import Scaling
+
+    return Scaling(workers=workers, gpus_per_worker=gpus_per_worker, address=address)
+
+
+@train_app.command("vae", help="Fit the HexPlane VAE on a scene store with Ray Train.\n\n"
+                   "Example: dcgen train vae --data city.zarr --preset small --out runs/vae")
+def train_vae_cmd(
+    ctx: typer.Context,
+    data: str = typer.Option(..., help="Scene store with train and val splits."),
+    preset: str = typer.Option("small", help="debug | small | carlasc | occ3d (must match the store's grid)."),
+    out: str = typer.Option("runs/vae", help="Run directory (checkpoints best/ and last/, metrics): a path or "
+                            "an object-storage URI (s3://, gs://)."),
+    workers: int = typer.Option(1, help="Ray Train workers (data-parallel, DDP)."),
+    gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker (0 = CPU)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default per preset)."),
+    batch_size: Optional[int] = typer.Option(None, help="Clips per worker batch (default per preset)."),
+    lr: Optional[float] = typer.Option(None, help="AdamW learning rate [default: the preset's, 1e-3; small 3e-3]."),
+    warmup_steps: Optional[int] = typer.Option(None, help="Linear learning-rate warm-up steps [default: the "
+                                               "preset's, 0; small 20]."),
+    beta: float = typer.Option(0.0015, help="KL weight."),
+    projection: Optional[str] = typer.Option(None, help="How the encoder makes planes: projection (SPEC: CNN + "
+                                             "attention pooling) | avgpool (ablation) | column [default: the "
+                                             "preset's: column for small, projection otherwise]."),
+    decoder: str = typer.Option("ess", help="ess | query (ablation)."),
+    frame: Optional[str] = typer.Option(None, help="Coordinates the planes factor a clip in: ego (SPEC: each "
+                                        "frame's own) | reference (the middle frame's, frames resampled with the "
+                                        "clip's trajectory) [default: the preset's: reference for small, ego "
+                                        "otherwise]."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop training at the first step past this many "
+                                                "minutes, then validate and checkpoint."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
+    overwrite: bool = typer.Option(False, help="Delete an existing run in --out first."),
+    max_failures: int = typer.Option(2, help="Worker failures survived, each restarting from the last "
+                                     "checkpoint (-1: unlimited)."),
+    report_every: int = typer.Option(20, help="Log training losses every N steps."),
+    cpu_bf16: bool = CPU_BF16_OPTION,
+    seed: int = typer.Option(0),
+    cluster: Optional[Path] = CLUSTER_OPTION,
+    address: Optional[str] = ADDRESS_OPTION,
+) -> None:
+    address = remote(ctx, cluster, address)
+    from dataclasses import replace
+
+    from dcgen.train.runs import train_vae
+
+    with user_errors():
+        scaling = replace(_scaling(workers, gpus_per_worker, address), max_failures=max_failures)
+        summary = train_vae(data, preset, out, scaling=scaling, epochs=epochs, batch_size=batch_size, lr=lr,
+                            warmup_steps=warmup_steps, beta=beta, projection=projection, decoder=decoder,
+                            frame=frame, resume=resume, overwrite=overwrite, max_minutes=max_minutes,
+                            report_every=report_every, seed=seed, cpu_bf16=cpu_bf16)
+    m = summary["metrics"]
+    typer.echo(f"VAE trained: best val mIoU {m.get('best_val_miou', float('nan')):.4f} after {m.get('step')} steps; "
+               f"best checkpoint {summary['best']}")
+
+
+@train_app.command("dit", help="Fit the DiT on a latent store (from 'dcgen encode') with Ray Train.\n\n"
+                   "Example: dcgen train dit --latents latents.zarr --vae runs/vae/best "
+                   "--cond command,trajectory,layout --preset small --out runs/dit")
+def train_dit_cmd(
+    ctx: typer.Context,
+    latents: str = typer.Option(..., help="Latent store written by 'dcgen encode'."),
+    vae: Optional[str] = typer.Option(None, help="VAE checkpoint that made the latents (checked, and recorded)."),
+    cond: str = typer.Option("auto", help="Comma-separated conditions: command, trajectory, layout, bev, prev_clip; "
+                             "'none' for an unconditional model; 'auto' = all the latents support."),
+    preset: str = typer.Option("small", help="debug | small | carlasc | occ3d (must match the latents)."),
+    out: str = typer.Option("runs/dit", help="Run directory (checkpoints best/ and last/, metrics): a path or "
+                            "an object-storage URI (s3://, gs://)."),
+    workers: int = typer.Option(1, help="Ray Train workers (data-parallel, DDP)."),
+    gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker (0 = CPU)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default per preset)."),
+    batch_size: Optional[int] = typer.Option(None, help="Latents per worker batch (default per preset)."),
+    lr: Optional[float] = typer.Option(None, help="AdamW learning rate (default per preset: 1e-3 debug, 1e-4 "
+                                       "otherwise)."),
+    ema_decay: Optional[float] = typer.Option(None, help="EMA decay (default per preset: 0.99 debug ... 0.9999)."),
+    cond_drop: float = typer.Option(0.1, help="Probability of dropping each condition (classifier-free guidance)."),
+    prediction: str = PREDICTION_OPTION,
+    max_minutes: Optional[float] = typer.Option(None, help="Stop after the epoch that passes this wall time."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
+    overwrite: bool = typer.Option(False, help="Delete an existing run in --out first."),
+    seed: int = typer.Option(0),
+    cluster: Optional[Path] = CLUSTER_OPTION,
+    address: Optional[str] = ADDRESS_OPTION,
+) -> None:
+    address = remote(ctx, cluster, address)
+    from dcgen.train.runs import train_dit
+
+    with user_errors():
+        summary = train_dit(latents, out, vae=vae, conditions=cond, preset=preset,
+                            scaling=_scaling(workers, gpus_per_worker, address), epochs=epochs,
+                            batch_size=batch_size, lr=lr, ema_decay=ema_decay, cond_drop=cond_drop, resume=resume,
+                            overwrite=overwrite, max_minutes=max_minutes, seed=seed, prediction=prediction)
+    m = summary["metrics"]
+    typer.echo(f"DiT trained with conditions {', '.join(summary['conditions']) or 'none'}: best val loss "
+               f"{m.get('best_val_loss', float('nan')):.4f} after {m.get('step')} steps; best checkpoint "
+               f"{summary['best']}")
+
+
+@train_app.command("features", help="Fit the generation-metric feature networks (2D image CNN on the metric "
+                   "renders, 3D voxel CNN) on a scene store's proxy task (command x traffic density x layout type) "
+                   "with Ray Train.\n\nExample: dcgen train features --data city.zarr --out runs/features")
+def train_features_cmd(
+    ctx: typer.Context,
+    data: str = typer.Option(..., help="Scene store with train and val splits."),
+    out: str = typer.Option("runs/features", help="Run directory (checkpoints best/ and last/, metrics): a path or "
+                            "an object-storage URI (s3://, gs://)."),
+    preset: Optional[str] = typer.Option(None, help="Check the store against this preset's grid (default: any)."),
+    image_net: str = typer.Option("cnn", help="2D network: cnn (512-D, CPU-friendly) | inception (InceptionV3 "
+                                  "shape trained from scratch, 2048-D; for GPUs)."),
+    inception_weights: Optional[Path] = typer.Option(None, help="Local pretrained InceptionV3 state_dict "
+                                                     "(torchvision or pytorch-fid names): the 2D side becomes this "
+                                                     "frozen network; only the 3D network trains."),
+    render_size: int = typer.Option(128, help="Side in pixels of the metric renders the 2D network reads."),
+    workers: int = typer.Option(1, help="Ray Train workers (data-parallel, DDP)."),
+    gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker (0 = CPU)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default per preset)."),
+    batch_size: Optional[int] = typer.Option(None, help="Clips per worker batch (default 8)."),
+    lr: float = typer.Option(2e-3, help="AdamW learning rate."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop training at the first step past this many "
+                                                "minutes, then validate and checkpoint."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
+    overwrite: bool = typer.Option(False, help="Delete an existing run in --out first."),
+    seed: int = typer.Option(0),
+    cluster: Optional[Path] = CLUSTER_OPTION,
+    address: Optional[str] = ADDRESS_OPTION,
+) -> None:
+    address = remote(ctx, cluster, address)
+    from dcgen.train.runs import train_features
+
+    with user_errors():
+        summary = train_features(data, out, preset=preset, scaling=_scaling(workers, gpus_per_worker, address),
+                                 epochs=epochs, batch_size=batch_size, image_net=image_net,
+                                 inception_weights=str(inception_weights) if inception_weights else None,
+                                 render_size=render_size, lr=lr, resume=resume, overwrite=overwrite,
+                                 max_minutes=max_minutes, seed=seed)
+    m = summary["metrics"]
+
+    def pct(v) -> str:
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    typer.echo(f"feature networks trained ({summary['image_kind']} 2D): val accuracy 2D {pct(m.get('val_image_acc'))}, "
+               f"3D {pct(m.get('val_voxel_acc'))} after {m.get('step')} steps; best checkpoint {summary['best']}")
+
+
+@train_app.callback()
+def train_all_cmd(
+    ctx: typer.Context,
+    data: Optional[str] = typer.Option(None, help="Scene store with train and val splits (whole pipeline)."),
+    preset: str = typer.Option("small", help="debug | small | carlasc | occ3d (must match the store's grid)."),
+    out: Optional[str] = typer.Option(None, help="Run directory (default runs/PRESET): vae/, latents.zarr, dit/, "
+                                      "features/; a path or an object-storage URI (s3://, gs://)."),
+    cond: str = typer.Option("auto", help="DiT conditions (see 'dcgen train dit --help')."),
+    workers: int = typer.Option(1, help="Ray Train workers (data-parallel, DDP)."),
+    gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker (0 = CPU)."),
+    vae_epochs: Optional[int] = typer.Option(None, help="VAE epochs (default per preset)."),
+    dit_epochs: Optional[int] = typer.Option(None, help="DiT epochs (default per preset)."),
+    max_minutes: Optional[float] = typer.Option(None, help="Wall-time bound of each training stage."),
+    cpu_bf16: bool = CPU_BF16_OPTION,
+    prediction: str = PREDICTION_OPTION,
+    seed: int = typer.Option(0),
+    cluster: Optional[Path] = CLUSTER_OPTION,
+    address: Optional[str] = ADDRESS_OPTION,
+) -> None:
+    """Train models on Ray Train. With no subcommand: the whole pipeline, VAE -> encode -> DiT (-> feature
+    networks), each stage skipped when its checkpoint exists.
+
+    Example: dcgen train --data city.zarr --preset small --out runs/small
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if data is None:
+        typer.echo(ctx.get_help())
+        fail("give --data STORE to run the whole pipeline, or a subcommand (vae, dit, ...)")
+    address = remote(ctx, cluster, address)
+    from dcgen.train.pipeline import train_pipeline
+
+    with user_errors():
+        summary = train_pipeline(data, preset, out or str(Path("runs") / preset), conditions=cond,
+                                 scaling=_scaling(workers, gpus_per_worker, address), vae_epochs=vae_epochs,
+                                 dit_epochs=dit_epochs, max_minutes=max_minutes, seed=seed, cpu_bf16=cpu_bf16,
+                                 prediction=prediction, log=typer.echo)
+    typer.echo(f"pipeline done in {summary['run_dir']}: VAE {summary['vae']}, latents {summary['latents']}, "
+               f"DiT {summary['dit']}")
+
+
+@app.command("encode", help="Encode every clip of a scene store with a trained VAE into a latent store (the VAE "
+             "mu as a padded rollout, with the clips' conditions) for DiT training.\n\n"
+             "Example: dcgen encode --vae runs/vae/best --data city.zarr --out latents.zarr")
+def encode_cmd(
+    ctx: typer.Context,
+    vae: str = typer.Option(..., help="VAE checkpoint directory (e.g. runs/vae/best)."),
+    data: str = typer.Option(..., help="Scene store to encode (all complete clips, every split)."),
+    out: str = typer.Option(..., help="Latent store to create (NAME.zarr)."),
+    batch_size: int = typer.Option(8, help="Clips per encoder batch."),
+    workers: Optional[int] = typer.Option(None, help="Encoder actors (default: one per GPU, else CPUs - 1)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing latent store at --out."),
+    cluster: Optional[Path] = CLUSTER_OPTION,
+    address: Optional[str] = ADDRESS_OPTION,
+) -> None:
+    address = remote(ctx, cluster, address)
+    from dcgen.train.encode import encode_store
+
+    with user_errors(worker_errors=True):  # a Ray worker failing for another reason exits 1, naming it
+        info = encode_store(vae, data, out, batch_size=batch_size, overwrite=overwrite, workers=workers,
+                            ray_address=address)
+    splits = ", ".join(f"{k} {v}" for k, v in info["splits"].items())
+    typer.echo(f"encoded {info['num_clips']} clips ({splits}; {info['clips_with_previous']} with a previous clip) "
+               f"into {info['path']} with VAE {info['vae_checkpoint_id']}")

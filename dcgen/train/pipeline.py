@@ -1,0 +1,98 @@
+"""``dcgen train`` without a stage: the whole pipeline VAE -> encode -> DiT -> metric feature networks into one
+directory, each stage skipped when its result is there and resumed when its run was interrupted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dcgen import storage
+from dcgen.data.store import SceneStore
+from dcgen.train.run_dir import check_store_matches, has_ray_run, stage_done
+from dcgen.train.runs import Scaling, check_local_cpu_bf16, train_dit, train_features, train_vae
+
+
+def _stage_summary(name: str, result: dict) -> str:
+    """One line on a finished training stage: its last epoch and validation numbers."""
+    metrics = result.get("metrics") or {}
+    keys = ("epoch", "val_miou", "best_val_miou", "val_loss", "best_val_loss", "val_image_acc", "val_voxel_acc")
+    parts = [f"{k} {metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k} {metrics[k]}"
+             for k in keys if k in metrics]
+    return f"{name}: done ({', '.join(parts) or 'no metrics'})"
+
+
+def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, scaling: Scaling = Scaling(),
+                   vae_epochs: int | None = None, dit_epochs: int | None = None, features_epochs: int | None = None,
+                   max_minutes: float | None = None, seed: int = 0, cpu_bf16: bool = False,
+                   prediction: str | None = None, log=print) -> dict:
+    """VAE -> encode -> DiT -> the metric feature networks, into ``out``.
+
+    Each stage is skipped when its result is already there (``OUT/vae/best``, a complete ``OUT/latents.zarr``,
+    ``OUT/dit/best``, ``OUT/features/best``) and resumed when its run was interrupted. ``max_minutes`` bounds each
+    training stage separately; ``cpu_bf16`` trains the VAE on CPU under bf16 autocast; ``prediction`` ("v" or
+    "eps") overrides the DiT preset's output parametrisation, checked before any stage runs.
+    """
+    from dcgen import checkpoint
+    from dcgen.data.latent_store import LatentStore
+    from dcgen.models.dit import check_prediction
+    from dcgen.train.encode import encode_store
+
+    if prediction is not None:
+        check_prediction(prediction)
+    check_local_cpu_bf16(cpu_bf16, scaling)
+    out = storage.run_path(out)  # a local Path or a URI (s3://, gs://, file://)
+    store = SceneStore.open(data)
+    check_store_matches(store, preset)
+    out.mkdir(parents=True, exist_ok=True)
+    stages: dict[str, dict] = {}
+
+    vae_dir = out / "vae"
+    if stage_done(vae_dir / "best", "vae"):
+        log(f"vae: {vae_dir / 'best'} exists, skipping")
+        stages["vae"] = {"skipped": True, "best": str(vae_dir / "best")}
+    else:
+        log(f"vae: training into {vae_dir}")
+        stages["vae"] = train_vae(data, preset, vae_dir, scaling=scaling, epochs=vae_epochs, seed=seed,
+                                  resume=has_ray_run(vae_dir), max_minutes=max_minutes, cpu_bf16=cpu_bf16)
+        log(_stage_summary("vae", stages["vae"]))
+    vae_best = vae_dir / "best"
+    vae_id = checkpoint.checkpoint_id(vae_best)
+
+    latents = out / "latents.zarr"
+    done = False
+    if latents.exists():
+        existing = LatentStore.open(str(latents), require_complete=False)
+        if existing.complete and existing.vae_checkpoint_id != vae_id:
+            raise ValueError(f"{latents} was encoded with VAE {existing.vae_checkpoint_id!r}, not {vae_best} "
+                             f"({vae_id!r}); remove it (and {out / 'dit'}) to encode again")
+        done = existing.complete
+    if done:
+        log(f"encode: {latents} is complete, skipping")
+        stages["encode"] = {"skipped": True, "latents": str(latents)}
+    else:
+        log(f"encode: {data} -> {latents}")
+        stages["encode"] = encode_store(str(vae_best), data, str(latents), overwrite=latents.exists(),
+                                        ray_address=scaling.address)
+
+    dit_dir = out / "dit"
+    if stage_done(dit_dir / "best", "dit"):
+        log(f"dit: {dit_dir / 'best'} exists, skipping")
+        stages["dit"] = {"skipped": True, "best": str(dit_dir / "best")}
+    else:
+        log(f"dit: training into {dit_dir}")
+        stages["dit"] = train_dit(str(latents), dit_dir, vae=str(vae_best), conditions=conditions, preset=preset,
+                                  scaling=scaling, epochs=dit_epochs, resume=has_ray_run(dit_dir),
+                                  max_minutes=max_minutes, seed=seed, prediction=prediction)
+        log(_stage_summary("dit", stages["dit"]))
+
+    features_dir = out / "features"
+    if stage_done(features_dir / "best", None):
+        log(f"features: {features_dir / 'best'} exists, skipping")
+        stages["features"] = {"skipped": True, "best": str(features_dir / "best")}
+    else:
+        log(f"features: training into {features_dir}")
+        stages["features"] = train_features(data, features_dir, preset=preset, scaling=scaling, epochs=features_epochs,
+                                            resume=has_ray_run(features_dir), max_minutes=max_minutes, seed=seed)
+        log(_stage_summary("features", stages["features"]))
+    return {"run_dir": str(out), "vae": str(vae_best), "latents": str(latents), "dit": str(dit_dir / "best"),
+            "stages": stages}
