@@ -71,8 +71,9 @@ def _worker_entry(config: dict):
 
 def fit(loop: str, run: dict, *, datasets: dict, storage_path: str, name: str, num_workers: int = 1,
         gpus_per_worker: float = 0.0, cpus_per_worker: float | None = None, max_failures: int = 2,
-        num_to_keep: int = 2):
-    """Run ``loop`` (``"module:function"``) on Ray Train and return the ``ray.train.Result``."""
+        num_to_keep: int = 2, unsplit: tuple[str, ...] = ()):
+    """Run ``loop`` (``"module:function"``) on Ray Train and return the ``ray.train.Result``. Every worker reads the
+    datasets named in ``unsplit`` whole; the others are sharded between the workers."""
     if num_workers < 1:
         raise ValueError(f"--workers must be at least 1, got {num_workers}")
     storage = storage_path if "://" in storage_path else os.path.abspath(storage_path)
@@ -91,6 +92,8 @@ def fit(loop: str, run: dict, *, datasets: dict, storage_path: str, name: str, n
             checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep),
         ),
         datasets=datasets,
+        dataset_config=(ray.train.DataConfig(datasets_to_split=[n for n in datasets if n not in unsplit])
+                        if unsplit else None),
     )
     return trainer.fit()
 

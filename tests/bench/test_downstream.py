@@ -1,0 +1,312 @@
+"""The downstream benchmark: its controls tell a leak and a shuffled target apart, runs repeat bit for bit, it runs
+on Ray Train and reports a collapsed store, a generator that trained on the evaluation clips is refused, and bad
+input stops it before anything is trained or written."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from debug_models import write_city_store
+from PIL import Image
+
+from dcgen.bench.downstream import plan_runs, position_prior, run_downstream
+from dcgen.bench.downstream_checks import checksums, overlap_report, ungated_pool, whole_store_pool
+from dcgen.data.grid import GRIDS
+from dcgen.data.store import SceneStore
+from dcgen.data.synth_city import generate_clip
+from dcgen.models.ssc_net import ssc_preset
+from dcgen.train.context import LocalContext
+from dcgen.train.ssc_loop import SSCTrainConfig, augment, num_transforms, read_result, train_ssc_runs
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+G = GRIDS["debug"]
+SYNTH_CITY = {"generator": "dcgen.data.synth_city", "seed": 7}  # a procedural generator: no training data
+
+
+def write_store(path, clips: list[dict], *, provenance: dict | None, rows: list[dict] | None = None,
+                grid=G) -> str:
+    """A store of ``clips`` (``generate_clip`` dicts) with ``provenance``; no observed mask, like generated stores."""
+    store = SceneStore.create(str(path), grid, source="test-generator", attrs=provenance, with_mask=False)
+    if clips:
+        keys = [k for k in clips[0] if k != "mask"]
+        store.append({k: np.stack([c[k] for c in clips]) for k in keys},
+                     rows or [{"scene": f"g{i}", "split": "train"} for i in range(len(clips))])
+    store.finalize()
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """A real debug city (12 train clips, 4 val), a procedural stand-in for generated data, a collapsed store."""
+    root = tmp_path_factory.mktemp("downstream")
+    real = write_city_store(root / "real.zarr", num_scenes=8, val_every=3)
+    procedural = write_store(root / "procedural.zarr", [generate_clip(G, 7, i) for i in range(12)],
+                             provenance=SYNTH_CITY)
+    one = generate_clip(G, 8, 0)
+    collapsed = write_store(root / "collapsed.zarr", [one] * 8, provenance={"generator": "test: one scene repeated"})
+    return {"root": root, "real": real, "procedural": procedural, "collapsed": collapsed}
+
+
+def sweep_config(runs, out_dir, steps: int, batch_size: int) -> dict:
+    return asdict(SSCTrainConfig(model=ssc_preset("debug").to_dict(), grid=G.to_dict(),
+                                 runs=tuple(asdict(r) for r in runs), steps=steps, batch_size=batch_size,
+                                 out_dir=str(out_dir)))
+
+
+def eval_context(real: str) -> LocalContext:
+    """The evaluation split as ``read_scenes`` hands it to a worker: batches with an ``index`` column."""
+    store = SceneStore.open(real)
+
+    def batches():
+        idx = store.indices("val")
+        yield {**store.read(idx, ("occupancy", "mask")), "index": idx}
+
+    return LocalContext(splits={"eval": batches})
+
+
+# ---- the harness can tell --------------------------------------------------------------------------------------
+
+def test_leak_scores_far_above_real_and_shuffled_targets_score_near_chance(stores, tmp_path):
+    real = SceneStore.open(stores["real"])
+    runs = plan_runs(real, "train", "val", {}, real_counts=(12,), ratios=(1.0,), seeds=(0,),
+                     controls=("leak", "shuffled"))
+    picked = {r.labels["arm"]: r for r in runs if r.labels["arm"] in ("real", "leak", "shuffled")}
+    train_ssc_runs(eval_context(stores["real"]), sweep_config(picked.values(), tmp_path, steps=100, batch_size=4))
+    score = {arm: read_result(str(tmp_path), r.run_id)["miou"] for arm, r in picked.items()}
+    chance = position_prior(real, np.asarray(picked["shuffled"].sources[0]["indices"]), "val")["miou"]
+    # measured: leak 0.28, real 0.18, shuffled 0.085, the input-blind prior 0.098
+    assert score["leak"] > score["real"] + 0.05, score
+    assert score["real"] > score["shuffled"] + 0.04, score
+    assert abs(score["shuffled"] - chance) < 0.04, (score, chance)
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(stores, tmp_path):
+    real = SceneStore.open(stores["real"])
+    runs = plan_runs(real, "train", "val", {}, real_counts=(4,), ratios=(1.0,), seeds=(0, 1), controls=())
+    aug = [r for r in runs if r.labels["arm"] == "real+aug"]  # symmetric copies exercise the transforms too
+    again = [replace(aug[0], run_id="again")]
+    train_ssc_runs(eval_context(stores["real"]), sweep_config(aug + again, tmp_path, steps=12, batch_size=4))
+    first, second, other = (read_result(str(tmp_path), r.run_id) for r in (aug[0], again[0], aug[1]))
+    for key in ("confusion", "confusion_all_voxels", "train_loss", "class_weights"):
+        assert first[key] == second[key], key  # bitwise: one process, one thread
+    assert first["confusion"] != other["confusion"]
+
+
+def test_symmetries_of_the_grid():
+    occ = generate_clip(G, 0, 0)["occupancy"]
+    views = [augment(occ, k) for k in range(num_transforms(G.size))]
+    assert num_transforms(G.size) == 8 and num_transforms((32, 16, 4)) == 4
+    assert len({v.tobytes() for v in views}) == 8  # eight distinct images of one scene
+    assert np.array_equal(views[1], occ[:, :, ::-1]) and np.array_equal(views[3], occ[:, ::-1, ::-1])
+    assert all(np.array_equal(np.sort(v.ravel()), np.sort(occ.ravel())) for v in views)  # same voxels, moved
+    with pytest.raises(ValueError, match="transform 4 for a 32x16 grid, expected 0..3"):
+        augment(np.zeros((1, 32, 16, 4), np.uint8), 4)
+
+
+# ---- end to end on Ray Train -----------------------------------------------------------------------------------
+
+def test_benchmark_on_ray_train_reports_a_collapsed_store(stores, ray_local, tmp_path):
+    out = tmp_path / "bench"
+    report = run_downstream(stores["real"], [stores["collapsed"]], out, real_counts=(4,), ratios=(1.0,), seeds=(0,),
+                            steps=8, batch_size=4, allow_overlap=True, log=lambda m: None)
+    arms = sorted(r["arm"] for r in report["runs"])
+    assert arms == ["gen", "real", "real+aug", "real+gen"]
+    assert {r["train_loss"][-1][0] for r in report["runs"]} == {8}  # every arm the same optimizer steps
+    assert {r["train_samples"] for r in report["runs"]} == {4 * 4, 8 * 4}  # n clips, or n + n·ratio, x 4 frames
+    pool = report["synthetic"]["collapsed"]
+    assert pool["collapsed"] and pool["distinct_clips"] == 1 and pool["diversity"] == 0.0
+    assert any(f.startswith("COLLAPSED") for f in report["flags"])
+    assert any(f.startswith("OVERLAP NOT RULED OUT") and "provenance names no generator" in f for f in report["flags"])
+    saved = json.loads((out / "downstream.json").read_text())
+    assert saved["curves"] == report["curves"] and len(saved["runs"]) == 4
+    assert "COLLAPSED" in (out / "downstream.txt").read_text()
+    with Image.open(out / "downstream.png") as png:
+        assert png.size == (1000, 620)
+    assert all(0.0 <= r["miou"] <= 1.0 for r in report["runs"])
+
+
+# ---- overlap ---------------------------------------------------------------------------------------------------
+
+def trained_generator(root: Path, data: str) -> dict:
+    """Checkpoint directories of a VAE and a DiT whose metadata say they trained on ``data`` (the format
+    ``train/runs.py`` writes: ``meta["train"]["extra"]``), the DiT through a latent store of ``data``."""
+    from dcgen import checkpoint
+    from dcgen.data.grid import LatentDims
+    from dcgen.data.latent_store import LatentStore
+    from dcgen.models.rollout import RolloutLayout
+
+    store = SceneStore.open(data)
+    idx = store.indices()
+    dims = LatentDims.from_grid(G.num_frames, G.size, 4)
+    rollout = RolloutLayout(dims)
+    splits = store.manifest().column("split").to_pylist()
+    LatentStore.create(str(root / "latents.zarr"), grid=G, dims=dims, rollout_size=rollout.size,
+                       rollout_patch=rollout.patch, conditions=store.read(idx, ("command", "trajectory", "layout",
+                                                                                "bev")),
+                       clip_index=idx, splits=splits, prev_index=np.full(idx.size, -1), source=data,
+                       vae_checkpoint=str(root / "vae"), vae_checkpoint_id="vae-test")
+    checkpoint.save(root / "vae", kind="vae", config={}, state={}, step=1,
+                    extra={"train": {"extra": {"data": data, "preset": "debug"}}})
+    checkpoint.save(root / "dit", kind="dit", config={}, state={}, step=1,
+                    extra={"train": {"extra": {"latents": str(root / "latents.zarr"), "preset": "debug"}}})
+    return {"generator": "dcgen synth", "job": {"vae": str(root / "vae"), "dit": str(root / "dit")}}
+
+
+def test_a_generator_trained_on_the_evaluation_clips_is_refused(stores, tmp_path):
+    provenance = trained_generator(tmp_path, stores["real"])
+    generated = write_store(tmp_path / "generated.zarr", [generate_clip(G, 9, i) for i in range(8)],
+                            provenance=provenance)
+    out = tmp_path / "bench"
+    with pytest.raises(ValueError) as e:  # scoring on the split the generator trained on
+        run_downstream(stores["real"], [generated], out, real_split="val", eval_split="train", real_counts=(2,),
+                       ratios=(1.0,), seeds=(0,), steps=4, log=lambda m: None)
+    message = str(e.value)
+    assert "its vae" in message and "its dit" in message and "trained on 12 of the 12 evaluation clips" in message
+    assert "--allow-overlap" in message and not out.exists()
+    # the usual split: nothing seen in training, only the best checkpoint was chosen on it (a warning)
+    real = SceneStore.open(stores["real"])
+    rep = overlap_report(SceneStore.open(generated), real, "val", checksums(real, "val"))
+    assert not rep["problems"] and all(t["eval_clips_seen"] == 0 for t in rep["trained_on"])
+    assert len(rep["warnings"]) == 2 and "chose its best checkpoint on 4 of the evaluation clips" in rep["warnings"][0]
+
+
+def test_a_generator_that_cannot_be_looked_up_is_refused(stores, tmp_path):
+    ids_only = {"generator": "dcgen sample", "vae": "vae-232-fc932cb32ea9", "dit": "dit-725-caab70e77d60"}
+    generated = write_store(tmp_path / "generated.zarr", [generate_clip(G, 9, i) for i in range(8)],
+                            provenance=ids_only)
+    with pytest.raises(ValueError, match="records 'vae-232-fc932cb32ea9', not a checkpoint directory here"):
+        run_downstream(stores["real"], [generated], tmp_path / "bench", real_counts=(2,), ratios=(1.0,), seeds=(0,),
+                       steps=4, log=lambda m: None)
+    assert not (tmp_path / "bench").exists()
+
+
+def test_a_synthetic_clip_identical_to_an_evaluation_clip_is_refused(stores, tmp_path):
+    real = SceneStore.open(stores["real"])
+    k = int(real.indices("val")[0])
+    copied = {**generate_clip(G, 9, 0), **{n: v[0] for n, v in real.read([k]).items()}}
+    leaky = write_store(tmp_path / "leaky.zarr", [copied] + [generate_clip(G, 9, i) for i in range(1, 8)],
+                        provenance=SYNTH_CITY)
+    with pytest.raises(ValueError, match="holds 1 clips identical to evaluation clips"):
+        run_downstream(stores["real"], [leaky], tmp_path / "bench", real_counts=(2,), ratios=(1.0,), seeds=(0,),
+                       steps=4, log=lambda m: None)
+    assert not (tmp_path / "bench").exists()
+
+
+# ---- bad input -------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bad_stores(stores):
+    root = stores["root"]
+    clips = [generate_clip(G, 11, i) for i in range(4)]
+    other_grid = write_store(root / "coarse.zarr", clips, provenance=SYNTH_CITY,
+                             grid=replace(G, voxel_size=(3.2, 3.2, 0.75)))
+    renamed = write_store(root / "renamed.zarr", clips, provenance=SYNTH_CITY)
+    group = zarr.open_group(renamed, mode="r+")
+    meta = dict(group.attrs["dcgen"])
+    meta["classes"] = [dict(c, name="car") if c["name"] == "vehicle" else c for c in meta["classes"]]
+    group.attrs["dcgen"] = meta
+    empty = write_store(root / "empty.zarr", [], provenance=SYNTH_CITY)
+    return {"grid": other_grid, "classes": renamed, "empty": empty}
+
+
+@pytest.mark.parametrize("case,options,message", [
+    ("grid", {}, "grid differs from the real store"),
+    ("classes", {}, "class table"),
+    ("empty", {}, "manifest lists no complete clip; nothing to train on"),
+    ("procedural", {"real_counts": (13,)}, "has 12 clips in split 'train', expected counts <= 12"),
+    ("procedural", {"ratios": (4.0,)}, "holds 12 clips but real count 4 x ratio 4 needs 16"),
+    ("procedural", {"steps": 0}, "--steps 0: expected a positive number of optimizer steps"),
+    ("procedural", {"batch_size": 0}, "--batch-size 0"),
+    ("procedural", {"ratios": (-1.0,)}, "--ratios [-1.0]: expected positive numbers"),
+    ("procedural", {"seeds": (0, 0)}, "--seeds [0, 0]: a value is listed twice"),
+    ("procedural", {"controls": ("peek",)}, "--controls ['peek']"),
+    ("procedural", {"eval_split": "test"}, "split 'test' (the evaluation clips) has no complete clip"),
+    (None, {}, "no generated data"),
+])
+def test_bad_input_stops_before_training(stores, bad_stores, tmp_path, case, options, message):
+    synthetic = [] if case is None else [stores.get(case) or bad_stores[case]]
+    out = tmp_path / "bench"
+    kwargs = {"real_counts": (4,), "ratios": (1.0,), "seeds": (0,), "steps": 4, **options}
+    with pytest.raises(ValueError) as e:
+        run_downstream(stores["real"], synthetic, out, log=lambda m: None, **kwargs)
+    assert message in str(e.value)
+    assert not out.exists()
+
+
+def test_an_existing_directory_of_other_settings_is_kept(stores, tmp_path):
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="exists and is not a downstream benchmark"):
+        run_downstream(stores["real"], [stores["procedural"]], out, real_counts=(2,), ratios=(1.0,), seeds=(0,),
+                       steps=4, overwrite=True, log=lambda m: None)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+# ---- gate value ------------------------------------------------------------------------------------------------
+
+def synth_rows(attempts: list[int]) -> list[dict]:
+    """Manifest rows as ``dcgen synth`` writes them: the attempt of each scene of one block."""
+    return [{"scene": f"synth-{i}", "split": "train", "attempt": a, "block": 0, "scene_index": i}
+            for i, a in enumerate(attempts)]
+
+
+def test_ungated_pool_is_the_first_attempt_of_every_scene(stores, tmp_path):
+    clips = [generate_clip(G, 12, i) for i in range(6)]
+    gated = write_store(tmp_path / "scenes.zarr", clips[:4], provenance=SYNTH_CITY, rows=synth_rows([0, 1, 0, 2]))
+    rejected = write_store(tmp_path / "scenes.zarr" / "rejected", clips[4:] + clips[:1],
+                           provenance=None, rows=synth_rows([0, 0, 1]))
+    pool = ungated_pool("ungated", SceneStore.open(gated), SceneStore.open(rejected))
+    assert pool.clips() == [(gated, 0), (gated, 2), (rejected, 0), (rejected, 1)]
+    real = SceneStore.open(stores["real"])
+    pools = {"gated": whole_store_pool("gated", SceneStore.open(gated)), "ungated": pool}
+    runs = plan_runs(real, "train", "val", pools, real_counts=(1, 2), ratios=(1.0,), seeds=(0,), controls=(),
+                     gate_pools=("ungated",))
+    ungated_counts = sorted(r.labels["count"] for r in runs if r.labels["pool"] == "ungated")
+    assert ungated_counts == [2, 2]  # real+gen and gen, at the largest count only
+    assert sorted(r.labels["count"] for r in runs if r.labels["pool"] == "gated") == [1, 1, 2, 2]
+
+
+def test_gate_value_in_process_and_a_finished_sweep_is_not_trained_again(stores, tmp_path):
+    """The local backend on a synth job's output: gated against ungated scenes; the same call again reuses every
+    run's result, other settings on the same directory are refused."""
+    clips = [generate_clip(G, 13, i) for i in range(8)]
+    gated = write_store(tmp_path / "scenes.zarr", clips[:4], provenance=SYNTH_CITY, rows=synth_rows([0, 1, 1, 0]))
+    write_store(tmp_path / "scenes.zarr" / "rejected", clips[4:], provenance=None, rows=synth_rows([0, 0, 1, 2]))
+    out = tmp_path / "bench"
+    options = dict(real_counts=(2,), ratios=(1.0,), seeds=(0,), steps=3, batch_size=2, backend="local",
+                   log=lambda m: None)
+    report = run_downstream(stores["real"], [], out, gated_store=gated, **options)
+    assert sorted(report["synthetic"]) == ["gated", "ungated"] and report["synthetic"]["ungated"]["clips"] == 4
+    gate = report["gate_value"]
+    assert [a["arm"] for a in gate["arms"]] == ["real+gen", "gen"]
+    assert all(a["gated_minus_ungated"]["mean"] is not None for a in gate["arms"])
+    assert "gate value at n=2" in report["table"]
+    runs = sorted((out / "runs").glob("*.json"))
+    assert len(runs) == 6  # real, real+aug, and real+gen and gen for each of the two pools
+    stamps = [p.stat().st_mtime_ns for p in runs]
+    again = run_downstream(stores["real"], [], out, gated_store=gated, **options)
+    assert [p.stat().st_mtime_ns for p in runs] == stamps and again["curves"] == report["curves"]
+    with pytest.raises(ValueError, match="holds a downstream benchmark with other settings"):
+        run_downstream(stores["real"], [], out, gated_store=gated, **{**options, "steps": 4})
+
+
+def test_eval_downstream_command_refuses_bad_input_before_training(stores, tmp_path):
+    from typer.testing import CliRunner
+
+    from dcgen.cli import app
+
+    out = tmp_path / "bench"
+    args = ["eval", "downstream", "--real", stores["real"], "--synthetic", stores["procedural"], "--out", str(out),
+            "--real-counts", "4", "--ratios", "1", "--seeds", "0", "--local"]
+    result = CliRunner().invoke(app, [*args, "--steps", "0"])
+    assert result.exit_code == 2 and "--steps 0: expected a positive number of optimizer steps" in result.output
+    result = CliRunner().invoke(app, [*args, "--steps", "4", "--real-counts", "4,x"])
+    assert result.exit_code == 2 and "expected comma-separated numbers" in result.output
+    assert not out.exists()
