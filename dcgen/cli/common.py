@@ -81,3 +81,51 @@ def remote(ctx: typer.Context, cluster: Optional[Path], address: Optional[str], 
         code = run_remote(ctx, cluster=cluster, address=address, entrypoint_gpus=entrypoint_gpus,
                           log=lambda m: typer.echo(m, err=True), write=lambda s: typer.echo(s, nl=False))
     raise typer.Exit(code=code)
+
+
+# ---- option files -------------------------------------------------------------------------------------------
+# ``--config FILE`` fills a command's options from a JSON or YAML mapping of option names (as ``--dry-run`` prints
+# them under "options"); options given on the command line win. Click's default_map does the filling, so every
+# option keeps its own type conversion and checks.
+
+def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
+    if value is None:
+        return None
+    import json
+
+    import yaml
+
+    try:
+        text = value.read_text()
+        data = json.loads(text) if value.suffix == ".json" else yaml.safe_load(text)
+    except OSError as e:
+        raise typer.BadParameter(f"{value}: cannot read it ({e.strerror})") from None
+    except (ValueError, yaml.YAMLError) as e:
+        raise typer.BadParameter(f"{value}: not valid {'JSON' if value.suffix == '.json' else 'YAML'} ({e})") from None
+    if isinstance(data, dict) and isinstance(data.get("options"), dict):
+        data = data["options"]  # a --dry-run printout
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{value}: expected a mapping of option names to values")
+    names = {p.name: p for p in ctx.command.params if p.name not in ("config", "dry_run", "ctx")}
+    given = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise typer.BadParameter(f"{value}: unknown options {unknown}; this command takes "
+                                 f"{', '.join(sorted(names))}")
+    ctx.default_map = {**(ctx.default_map or {}), **{k: v for k, v in given.items() if v is not None}}
+    return value
+
+
+CONFIG_OPTION = typer.Option(None, "--config", is_eager=True, callback=_load_config,
+                             help="JSON or YAML file of this command's options (e.g. a --dry-run printout); options "
+                             "on the command line win.")
+DRY_RUN_OPTION = typer.Option(False, "--dry-run", help="Check everything and print the resolved options and run as "
+                              "JSON, without training or writing anything.")
+
+
+def print_dry_run(ctx: typer.Context, resolved: dict) -> None:
+    """The command's options as given or defaulted (what --config reads back) and the resolved run, as JSON."""
+    import json
+
+    options = {k: v for k, v in ctx.params.items() if k not in ("config", "dry_run", "cluster", "address", "ctx")}
+    typer.echo(json.dumps({"options": options, **resolved}, indent=2, default=str))

@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from dcgen.cli.common import ADDRESS_OPTION, CLUSTER_OPTION, app, fail, remote, user_errors
+from dcgen.cli.common import (ADDRESS_OPTION, CLUSTER_OPTION, CONFIG_OPTION, DRY_RUN_OPTION, app, fail,
+                              print_dry_run, remote, user_errors)
 
 train_app = typer.Typer(help="Train models on Ray Train: vae, dit, features (or the whole pipeline).",
                         invoke_without_command=True)
@@ -59,6 +60,8 @@ def train_vae_cmd(
     report_every: int = typer.Option(20, help="Log training losses every N steps."),
     cpu_bf16: bool = CPU_BF16_OPTION,
     seed: int = typer.Option(0),
+    config: Optional[Path] = CONFIG_OPTION,
+    dry_run: bool = DRY_RUN_OPTION,
     cluster: Optional[Path] = CLUSTER_OPTION,
     address: Optional[str] = ADDRESS_OPTION,
 ) -> None:
@@ -72,7 +75,9 @@ def train_vae_cmd(
         summary = train_vae(data, preset, out, scaling=scaling, epochs=epochs, batch_size=batch_size, lr=lr,
                             warmup_steps=warmup_steps, beta=beta, projection=projection, decoder=decoder,
                             frame=frame, resume=resume, overwrite=overwrite, max_minutes=max_minutes,
-                            report_every=report_every, seed=seed, cpu_bf16=cpu_bf16)
+                            report_every=report_every, seed=seed, cpu_bf16=cpu_bf16, dry_run=dry_run)
+    if dry_run:
+        return print_dry_run(ctx, summary)
     m = summary["metrics"]
     typer.echo(f"VAE trained: best val mIoU {m.get('best_val_miou', float('nan')):.4f} after {m.get('step')} steps; "
                f"best checkpoint {summary['best']}")
@@ -103,6 +108,8 @@ def train_dit_cmd(
     resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
     overwrite: bool = typer.Option(False, help="Delete an existing run in --out first."),
     seed: int = typer.Option(0),
+    config: Optional[Path] = CONFIG_OPTION,
+    dry_run: bool = DRY_RUN_OPTION,
     cluster: Optional[Path] = CLUSTER_OPTION,
     address: Optional[str] = ADDRESS_OPTION,
 ) -> None:
@@ -113,7 +120,10 @@ def train_dit_cmd(
         summary = train_dit(latents, out, vae=vae, conditions=cond, preset=preset,
                             scaling=_scaling(workers, gpus_per_worker, address), epochs=epochs,
                             batch_size=batch_size, lr=lr, ema_decay=ema_decay, cond_drop=cond_drop, resume=resume,
-                            overwrite=overwrite, max_minutes=max_minutes, seed=seed, prediction=prediction)
+                            overwrite=overwrite, max_minutes=max_minutes, seed=seed, prediction=prediction,
+                            dry_run=dry_run)
+    if dry_run:
+        return print_dry_run(ctx, summary)
     m = summary["metrics"]
     typer.echo(f"DiT trained with conditions {', '.join(summary['conditions']) or 'none'}: best val loss "
                f"{m.get('best_val_loss', float('nan')):.4f} after {m.get('step')} steps; best checkpoint "
@@ -145,6 +155,8 @@ def train_features_cmd(
     resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
     overwrite: bool = typer.Option(False, help="Delete an existing run in --out first."),
     seed: int = typer.Option(0),
+    config: Optional[Path] = CONFIG_OPTION,
+    dry_run: bool = DRY_RUN_OPTION,
     cluster: Optional[Path] = CLUSTER_OPTION,
     address: Optional[str] = ADDRESS_OPTION,
 ) -> None:
@@ -156,7 +168,9 @@ def train_features_cmd(
                                  epochs=epochs, batch_size=batch_size, image_net=image_net,
                                  inception_weights=str(inception_weights) if inception_weights else None,
                                  render_size=render_size, lr=lr, resume=resume, overwrite=overwrite,
-                                 max_minutes=max_minutes, seed=seed)
+                                 max_minutes=max_minutes, seed=seed, dry_run=dry_run)
+    if dry_run:
+        return print_dry_run(ctx, summary)
     m = summary["metrics"]
 
     def pct(v) -> str:

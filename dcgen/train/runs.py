@@ -2,7 +2,8 @@
 (run-directory checks in ``run_dir.py``, the whole pipeline in ``pipeline.py``).
 
 Each ``train_*`` function validates everything a user can get wrong (store vs preset grid, empty splits, an existing
-run without ``resume``) before a worker starts, and returns a summary with the exported best checkpoint's path.
+run without ``resume``) before a worker starts, and returns a summary with the exported best checkpoint's path
+(with ``dry_run``, the resolved run instead, nothing written).
 Run directory layout: ``OUT/metrics.jsonl``, ``OUT/tensorboard/``, ``OUT/best``, ``OUT/last`` (user checkpoints,
 weights only) and ``OUT/ray/<name>/`` (Ray Train's resumable checkpoints with optimizer state).
 """
@@ -29,6 +30,11 @@ class Scaling:
     max_failures: int = 2
 
 
+def resolved(run, scaling: Scaling) -> dict:
+    """What a run would train with, every default filled in: printed by ``--dry-run``."""
+    return {"dry_run": True, "run": asdict(run), "scaling": asdict(scaling)}
+
+
 def cpus_per_worker(scaling: Scaling) -> float:
     """CPUs per training worker: as given, else what leaves one CPU of the cluster to Ray Data."""
     if scaling.cpus_per_worker is not None:
@@ -53,7 +59,8 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
               batch_size: int | None = None, lr: float | None = None, warmup_steps: int | None = None,
               beta: float = 0.0015, projection: str | None = None, frame: str | None = None,
               decoder: str = "ess", resume: bool = False, overwrite: bool = False, max_minutes: float | None = None,
-              report_every: int = 20, seed: int = 0, fail_at_step: int | None = None, cpu_bf16: bool = False) -> dict:
+              report_every: int = 20, seed: int = 0, fail_at_step: int | None = None, cpu_bf16: bool = False,
+              dry_run: bool = False) -> dict:
     """Fit the HexPlane VAE on a scene store with Ray Train; returns the final metrics and checkpoint paths.
     ``epochs``, ``batch_size``, ``lr`` and ``warmup_steps`` default to the preset's ``vae_recipe``.
     ``cpu_bf16`` trains CPU workers under bf16 autocast (CUDA workers always use it)."""
@@ -88,6 +95,8 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
         batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, beta=beta, report_every=report_every, seed=seed,
         out_dir=str(out), max_minutes=max_minutes, fail_at_step=fail_at_step, cpu_bf16=cpu_bf16,
         extra={"data": str(data), "preset": preset, "train_clips": int(n_train), "val_clips": int(n_val)})
+    if dry_run:  # everything checked, nothing written
+        return resolved(run, scaling)
     prepare_run_dir(out, resume, overwrite)
     if resume:
         check_same_model(out, model_cfg.to_dict(), preset)
@@ -167,7 +176,7 @@ def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditio
               scaling: Scaling = Scaling(), epochs: int | None = None, batch_size: int | None = None,
               lr: float | None = None, ema_decay: float | None = None, cond_drop: float = 0.1, resume: bool = False,
               overwrite: bool = False, max_minutes: float | None = None, report_every: int = 20, seed: int = 0,
-              fail_at_step: int | None = None, prediction: str | None = None) -> dict:
+              fail_at_step: int | None = None, prediction: str | None = None, dry_run: bool = False) -> dict:
     """Fit the DiT on a latent store with Ray Train; returns the final metrics and checkpoint paths.
     ``prediction`` ("v" or "eps") overrides the preset's output parametrisation."""
     from dcgen import checkpoint
@@ -207,6 +216,8 @@ def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditio
         batch_size=batch_size, lr=lr, ema_decay=ema_decay, cond_drop=cond_drop, report_every=report_every, seed=seed,
         out_dir=str(out), max_minutes=max_minutes, fail_at_step=fail_at_step,
         extra={"latents": str(latents), "preset": preset, "train_clips": int(n_train), "val_clips": int(n_val)})
+    if dry_run:  # everything checked, nothing written
+        return resolved(run, scaling)
     prepare_run_dir(out, resume, overwrite)
     if resume:
         check_same_dit(out, run)
@@ -292,7 +303,8 @@ def train_features(data: str, out: str | Path, *, preset: str | None = None, sca
                    epochs: int | None = None, batch_size: int | None = None, image_net: str = "cnn",
                    inception_weights: str | None = None, render_size: int = 128, lr: float = 2e-3,
                    aux_weight: float = 1.0, resume: bool = False, overwrite: bool = False,
-                   max_minutes: float | None = None, report_every: int = 20, seed: int = 0) -> dict:
+                   max_minutes: float | None = None, report_every: int = 20, seed: int = 0,
+                   dry_run: bool = False) -> dict:
     """Fit the 2D and 3D metric feature networks (SPEC §4) on a scene store with Ray Train (see
     ``features_run_config`` for what is derived from the store)."""
     from dcgen.data.ray_dataset import read_scenes
@@ -304,6 +316,8 @@ def train_features(data: str, out: str | Path, *, preset: str | None = None, sca
                               batch_size=batch_size, image_net=image_net, inception_weights=inception_weights,
                               render_size=render_size, lr=lr, aux_weight=aux_weight, max_minutes=max_minutes,
                               report_every=report_every, seed=seed)
+    if dry_run:  # everything checked, nothing written
+        return resolved(run, scaling)
     prepare_run_dir(out, resume, overwrite)
     if resume:
         check_same_features(out, run.nets)
