@@ -1,18 +1,19 @@
-"""``dcgen bench dit``: sampling seconds per scene (ancestral DDPM at 1000 steps vs DDIM at 50 and 25), DiT
-training seconds per iteration and parameter counts (SPEC §3: ~43 M at carlasc; §5: 3.91 s per CarlaSC sample on
-an A100 at 1000 steps).
+"""``dcgen bench dit``: sampling seconds per scene (ancestral DDPM at 1000 steps vs DDIM at 50, 25 and 10 and
+DPM-Solver++ at 10), DiT training seconds per iteration and parameter counts (SPEC §3: ~43 M at carlasc; §5: 3.91 s
+per CarlaSC sample on an A100 at 1000 steps).
 
 Sampling is timed end to end through ``GenerationPipeline.generate`` (DiT steps with classifier-free guidance on a
 command, then the VAE decode), on trained checkpoints when given, else on freshly initialised networks of the
 preset: the time does not depend on the weights. Every number is measured in this run; nothing is extrapolated.
 
 With trained checkpoints, a scene store and a features checkpoint (``--quality-data``, ``--features``), the
-benchmark also checks what the fast sampler costs in quality: the same ``quality_scenes`` requests (conditions of the
-store's first val clips, the same seeds) are sampled with DDPM-1000, DDIM-50/25 and ancestral DDPM respaced to 50
-steps, and the generation metrics of each set against the store's val clips are compared (issue target: DDIM-50
-within 10 % of DDPM-1000). Two more DDIM rows tell the step count from the sampler family apart: DDIM at η = 1
-(``ddim_50_eta1``: the same 50 steps, fresh noise each step, as fast as η = 0) and deterministic DDIM at the full
-step count (``ddim_1000``: the probability-flow ODE solved finely). On the quickstart's debug model (32 scenes,
+benchmark also checks what the fast samplers cost in quality: the same ``quality_scenes`` requests (conditions of
+the store's first val clips, the same seeds) are sampled with DDPM-1000, DDIM-50/25/10, DPM-Solver++ at 10 steps and
+ancestral DDPM respaced to 50 steps, and the generation metrics of each set against the store's val clips are
+compared (issue targets: DDIM-50 within 10 % of DDPM-1000; issue 23: a ≤ 10-step solver within 10 % of it, with
+DDIM-10 as its same-cost baseline). Two more DDIM rows tell the step count from the sampler family apart: DDIM at
+η = 1 (``ddim_50_eta1``: the same 50 steps, fresh noise each step, as fast as η = 0) and deterministic DDIM at the
+full step count (``ddim_1000``: the probability-flow ODE solved finely). On the quickstart's debug model (32 scenes,
 guidance 4) with an ε network, DDIM-1000 was as far from DDPM-1000 as DDIM-50 (3D FID 156 and 158 vs 49): the gap
 was the ODE on a minutes-trained network, not the 50 steps. The same model as a v network (``DiTConfig.prediction``,
 same data and steps) closed it: DDIM-50 3D FID 72 and 2D FID 100 against DDPM-1000's 89 and 110. Each sampler's
@@ -180,14 +181,16 @@ def sampler_quality(pipe, data: str, features: str, scenes: int, samplers: dict[
     return out
 
 
-def bench_dit(preset: str = "debug", *, scenes: int = 4, ddpm_steps: int = 1000, ddim_steps: tuple[int, ...] = (50, 25),
-              respaced_ddpm_steps: tuple[int, ...] = (50,), ddim_eta1_steps: tuple[int, ...] = (50,),
+def bench_dit(preset: str = "debug", *, scenes: int = 4, ddpm_steps: int = 1000,
+              ddim_steps: tuple[int, ...] = (50, 25, 10), respaced_ddpm_steps: tuple[int, ...] = (50,),
+              ddim_eta1_steps: tuple[int, ...] = (50,), dpmpp_steps: tuple[int, ...] = (10,),
               guidance: float = 4.0, train_batch: int | None = None, train_iters: int = 5, device: str = "auto",
               vae: str | None = None, dit: str | None = None, micro_batch: int | None = None,
               quality_data: str | None = None, features: str | None = None, quality_scenes: int = 64,
               log=None) -> dict:
     """The benchmark as a JSON-able dict. Samplers: DDPM at ``ddpm_steps``; DDIM (η = 0) at each of ``ddim_steps``
-    and at ``ddpm_steps``; DDIM at η = 1 at ``ddim_eta1_steps``; DDPM respaced to ``respaced_ddpm_steps``."""
+    and at ``ddpm_steps``; DDIM at η = 1 at ``ddim_eta1_steps``; DDPM respaced to ``respaced_ddpm_steps``;
+    DPM-Solver++ at ``dpmpp_steps``."""
     from dcgen.presets import get_preset
     from dcgen.runtime import pick_device
 
@@ -203,7 +206,8 @@ def bench_dit(preset: str = "debug", *, scenes: int = 4, ddpm_steps: int = 1000,
     samplers = {f"ddpm_{ddpm_steps}": ("ddpm", ddpm_steps, 0.0),
                 **{f"ddim_{s}": ("ddim", s, 0.0) for s in (*ddim_steps, ddpm_steps)},
                 **{f"ddim_{s}_eta1": ("ddim", s, 1.0) for s in ddim_eta1_steps},
-                **{f"ddpm_{s}": ("ddpm", s, 0.0) for s in respaced_ddpm_steps if s != ddpm_steps}}
+                **{f"ddpm_{s}": ("ddpm", s, 0.0) for s in respaced_ddpm_steps if s != ddpm_steps},
+                **{f"dpmpp_{s}": ("dpm++", s, 0.0) for s in dpmpp_steps}}
     time_sampling(pipe, scenes, "ddim", 2, guidance)  # warm-up: allocations, kernel selection
     sampling = {name: time_sampling(pipe, scenes, sampler, steps, guidance, eta)
                 for name, (sampler, steps, eta) in samplers.items()}

@@ -24,7 +24,8 @@ def serve_cmd(
     gpus_per_replica: float = typer.Option(0.0, help="GPUs per model replica (0 = CPU)."),
     cpus_per_replica: float = typer.Option(1.0, help="CPUs per model replica."),
     max_batch_size: int = typer.Option(8, help="Scenes per model batch (1 = no batching)."),
-    batch_wait_s: float = typer.Option(0.05, help="Seconds a batch waits to fill."),
+    batch_wait_s: float = typer.Option(0.05, help="Most seconds a batch waits for as many scenes as the last "
+                                       "batch had (a lone client never waits)."),
     micro_batch: int = typer.Option(8, help="The pipeline's network batch; scenes match 'dcgen synth' run with the "
                                     "same value."),
     token_env: Optional[str] = typer.Option(None, help="Environment variable holding a bearer token clients must "

@@ -76,10 +76,22 @@ class NoiseSchedule:
             raise ValueError(f"respaced step count must be in [1, {self.num_steps}], got {num_steps}")
         if num_steps == self.num_steps:
             return self
-        keep = np.round(np.linspace(self.num_steps - 1, 0, num_steps)[::-1]).astype(np.int64)
+        return self.subset(np.round(np.linspace(self.num_steps - 1, 0, num_steps)[::-1]).astype(np.int64))
+
+    def subset(self, keep: np.ndarray) -> "NoiseSchedule":
+        """The schedule on the strictly increasing indices ``keep``, with β re-derived from ᾱ (same ᾱ there)."""
+        keep = np.asarray(keep, dtype=np.int64)
+        if keep.ndim != 1 or not len(keep) or keep[0] < 0 or keep[-1] >= self.num_steps or (np.diff(keep) <= 0).any():
+            raise ValueError(f"schedule subset must be strictly increasing indices in [0, {self.num_steps - 1}], "
+                             f"got {keep.tolist()}")
         ac = self.alphas_cumprod[keep]
         betas = 1.0 - ac / np.append(1.0, ac[:-1])
         return NoiseSchedule(betas, self.timesteps[keep])
+
+    @property
+    def log_snr(self) -> np.ndarray:
+        """λ_t = log(α_t / σ_t) with α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t): decreasing in t (DPM-Solver's time variable)."""
+        return 0.5 * (np.log(self.alphas_cumprod) - np.log1p(-self.alphas_cumprod))
 
     def coef(self, name: str, t_B: torch.Tensor, ndim: int) -> torch.Tensor:
         """``getattr(self, name)[t]`` as float32 ``[B, 1, ...]`` broadcastable against an ``ndim`` tensor."""

@@ -150,7 +150,7 @@ class SceneJob:
 @dataclass(frozen=True)
 class SceneResult:
     occupancy_TXYZ: np.ndarray | None
-    batch_size: int  # scenes in the @serve.batch call this scene was part of
+    batch_size: int  # scenes in the replica's batch this scene was part of
     checkpoints: dict  # ids of the VAE and DiT checkpoints of the replica that answered
     error: str | None = None
     invalid: bool = False  # the pipeline rejected the scene's conditions (a client error, not a server fault)

@@ -31,7 +31,7 @@ from dcgen.runtime import scene_seed
 CONDITION_KINDS = ("none", "command", "trajectory", "layout", "bev", "extend", "inpaint", "outpaint")
 SOURCE_KINDS = ("trajectory", "layout", "bev", "extend", "inpaint", "outpaint")
 COMMAND_NAMES = {"static": 0, "forward": 1, "left": 2, "right": 3}
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "dpm++")
 CLIPS_PER_SHARD = 8  # SceneStore.clips_per_chunk: job batches are whole shards so writers never share one
 ATTEMPT_STRIDE = 2 ** 40  # seed index of scene k's attempt a is k + a * ATTEMPT_STRIDE
 MAX_ATTEMPTS = 100
@@ -259,9 +259,11 @@ class SynthJob:
                              "clips per shard), so every block of scenes owns whole shards")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
-        limit = 1000
-        if int(self.steps) != self.steps or not 1 <= self.steps <= limit:
-            raise ValueError(f"--steps {self.steps!r}: expected an integer in 1..{limit}")
+        # DPM-Solver++ is multistep (>= 2 steps) and needs one timestep past its last (the training schedule's 1000)
+        low, limit = (2, 999) if self.sampler == "dpm++" else (1, 1000)
+        if int(self.steps) != self.steps or not low <= self.steps <= limit:
+            raise ValueError(f"--steps {self.steps!r}: expected an integer in {low}..{limit}"
+                             + (" for --sampler dpm++" if self.sampler == "dpm++" else ""))
         if not np.isfinite(self.guidance) or self.guidance < 0:
             raise ValueError(f"--guidance {self.guidance}: expected a finite number >= 0")
         if int(self.seed) != self.seed or self.seed < 0:

@@ -15,7 +15,17 @@ is always passed (absent ones as zeros with their drop flag set), so the conditi
 the request; and scenes that edit a source (whose sampler draws extra noise each step) are batched apart from
 plain ones. ``chain`` continues clips through the ``prev_clip`` condition into sequences of k·T frames.
 
-Legend: N scenes, M micro-batch, C latent channels, S rollout side, T/X/Y/Z clip axes.
+With ``buckets=True`` (the server, where one scene often comes alone) a call of n < ``micro_batch`` scenes is padded
+only to the next power of two (1, 2, 4, … capped at ``micro_batch``), so a lone scene costs one row, not a whole
+micro-batch. A scene's row is still the same computation, but CPU kernels (oneDNN convolutions, BLAS GEMMs) may
+block their sums differently at another batch size, so its latents can differ from the ``micro_batch``-shape ones
+by float rounding (up to 7e-6 after 4 DDIM steps on the AMX CPU this was measured on), which can flip only voxels
+whose top two class logits are that close: there, decoded bytes were equal at every bucket
+(``tests/generate/test_buckets.py``). Plain runs (``dcgen synth``, ``dcgen sample``) keep the fixed shape, so their
+bytes never depend on batch size, worker count or order.
+
+Legend: N scenes, M network batch (``micro_batch`` or its bucket), C latent channels, S rollout side, T/X/Y/Z clip
+axes.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ from dcgen.diffusion.guidance import guide
 from dcgen.diffusion.inpaint import Inpainting, shift_x
 from dcgen.diffusion.latent_norm import LatentNorm
 from dcgen.diffusion.objective import EpsModel
-from dcgen.diffusion.samplers import DDIM_STEPS, ddim_sample, ddpm_sample
+from dcgen.diffusion.samplers import DDIM_STEPS, DPMPP_STEPS, ddim_sample, ddpm_sample, dpmpp_sample
 from dcgen.diffusion.schedule import NoiseSchedule, ScheduleConfig
 from dcgen.generate.conditions import SAMPLING_CONDITIONS, SceneRequest
 from dcgen.models.dit import DiT
@@ -40,7 +50,7 @@ from dcgen.models.rollout import RolloutLayout
 from dcgen.models.vae import HexPlaneVAE
 from dcgen.runtime import scene_seed
 
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "dpm++")
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,7 @@ class SamplerDefaults:
     sampler: str = "ddim"
     steps: int = DDIM_STEPS
     ddpm_steps: int = 1000
+    dpmpp_steps: int = DPMPP_STEPS
     eta: float = 0.0
     guidance: float = 4.0
 
@@ -56,7 +67,8 @@ class GenerationPipeline:
     """A trained VAE + DiT pair; ``generate(requests, seeds)`` -> ``occ [N, T, X, Y, Z] uint8``."""
 
     def __init__(self, vae: HexPlaneVAE, dit: DiT, grid: Grid, schedule: NoiseSchedule, *,
-                 device: torch.device | str = "cpu", micro_batch: int = 8, checkpoint_ids: dict | None = None):
+                 device: torch.device | str = "cpu", micro_batch: int = 8, buckets: bool = False,
+                 checkpoint_ids: dict | None = None):
         if micro_batch < 1:
             raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
         if vae.dims != dit.config.latent:
@@ -72,6 +84,7 @@ class GenerationPipeline:
         self.grid = grid
         self.schedule = schedule
         self.micro_batch = int(micro_batch)
+        self.buckets = bool(buckets)
         self.rollout: RolloutLayout = dit.rollout
         self.valid_SS = self.rollout.valid_mask(self.device)
         self.norm = LatentNorm.from_dict(dit.config.latent_norm)  # None: the DiT works on raw μ, unbounded
@@ -84,7 +97,7 @@ class GenerationPipeline:
 
     @classmethod
     def from_checkpoints(cls, vae: str, dit: str, device: str = "auto", use_ema: bool = True,
-                         micro_batch: int = 8) -> "GenerationPipeline":
+                         micro_batch: int = 8, buckets: bool = False) -> "GenerationPipeline":
         """Load a VAE and a DiT checkpoint; the DiT must have been trained on latents of this very VAE."""
         from dcgen.models.loading import load_dit, load_vae
         from dcgen.runtime import pick_device
@@ -98,7 +111,7 @@ class GenerationPipeline:
                              f"{v.checkpoint_id!r}; pass the VAE checkpoint the DiT was trained with")
         grid = Grid.from_dict(d.meta["grid"])
         schedule = NoiseSchedule.linear(ScheduleConfig.from_dict(d.meta["schedule"]))
-        return cls(v.model, d.model, grid, schedule, device=dev, micro_batch=micro_batch,
+        return cls(v.model, d.model, grid, schedule, device=dev, micro_batch=micro_batch, buckets=buckets,
                    checkpoint_ids={"vae": v.checkpoint_id, "dit": d.checkpoint_id})
 
     def info(self) -> dict:
@@ -110,13 +123,28 @@ class GenerationPipeline:
             "checkpoints": dict(self.checkpoint_ids),
             "sampler_defaults": {**asdict(self.defaults), "samplers": list(SAMPLERS)},
             "micro_batch": self.micro_batch,
+            "batch_shapes": list(self.batch_shapes()),
             "device": str(self.device),
         }
 
-    # ---- networks on fixed-size micro-batches ---------------------------------------------------------------
+    # ---- networks on fixed-shape micro-batches --------------------------------------------------------------
 
-    def _pad(self, rows: list, fill) -> list:
-        return rows + [fill] * (self.micro_batch - len(rows))
+    def batch_shapes(self) -> tuple[int, ...]:
+        """Every batch size the networks run at: ``micro_batch`` alone, or with buckets the powers of two below it
+        and ``micro_batch``."""
+        if not self.buckets:
+            return (self.micro_batch,)
+        return tuple(1 << k for k in range((self.micro_batch - 1).bit_length()) if 1 << k < self.micro_batch) + (
+            self.micro_batch,)
+
+    def rows_for(self, n: int) -> int:
+        """The network batch a micro-batch of ``n`` (1..micro_batch) scenes is padded to."""
+        assert 1 <= n <= self.micro_batch, n
+        return min(self.micro_batch, 1 << (n - 1).bit_length()) if self.buckets else self.micro_batch
+
+    @staticmethod
+    def _pad(rows: list, fill, m: int) -> list:
+        return rows + [fill] * (m - len(rows))
 
     @torch.no_grad()
     def encode(self, occ_NTXYZ: np.ndarray) -> torch.Tensor:
@@ -125,12 +153,12 @@ class GenerationPipeline:
         the ego stood still: its decode gives the clip back, expressed around the middle frame's ego."""
         occ_NTXYZ = np.asarray(occ_NTXYZ)
         out = []
-        still_MT3 = (torch.zeros(self.micro_batch, self.grid.num_frames, 3, device=self.device)
-                     if self.vae.needs_trajectory else None)
         for a in range(0, len(occ_NTXYZ), self.micro_batch):
             part = list(occ_NTXYZ[a:a + self.micro_batch])
-            n = len(part)
-            occ_MTXYZ = torch.from_numpy(np.stack(self._pad(part, np.zeros_like(part[0]))).astype(np.int64))
+            n, m = len(part), self.rows_for(len(part))
+            occ_MTXYZ = torch.from_numpy(np.stack(self._pad(part, np.zeros_like(part[0]), m)).astype(np.int64))
+            still_MT3 = (torch.zeros(m, self.grid.num_frames, 3, device=self.device)
+                         if self.vae.needs_trajectory else None)
             mu, _ = self.vae.encode(occ_MTXYZ.to(self.device), still_MT3)
             rollout_MCSS = self.rollout.pack({k: v.float() for k, v in mu.items()})
             if self.norm is not None:
@@ -143,11 +171,23 @@ class GenerationPipeline:
         """Class ids ``[N, T, X, Y, Z] uint8`` of DiT-space rollouts (argmax of the VAE decoder). A reference-frame
         VAE renders scene i along ``trajectories[i]`` (``[T, 3]``) where one is given, else along the trajectory
         its latent carries (the DiT generates the ego motion with the scene)."""
-        out = []
+        out = [logits_MKTXYZ.argmax(1).to(torch.uint8).cpu().numpy()
+               for logits_MKTXYZ in self._decoded(rollout_NCSS, trajectories)]
+        return np.concatenate(out) if out else np.zeros((0, *self.grid.shape), np.uint8)
+
+    @torch.no_grad()
+    def logits(self, rollout_NCSS: torch.Tensor, trajectories: Sequence | None = None) -> torch.Tensor:
+        """The VAE decoder's class logits ``[N, K, T, X, Y, Z]`` (on CPU) that ``decode`` takes the argmax of: how
+        clear each voxel's class is (K·4 bytes per voxel; for a few scenes at a time)."""
+        out = [logits_MKTXYZ.float().cpu() for logits_MKTXYZ in self._decoded(rollout_NCSS, trajectories)]
+        return torch.cat(out) if out else torch.zeros(0, self.vae.config.num_classes, *self.grid.shape)
+
+    def _decoded(self, rollout_NCSS: torch.Tensor, trajectories: Sequence | None):
+        """Logits of each micro-batch of ``rollout_NCSS`` in turn, padding rows dropped."""
         for a in range(0, rollout_NCSS.shape[0], self.micro_batch):
             part = rollout_NCSS[a:a + self.micro_batch].to(self.device, torch.float32)
             n = part.shape[0]
-            full = torch.zeros(self.micro_batch, *part.shape[1:], device=self.device)
+            full = torch.zeros(self.rows_for(n), *part.shape[1:], device=self.device)
             full[:n] = part
             if self.norm is not None:
                 full = self.norm.denormalize(full, self.valid_SS)
@@ -159,19 +199,17 @@ class GenerationPipeline:
                     if t is not None:
                         carried_MT3[k] = torch.as_tensor(np.asarray(t, np.float32), device=self.device)
                 planes = self.vae.with_trajectory(planes, carried_MT3)
-            logits = self.vae.decode(planes)
-            out.append(logits.argmax(1)[:n].to(torch.uint8).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, *self.grid.shape), np.uint8)
+            yield self.vae.decode(planes)[:n]
 
     def _latent_shape(self) -> tuple[int, int, int]:
         return (self.dit.config.latent.channels, self.rollout.size, self.rollout.size)
 
     # ---- requests -> DiT inputs ------------------------------------------------------------------------------
 
-    def _conditions(self, reqs: list[SceneRequest | None]) -> tuple[dict, dict, torch.Tensor]:
-        """Condition tensors for every configured condition (zeros where absent), the conditional pass's drop
-        flags (True where absent), and for each row whether it sets any condition."""
-        cfg, m, dev = self.dit.config, self.micro_batch, self.device
+    def _conditions(self, reqs: list[SceneRequest | None], m: int) -> tuple[dict, dict, torch.Tensor]:
+        """Condition tensors of ``m`` rows for every configured condition (zeros where absent), the conditional
+        pass's drop flags (True where absent), and for each row whether it sets any condition."""
+        cfg, dev = self.dit.config, self.device
         blank = {
             "command": lambda: np.zeros((), np.int64),
             "trajectory": lambda: np.zeros((cfg.num_frames, 3), np.float32),
@@ -179,7 +217,7 @@ class GenerationPipeline:
             "bev": lambda: np.zeros(cfg.bev_size, np.int64),
         }
         dtype = {"command": torch.long, "trajectory": torch.float32, "layout": torch.float32, "bev": torch.long}
-        reqs = self._pad(reqs, None)
+        reqs = self._pad(reqs, None, m)
         cond, drop = {}, {}
         for name in self.conditions:
             present = [r is not None and getattr(r, name) is not None for r in reqs]
@@ -197,10 +235,11 @@ class GenerationPipeline:
         any_B = ~torch.stack(list(drop.values())).all(0) if drop else torch.zeros(m, dtype=torch.bool, device=dev)
         return cond, drop, any_B
 
-    def _edit(self, reqs: list[SceneRequest | None]) -> Inpainting:
-        """The inpainting constraint of a micro-batch of edit requests (dummy rows regenerate everything)."""
-        d, m = self.rollout.dims, self.micro_batch
-        reqs = self._pad(reqs, None)
+    def _edit(self, reqs: list[SceneRequest | None], m: int) -> Inpainting:
+        """The inpainting constraint of ``m`` rows for a micro-batch of edit requests (dummy rows regenerate
+        everything)."""
+        d = self.rollout.dims
+        reqs = self._pad(reqs, None, m)
         sources = [r.source if r is not None else np.zeros(self.grid.shape, np.uint8) for r in reqs]
         src_MCSS = self.encode(np.stack(sources))
         mask_MXY = torch.ones(m, d.x, d.y, device=self.device)
@@ -248,9 +287,13 @@ class GenerationPipeline:
         """Sampled rollouts ``[N, C, S, S]`` (on CPU) of the requests, scene i from ``seeds[i]``."""
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
-        steps = steps if steps is not None else (self.defaults.steps if sampler == "ddim" else self.defaults.ddpm_steps)
-        if not 1 <= int(steps) <= self.schedule.num_steps:
-            raise ValueError(f"sampling steps must be in [1, {self.schedule.num_steps}], got {steps}")
+        if steps is None:
+            d = self.defaults
+            steps = {"ddim": d.steps, "ddpm": d.ddpm_steps, "dpm++": d.dpmpp_steps}[sampler]
+        # DPM-Solver++ is multistep (>= 2) and needs one grid point past its last step
+        lo, hi = (2, self.schedule.num_steps - 1) if sampler == "dpm++" else (1, self.schedule.num_steps)
+        if not lo <= int(steps) <= hi:
+            raise ValueError(f"{sampler} sampling steps must be in [{lo}, {hi}], got {steps}")
         reqs = self._validate(requests, seeds)
         out = torch.zeros(len(reqs), *self._latent_shape())
         plain = [i for i, r in enumerate(reqs) if r.edit is None]
@@ -265,10 +308,10 @@ class GenerationPipeline:
 
     def _sample_micro(self, reqs: list[SceneRequest], seeds: list[int], sampler: str, steps: int, eta: float,
                       edit: bool) -> torch.Tensor:
-        m, c = self.micro_batch, self.dit.config.latent.channels
-        cond, drop_cond, any_B = self._conditions(list(reqs))
+        m, c = self.rows_for(len(reqs)), self.dit.config.latent.channels
+        cond, drop_cond, any_B = self._conditions(list(reqs), m)
         drop_all = {k: torch.ones_like(v) for k, v in drop_cond.items()}
-        scale_M1 = torch.tensor(self._pad([r.guidance for r in reqs], 1.0), device=self.device).view(m, 1, 1, 1)
+        scale_M1 = torch.tensor(self._pad([r.guidance for r in reqs], 1.0, m), device=self.device).view(m, 1, 1, 1)
         guided_B = any_B & (scale_M1.view(m) != 1.0)
 
         def model_fn(x_MCSS: torch.Tensor, t_M: torch.Tensor) -> torch.Tensor:
@@ -279,9 +322,12 @@ class GenerationPipeline:
             # rows at scale 1 (or without conditions) keep the conditional output exactly
             return torch.where(guided_B.view(m, 1, 1, 1), guide(out_c, out_u, scale_M1, c), out_c)
 
-        gens = [torch.Generator().manual_seed(s) for s in self._pad(list(seeds), 0)]
-        inpaint = self._edit(list(reqs)) if edit else None
+        gens = [torch.Generator().manual_seed(s) for s in self._pad(list(seeds), 0, m)]
+        inpaint = self._edit(list(reqs), m) if edit else None
         shape = (m, *self._latent_shape())
+        if sampler == "dpm++":
+            return dpmpp_sample(model_fn, self.schedule, shape, gens, num_steps=steps, valid_SS=self.valid_SS,
+                                inpaint=inpaint, device=self.device, x0_range=self.x0_range)
         if sampler == "ddim":
             return ddim_sample(model_fn, self.schedule, shape, gens, num_steps=steps, eta=eta,
                                valid_SS=self.valid_SS, inpaint=inpaint, device=self.device, x0_range=self.x0_range)

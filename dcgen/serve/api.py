@@ -4,7 +4,9 @@ A ``POST /v1/scenes`` body carries one scene's conditions (SPEC §3: command, tr
 clip, and the sampling-time inpainting mask + source or outpainting shift), the seed, how many scenes to draw, the
 sampler and the guidance scale. Arrays travel as nested JSON arrays or, compactly, as ``EncodedArray`` (base64 of the
 little-endian C-order bytes with dtype and shape). Everything is validated strictly (no type coercion, no unknown
-fields, no NaN), then against the model's grid by ``SceneRequest.validate``; every error names its field.
+fields, no NaN, shape dimensions at most ``MAX_ARRAY_DIM``), then against the model's grid by
+``SceneRequest.validate``; every error names its field. Sizes are computed with Python integers, bounded by the grid
+first, so no crafted shape can overflow or wrap a byte count.
 Responses: the clips as an ``.npz`` (``occupancy`` uint8 ``[N, T, X, Y, Z]``, ``scene_seeds`` uint64 ``[N]``; read
 with ``np.load(..., allow_pickle=False)``) or ``ScenesMetadata`` JSON. The JSON Schemas in ``schemas/`` are generated
 from these models (``write_schemas``) and tested against them.
@@ -16,6 +18,7 @@ import base64
 import binascii
 import io
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -26,10 +29,13 @@ from dcgen.generate.conditions import SceneRequest
 
 API_VERSION = "v1"
 NPZ_MEDIA_TYPE = "application/x-npz"
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "dpm++")
 MAX_SEED = 2**32 - 1  # scene_seed keeps 32 bits of the request seed; larger ones would alias
 ARRAY_DTYPES = ("bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "int64", "float32", "float64")
 ARRAY_FIELDS = ("trajectory", "layout", "bev", "prev_clip", "source", "inpaint_mask")
+# A wire-format bound on each dimension, far above any grid's extent (the server checks the exact shape against its
+# grid); it lets clients and fuzzers see from the schema that astronomically large shapes are not arrays.
+MAX_ARRAY_DIM = 65_536
 
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
@@ -39,16 +45,23 @@ class EncodedArray(BaseModel):
 
     model_config = ConfigDict(_STRICT, title="EncodedArray")
     dtype: Literal[ARRAY_DTYPES] = Field(description="element type")
-    shape: list[Annotated[int, Field(ge=0)]] = Field(max_length=4, description="dimensions, C order")
+    shape: list[Annotated[int, Field(ge=0, le=MAX_ARRAY_DIM)]] = Field(max_length=4, description="dimensions, "
+                                                                         "C order")
     data: str = Field(description="base64 (standard alphabet, padded) of prod(shape) * itemsize bytes")
 
-    def to_numpy(self, what: str) -> np.ndarray:
+    def to_numpy(self, what: str, max_extent: int | None = None) -> np.ndarray:
+        """The array; ``max_extent`` (the grid's largest extent) bounds each dimension before any size is computed."""
+        high = MAX_ARRAY_DIM if max_extent is None else max_extent
+        for i, n in enumerate(self.shape):
+            if not 0 <= n <= high:
+                where = "" if max_extent is None else ", the largest extent of the server's grid"
+                raise ValueError(f"{what}.shape[{i}]: {n}; expected a size 0..{high}{where}")
         try:
             raw = base64.b64decode(self.data, validate=True)
         except (binascii.Error, ValueError) as e:
             raise ValueError(f"{what}.data: not valid base64 ({e})") from None
         dtype = np.dtype(self.dtype).newbyteorder("<")
-        want = int(np.prod(self.shape, dtype=np.int64)) * dtype.itemsize
+        want = math.prod(self.shape) * dtype.itemsize  # Python integers: a crafted shape cannot wrap to a match
         if len(raw) != want:
             raise ValueError(f"{what}.data: {len(raw)} bytes, expected {want} for shape {self.shape} of {self.dtype}")
         return np.frombuffer(raw, dtype=dtype).reshape(self.shape)
@@ -74,9 +87,10 @@ class ScenesRequest(BaseModel):
                              "scene_seed(S, i), as `dcgen synth` draws scene i of a job with seed S; omitted = random")
     count: int = Field(1, ge=1, description="scenes to draw with these conditions (the server's limit is in "
                        "/v1/info limits.max_count)")
-    sampler: Literal[SAMPLERS] = Field("ddim", description="ddim (deterministic, fast) or ddpm (ancestral)")
+    sampler: Literal[SAMPLERS] = Field("ddim", description="ddim (deterministic, fast), ddpm (ancestral) or dpm++ "
+                                       "(DPM-Solver++(2M): deterministic, few steps)")
     steps: int | None = Field(None, ge=1, le=1000, description="sampling steps (default: the model's, 50 for "
-                              "ddim, 1000 for ddpm)")
+                              "ddim, 1000 for ddpm, 10 for dpm++; dpm++ takes 2..999)")
     guidance: float = Field(4.0, ge=0.0, le=100.0, description="classifier-free guidance scale on epsilon")
     command: int | None = Field(None, ge=0, le=3, description="0 static, 1 forward, 2 left, 3 right")
     trajectory: list[list[float]] | EncodedArray | None = _arr("[T, 3] ego (x, y, yaw) relative to frame 0")
@@ -90,22 +104,30 @@ class ScenesRequest(BaseModel):
     outpaint_shift: int | None = Field(None, ge=1, description="voxels along +X the source moves forward; the new "
                                        "band is generated")
 
-    def to_scene_request(self, what: str = "body") -> SceneRequest:
-        """The unvalidated ``SceneRequest`` (arrays decoded; ``SceneRequest.validate`` checks them on the grid)."""
-        arrays = {name: _to_numpy(getattr(self, name), f"{what}.{name}") for name in ARRAY_FIELDS}
+    def to_scene_request(self, what: str = "body", max_extent: int | None = None) -> SceneRequest:
+        """The unvalidated ``SceneRequest`` (arrays decoded; ``SceneRequest.validate`` checks them on the grid).
+
+        ``max_extent``, the grid's largest extent, bounds encoded arrays' dimensions before their sizes are computed.
+        """
+        arrays = {name: _to_numpy(getattr(self, name), f"{what}.{name}", max_extent, integers=name != "trajectory")
+                  for name in ARRAY_FIELDS}
         return SceneRequest(command=self.command, outpaint_shift=self.outpaint_shift, guidance=self.guidance,
                             **arrays)
 
 
-def _to_numpy(value, what: str) -> np.ndarray | None:
+def _to_numpy(value, what: str, max_extent: int | None, integers: bool) -> np.ndarray | None:
     if value is None:
         return None
     if isinstance(value, EncodedArray):
-        return value.to_numpy(what)
+        return value.to_numpy(what, max_extent)
     try:
-        return np.asarray(value)
+        a = np.asarray(value)
     except ValueError:
         raise ValueError(f"{what}: ragged nested arrays; expected a rectangular array") from None
+    # JSON integers are unbounded: past 64 bits numpy keeps Python objects, and mixing 2**63.. with negatives floats
+    if integers and (a.dtype == object or (a.dtype.kind == "f" and a.size)):
+        raise ValueError(f"{what}: integers outside the 64-bit range; expected class ids (or 0/1)")
+    return a
 
 
 # ---- responses --------------------------------------------------------------------------------------------------
@@ -179,9 +201,13 @@ class HealthResponse(BaseModel):
 
 class ErrorDetail(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    status: int
-    message: str = Field(description="what is wrong and what was expected; names the field")
-    field: str | None = Field(description="the offending request field, when there is one")
+    status: int = Field(ge=400, le=599, description="the HTTP status again")
+    message: str = Field(description="what is wrong and what was expected; begins with the JSON path of the bad "
+                         "value (e.g. 'bev.shape[0]: ...') when there is one")
+    field: str | None = Field(description="the top-level request field or query parameter that is wrong (e.g. "
+                              "'bev', 'format'); 'body' when the body as a whole is (not JSON, not UTF-8, nested "
+                              "too deeply, over the size limit, not an object, conflicting fields); null when the "
+                              "request's content is not at fault (token, server errors)")
 
 
 class ErrorResponse(BaseModel):

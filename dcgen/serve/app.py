@@ -1,12 +1,14 @@
 """The HTTP ingress of the dcgen Serve application (API v1) and the application graph: ingress -> model deployment.
 
 Ray's own Serve examples split an HTTP ingress from the model deployment; dcgen does the same. The ingress checks
-the bearer token (before reading a byte of the body), the body size (413), the JSON and its fields (422, naming the
-field), the scene count (413) and the conditions against the loaded model's grid and conditions; only then does it
-queue the request's scenes, one ``SceneJob`` each, with the model deployment (``dcgen.serve.model``), whose
-``@serve.batch`` mixes scenes of concurrent requests. Scene i of a request with seed S is seeded ``scene_seed(S, i)``,
-exactly as scene i of a ``dcgen synth`` job with seed S. Every error is a JSON ``ErrorResponse``; no exception
-escapes a request, so a bad request never takes a replica down.
+the bearer token (before reading a byte of the body), the body size (413), that the body is JSON (415) and parses
+(400: malformed, not UTF-8, nested too deeply), its fields (422, naming the field), the scene count (413) and the
+conditions against the loaded model's grid and conditions; only then does it queue the request's scenes, one
+``SceneJob`` each, with the model deployment (``dcgen.serve.model``), whose batches mix scenes of concurrent
+requests. Scene i of a request with seed S is seeded ``scene_seed(S, i)``, exactly as scene i of a ``dcgen synth`` job
+with seed S. Every error is a JSON ``ErrorResponse``; no exception escapes a request, so a bad request never takes a
+replica down. The OpenAPI document (``/v1/openapi.json``) lists every status each route sends, each error with the
+``ErrorResponse`` schema, and the bearer scheme on the routes that need the token.
 """
 
 from __future__ import annotations
@@ -23,47 +25,29 @@ from typing import Literal
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from ray import serve
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dcgen.serve.api import (API_VERSION, NPZ_MEDIA_TYPE, HealthResponse, InfoResponse, ScenesMetadata,
                              ScenesRequest, ServeStats, encode_npz)
 from dcgen.data.grid import Grid
 from dcgen.runtime import scene_seed
 from dcgen.serve.config import IngressSettings, ServeConfig
-from dcgen.generate.conditions import SceneJob, SceneResult
+from dcgen.serve.errors import ApiError, api_error, error_docs, error_response, install_error_handlers
+from dcgen.generate.conditions import SceneJob
 from dcgen.serve.model import SceneReplica
 
 log = logging.getLogger("dcgen.serve")
 OPEN_PATHS = ("/v1/health",)  # liveness probes need no token; they reveal nothing
 INFO_TTL_S = 30.0  # the model's description is re-read this often (a redeploy may swap checkpoints)
+BEARER = "bearerAuth"  # the OpenAPI security scheme's name
 
 
 @serve.deployment(max_ongoing_requests=16)
 class SceneModel(SceneReplica):
-    """The model deployment: a ``SceneReplica`` whose ``generate`` calls from every ingress replica are batched."""
-
-    def __init__(self, vae: str, dit: str, device: str = "auto", use_ema: bool = True, micro_batch: int = 8,
-                 max_batch_size: int = 8, batch_wait_s: float = 0.05):
-        super().__init__(vae, dit, device=device, use_ema=use_ema, micro_batch=micro_batch)
-        self.generate.set_max_batch_size(max_batch_size)
-        self.generate.set_batch_wait_timeout_s(batch_wait_s)
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def generate(self, jobs: list[SceneJob]) -> list[SceneResult]:
-        return await self.generate_batch(jobs)
-
-
-class ApiError(StarletteHTTPException):
-    def __init__(self, status: int, message: str, field: str | None = None, headers: dict | None = None):
-        super().__init__(status, message, headers)
-        self.field = field
-
-
-def error_response(status: int, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"status": status, "message": message, "field": field}}, status, headers=headers)
+    """The model deployment: a ``SceneReplica``, whose own queue batches the ``generate`` calls of every ingress
+    replica (not ``@serve.batch``, which holds every batch open for its timeout, even a lone scene's)."""
 
 
 class Guard:
@@ -85,7 +69,7 @@ class Guard:
         limit = self.settings.max_body_bytes
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            response = error_response(413, f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
+            response = error_response(413, f"body: {int(declared)} bytes exceed the limit of {limit} bytes", "body")
             return await response(scope, receive, send)
         seen = 0
 
@@ -95,7 +79,7 @@ class Guard:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
+                    raise ApiError(413, f"body: exceeds the limit of {limit} bytes", "body")
             return message
 
         return await self.app(scope, counted_receive, send)
@@ -116,12 +100,6 @@ def response_format(query: str | None, accept: str) -> str:
     return "json" if "application/json" in accept and NPZ_MEDIA_TYPE not in accept else "npz"
 
 
-def _field_of(loc: tuple) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query")]
-    # pydantic puts the union member's type (e.g. 'list[list[float]]', 'EncodedArray') into the location
-    return ".".join(p for p in parts if "[" not in p and p != "EncodedArray") or "body"
-
-
 class SceneIngress:
     def __init__(self, model, settings: IngressSettings):
         self.model = model
@@ -136,7 +114,11 @@ class SceneIngress:
 
     async def model_info(self) -> dict:
         if self._info is None or time.monotonic() - self._info_time > INFO_TTL_S:
-            self._info = await self.model.info.remote()
+            try:
+                self._info = await self.model.info.remote()
+            except Exception as e:  # noqa: BLE001 - no model replica answers (starting, redeploying, dead)
+                log.exception("model info failed")
+                raise ApiError(503, f"the model deployment could not be reached: {type(e).__name__}") from None
             self._info_time = time.monotonic()
         return self._info
 
@@ -152,12 +134,11 @@ class SceneIngress:
                            "count")
         info = await self.model_info()
         grid = Grid.from_dict(info["grid"])
+        max_extent = max(grid.num_frames, *grid.size, 3)  # no array of a request is longer in any dimension
         try:
-            scene = body.to_scene_request("body").validate(grid, tuple(info["accepted"]), what="body")
+            scene = body.to_scene_request("body", max_extent).validate(grid, tuple(info["accepted"]), what="body")
         except ValueError as e:
-            message = str(e).removeprefix("body.")
-            head = message.split(":", 1)[0]
-            raise ApiError(422, message, None if head == "body" else head.split(".")[0]) from None
+            raise api_error(str(e)) from None
         seed = body.seed if body.seed is not None else secrets.randbelow(2**32)
         seeds = [scene_seed(seed, i) for i in range(body.count)]
         jobs = [SceneJob(scene, s, body.sampler, body.steps) for s in seeds]
@@ -168,9 +149,7 @@ class SceneIngress:
             raise ApiError(503, f"the model deployment could not generate: {type(e).__name__}") from None
         failed = [r for r in results if r.error is not None]
         if failed and failed[0].invalid:  # the pipeline's own checks, beyond the grid (e.g. latent alignment)
-            message = re.sub(r"^requests\[\d+\]\.?", "", failed[0].error)
-            head = message.split(":", 1)[0]
-            raise ApiError(422, message, head if head.isidentifier() else None)
+            raise api_error(re.sub(r"^requests\[\d+\]", "body", failed[0].error))
         if failed:
             raise ApiError(500, f"generation failed on the model replica: {failed[0].error}")
         occ_NTXYZ = np.stack([r.occupancy_TXYZ for r in results])
@@ -195,53 +174,65 @@ class SceneIngress:
         return JSONResponse(meta.model_dump(), headers=headers)
 
 
+SCENES_HEADERS = {
+    "X-Dcgen-Shape": "N,T,X,Y,Z of the occupancy array",
+    "X-Dcgen-Dtype": "uint8",
+    "X-Dcgen-Seed": "the request seed (drawn by the server when the request had none)",
+    "X-Dcgen-Scene-Seeds": "comma-separated: scene i's generator seed, scene_seed(seed, i)",
+    "X-Dcgen-Batch-Sizes": "comma-separated: per scene, the size of the model batch it was generated in",
+    "X-Dcgen-Checkpoints": "comma-separated name=id of the VAE and DiT checkpoints that made the scenes",
+}
+
+
 def http_app(ingress: SceneIngress) -> FastAPI:
     """The FastAPI routes of one ingress replica (built on the replica, so they can close over it)."""
     app = FastAPI(title="dcgen", version=API_VERSION, docs_url=None, redoc_url=None,
                   openapi_url=f"/{API_VERSION}/openapi.json",
                   description="Conditioned 4D semantic occupancy scenes on demand (DynamicCity).")
     app.add_middleware(Guard, settings=ingress.settings)
+    install_error_handlers(app)
+    authenticated = ingress.settings.token_sha256 is not None
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        return error_response(exc.status_code, str(exc.detail), getattr(exc, "field", None), exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError):
-        errors = exc.errors()
-        content_type = request.headers.get("content-type")
-        if request.method == "POST" and (content_type is None or "json" not in content_type.lower()):
-            return error_response(415, f"body: Content-Type {content_type!r}; expected application/json", "body")
-        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
-        field = _field_of(tuple(first.get("loc", ())))
-        msg = first.get("msg", "invalid")
-        if first.get("type") == "json_invalid":
-            field, msg = "body", f"malformed JSON ({first.get('ctx', {}).get('error', 'decode error')})"
-        more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
-        return error_response(422, f"{field}: {msg}{more}", field)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
-        log.exception("unexpected error in %s", request.url.path)
-        return error_response(500, f"internal error: {type(exc).__name__}")
-
-    @app.get(f"/{API_VERSION}/health", response_model=HealthResponse)
+    @app.get(f"/{API_VERSION}/health", response_model=HealthResponse, summary="liveness (no token needed)")
     async def health():
         return HealthResponse(status="ok", api_version=API_VERSION)
 
-    @app.get(f"/{API_VERSION}/info", response_model=InfoResponse)
+    @app.get(f"/{API_VERSION}/info", response_model=InfoResponse, summary="the model, limits and batching",
+             responses=error_docs((401, 500, 503), authenticated))
     async def info():
         model = await ingress.model_info()
         return InfoResponse(**model, api_version=API_VERSION, limits=ingress.settings.limits(),
                             batching=ingress.settings.batching(), stats=ingress.stats())
 
-    @app.post(f"/{API_VERSION}/scenes", response_model=ScenesMetadata,
-              responses={200: {"content": {NPZ_MEDIA_TYPE: {}}, "description": "the clips (.npz) or, with "
-                               "?format=json, their metadata"}})
+    scenes_ok = {"description": "the clips: an .npz (the default) holding occupancy uint8 [N, T, X, Y, Z] and "
+                                "scene_seeds uint64 [N], read with np.load(allow_pickle=False); with ?format=json or "
+                                "Accept: application/json, their metadata instead",
+                 "content": {NPZ_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+                 "headers": {name: {"description": text, "required": True, "schema": {"type": "string"}}
+                             for name, text in SCENES_HEADERS.items()}}
+
+    @app.post(f"/{API_VERSION}/scenes", response_model=ScenesMetadata, summary="generate scenes",
+              responses={200: scenes_ok, **error_docs((400, 401, 413, 415, 422, 500, 503), authenticated)})
     async def scenes(body: ScenesRequest, request: Request,
                      format: Literal["npz", "json"] | None = Query(None, description="npz (default) or json")):
         return await ingress.scenes(body, response_format(format, request.headers.get("accept", "")))
 
+    def openapi() -> dict:
+        """FastAPI's document plus the bearer scheme on every route but the open ones (when a token is set)."""
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            if authenticated:
+                doc.setdefault("components", {})["securitySchemes"] = {BEARER: {
+                    "type": "http", "scheme": "bearer",
+                    "description": "the token in the variable `dcgen serve --token-env` names"}}
+                for path, operations in doc["paths"].items():
+                    if path not in OPEN_PATHS:
+                        for operation in operations.values():
+                            operation["security"] = [{BEARER: []}]
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
 
 

@@ -28,9 +28,13 @@ class ServeConfig:
     max_replicas: int | None = None  # autoscale model replicas between `replicas` and this; None = fixed count
     gpus_per_replica: float = 0.0
     cpus_per_replica: float = 1.0
-    max_batch_size: int = 8  # scenes per @serve.batch call; 1 turns batching off
-    batch_wait_s: float = 0.05  # how long a batch waits to fill
-    micro_batch: int = 8  # the pipeline's fixed network batch: scene bytes match a pipeline with the same value
+    max_batch_size: int = 8  # scenes per model batch; 1 turns batching off
+    # the longest a batch waits for as many scenes as the replica's last batch had (serve/model.py); a lone
+    # client's scene never waits
+    batch_wait_s: float = 0.05
+    # the pipeline's largest network batch; smaller batches run padded to their bucket (1, 2, 4, ...): a scene's
+    # bytes match a pipeline with the same value, up to float rounding at bucket shapes (generate/pipeline.py)
+    micro_batch: int = 8
     token_env: str | None = None  # environment variable holding the bearer token; None = no authentication
     max_count: int = 16  # scenes per request
     max_body_bytes: int = 64 * 1024 * 1024

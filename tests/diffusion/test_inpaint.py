@@ -8,7 +8,7 @@ import torch
 
 from dcgen.data.grid import PLANE_NAMES
 from dcgen.diffusion.inpaint import inpainting, outpainting, shift_x
-from dcgen.diffusion.samplers import ddim_sample, ddpm_sample, per_sample_noise
+from dcgen.diffusion.samplers import ddim_sample, ddpm_sample, dpmpp_sample, per_sample_noise
 from dcgen.diffusion.schedule import NoiseSchedule
 
 SCHED = NoiseSchedule.linear()
@@ -26,7 +26,7 @@ def _half_mask(layout, batch=2):
     return mask
 
 
-@pytest.mark.parametrize("sampler", [ddim_sample, ddpm_sample])
+@pytest.mark.parametrize("sampler", [ddim_sample, ddpm_sample, dpmpp_sample])
 def test_known_region_equals_the_source_at_the_end(tiny_dit, sampler):
     layout = tiny_dit.rollout
     source = _source(layout)

@@ -1,8 +1,10 @@
-"""Noise schedule: golden values, the posterior against Bayes' rule, respacing, q_sample inverses, validation."""
+"""Noise schedule: golden values, the posterior against Bayes' rule, respacing and subsets, log-SNR, q_sample inverses,
+validation."""
 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -68,6 +70,19 @@ def test_respacing_keeps_alphas_cumprod_of_the_kept_steps():
     assert torch.equal(fast.model_timesteps(torch.tensor([0, 49])), torch.tensor([0, 999]))
     with pytest.raises(ValueError, match="respaced step count must be in \\[1, 1000\\], got 0"):
         SCHED.respace(0)
+
+
+def test_a_subset_keeps_alphas_cumprod_log_snr_and_timesteps():
+    sub = SCHED.subset([3, 40, 999])
+    np.testing.assert_allclose(sub.alphas_cumprod, SCHED.alphas_cumprod[[3, 40, 999]], rtol=1e-12)
+    np.testing.assert_allclose(sub.log_snr, SCHED.log_snr[[3, 40, 999]], rtol=1e-9)
+    assert list(sub.subset([0, 2]).timesteps) == [3, 999]
+    ac = SCHED.alphas_cumprod
+    np.testing.assert_allclose(SCHED.log_snr, np.log(np.sqrt(ac) / np.sqrt(1 - ac)), rtol=1e-12)
+    assert (np.diff(SCHED.log_snr) < 0).all()
+    for bad in ([5, 5], [3, 1], [0, 1000], [-1, 4], []):
+        with pytest.raises(ValueError, match=f"strictly increasing indices in \\[0, 999\\], got {re.escape(str(bad))}"):
+            SCHED.subset(bad)
 
 
 def test_p_mean_variance_checks_channels():

@@ -60,10 +60,12 @@ def test_info_and_accepted_conditions(pipe, debug_vae, debug_dit):
     assert info["classes"][6] == {"id": 6, "name": "road", "rgb": [255, 0, 255]}
     assert info["checkpoints"] == {"vae": checkpoint.checkpoint_id(debug_vae), "dit": checkpoint.checkpoint_id(debug_dit)}
     assert info["sampler_defaults"]["sampler"] == "ddim" and info["sampler_defaults"]["steps"] == 50
+    assert info["sampler_defaults"]["samplers"] == ["ddim", "ddpm", "dpm++"]
+    assert info["sampler_defaults"]["dpmpp_steps"] == 10
     json.dumps(info)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm++"])
 def test_scene_bytes_do_not_depend_on_the_batch(pipe, clips, sampler):
     reqs, seeds = _requests(clips), [11, 12, 13, 14, 15, 16]
     together = pipe.generate(reqs, seeds, sampler=sampler, steps=STEPS)
@@ -150,6 +152,8 @@ def test_bad_inputs_raise_clear_errors(pipe, clips, debug_vae, debug_dit, tmp_pa
         pipe.generate([SceneRequest()], [0], sampler="euler")
     with pytest.raises(ValueError, match=r"sampling steps must be in \[1, 1000\]"):
         pipe.generate([SceneRequest()], [0], steps=0)
+    with pytest.raises(ValueError, match=r"dpm\+\+ sampling steps must be in \[2, 999\], got 1"):
+        pipe.generate([SceneRequest()], [0], sampler="dpm++", steps=1)
     with pytest.raises(ValueError, match="multiple of 2"):
         pipe.generate([SceneRequest(source=clips["occupancy"][0], outpaint_shift=3)], [0])
     with pytest.raises(ValueError, match="covers nothing"):
@@ -252,8 +256,8 @@ def test_bench_dit_cli(tmp_path, debug_vae, debug_dit):
                                       str(out)])
     assert result.exit_code == 0, result.output
     bench = json.loads(out.read_text())
-    assert set(bench["sampling_seconds_per_scene"]) == {"ddpm_6", "ddim_50", "ddim_25", "ddim_6", "ddim_50_eta1",
-                                                         "ddpm_50"}
+    assert set(bench["sampling_seconds_per_scene"]) == {"ddpm_6", "ddim_50", "ddim_25", "ddim_10", "ddim_6",
+                                                         "ddim_50_eta1", "ddpm_50", "dpmpp_10"}
     assert all(v > 0 for v in bench["sampling_seconds_per_scene"].values())
     assert bench["train_seconds_per_iter"] > 0 and bench["dit_parameters"] > 1e5
     assert 42.5e6 < bench["dit_parameters_by_preset"]["carlasc"] < 44.7e6
@@ -280,7 +284,8 @@ def test_bench_dit_compares_sampler_quality(tmp_path, debug_vae, debug_dit, debu
     assert result.exit_code == 0, result.output
     quality = json.loads(out.read_text())["quality"]
     samplers = quality["samplers"]
-    assert set(samplers) == {"ddpm_4", "ddim_50", "ddim_25", "ddim_4", "ddim_50_eta1", "ddpm_50"}
+    assert set(samplers) == {"ddpm_4", "ddim_50", "ddim_25", "ddim_10", "ddim_4", "ddim_50_eta1", "ddpm_50",
+                             "dpmpp_10"}
     assert quality["relative_to"] == "ddpm_4"
     for name, m in samplers.items():
         assert 1 <= m["distinct_scenes"] <= 6 and m["collapsed"] == (m["distinct_scenes"] == 1), name

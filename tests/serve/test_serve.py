@@ -1,5 +1,5 @@
 """The Serve application end to end: one real Serve on 127.0.0.1 (a free port) for this module, serving freshly
-initialised debug networks written as checkpoints, on top of the session's local Ray."""
+initialised debug networks written as checkpoints, on top of the session's local Ray (``debug_server``)."""
 
 from __future__ import annotations
 
@@ -12,41 +12,12 @@ import jsonschema
 import numpy as np
 import pytest
 
+from debug_server import MAX_BODY, MAX_COUNT, STEPS, TOKEN
 from dcgen.runtime import scene_seed
 from dcgen.serve.api import NPZ_MEDIA_TYPE, decode_npz
 from dcgen.serve.client import AsyncDcgenClient, DcgenClient, DcgenError, scene_body
 
-TOKEN = "test-token-0123456789abcdef"
-TOKEN_ENV = "DCGEN_SERVE_TEST_TOKEN"
-STEPS = 3  # sampling steps per scene: enough to exercise the sampler, cheap on CPU
-MAX_COUNT = 4
-MAX_BODY = 200_000
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def server(ray_local, tmp_path_factory):
-    from dcgen.bench.serve import free_port, write_untrained_checkpoints
-    from ray import serve
-
-    from dcgen.serve.app import start
-    from dcgen.serve.config import ServeConfig
-
-    vae, dit = write_untrained_checkpoints("debug", tmp_path_factory.mktemp("ckpt"))
-    mp = pytest.MonkeyPatch()
-    mp.setenv(TOKEN_ENV, TOKEN)
-    config = ServeConfig(vae=vae, dit=dit, port=free_port(), max_batch_size=8, batch_wait_s=0.2, micro_batch=8,
-                         token_env=TOKEN_ENV, max_count=MAX_COUNT, max_body_bytes=MAX_BODY, app_name="dcgen-test")
-    url = start(config)
-    mp.undo()
-    yield {"url": url, "vae": vae, "dit": dit, "config": config}
-    serve.shutdown()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with DcgenClient(server["url"], token=TOKEN) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
@@ -158,13 +129,19 @@ def _bad_requests():
            "trajectory": [[0.0] * 3] * 8000, "steps": STEPS}
     src = np.zeros((4, 32, 32, 4), np.uint8)
     return [
-        ("malformed JSON", b'{"count": 1,', {}, 422, "body"),
+        ("malformed JSON", b'{"count": 1,', {}, 400, "body"),
+        ("invalid UTF-8 in a string", b'{"steps": 3, "sampler": "dd\xffim"}', {}, 400, "sampler"),
+        ("5,000-deep nesting", b'{"bev": ' + b"[" * 5000 + b"]" * 5000 + b"}", {}, 400, "body"),
+        ("5,000-digit integer", b'{"seed": ' + b"7" * 5000 + b"}", {}, 400, "body"),
+        ("empty body", b"", {}, 422, "body"),
+        ("not an object", b"[1, 2]", {}, 422, "body"),
         ("not JSON", b"count=1", {"content-type": "application/x-www-form-urlencoded"}, 415, "body"),
+        ("JSON under a non-JSON type", b"{}", {"content-type": "text/json"}, 415, "body"),
         ("unknown field", {"comand": 1}, {}, 422, "comand"),
         ("string count", {"count": "1"}, {}, 422, "count"),
         ("zero count", {"count": 0}, {}, 422, "count"),
         ("count over the limit", {"count": MAX_COUNT + 1}, {}, 413, "count"),
-        ("body over the limit", json.dumps(big).encode(), {}, 413, None),
+        ("body over the limit", json.dumps(big).encode(), {}, 413, "body"),
         ("command out of range", {"command": 7}, {}, 422, "command"),
         ("NaN guidance", b'{"guidance": NaN}', {}, 422, "guidance"),
         ("seed too large", {"seed": 2**40}, {}, 422, "seed"),
@@ -176,9 +153,15 @@ def _bad_requests():
         ("bev class out of range", {"bev": [[99] * 32] * 32}, {}, 422, "bev"),
         ("bad base64", {"bev": {"dtype": "uint8", "shape": [32, 32], "data": "@@@"}}, {}, 422, "bev"),
         ("short base64", {"bev": {"dtype": "uint8", "shape": [32, 32], "data": "AAAA"}}, {}, 422, "bev"),
+        # was a 500 (OverflowError in np.prod(..., dtype=int64))
+        ("dimension >= 2**63", {"bev": {"dtype": "uint8", "shape": [2**70], "data": ""}}, {}, 422, "bev"),
+        # 65536**4 = 2**64 wrapped to 0 in int64 and matched the empty data
+        ("shape product wraps int64", {"bev": {"dtype": "uint8", "shape": [65536] * 4, "data": ""}}, {}, 422, "bev"),
+        ("negative dimension", {"bev": {"dtype": "uint8", "shape": [32, -32], "data": ""}}, {}, 422, "bev"),
+        ("integers past 64 bits", {"bev": [[2**70] * 32] * 32}, {}, 422, "bev"),
         ("mask without source", {"inpaint_mask": [[1] * 32] * 16 + [[0] * 32] * 16}, {}, 422, "source"),
         ("inpaint and outpaint", scene_body(source=src, inpaint_mask=np.eye(32, dtype=bool), outpaint_shift=4),
-         {}, 422, None),
+         {}, 422, "body"),
         ("format", {"steps": STEPS}, {"params": {"format": "xml"}}, 422, "format"),
         # passes the ingress, rejected by the pipeline on the model replica (not a whole number of latent cells)
         ("outpaint shift", scene_body(source=src, outpaint_shift=3, steps=STEPS), {}, 422, "outpaint_shift"),
@@ -196,8 +179,8 @@ def test_bad_requests_get_their_4xx_and_the_server_keeps_answering(server, clien
         assert r.status_code == status, r.text
         err = r.json()["error"]
         assert err["status"] == status and err["message"]
-        if field is not None:
-            assert err["field"] == field and field in err["message"], err
+        assert err["field"] == field and (field is None or field in err["message"]), err
+        jsonschema.validate(r.json(), _response_schema())
         assert h.get("/v1/health").status_code == 200
 
 
@@ -243,10 +226,24 @@ def test_client_errors_carry_status_and_field(client):
     assert e.value.status == 422 and e.value.field == "trajectory" and "expected [4, 3]" in e.value.message
 
 
+@pytest.mark.parametrize("shape, message", [
+    ([2**70], "bev.shape[0]: Input should be less than or equal to 65536"),
+    ([65536] * 4, "bev.shape[0]: 65536; expected a size 0..32, the largest extent of the server's grid"),
+])
+def test_crafted_shapes_are_refused_before_any_size_is_computed(server, shape, message):
+    with _http(server) as h:
+        r = h.post("/v1/scenes", json={"bev": {"dtype": "uint8", "shape": shape, "data": ""}})
+    assert r.status_code == 422 and r.json()["error"]["message"] == message
+
+
 def test_openapi_lists_the_versioned_routes(server):
     with _http(server) as h:
         spec = h.get("/v1/openapi.json").json()
     assert {"/v1/scenes", "/v1/info", "/v1/health"} <= set(spec["paths"])
+    scenes = spec["paths"]["/v1/scenes"]["post"]
+    assert {"400", "401", "413", "415", "422"} <= set(scenes["responses"])
+    assert scenes["security"] == [{"bearerAuth": []}]
+    assert "security" not in spec["paths"]["/v1/health"]["get"]
 
 
 def test_samplers_match_the_pipeline():

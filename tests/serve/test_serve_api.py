@@ -15,9 +15,10 @@ from pydantic import ValidationError
 from dcgen.data.grid import GRIDS
 from dcgen.serve import api
 from dcgen.serve.api import EncodedArray, ScenesRequest
-from dcgen.serve.app import _field_of, _token_ok, app_builder, response_format
+from dcgen.serve.app import _token_ok, app_builder, response_format
 from dcgen.serve.client import scene_body
 from dcgen.serve.config import ServeConfig, read_token, token_digest
+from dcgen.serve.errors import _field_of
 
 ROOT = Path(__file__).resolve().parents[2]
 GRID = GRIDS["debug"]
@@ -87,10 +88,34 @@ def test_model_and_schema_reject_bad_fields(body, field):
     ({"dtype": "uint8", "shape": [2, 2], "data": "not base64!"}, "bev.data: not valid base64"),
     ({"dtype": "uint8", "shape": [2, 2], "data": base64.b64encode(b"abc").decode()}, "3 bytes, expected 4"),
     ([[1, 2], [3]], "bev: ragged nested arrays"),
+    # 65536**4 = 2**64 wraps to 0 in int64 and matched empty data; Python integers do not wrap
+    ({"dtype": "uint8", "shape": [65536] * 4, "data": ""}, "bev.data: 0 bytes, expected 18446744073709551616 "),
+    ({"dtype": "int64", "shape": [65536] * 4, "data": ""}, "expected 147573952589676412928 for shape"),
+    ([[2**70, 1]], r"bev: integers outside the 64-bit range"),
+    ([[2**63, -1]], r"bev: integers outside the 64-bit range"),  # numpy makes float64 of these
 ])
 def test_array_decoding_errors_name_the_field(value, message):
     with pytest.raises(ValueError, match=message):
         ScenesRequest.model_validate({"bev": value}).to_scene_request("body")
+
+
+@pytest.mark.parametrize("shape, message", [
+    ([65536] * 4, r"bev.shape\[0\]: 65536; expected a size 0..32, the largest extent of the server's grid"),
+    ([32, 33], r"bev.shape\[1\]: 33; expected a size 0..32"),
+])
+def test_encoded_shapes_are_bounded_by_the_grid_before_sizes_are_computed(shape, message):
+    body = ScenesRequest.model_validate({"bev": {"dtype": "uint8", "shape": shape, "data": ""}})
+    with pytest.raises(ValueError, match=message):
+        body.to_scene_request("body", max_extent=32)
+
+
+@pytest.mark.parametrize("shape", [[2**63], [2**70], [-1], [1, 2, 3, 4, 5]])
+def test_encoded_shapes_outside_the_wire_bounds_fail_validation(shape):
+    with pytest.raises(ValidationError) as e:
+        ScenesRequest.model_validate({"bev": {"dtype": "uint8", "shape": shape, "data": ""}})
+    assert _field_of(("body", *e.value.errors()[0]["loc"])) == "bev"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"bev": {"dtype": "uint8", "shape": shape, "data": ""}}, _schema("serve-request"))
 
 
 def test_response_examples_satisfy_the_response_schema():
@@ -169,3 +194,4 @@ def test_deploy_file_is_a_valid_serve_config_that_builds(monkeypatch):
     monkeypatch.setenv(app.args["token_env"], "x" * 32)
     built = app_builder(app.args)
     assert built._bound_deployment.name == "SceneIngress"
+
