@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
+from dcgen.project import META_KEY as PROJECT_META
+
 #: Paths of the source tree that never travel with a job: environments, VCS data, run outputs, stores.
 EXCLUDES = (".git", ".venv", "venv", "runs", "out", "*.zarr", "__pycache__", "*.egg-info", ".pytest_cache",
             "dcgen-quickstart")
@@ -51,13 +53,15 @@ def is_job_server(address: str | None) -> bool:
 
 def command_line(ctx, drop: Iterable[str] = ("cluster", "address")) -> list[str]:
     """The invocation of ``ctx`` (a Typer/Click context) as argv: command words, each followed by the parameters
-    given on the command line at that level; defaults are left to the remote side, ``drop`` names are left out."""
+    given on the command line at that level or filled from the project file; defaults are left to the remote side,
+    ``drop`` names are left out."""
     chain = []
     while ctx is not None:
         chain.append(ctx)
         ctx = ctx.parent
     argv: list[str] = []
     drop = set(drop)
+    project = chain[-1].meta.get(PROJECT_META)  # dcgen.cli.project.ProjectDefaults, when the root has --project
     for level in reversed(chain[:-1]):  # the root is the program itself
         argv.append(level.info_name)
         options, positionals = [], []
@@ -65,9 +69,16 @@ def command_line(ctx, drop: Iterable[str] = ("cluster", "address")) -> list[str]
             if param.name in drop or not param.expose_value or param.name not in level.params:
                 continue
             source = level.get_parameter_source(param.name)
-            if source is None or source.name not in _FORWARDED_SOURCES:
-                continue
             value = level.params[param.name]
+            if source is not None and source.name == "DEFAULT_MAP" and project is not None:
+                # filled from the project file: sent as the file writes it, so its relative paths resolve under
+                # DCGEN_JOB_DIR on the cluster (README "Cluster"); None for a --config value (the flag travels).
+                # A group's own values matter only when it runs itself, not a subcommand (`train` vs `train vae`)
+                value = project.sent_value(level, param.name) if level is chain[0] else None
+                if value is None:
+                    continue
+            elif source is None or source.name not in _FORWARDED_SOURCES:
+                continue
             if param.param_type_name == "argument":
                 positionals += [_text(v) for v in (value if param.nargs != 1 else [value])]
             else:
@@ -122,9 +133,11 @@ def source_root() -> Path:
 
 
 def runtime_env(root: Path) -> dict:
-    """The job's environment: the source tree as working directory (on PYTHONPATH there), plain log output."""
+    """The job's environment: the source tree as working directory (on PYTHONPATH there), plain log output, and
+    every worker process in DCGEN_JOB_DIR like the driver (relative paths then mean the same file to both)."""
     return {"working_dir": str(root), "excludes": list(EXCLUDES),
-            "env_vars": {"PYTHONUNBUFFERED": "1", "TYPER_USE_RICH": "0"}}
+            "env_vars": {"PYTHONUNBUFFERED": "1", "TYPER_USE_RICH": "0"},
+            "worker_process_setup_hook": "dcgen.job_entry.enter_job_dir"}
 
 
 # ---- the job server ----------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """``dcgen quickstart``: the whole product on the embedded local Ray, in minutes on a laptop CPU.
 
 Synthetic city → VAE → latents → DiT → metric feature networks → reference statistics → ``synth`` of a few
-layout-conditioned scenes with quality gates → a rendered GIF and the Table 2 metrics. Every stage is the same
-function the individual commands call, each skipped when its output is already there, so a second run (or a run
-after an interruption) picks up where the last one stopped.
+layout-conditioned scenes with quality gates → a rendered GIF, the Table 2 metrics and VAE reconstructions → one
+HTML page of all of it (``dcgen report``). Every stage is the same function the individual commands call, each
+skipped when its output is already there, so a second run (or a run after an interruption) picks up where the last
+one stopped.
 """
 
 from __future__ import annotations
@@ -78,9 +79,9 @@ def run_quickstart(cfg: QuickstartConfig, log: Callable[[str], None] = print) ->
     def stage(name: str):
         timings[name] = time.time()
 
-    def done(name: str):
+    def done(name: str, output: Path | None = None):  # each stage's output is shown as soon as it exists
         timings[name] = round(time.time() - timings[name], 1)
-        log(f"[{name}] {timings[name]:.1f} s")
+        log(f"[{name}] {timings[name]:.1f} s" + (f": {output}" if output is not None else ""))
 
     city = out / "city.zarr"
     stage("city")
@@ -89,21 +90,27 @@ def run_quickstart(cfg: QuickstartConfig, log: Callable[[str], None] = print) ->
     else:
         log(f"[city] generating {clips} synthetic {cfg.preset} clips into {city}")
         write_synthetic_city(str(city), cfg.preset, clips, seed=cfg.seed, overwrite=city.exists())
-    done("city")
+    real_gif = out / "real.gif"
+    city_store = SceneStore.open(str(city))
+    k = int(city_store.indices("val")[0])
+    save_clip(real_gif, city_store.read(slice(k, k + 1), ("occupancy",))["occupancy"][0],
+              title=f"synthetic city clip {k} (real data)")
+    log(f"[city] a real clip to look at while the models train: {real_gif}")
+    done("city", city)
 
     runs = out / "runs"
     stage("train")
     trained = train_pipeline(str(city), cfg.preset, runs, conditions=CONDITIONS, vae_epochs=vae_epochs,
                              dit_epochs=dit_epochs, features_epochs=feat_epochs, max_minutes=cfg.max_minutes_per_stage,
                              seed=cfg.seed, log=log)
-    done("train")
+    done("train", runs)
     features = runs / "features" / "best"
 
     ref = out / "reference.npz"
     stage("reference")
     if not ref.exists():
-        make_reference(str(city), str(features), ref, split="train", log=log)
-    done("reference")
+        make_reference(str(city), str(features), ref, split="train")
+    done("reference", ref)
 
     scenes_path = out / "scenes.zarr"
     stage("synth")
@@ -112,11 +119,10 @@ def run_quickstart(cfg: QuickstartConfig, log: Callable[[str], None] = print) ->
                     gates={"reference": str(ref), "features": str(features), "reference_data": str(city),
                            "reference_split": "train", "use_2d": False, "slack": GATE_SLACK, "thresholds": {}})
     summary = run_synth(job, str(scenes_path), overwrite=False)
-    done("synth")
+    done("synth", scenes_path)
 
     stage("render")
     gif = out / "scene.gif"
-    real_gif = out / "real.gif"
     synth_store = SceneStore.open(str(scenes_path))
     if synth_store.num_clips == 0:
         raise ValueError(f"{scenes_path}: no generated scene passed the quality gates (rejected attempts are in "
@@ -127,18 +133,21 @@ def run_quickstart(cfg: QuickstartConfig, log: Callable[[str], None] = print) ->
     first = int(synth_store.indices()[0])
     save_clip(gif, synth_store.read(slice(first, first + 1), ("occupancy",))["occupancy"][0],
               title=f"dcgen {cfg.preset}: generated scene {first} (layout-conditioned)")
-    city_store = SceneStore.open(str(city))
-    k = int(city_store.indices("val")[0])
-    save_clip(real_gif, city_store.read(slice(k, k + 1), ("occupancy",))["occupancy"][0],
-              title=f"synthetic city clip {k} (real data)")
-    done("render")
+    done("render", gif)
 
     stage("metrics")
-    result = evaluate_generation(str(city), str(scenes_path), str(features), real_split="val", log=log)
+    result = evaluate_generation(str(city), str(scenes_path), str(features), real_split="val")
     table = format_table(result)
     (out / "metrics.txt").write_text(table + "\n")
     (out / "metrics.json").write_text(json.dumps(result, indent=2, default=float))
-    done("metrics")
+    done("metrics", out / "metrics.txt")
+
+    stage("recon")  # the report shows the VAE's reconstructions of real clips beside the generated scenes
+    if not (out / "eval-recon" / "recon.json").exists():
+        from dcgen.metrics.recon_eval import evaluate_reconstruction
+
+        evaluate_reconstruction(trained["vae"], str(city), "val", out / "eval-recon", num_renders=2, max_clips=16)
+    done("recon")
 
     total = round(time.time() - t_all, 1)
     report = {
@@ -148,11 +157,23 @@ def run_quickstart(cfg: QuickstartConfig, log: Callable[[str], None] = print) ->
         "synth": {k: summary[k] for k in ("accepted_total", "rejected_total", "scenes_per_s", "gate_share")},
         "seconds": timings | {"total": total},
     }
+    # dcgen.yaml names what was built, so commands run in OUT need no paths (`dcgen synth --n 16 --cond layout`)
+    from dcgen.project import write_project
+
+    report["project"] = str(write_project(out, data=city.name, preset=cfg.preset, runs=runs.name, reference=ref.name,
+                                          force=True, options={"synth": {"sampler": "ddpm", "steps": steps,
+                                                                         "gate_slack": GATE_SLACK}}))
+    report["report"] = str(out / "report.html")
     (out / "quickstart.json").write_text(json.dumps(report, indent=2, default=str))
+    from dcgen.render.report import write_report
+
+    write_report(out, report["report"])  # one page of everything above: `dcgen report OUT`
     log("")
     log(table)
     log("")
-    for key in ("city", "vae", "dit", "features", "reference", "scenes", "gif", "real_gif", "metrics_table"):
+    for key in ("city", "vae", "dit", "features", "reference", "scenes", "gif", "real_gif", "metrics_table",
+                "project"):
         log(f"{key:>14}  {report[key]}")
+    log(f"{'report':>14}  {report['report']}")
     log(f"{'total':>14}  {total:.0f} s")
     return report

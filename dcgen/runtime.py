@@ -73,12 +73,46 @@ def quiet_embedded_worker() -> None:
     logging.getLogger(TRAIN_CLEANER_LOGGER).setLevel(logging.ERROR)
 
 
+VERBOSE_ENV = "DCGEN_VERBOSE"  # set by ``dcgen --verbose``: every command shows Ray's own log lines
+
+
+def verbose_requested() -> bool:
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+class _Muted(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+_MUTED = _Muted()
+
+
+def mute_ray_console(muted: bool = True) -> None:
+    """Keep Ray's own log lines (the driver's ``ray`` and ``ray.data`` loggers: INFO banners, warnings, Ray Data's
+    ERROR tracebacks printed before the exception that dcgen turns into a one-line error) off the terminal, or let
+    them through again. Only console handlers are muted: Ray Data's log files under the session directory
+    (``/tmp/ray/session_latest/logs``) keep every record."""
+    names = ["ray", *(n for n in logging.root.manager.loggerDict if n.startswith("ray."))]
+    for name in names:
+        for handler in logging.getLogger(name).handlers:
+            if not isinstance(handler, logging.StreamHandler) or isinstance(handler, logging.FileHandler):
+                continue
+            if muted:
+                handler.addFilter(_MUTED)  # a no-op when already there
+            else:
+                handler.removeFilter(_MUTED)
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True,
-             quiet: bool = False):
+             quiet: bool | None = None):
     """Connect to ``address`` or start the embedded local Ray (loopback only). Idempotent.
 
-    ``quiet`` keeps Ray's own chatter (worker log lines, Ray Data plans and progress, Train reports) out of the
-    terminal; everything stays in the session's log files under ``/tmp/ray/session_latest/logs``.
+    ``quiet`` (default: as chosen when Ray was started here, else unless ``dcgen --verbose`` set ``DCGEN_VERBOSE``)
+    keeps Ray's own chatter (worker log lines, Ray Data plans, Train reports, the driver's Ray log lines) out of the
+    terminal; everything stays in the session's log files under ``/tmp/ray/session_latest/logs``. Ray Data's
+    progress bars are off either way: each stage draws its own (``dcgen.progress``), one bar per stage rather than
+    one per Ray Data operator.
     """
     if address is None:
         # Ray reads the loopback switch into a module constant when it is first imported; a command may have
@@ -88,27 +122,27 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
             os.environ.setdefault(k, v)
     import ray
 
-    if quiet:
-        log_to_driver = False
-        for name in ("ray", "ray.data", "ray.train", "ray.tune"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-    if ray.is_initialized():
-        return ray
-    level = {"logging_level": "WARNING"} if quiet else {}
-    if address is None:
-        from ray._private import ray_constants
+    if quiet is None:
+        if ray.is_initialized():  # keep what the call that started Ray chose (the quickstart's --verbose, say)
+            return ray
+        quiet = not verbose_requested()
+    mute_ray_console(quiet)  # before ray.init, whose own warnings (token authentication) come first
+    if not ray.is_initialized():
+        if quiet:
+            log_to_driver = False
+        if address is None:
+            from ray._private import ray_constants
 
-        ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in ("0", "false")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver,
-                 runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_RAY_ENV},
-                              "worker_process_setup_hook": f"{__name__}.quiet_embedded_worker"}, **level)
-    else:
-        ray.init(address=address, log_to_driver=log_to_driver, **level)
-    if quiet:
-        from ray.data import DataContext
+            ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in ("0", "false")
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver,
+                     runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_RAY_ENV},
+                                  "worker_process_setup_hook": f"{__name__}.quiet_embedded_worker"})
+        else:
+            ray.init(address=address, log_to_driver=log_to_driver)
+    from ray.data import DataContext  # importing Ray Data configures its loggers: mute them after
 
-        DataContext.get_current().enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.ERROR)  # ray.init resets the library loggers
+    DataContext.get_current().enable_progress_bars = False
+    mute_ray_console(quiet)
     return ray
 
 

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dcgen"
 # lowest first; a module may import its own room and the rooms before it
 ROOMS = ("base", "data", "render", "models", "diffusion", "metrics", "presets", "train", "generate", "serve", "bench",
          "app")
-BASE = {"__init__", "storage", "runtime", "checkpoint", "config"}
+BASE = {"__init__", "storage", "runtime", "checkpoint", "config", "project", "progress"}
 APP = {"cli", "quickstart", "jobs_client", "cluster", "job_entry"}
 RAY_FILES = {"runtime.py", "data/ray_dataset.py", "train/ray_trainer.py", "generate/batch.py", "serve/app.py",
              "jobs_client.py"}

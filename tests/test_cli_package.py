@@ -69,8 +69,8 @@ def test_every_group_and_command_answers_help():
 
 def test_help_lists_the_commands_in_their_documented_order():
     assert list(typer.main.get_command(app).commands) == [
-        "render", "quickstart", "encode", "sample", "serve", "synth", "export", "data", "train", "eval", "bench",
-        "jobs"]
+        "init", "render", "quickstart", "encode", "sample", "serve", "synth", "export", "report", "data", "train",
+        "eval", "bench", "jobs"]
 
 
 class DeployFailed(RuntimeError):

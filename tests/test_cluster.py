@@ -272,6 +272,30 @@ def test_remote_synth_city_then_vae_fit_leave_their_outputs(with_token, tmp_path
 
 
 @pytest.mark.slow
+def test_a_project_runs_on_the_cluster_as_written(with_token, tmp_path, monkeypatch):
+    """In a project directory, `dcgen data synth-city` and `dcgen train vae` with --address and no path options:
+    the project file's relative paths resolve under DCGEN_JOB_DIR, and the job reads no project file of its own."""
+    from dcgen.data.store import SceneStore
+
+    url, job_dir = with_token["url"], with_token["job_dir"]
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / "dcgen.yaml").write_text("version: 1\nnot_a_key: 1\n")  # would fail any command that read it
+    # names of its own: the module's other remote tests write city.zarr and runs/ into the same job directory
+    result = runner.invoke(app, ["init", str(tmp_path / "proj"), "--data", "proj-city.zarr", "--preset", "debug",
+                                 "--runs", "proj-runs"])
+    assert result.exit_code == 0, result.output
+    monkeypatch.chdir(tmp_path / "proj")
+    result = runner.invoke(app, ["data", "synth-city", "--clips", "16", "--workers", "2", "--address", url])
+    assert result.exit_code == 0, result.output
+    assert "dcgen data synth-city --clips 16 --out proj-city.zarr --preset debug" in result.output  # as forwarded
+    assert SceneStore.open(str(job_dir / "proj-city.zarr")).describe()["clips"] == 16
+    result = runner.invoke(app, ["train", "vae", "--epochs", "1", "--address", url])
+    assert result.exit_code == 0, result.output
+    assert json.loads((job_dir / "proj-runs" / "vae" / "best" / "meta.json").read_text())["kind"] == "vae"
+    assert not (tmp_path / "proj" / "proj-city.zarr").exists() and not (tmp_path / "proj" / "proj-runs").exists()
+
+
+@pytest.mark.slow
 def test_remote_synth_writes_exactly_n_scenes(with_token, tmp_path):
     from dcgen.bench.serve import write_untrained_checkpoints
 

@@ -58,3 +58,27 @@ def test_ray_get_or_raise_gives_a_workers_value_error_its_own_message(ray_local)
     assert isinstance(root, KeyError) and error_summary(root) == "KeyError: 3"
     assert error_summary(WorkerError("zarr.errors.GroupNotFoundError", "no group\nat /x")) == \
         "zarr.errors.GroupNotFoundError: no group"
+
+
+def test_quiet_mutes_only_rays_console_handlers_and_verbose_lets_them_through():
+    """Without --verbose Ray's own log lines stay off the terminal (Ray Data's ERROR tracebacks included, printed
+    before the one-line error dcgen gives), while Ray Data's log files keep every record."""
+    import ray.data  # noqa: F401 (importing Ray Data installs its console and file handlers)
+
+    from dcgen.runtime import _MUTED, mute_ray_console
+
+    handlers = [h for name in ("ray", "ray.data") for h in logging.getLogger(name).handlers]
+    consoles = [h for h in handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    files = [h for h in handlers if h not in consoles]
+    assert consoles and files
+    record = logging.LogRecord("ray.data", logging.ERROR, __file__, 1, "Exception raised in a UDF", None, None)
+    was_muted = {h: _MUTED in h.filters for h in consoles}
+    try:
+        mute_ray_console(True)
+        assert not any(h.filter(record) for h in consoles)
+        assert all(h.filter(record) for h in files)
+        mute_ray_console(False)
+        assert all(h.filter(record) for h in consoles)
+    finally:  # the session's Ray keeps the state it was started with
+        for h, muted in was_muted.items():
+            (h.addFilter if muted else h.removeFilter)(_MUTED)

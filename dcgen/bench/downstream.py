@@ -198,6 +198,7 @@ def _execute_ray(cfg, real: str, eval_split: str, arrays: tuple[str, ...], out: 
     result = ray_trainer.fit("dcgen.train.ssc_loop:train_ssc_runs", asdict(cfg),
                              datasets={"eval": read_scenes(real, eval_split, arrays)},
                              storage_path=str(out / "ray"), name="downstream", num_workers=workers,
+                             progress="eval downstream" + (" (rank 0's runs)" if workers > 1 else ""),
                              gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker(scaling),
                              unsplit=("eval",))
     if result.error:
@@ -207,6 +208,7 @@ def _execute_ray(cfg, real: str, eval_split: str, arrays: tuple[str, ...], out: 
 def _execute_local(cfg, real: str, eval_split: str, arrays: tuple[str, ...], device: str | None) -> None:
     """The same loop in this process (``LocalContext``), the evaluation split read through ``SceneDataset``."""
     from dcgen.data.torch_dataset import SceneDataset
+    from dcgen.progress import Progress
     from dcgen.runtime import pick_device
     from dcgen.train.context import LocalContext
     from dcgen.train.ssc_loop import train_ssc_runs
@@ -217,7 +219,9 @@ def _execute_local(cfg, real: str, eval_split: str, arrays: tuple[str, ...], dev
             clip = ds[i]
             yield {**{k: v[None] for k, v in clip.items()}, "index": ds.indices[i:i + 1]}
 
-    train_ssc_runs(LocalContext(splits={"eval": eval_batches}, device=pick_device(device)), asdict(cfg))
+    with Progress("eval downstream") as bar:
+        train_ssc_runs(LocalContext(splits={"eval": eval_batches}, device=pick_device(device), progress=bar),
+                       asdict(cfg))
 
 
 # ---- the benchmark ----------------------------------------------------------------------------------------------

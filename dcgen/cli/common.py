@@ -13,12 +13,33 @@ from pathlib import Path
 from typing import Iterator, NoReturn, Optional
 
 import typer
+from typer.core import TyperGroup
+
+
+class _RootGroup(TyperGroup):
+    """The root command: an option value that is missing or refused says what the project file has to do with it
+    (``dcgen.cli.project``): how to give a missing one, or that a refused one came from the file."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except typer.BadParameter as e:  # MissingParameter too (Typer does not export that subclass)
+            if e.ctx is not None and e.param is not None:
+                from dcgen.cli.project import project_hint, project_source
+
+                missing = type(e).__name__ == "MissingParameter"
+                note = (project_hint if missing else project_source)(e.ctx, e.param.name)
+                if note:
+                    e.message = f"{e.message} {note}" if e.message else note
+            raise
+
 
 app = typer.Typer(
     help="dcgen: learn and mass-produce 4D semantic occupancy scenes (DynamicCity) on Ray.\n\n"
     "Quick start on a laptop CPU: dcgen quickstart",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    cls=_RootGroup,
 )
 
 
@@ -74,6 +95,9 @@ def remote(ctx: typer.Context, cluster: Optional[Path], address: Optional[str], 
         if address is not None and not joins_ray:
             fail(f"--address {address!r}: this command starts no Ray here, so --address must be a job server URL "
                  "such as http://HEAD:8265")
+        from dcgen.cli.project import check_inputs
+
+        check_inputs(ctx)  # a path the project file names and nothing has written yet says what writes it
         return address
     from dcgen.jobs_client import run_remote
 

@@ -33,12 +33,9 @@ def data_synth_city_cmd(
     address = remote(ctx, cluster, address)
     from dcgen.data.synth_city import write_synthetic_city
 
-    def progress(done: int, total: int, seconds: float) -> None:
-        typer.echo(f"  {done}/{total} clips  {done / max(seconds, 1e-9):.1f} clips/s", err=True)
-
     with user_errors():
         path = write_synthetic_city(out, preset, clips, seed=seed, val_fraction=val_fraction, workers=workers,
-                                    overwrite=overwrite, ray_address=address, progress=progress)
+                                    overwrite=overwrite, ray_address=address)
     typer.echo(f"wrote {clips} synthetic {preset} clips (seed {seed}) to {path}")
 
 

@@ -63,8 +63,7 @@ def eval_reference_cmd(
 
     with user_errors():
         _, summary = make_reference(data, features, out, split=None if split == "all" else split,
-                                    batch_size=batch_size, device=device, max_clips=max_clips,
-                                    log=lambda m: typer.echo(m, err=True))
+                                    batch_size=batch_size, device=device, max_clips=max_clips)
     typer.echo(f"wrote {summary['out']}: {summary['num_clips']} clips / {summary['num_images']} images of {data} "
                f"under features {summary['feature_checkpoint_id']} (2D {summary['dims'][0]}-D, 3D "
                f"{summary['dims'][1]}-D), {summary['clips_per_second']:.1f} clips/s")

@@ -8,8 +8,9 @@ from typing import Optional
 
 import typer
 
-from dcgen.cli.common import (ADDRESS_OPTION, CLUSTER_OPTION, CONFIG_OPTION, DRY_RUN_OPTION, app, fail,
+from dcgen.cli.common import (ADDRESS_OPTION, CLUSTER_OPTION, CONFIG_OPTION, DRY_RUN_OPTION, app,
                               print_dry_run, remote, user_errors)
+from dcgen.cli.project import require
 
 train_app = typer.Typer(help="Train models on Ray Train: vae, dit, features (or the whole pipeline).",
                         invoke_without_command=True)
@@ -208,7 +209,7 @@ def train_all_cmd(
         return
     if data is None:
         typer.echo(ctx.get_help())
-        fail("give --data STORE to run the whole pipeline, or a subcommand (vae, dit, ...)")
+        require(ctx, data, "data", "give --data STORE to run the whole pipeline, or a subcommand (vae, dit, ...)")
     address = remote(ctx, cluster, address)
     from dcgen.train.pipeline import train_pipeline
 

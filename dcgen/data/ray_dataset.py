@@ -204,3 +204,20 @@ def read_latents(path: str, split: str | None = None, min_rows_per_task: int = 3
     import ray
 
     return ray.data.read_datasource(LatentDatasource(path, split, min_rows_per_task))
+
+
+def map_on_actors(ds, actor_class, **kwargs):
+    """``ds.map_batches(actor_class, **kwargs)`` on an actor pool whose actors are never restarted.
+
+    Ray Data keeps an actor pool's constructor arguments in the object store, and with its default of unlimited
+    restarts Ray core logs an error at every actor start ("constructor arguments in the object store and
+    max_restarts > 0": a restart would fail were they lost). dcgen's pools need no restarts: encode is simply run
+    again (the earlier latent store stays whole), synth continues from its finished blocks, and an actor that
+    crashed on a batch would crash again on each retry, forever. Ray 2.60 (pinned) takes ``max_restarts`` only
+    through ``ray_remote_args``, which it marks deprecated for 2.64: that warning is silenced here, in one place.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ds.map_batches(actor_class, max_restarts=0, **kwargs)

@@ -126,11 +126,13 @@ def write_synthetic_city(out: str, preset: str, num_clips: int, seed: int = 0, v
     """Generate ``num_clips`` clips of ``preset`` into a new scene store at ``out`` with Ray tasks.
 
     ``workers`` caps the tasks in flight (default: the cluster's CPUs); it also sizes a freshly started local
-    Ray. ``progress(done, total, seconds)`` is called as blocks commit. Returns the store path.
+    Ray. Progress goes to stderr; ``progress(done, total, seconds)`` is also called as blocks commit. Returns the
+    store path.
     """
     from dcgen.data.grid import grid as preset_grid
     from dcgen.data.integrity import staged
     from dcgen.data.store import CLIPS_PER_CHUNK, SceneStore
+    from dcgen.progress import Progress
     from dcgen.runtime import cluster_cpus, init_ray, run_tasks
 
     grid = preset_grid(preset)
@@ -156,13 +158,15 @@ def write_synthetic_city(out: str, preset: str, num_clips: int, seed: int = 0, v
         def committed(count: int) -> None:
             nonlocal done
             done += count
+            bar.update(done)
             if progress is not None:
                 progress(done, num_clips, time.perf_counter() - t0)
 
         # exactly ``workers`` tasks in flight, even on a larger cluster
-        run_tasks(_write_block, [(build, int(seed), a, min(a + per_task, num_clips), float(val_fraction))
-                                 for a in range(0, num_clips, per_task)],
-                  limit=workers or cluster_cpus(ray_address), num_cpus=1, on_done=committed, address=ray_address)
+        with Progress("synth-city", total=num_clips, unit="clip") as bar:
+            run_tasks(_write_block, [(build, int(seed), a, min(a + per_task, num_clips), float(val_fraction))
+                                     for a in range(0, num_clips, per_task)],
+                      limit=workers or cluster_cpus(ray_address), num_cpus=1, on_done=committed, address=ray_address)
         SceneStore.open(build, "a").finalize()
     return out
 

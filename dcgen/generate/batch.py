@@ -30,7 +30,6 @@ import json
 import posixpath
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -289,37 +288,6 @@ def open_output(job: SynthJob, out: str, overwrite: bool, calibration: dict | No
     return OutputState(store, rejected, set(), {}, False)
 
 
-# ---- progress --------------------------------------------------------------------------------------------------
-
-class Progress:
-    """Scenes done, scenes/s, accepted/rejected counts and ETA; ``line()`` renders a one-line bar."""
-
-    def __init__(self, total: int, done_before: int, width: int = 24):
-        self.total, self.done_before, self.width = total, done_before, width
-        self.accepted = self.rejected = self.given_up = 0
-        self.t0 = time.perf_counter()
-
-    def update(self, row: dict) -> None:
-        self.accepted += int(row["accepted"])
-        self.rejected += int(row["rejected"])
-        self.given_up += int(row["scenes"]) if bool(row["given_up"]) else 0
-
-    @property
-    def rate(self) -> float:
-        return self.accepted / max(time.perf_counter() - self.t0, 1e-9)
-
-    def line(self) -> str:
-        done = self.done_before + self.accepted
-        frac = done / max(self.total, 1)
-        bar = "#" * int(frac * self.width) + "." * (self.width - int(frac * self.width))
-        left = self.total - done - self.given_up
-        eta = left / self.rate if self.rate > 0 else float("nan")
-        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "--:--:--"
-        extra = f", {self.given_up} given up" if self.given_up else ""
-        return (f"[{bar}] {done}/{self.total} scenes | {self.rate:.2f} scenes/s | accepted {self.accepted}, "
-                f"rejected {self.rejected}{extra} | ETA {eta_s}")
-
-
 # ---- the driver -------------------------------------------------------------------------------------------------
 
 def _pool(ray, workers: int | None, serve_app: str | None) -> tuple[int, dict, str]:
@@ -354,13 +322,14 @@ def prepare_gates(job: SynthJob) -> tuple[dict | None, object]:
     return calibration, reference
 
 
-def run_synth(job: SynthJob, out: str, *, overwrite: bool = False, ray_address: str | None = None,
-              progress: Callable[[Progress, bool], None] | None = None) -> dict:
+def run_synth(job: SynthJob, out: str, *, overwrite: bool = False, ray_address: str | None = None) -> dict:
     """Run (or continue) a synth job into the store ``out``; returns the summary. ``job`` comes from
     ``dcgen.generate.job.build_job`` (inputs checked); the gates are calibrated and a ``--serve`` deployment checked
-    here, still before any generation. ``progress(p, final)`` is called after every block and at the end."""
+    here, still before any generation. Progress (scenes accepted, rejected, rate, ETA) goes to stderr."""
     import os
 
+    from dcgen.data.ray_dataset import map_on_actors
+    from dcgen.progress import Progress
     from dcgen.runtime import error_summary, init_ray, unwrap_ray_error
 
     out = out if "://" in str(out) else os.path.abspath(out)
@@ -372,13 +341,9 @@ def run_synth(job: SynthJob, out: str, *, overwrite: bool = False, ray_address: 
     state = open_output(job, out, overwrite, calibration)
     pending = state.pending(job)
     done_before = sum(len(job.block_range(b)) for b in state.done_blocks)
-    bar = Progress(job.n, done_before)
     rows: list[dict] = []
     if pending:
         ray = init_ray(ray_address)
-        from ray.data import DataContext
-
-        DataContext.get_current().enable_progress_bars = False
         size, resources, device = _pool(ray, job.workers, job.serve_app)
         size = min(size, len(pending))
         job_dict = job.to_dict()
@@ -395,23 +360,25 @@ def run_synth(job: SynthJob, out: str, *, overwrite: bool = False, ray_address: 
 
         ds = ray.data.from_items([{"block": b, "attempt0": a} for b, a in pending], override_num_blocks=len(pending))
         ds = ds.map_batches(conditions, batch_size=1, batch_format="numpy", num_cpus=0.25)
-        ds = ds.map_batches(SynthWorker, batch_size=1, batch_format="numpy",
-                            fn_constructor_kwargs={"job": job_dict, "out": out, "device": device,
-                                                   "thresholds": (calibration or {}).get("thresholds", {}),
-                                                   "reference": reference},
-                            compute=ray.data.ActorPoolStrategy(size=size), **resources)
+        # never restarted: a failed run keeps its finished blocks and the same command continues
+        ds = map_on_actors(ds, SynthWorker, batch_size=1, batch_format="numpy",
+                           fn_constructor_kwargs={"job": job_dict, "out": out, "device": device,
+                                                  "thresholds": (calibration or {}).get("thresholds", {}),
+                                                  "reference": reference},
+                           compute=ray.data.ActorPoolStrategy(size=size), **resources)
 
         def write(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             return BlockWriter(job_dict, out)(batch)  # tasks reuse Ray's warm worker processes; actors would not
 
         ds = ds.map_batches(write, batch_size=1, batch_format="numpy", num_cpus=WRITER_CPUS)
+        bar = Progress("synth", total=job.n, unit="scene", done=done_before)
         try:
             for row in ds.iter_rows():
                 row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
                 rows.append(row)
-                bar.update(row)
-                if progress is not None:
-                    progress(bar, False)
+                given_up = sum(int(r["scenes"]) for r in rows if r["given_up"])
+                bar.update(advance=int(row["accepted"]), rejected=sum(int(r["rejected"]) for r in rows),
+                           given_up=given_up or None)
         except Exception as e:  # Ray wraps a worker's exception (RayTaskError, ActorDiedError, UserCodeException)
             root = unwrap_ray_error(e)
             kept = (f"the {len(rows)} blocks finished in this run are kept: fix the cause and re-run the same "
@@ -419,6 +386,8 @@ def run_synth(job: SynthJob, out: str, *, overwrite: bool = False, ray_address: 
             if isinstance(root, ValueError):  # bad input a worker found (a checkpoint, a source clip): its own words
                 raise ValueError(f"{str(root).strip().splitlines()[0]}; {kept}") from None
             raise RuntimeError(f"a synth worker failed ({error_summary(root)}); {kept}") from e
+        finally:
+            bar.close()
     store = SceneStore.open(out, "a")
     accepted_total = int(store.indices().size)
     given_up = state.given_up(job) + [int(r["block"]) for r in rows if r["given_up"]]
@@ -445,8 +414,6 @@ def run_synth(job: SynthJob, out: str, *, overwrite: bool = False, ray_address: 
     runs = list(SceneStore.open(out).meta.get("provenance", {}).get("runs", []))
     runs.append({k: summary[k] for k in ("accepted", "rejected", "blocks_run", "seconds", "complete")})
     update_provenance(out, {"runs": runs})
-    if progress is not None:
-        progress(bar, True)
     return summary
 
 

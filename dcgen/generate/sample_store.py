@@ -140,6 +140,7 @@ def sample_to_store(vae: str, dit: str, out: str, *, n: int, cond: dict, sources
 
     from dcgen.data.store import _exists
     from dcgen.generate.pipeline import GenerationPipeline
+    from dcgen.progress import Progress
     from dcgen.runtime import scene_seed
 
     if _exists(out) and not overwrite:
@@ -152,10 +153,18 @@ def sample_to_store(vae: str, dit: str, out: str, *, n: int, cond: dict, sources
     requests = build_requests(n, cond, sources, split, guidance)
     seeds = [scene_seed(seed, k) for k in range(n)]
     t0 = time.perf_counter()
-    if chain > 1:
-        occ = pipe.chain(requests, seeds, chain, sampler=sampler, steps=steps, eta=eta)
-    else:
-        occ = pipe.generate(requests, seeds, sampler=sampler, steps=steps, eta=eta)
+    parts = []
+    with Progress("sample", total=n, unit="scene") as bar:
+        # one network batch per call, for the progress: the pipeline cuts a call into the same micro-batches
+        # (requests here carry no edits), so each scene's bytes are those of a single call for all n
+        for a in range(0, n, pipe.micro_batch):
+            part_requests, part_seeds = requests[a:a + pipe.micro_batch], seeds[a:a + pipe.micro_batch]
+            if chain > 1:
+                parts.append(pipe.chain(part_requests, part_seeds, chain, sampler=sampler, steps=steps, eta=eta))
+            else:
+                parts.append(pipe.generate(part_requests, part_seeds, sampler=sampler, steps=steps, eta=eta))
+            bar.update(advance=len(part_requests))
+    occ = np.concatenate(parts)
     seconds = time.perf_counter() - t0
     # the checkpoints' paths (what trained on what can be traced from them) and their ids, as synth records them
     provenance = {"generator": "dcgen sample", "vae": str(vae), "dit": str(dit),

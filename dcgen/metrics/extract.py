@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -103,12 +103,13 @@ def extract_features(nets: FeatureNets, occ_NTXYZ, batch_size: int = DEFAULT_BAT
 
 
 def extract_store(nets: FeatureNets, path: str, split: str | None = None, batch_size: int = DEFAULT_BATCH,
-                  max_clips: int | None = None,
-                  log: Callable[[str], None] | None = None) -> tuple[ClipFeatures, dict]:
-    """Features of the complete clips of a scene store (one ``split``, or all with None); returns them and
-    ``{"path", "split", "num_clips", "distinct_clips", "indices_sha1", "seconds", "clips_per_second"}``."""
+                  max_clips: int | None = None) -> tuple[ClipFeatures, dict]:
+    """Features of the complete clips of a scene store (one ``split``, or all with None), progress on stderr;
+    returns them and ``{"path", "split", "num_clips", "distinct_clips", "indices_sha1", "seconds",
+    "clips_per_second"}``."""
     from dcgen.data.ray_dataset import contiguous_runs
     from dcgen.data.store import SceneStore
+    from dcgen.progress import Progress
 
     store = SceneStore.open(path)
     g, want = store.grid, nets.grid
@@ -126,17 +127,16 @@ def extract_store(nets: FeatureNets, path: str, split: str | None = None, batch_
             raise ValueError(f"max_clips must be >= 1 (or None for all), got {max_clips}")
         indices = indices[:max_clips]
     t0 = time.perf_counter()
-    parts, digests, done, last_said = [], set(), 0, 0.0
-    for start, stop in contiguous_runs(indices):
-        for a in range(start, stop, int(batch_size)):
-            b = min(stop, a + int(batch_size))
-            occ = store.read(slice(a, b), ("occupancy",))["occupancy"]
-            parts.append(extract_features(nets, occ, batch_size))
-            digests.update(hashlib.blake2b(clip.tobytes(), digest_size=16).digest() for clip in occ)
-            done += b - a
-            if log is not None and (done == indices.size or time.perf_counter() - last_said > 5.0):
-                last_said = time.perf_counter()  # at most one line per 5 s, and the last
-                log(f"  {done}/{indices.size} clips")
+    parts, digests = [], set()
+    name = f"features {path}" + (f":{split}" if split else "")
+    with Progress(name, total=int(indices.size), unit="clip") as bar:
+        for start, stop in contiguous_runs(indices):
+            for a in range(start, stop, int(batch_size)):
+                b = min(stop, a + int(batch_size))
+                occ = store.read(slice(a, b), ("occupancy",))["occupancy"]
+                parts.append(extract_features(nets, occ, batch_size))
+                digests.update(hashlib.blake2b(clip.tobytes(), digest_size=16).digest() for clip in occ)
+                bar.update(advance=b - a)
     seconds = time.perf_counter() - t0
     info = {"path": str(path), "split": split, "num_clips": int(indices.size), "distinct_clips": len(digests),
             "indices_sha1": hashlib.sha1(indices.astype(np.int64).tobytes()).hexdigest()[:12],

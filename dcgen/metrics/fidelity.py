@@ -125,44 +125,43 @@ def _batches(indices: np.ndarray, batch_size: int):
 
 
 def measure(store, indices: np.ndarray, nets, *, batch_size: int = 8, estimate_trajectories: bool = False,
-            vae=None, log: Callable[[str], None] | None = None) -> tuple[MeasuredSet, MeasuredSet | None]:
+            vae=None, name: str = "measure") -> tuple[MeasuredSet, MeasuredSet | None]:
     """Features and object statistics of the clips ``indices`` of ``store`` and, given a VAE model, of its
-    reconstructions of them (posterior mean, the clips' own trajectories)."""
+    reconstructions of them (posterior mean, the clips' own trajectories); progress on stderr as ``name``."""
     import torch
 
     from dcgen.metrics.ego_motion import estimate_trajectory
     from dcgen.metrics.recon_eval import reconstruct
+    from dcgen.progress import Progress
 
     origins = trajectory_origins(store)
     vs = store.grid.voxel_size
     clips, recon = MeasuredSet(), MeasuredSet() if vae is not None else None
-    done = 0
-    for chunk, selection in _batches(np.asarray(indices, np.int64), batch_size):
-        batch = store.read(selection, ("occupancy", "trajectory"))
-        occ_NTXYZ, traj_NT3 = batch["occupancy"], batch["trajectory"]
-        names = [f"{store.path} clip {int(i)}" for i in chunk]
-        trajs, kinds = [], []
-        for k, i in enumerate(chunk):
-            origin = origins.get(int(i), "recorded")
-            if origin != "none":
-                trajs.append(traj_NT3[k])
-                kinds.append(origin)
-            elif estimate_trajectories:
-                trajs.append(estimate_trajectory(occ_NTXYZ[k], store.grid))
-                kinds.append("estimated here")
-            else:
-                trajs.append(None)
-                kinds.append("none")
-        clips.add(nets, occ_NTXYZ, trajs, kinds, vs, names, batch_size)
-        if recon is not None:
-            device = next(vae.parameters()).device
-            rec_NTXYZ = reconstruct(vae, torch.from_numpy(occ_NTXYZ.astype(np.int64)).to(device),
-                                    trajectory=torch.from_numpy(np.ascontiguousarray(traj_NT3)).to(device))
-            recon.add(nets, rec_NTXYZ.cpu().numpy().astype(np.uint8), list(traj_NT3), ["recorded"] * len(chunk), vs,
-                      [f"reconstruction of {n}" for n in names], batch_size)
-        done += len(chunk)
-        if log is not None:
-            log(f"  {store.path}: {done}/{len(indices)} clips")
+    with Progress(name, total=len(indices), unit="clip") as bar:
+        for chunk, selection in _batches(np.asarray(indices, np.int64), batch_size):
+            batch = store.read(selection, ("occupancy", "trajectory"))
+            occ_NTXYZ, traj_NT3 = batch["occupancy"], batch["trajectory"]
+            names = [f"{store.path} clip {int(i)}" for i in chunk]
+            trajs, kinds = [], []
+            for k, i in enumerate(chunk):
+                origin = origins.get(int(i), "recorded")
+                if origin != "none":
+                    trajs.append(traj_NT3[k])
+                    kinds.append(origin)
+                elif estimate_trajectories:
+                    trajs.append(estimate_trajectory(occ_NTXYZ[k], store.grid))
+                    kinds.append("estimated here")
+                else:
+                    trajs.append(None)
+                    kinds.append("none")
+            clips.add(nets, occ_NTXYZ, trajs, kinds, vs, names, batch_size)
+            if recon is not None:
+                device = next(vae.parameters()).device
+                rec_NTXYZ = reconstruct(vae, torch.from_numpy(occ_NTXYZ.astype(np.int64)).to(device),
+                                        trajectory=torch.from_numpy(np.ascontiguousarray(traj_NT3)).to(device))
+                recon.add(nets, rec_NTXYZ.cpu().numpy().astype(np.uint8), list(traj_NT3), ["recorded"] * len(chunk), vs,
+                          [f"reconstruction of {n}" for n in names], batch_size)
+            bar.update(advance=len(chunk))
     return clips, recon
 
 
@@ -339,11 +338,11 @@ def fidelity_report(real: str, fake: str, features: str, *, real_split: str | No
     if log is not None:
         log(f"measuring N = {n} clips per set: real A (reference), real B, generated"
             + (", reconstruction" if vae_loaded else ""))
-    ref, _ = measure(real_store, chosen["reference"], nets, batch_size=batch_size, log=log)
-    cmp_set, rec_set = measure(real_store, chosen["real_vs_real"], nets, batch_size=batch_size, log=log,
-                               vae=vae_loaded.model if vae_loaded else None)
+    ref, _ = measure(real_store, chosen["reference"], nets, batch_size=batch_size, name="fidelity: real A")
+    cmp_set, rec_set = measure(real_store, chosen["real_vs_real"], nets, batch_size=batch_size,
+                               vae=vae_loaded.model if vae_loaded else None, name="fidelity: real B")
     gen_set, _ = measure(fake_store, chosen["generated"], nets, batch_size=batch_size,
-                         estimate_trajectories=estimate_trajectories, log=log)
+                         estimate_trajectories=estimate_trajectories, name="fidelity: generated")
     sets = {"real_vs_real": cmp_set, "generated": gen_set, **({"reconstruction": rec_set} if rec_set else {})}
     config = GenerationMetricsConfig(kid_subsets=kid_subsets, seed=seed)
     if n * views <= config.kid_subset_size:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 from dcgen.metrics.extract import ClipFeatures
 from dcgen.metrics.generation import GenerationMetricsConfig, generation_metrics
@@ -80,8 +79,8 @@ def diversity_note(num_scenes: int, distinct: int) -> str | None:
 
 def evaluate_generation(real: str, fake: str, features: str, *, real_split: str | None = None,
                         fake_split: str | None = None, batch_size: int = 16, device: str = "auto",
-                        max_clips: int | None = None, config: GenerationMetricsConfig = GenerationMetricsConfig(),
-                        log: Callable[[str], None] | None = None) -> dict:
+                        max_clips: int | None = None,
+                        config: GenerationMetricsConfig = GenerationMetricsConfig()) -> dict:
     """The Table 2 metrics of the scene store ``fake`` against ``real`` (a scene store or a reference ``.npz``
     made with the same ``features`` checkpoint). Returns a JSON-able dict (see ``format_table``)."""
     from dcgen.metrics.extract import extract_store
@@ -98,10 +97,10 @@ def evaluate_generation(real: str, fake: str, features: str, *, real_split: str 
         real_info = {"kind": "reference", "path": str(real), **{k: reference.meta.get(k) for k in
                                                                 ("data", "split", "created")}}
     else:
-        real_feats, info = extract_store(loaded.nets, real, real_split, batch_size, max_clips, log)
+        real_feats, info = extract_store(loaded.nets, real, real_split, batch_size, max_clips)
         real_info = {"kind": "store", "path": str(real), "split": real_split, "seconds": info["seconds"]}
     check_enough_clips(real_feats.num_clips, f"real set {real}")
-    fake_feats, info = extract_store(loaded.nets, fake, fake_split, batch_size, max_clips, log)
+    fake_feats, info = extract_store(loaded.nets, fake, fake_split, batch_size, max_clips)
     check_enough_clips(fake_feats.num_clips, f"generated set {fake}")
     metrics = compare_features(real_feats, fake_feats, config, reference)
     return {

@@ -15,7 +15,6 @@ import datetime as _dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -112,8 +111,8 @@ class ReferenceStats:
 
 
 def make_reference(data: str, features: str, out: str | Path | None = None, *, split: str | None = None,
-                   batch_size: int = 16, device: str = "auto", max_clips: int | None = None,
-                   log: Callable[[str], None] | None = None) -> tuple[ReferenceStats, dict]:
+                   batch_size: int = 16, device: str = "auto",
+                   max_clips: int | None = None) -> tuple[ReferenceStats, dict]:
     """Reference statistics of the store ``data`` (one split, or every complete clip) under the features
     checkpoint ``features``; written to ``out`` when given. Returns the reference and a JSON-able summary."""
     from dcgen.metrics.extract import extract_store
@@ -121,7 +120,7 @@ def make_reference(data: str, features: str, out: str | Path | None = None, *, s
     from dcgen.runtime import pick_device
 
     loaded = load_feature_nets(features, pick_device(device))
-    feats, info = extract_store(loaded.nets, data, split, batch_size, max_clips, log)
+    feats, info = extract_store(loaded.nets, data, split, batch_size, max_clips)
     meta = {"data": str(data), "split": split, "num_clips": feats.num_clips, "num_images": feats.num_images,
             "indices_sha1": info["indices_sha1"], "features": str(features),
             "image_kind": loaded.config.image_kind, "dims": list(loaded.nets.dims),

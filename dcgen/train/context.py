@@ -2,8 +2,9 @@
 
 Loops (``vae_loop``, ``dit_loop``, ``features_loop``) are plain PyTorch and talk only to a ``TrainContext``: batches
 of their data shard, the device, model preparation (DDP when several workers), the latest checkpoint to resume from,
-and ``report``. ``ray_trainer.RayContext`` implements it on Ray Train; ``LocalContext`` here runs a loop in-process
-on a scene store (benchmarks, unit tests, a laptop without Ray).
+``report`` (per epoch) and ``progress`` (per step: what the user watches; the context decides where it shows).
+``ray_trainer.RayContext`` implements it on Ray Train; ``LocalContext`` here runs a loop in-process on a scene store
+(benchmarks, unit tests, a laptop without Ray).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class TrainContext(Protocol):
         ...
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        ...
+
+    def progress(self, step: int, total: int, **fields) -> None:
         ...
 
 
@@ -81,15 +85,18 @@ def to_torch_batch(batch: dict[str, np.ndarray], device: torch.device) -> dict[s
 
 
 class LocalContext:
-    """A single-process context over in-memory or store-backed batches; checkpoints go to ``out_dir/ckpt-*``."""
+    """A single-process context over in-memory or store-backed batches; checkpoints go to ``out_dir/ckpt-*``;
+    ``progress`` goes to the given ``dcgen.progress.Progress`` (none by default), which its owner closes."""
 
     rank = 0
     world_size = 1
 
     def __init__(self, splits: dict[str, Callable[[], Iterator[dict[str, np.ndarray]]]] | None = None,
                  out_dir: str | Path | None = None, device: torch.device | str = "cpu",
-                 store_path: str | None = None, arrays: tuple[str, ...] | None = None, seed: int = 0):
+                 store_path: str | None = None, arrays: tuple[str, ...] | None = None, seed: int = 0,
+                 progress=None):
         self.device = torch.device(device)
+        self._progress = progress
         self.out_dir = Path(out_dir) if out_dir else None
         self._splits = splits or {}
         self._store_path = store_path
@@ -134,6 +141,10 @@ class LocalContext:
 
     def all_reduce(self, t):
         return t
+
+    def progress(self, step: int, total: int, **fields) -> None:
+        if self._progress is not None:
+            self._progress.update(step, total=total, **fields)
 
 
 class MetricsLog:

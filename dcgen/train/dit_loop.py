@@ -125,6 +125,7 @@ def train_dit(ctx: TrainContext, run: dict) -> dict:
     valid_SS = net.rollout.valid_mask(ctx.device).float()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, start_epoch, best = 0, 0, float("inf")
+    total_steps = cfg.epochs * cfg.steps_per_epoch
     if (latest := ctx.latest_checkpoint()) is not None:
         meta, state = checkpoint.load(latest, kind=KIND, map_location=ctx.device)
         net.load_state_dict(state["model"])
@@ -154,6 +155,7 @@ def train_dit(ctx: TrainContext, run: dict) -> dict:
             step += 1
             n_steps += 1
             train_sum += float(loss.detach())
+            ctx.progress(step, total_steps, epoch=f"{epoch + 1}/{cfg.epochs}", loss=train_sum / n_steps)
             if step % cfg.report_every == 0:
                 log.log({"step": step, "epoch": epoch, "train_loss": float(loss.detach())})
         val = evaluate({"ema": eps_ema, "raw": eps_net}, ctx, schedule, conditions, valid_SS, cfg.batch_size,
@@ -164,6 +166,7 @@ def train_dit(ctx: TrainContext, run: dict) -> dict:
         is_best = val["val_loss"] < best
         best = min(best, val["val_loss"])
         row["best_val_loss"] = best
+        ctx.progress(step, total_steps, val_loss=val["val_loss"])
         log.log(row)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt_dir = Path(tmp) / "checkpoint"

@@ -74,6 +74,12 @@ def _pool(ray, workers: int | None) -> tuple[int, dict]:
     return (workers or max(1, int(cpus) - 1)), {"num_cpus": 1}
 
 
+def _strategy(ray, size: int):
+    """``size`` actors from the start, but a minimum of one: Ray Data warns when the pool's minimum exceeds the
+    blocks it receives, and a small store (one read block) then simply runs on one actor."""
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=size, initial_size=size)
+
+
 def encode_store(vae_ckpt: str, data: str, out: str, batch_size: int = 8, overwrite: bool = False, *,
                  workers: int | None = None, ray_address: str | None = None) -> dict:
     """Write the latent store ``out`` for every complete clip of the scene store ``data``; returns its summary."""
@@ -141,23 +147,27 @@ def _encode_latents(vae, data: str, out: str, index: np.ndarray, batch_size: int
                     ray_address: str | None, vae_path: str, rollout) -> tuple[np.ndarray, ...]:
     """Encode every clip of ``data`` into the latent store ``out`` on a Ray Data actor pool; returns the latents'
     per-channel mean, std, minimum and maximum over the valid rollout pixels."""
-    from dcgen.data.ray_dataset import read_scenes
+    from dcgen.data.ray_dataset import map_on_actors, read_scenes
+    from dcgen.progress import Progress
     from dcgen.runtime import init_ray
 
     ray = init_ray(ray_address)
     size, resources = _pool(ray, workers)
     device = "cuda" if "num_gpus" in resources else "cpu"
-    ds = read_scenes(data, None, ("occupancy", "trajectory"), reserve_for_downstream=True).map_batches(
-        EncodeActor, fn_constructor_kwargs={"vae_path": vae_path, "out": out, "clip_index": index, "device": device},
-        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size), **resources)
+    ds = map_on_actors(  # never restarted: a failed encode is simply run again
+        read_scenes(data, None, ("occupancy", "trajectory"), reserve_for_downstream=True), EncodeActor,
+        fn_constructor_kwargs={"vae_path": vae_path, "out": out, "clip_index": index, "device": device},
+        batch_size=batch_size, batch_format="numpy", compute=_strategy(ray, size), **resources)
     c = vae.dims.channels
     total, total_sq, seen = np.zeros(c), np.zeros(c), np.zeros(index.size, dtype=bool)
     low, high = np.full(c, np.inf), np.full(c, -np.inf)
-    for part in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        total += part["sum"].sum(0)
-        total_sq += part["sumsq"].sum(0)
-        low, high = np.minimum(low, part["min"].min(0)), np.maximum(high, part["max"].max(0))
-        seen[part["row"]] = True
+    with Progress("encode", total=index.size, unit="clip") as bar:
+        for part in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            total += part["sum"].sum(0)
+            total_sq += part["sumsq"].sum(0)
+            low, high = np.minimum(low, part["min"].min(0)), np.maximum(high, part["max"].max(0))
+            seen[part["row"]] = True
+            bar.update(int(seen.sum()))
     if not seen.all():
         raise RuntimeError(f"encode wrote {int(seen.sum())} of {index.size} latents")
     pixels = float(rollout.valid_mask().sum()) * index.size

@@ -247,6 +247,7 @@ def train_features(ctx: TrainContext, run: dict) -> dict:
             n_steps += 1
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
+            ctx.progress(step, total_steps, epoch=f"{epoch + 1}/{cfg.epochs}", loss=sums["total"] / n_steps)
             if step % cfg.report_every == 0:
                 log.log({"step": step, "epoch": epoch, "lr": sched.get_last_lr()[0],
                          **{f"train_{k}": float(v.detach()) for k, v in parts.items()}})
@@ -264,6 +265,7 @@ def train_features(ctx: TrainContext, run: dict) -> dict:
         is_best = score > best
         best = max(best, score)
         row["best_score"] = best
+        ctx.progress(step, total_steps, val_score=score)
         log.log(row)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt_dir = Path(tmp) / "checkpoint"

@@ -109,6 +109,7 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
                                              indent=2))
     result = ray_trainer.fit("dcgen.train.vae_loop:train_vae", asdict(run), datasets=datasets,
                              storage_path=str(out / "ray"), name="vae", num_workers=scaling.workers,
+                             progress="train vae", total_steps=run.epochs * run.steps_per_epoch,
                              gpus_per_worker=scaling.gpus_per_worker, cpus_per_worker=cpus_per_worker(scaling),
                              max_failures=scaling.max_failures)
     if result.error:
@@ -227,6 +228,7 @@ def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditio
                                              indent=2))
     result = ray_trainer.fit("dcgen.train.dit_loop:train_dit", asdict(run), datasets=datasets,
                              storage_path=str(out / "ray"), name="dit", num_workers=scaling.workers,
+                             progress="train dit", total_steps=run.epochs * run.steps_per_epoch,
                              gpus_per_worker=scaling.gpus_per_worker, cpus_per_worker=cpus_per_worker(scaling),
                              max_failures=scaling.max_failures)
     if result.error:
@@ -328,6 +330,7 @@ def train_features(data: str, out: str | Path, *, preset: str | None = None, sca
                                              indent=2))
     result = ray_trainer.fit("dcgen.train.features_loop:train_features", asdict(run), datasets=datasets,
                              storage_path=str(out / "ray"), name="features", num_workers=scaling.workers,
+                             progress="train features", total_steps=run.epochs * run.steps_per_epoch,
                              gpus_per_worker=scaling.gpus_per_worker, cpus_per_worker=cpus_per_worker(scaling),
                              max_failures=scaling.max_failures)
     if result.error:

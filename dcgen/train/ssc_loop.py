@@ -219,8 +219,9 @@ def class_weights_of(occ_NXYZ: np.ndarray, num_classes: int) -> torch.Tensor:
 
 
 def train_run(run: SSCRun, cfg: SSCTrainConfig, cache: ClipCache, eval_set: EvalSet,
-              device: torch.device) -> dict:
-    """Train one run's network for ``cfg.steps`` steps and score it on ``eval_set``: a JSON-able result."""
+              device: torch.device, on_step=None) -> dict:
+    """Train one run's network for ``cfg.steps`` steps and score it on ``eval_set``: a JSON-able result.
+    ``on_step(step, loss)`` hears of every recorded training loss."""
     from dcgen.metrics.recon_iou import IoUAccumulator
     from dcgen.models.ssc_net import SSCNet, SSCNetConfig
 
@@ -251,6 +252,8 @@ def train_run(run: SSCRun, cfg: SSCTrainConfig, cache: ClipCache, eval_set: Eval
         sched.step()
         if (step + 1) % cfg.report_every == 0 or step == cfg.steps - 1:
             losses.append([step + 1, float(loss.detach())])
+            if on_step is not None:
+                on_step(step + 1, losses[-1][1])
     if not math.isfinite(losses[-1][1]):
         raise ValueError(f"run {run.run_id}: the training loss is {losses[-1][1]} after {cfg.steps} steps")
     train_seconds = time.perf_counter() - t0
@@ -321,8 +324,11 @@ def train_ssc_runs(ctx: TrainContext, run: dict) -> dict:
     if todo:
         eval_set = load_eval(ctx, cfg.eval_batch, grid, lidar)
         cache = ClipCache(grid, lidar)
-        for r in todo:
-            results[r.run_id] = train_run(r, cfg, cache, eval_set, ctx.device)
+        for n, r in enumerate(todo):
+            def on_step(step: int, loss: float, n: int = n) -> None:  # this rank's runs, one after the other
+                ctx.progress(n * cfg.steps + step, len(todo) * cfg.steps, run=f"{n + 1}/{len(todo)}", loss=loss)
+
+            results[r.run_id] = train_run(r, cfg, cache, eval_set, ctx.device, on_step)
             if cfg.out_dir:
                 _write_result(cfg.out_dir, r.run_id, results[r.run_id])
     return {"rank": ctx.rank, "results": results}

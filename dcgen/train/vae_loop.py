@@ -214,6 +214,7 @@ def train_vae(ctx: TrainContext, run: dict) -> dict:
             step += 1
             n_steps += 1
             loss_sum += float(parts["total"])
+            ctx.progress(step, total_steps, epoch=f"{epoch + 1}/{cfg.epochs}", loss=loss_sum / n_steps)
             if step % cfg.report_every == 0:
                 log.log({"step": step, "epoch": epoch, "lr": rate(step, fraction),
                          **{f"train_{k}": float(v) for k, v in parts.items()}})
@@ -228,6 +229,7 @@ def train_vae(ctx: TrainContext, run: dict) -> dict:
         is_best = val["val_miou"] > best
         best = max(best, val["val_miou"])
         row["best_val_miou"] = best
+        ctx.progress(step, total_steps, val_miou=val["val_miou"])
         log.log(row | {"val_per_class_iou": val["val_per_class_iou"]})
         with tempfile.TemporaryDirectory() as tmp:
             ckpt_dir = Path(tmp) / "checkpoint"

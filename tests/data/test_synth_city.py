@@ -236,7 +236,7 @@ def test_cli_synth_city(tmp_path, ray_local):
     r = runner.invoke(app, ["data", "synth-city", "--clips", "8", "--out", out, "--preset", "debug", "--seed", "2"])
     assert r.exit_code == 0, r.output
     assert f"wrote 8 synthetic debug clips (seed 2) to {out}" in r.output
-    assert "8/8 clips" in r.output
+    assert "[synth-city] clip 8/8 (100%)" in r.output and "done in" in r.output
     assert SceneStore.open(out).num_clips == 8
     r = runner.invoke(app, ["data", "synth-city", "--clips", "0", "--out", str(tmp_path / "d.zarr")])
     assert r.exit_code == 2

@@ -209,6 +209,20 @@ def test_command_without_source_cycles_and_conditions_follow_the_scenario(debug_
     assert reqs[3].command is None and reqs[3].source is None
 
 
+def test_the_job_checks_steps_per_sampler():
+    from dcgen.generate.job import SynthJob
+
+    base = {"n": 8, "checkpoints": {}, "scenario": scenario_for_kind("command", DEBUG, False), "grid": DEBUG.to_dict()}
+    assert SynthJob(**base, sampler="dpm++", steps=10).steps == 10
+    assert SynthJob(**base, sampler="ddim", steps=1000).steps == 1000
+    for steps in (1, 1000):  # DPM-Solver++ is multistep and needs a timestep past its last
+        with pytest.raises(ValueError, match=rf"--steps {steps}: expected an integer in 2\.\.999 for --sampler "
+                                             r"dpm\+\+"):
+            SynthJob(**base, sampler="dpm++", steps=steps)
+    with pytest.raises(ValueError, match=r"--steps 0: expected an integer in 1\.\.1000$"):
+        SynthJob(**base, sampler="ddpm", steps=0)
+
+
 def test_an_impossible_gate_rejects_records_and_continues_its_attempts(ray_local, ckpts, debug_city, tmp_path):
     out = tmp_path / "gated.zarr"
     argv = _synth(ckpts, out, "--n", "8", "--reference-data", debug_city, "--gate-min-occupied", "1.0")
@@ -362,6 +376,8 @@ def test_bad_inputs_fail_before_any_generation(ckpts, command_only, debug_city, 
         (["--n", "8", "--batch-size", "12"], "--batch-size 12: expected a multiple of 8"),
         (["--n", "0"], "--n 0: expected an integer >= 1"),
         (["--n", "8", "--sampler", "euler"], "unknown sampler 'euler'"),
+        (["--n", "8", "--sampler", "dpm++", "--steps", "1"], "--steps 1: expected an integer in 2..999 for --sampler "
+         "dpm++"),
         (["--n", "8", "--reference-data", debug_city, "--gate-min-occupied", "2"], "a fraction; expected a value"),
     ]
     for args, message in cases:

@@ -70,6 +70,7 @@ class ImportResult:
 
 def import_dataset(src: str | Path, out: str, config: ImportConfig, ray_address: str | None = None) -> ImportResult:
     """Import split ``config.split`` of the dataset at ``src`` into a new scene store at ``out``."""
+    from dcgen.progress import Progress
     from dcgen.runtime import cluster_cpus, run_tasks
 
     fmt = FORMATS[config.dataset]
@@ -79,7 +80,9 @@ def import_dataset(src: str | Path, out: str, config: ImportConfig, ray_address:
 
     refs = fmt.list_scenes(src, config.split)
     limit = cluster_cpus(ray_address) + 1
-    scenes: list[Scene] = run_tasks(_scan_scene, [(fmt.name, r) for r in refs], limit=limit, address=ray_address)
+    with Progress("import: scan", total=len(refs), unit="scene") as bar:
+        scenes: list[Scene] = run_tasks(_scan_scene, [(fmt.name, r) for r in refs], limit=limit,
+                                        on_done=lambda _: bar.update(advance=1), address=ray_address)
 
     base = GRIDS[fmt.preset]
     grid = dataclasses.replace(base, num_frames=config.num_frames or base.num_frames, frame_rate=fmt.frame_rate)
@@ -105,7 +108,9 @@ def import_dataset(src: str | Path, out: str, config: ImportConfig, ray_address:
         blocks_todo = [(fmt.name, build, a, windows[a:b], {w.scene: scenes[w.scene] for w in windows[a:b]},
                         config.split) for a, b in blocks(len(windows), config.clips_per_task)]  # only its scenes
         try:
-            run_tasks(_write_block, blocks_todo, limit=limit, address=ray_address)
+            with Progress("import", total=len(windows), unit="clip") as bar:
+                run_tasks(_write_block, blocks_todo, limit=limit, on_done=lambda n: bar.update(advance=n),
+                          address=ray_address)
         except ValueError as e:
             kept = f"{out} is unchanged" if storage.exists(out) else f"nothing was written to {out}"
             raise ValueError(f"{e} (import stopped; {kept})") from None
