@@ -117,7 +117,9 @@ class Progress:
         else:
             parts = [f"{self.done} {self.unit}s"]
         parts += [f"{k.replace('_', ' ')} {_value(v)}" for k, v in self.fields.items() if v is not None]
-        r = self.rate(now)
+        # at the end, the whole stage's pace: work that lands in bursts (blocks finishing together) would make the
+        # pace between two late updates look hundreds of times faster than it was
+        r = (self.done - self._initial) / (now - self._start) if final and now > self._start else self.rate(now)
         if r > 0:
             parts.append(format_rate(r, self.unit))
         if final:  # a stage that ends short of its total (a deadline, an error) says so

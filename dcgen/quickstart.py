@@ -147,7 +147,7 @@ def run_quickstart(cfg: QuickstartConfig, log: Callable[[str], None] = print) ->
         from dcgen.metrics.recon_eval import evaluate_reconstruction
 
         evaluate_reconstruction(trained["vae"], str(city), "val", out / "eval-recon", num_renders=2, max_clips=16)
-    done("recon")
+    done("recon", out / "eval-recon")
 
     total = round(time.time() - t_all, 1)
     report = {

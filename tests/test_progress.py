@@ -71,7 +71,18 @@ def test_slow_stages_show_seconds_per_unit_and_unknown_totals_count_up():
         clock.now = 24.0
         bar.update(advance=8, rejected=3)
     assert lines(out)[1] == "[synth] 16 scenes · rejected 3 · 3.0 s/scene"
-    assert lines(out)[-1] == "[synth] 16 scenes · rejected 3 · 3.0 s/scene · done in 24s"
+    # the last line gives the whole stage's pace: 16 scenes in 24 s
+    assert lines(out)[-1] == "[synth] 16 scenes · rejected 3 · 1.5 s/scene · done in 24s"
+
+
+def test_the_last_line_is_not_fooled_by_blocks_that_finish_together():
+    clock, out = Clock(), io.StringIO()
+    with Progress("synth", total=16, unit="scene", stream=out, interval=0, live=False, clock=clock) as bar:
+        clock.now = 10.99
+        bar.update(advance=8)  # two parallel blocks of 8 land 10 ms apart after 11 s of work
+        clock.now = 11.0
+        bar.update(advance=8)
+    assert lines(out)[-1] == "[synth] scene 16/16 (100%) · 1.45 scene/s · done in 11s"
 
 
 def test_on_a_terminal_rich_draws_the_bar_and_leaves_its_last_state():
