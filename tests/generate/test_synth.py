@@ -487,7 +487,7 @@ def test_export_writes_per_frame_files(debug_city, tmp_path):
 # ---- --serve: the same bytes through a running Serve deployment ---------------------------------------------------
 
 @pytest.mark.slow
-def test_serve_mode_gives_the_same_bytes(ray_local, ckpts, tmp_path):
+def test_serve_mode_gives_the_same_scenes(ray_local, ckpts, tmp_path):
     from dcgen.bench.serve import free_port
     from ray import serve
 
@@ -512,10 +512,18 @@ def test_serve_mode_gives_the_same_bytes(ray_local, ckpts, tmp_path):
         assert result.exit_code == 2 and "--serve no-such-app: no running Serve application" in text, text
     finally:
         serve.shutdown()
+    # the deployment pads each batch to its bucket (1, 2, 4, 8 scenes, by what is queued), and CPU kernels may round
+    # differently at another batch shape: classes must equal synth's wherever its top two logits are clearly apart
+    # (every byte was equal on the CPU measured; tests/generate/test_buckets.py)
     pipe = GenerationPipeline.from_checkpoints(vae, dit, device="cpu", micro_batch=8)
-    local = pipe.generate([SceneRequest(command=k % 4, guidance=1.0) for k in range(8)],
-                          [scene_seed(9, k) for k in range(8)], steps=int(STEPS))
-    assert np.array_equal(served, local)
+    requests = [SceneRequest(command=k % 4, guidance=1.0) for k in range(8)]
+    latents = pipe.sample_latents(requests, [scene_seed(9, k) for k in range(8)], steps=int(STEPS))
+    logits = pipe.logits(latents, [None] * 8)
+    top2 = logits.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1] > 1e-3).numpy()
+    assert (~clear).mean() <= 0.05, f"{(~clear).mean():.2%} of voxels have no clear class"
+    local = logits.argmax(1).numpy().astype(np.uint8)
+    assert served.shape == local.shape and not ((served != local) & clear).any()
 
 
 def test_perception_reader_example_reads_a_synth_store(layout_run):

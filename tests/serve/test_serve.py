@@ -20,6 +20,34 @@ from dcgen.serve.client import AsyncDcgenClient, DcgenClient, DcgenError, scene_
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# The server pads a batch to its bucket (1, 2, 4, 8 scenes), and which bucket a scene lands in depends on what else
+# is queued; across batch shapes CPU kernels may round differently (tests/generate/test_buckets.py). So a served
+# scene is held to the invariant that holds on any x86 CPU: its classes equal the in-process pipeline's wherever
+# that pipeline's top two class logits are clearly apart (on the CPU measured, every byte was equal).
+CLEAR_GAP = 1e-3
+MAX_UNCLEAR = 0.05
+
+
+def _assert_same_scenes(served, pipeline, requests, seeds):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the replica runs single-threaded
+    try:
+        latents = pipeline.sample_latents(requests, seeds, steps=STEPS)
+        logits = pipeline.logits(latents, [r.trajectory for r in requests])
+    finally:
+        torch.set_num_threads(threads)
+    top2 = logits.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1] > CLEAR_GAP).numpy()
+    assert (~clear).mean() <= MAX_UNCLEAR, f"{(~clear).mean():.2%} of voxels have no clear class"
+    local = logits.argmax(1).numpy().astype(np.uint8)
+    served = np.asarray(served)
+    assert served.shape == local.shape and served.dtype == np.uint8
+    changed = (served != local) & clear
+    assert not changed.any(), f"{int(changed.sum())} voxels with a clear class differ from the pipeline's"
+
+
 @pytest.fixture(scope="module")
 def pipeline(server):
     from dcgen.generate.pipeline import GenerationPipeline
@@ -84,32 +112,24 @@ def test_npz_headers_and_json_metadata(server):
         assert meta["class_counts"] == [np.bincount(o.ravel(), minlength=11).tolist() for o in occ]
 
 
-def test_same_bytes_as_the_in_process_pipeline(client, pipeline):
-    import torch
-
+def test_same_scenes_as_the_in_process_pipeline(client, pipeline):
     from dcgen.generate.conditions import SceneRequest
 
     rng = np.random.default_rng(3)
     cond = {"command": 3, "trajectory": rng.normal(size=(4, 3)).astype(np.float32),
             "layout": rng.integers(0, 2, (4, 8, 8)).astype(np.uint8), "bev": rng.integers(0, 11, (32, 32))}
     served = client.scenes(2, 11, steps=STEPS, guidance=2.5, **cond)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the replica runs single-threaded; keep the CPU kernels identical
-    try:
-        local = pipeline.generate([SceneRequest(**cond, guidance=2.5)] * 2, [scene_seed(11, i) for i in range(2)],
-                                  steps=STEPS)
-    finally:
-        torch.set_num_threads(threads)
-    assert served.tobytes() == local.tobytes()
+    requests, seeds = [SceneRequest(**cond, guidance=2.5)] * 2, [scene_seed(11, i) for i in range(2)]
+    _assert_same_scenes(served, pipeline, requests, seeds)
     # the same conditions as nested JSON arrays give the same scenes
     body = {"count": 2, "seed": 11, "steps": STEPS, "guidance": 2.5, "command": 3,
             **{k: np.asarray(v).tolist() for k, v in cond.items() if k != "command"}}
     with httpx.Client(timeout=60, trust_env=False, headers={"Authorization": f"Bearer {TOKEN}"}) as h:
         r = h.post(client._http.base_url.join("/v1/scenes"), json=body)
-    assert decode_npz(r.content)["occupancy"].tobytes() == local.tobytes()
+    _assert_same_scenes(decode_npz(r.content)["occupancy"], pipeline, requests, seeds)
 
 
-def test_concurrent_requests_share_model_batches(server, client):
+def test_concurrent_requests_share_model_batches(server, client, pipeline):
     async def burst():
         async with AsyncDcgenClient(server["url"], token=TOKEN) as ac:
             return await asyncio.gather(*(ac.generate(1, 100 + i, command=i % 4, steps=STEPS) for i in range(8)))
@@ -119,9 +139,12 @@ def test_concurrent_requests_share_model_batches(server, client):
     assert max(sizes) > 1, sizes
     stats = client.info()["stats"]
     assert stats["max_batch_size_seen"] > 1 and stats["scenes"] >= 8
-    # batch mates never change a scene: each equals the same request made alone
+    # batch mates never change a scene: in a burst or alone, it is the pipeline's scene for its seed
+    from dcgen.generate.conditions import SceneRequest
+
     alone = client.scenes(1, 103, command=3, steps=STEPS)
-    assert alone.tobytes() == results[3].occupancy.tobytes()
+    for scene in (alone[0], results[3].occupancy[0]):
+        _assert_same_scenes(scene[None], pipeline, [SceneRequest(command=3)], [scene_seed(103, 0)])
 
 
 def _bad_requests():
