@@ -77,3 +77,16 @@ def read_json(cls: type[T], path: str | Path) -> T:
         return from_dict(cls, d)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+
+
+def schema_errors(schema_file: Path, data, what: str, kind: str) -> list:
+    """The JSON Schema violations of ``data`` against ``schema_file`` (Draft 2020-12), deepest path first per
+    position, so a caller can name the first; raises naming ``what`` when the schema file is missing."""
+    import jsonschema
+
+    if not schema_file.is_file():
+        raise ValueError(f"{what}: the {kind} schema {schema_file} is missing; dcgen reads it from its source "
+                         "checkout (install with 'pip install -e .')")
+    schema = json.loads(schema_file.read_text())
+    return sorted(jsonschema.Draft202012Validator(schema).iter_errors(data),
+                  key=lambda e: (list(map(str, e.absolute_path)), e.validator))

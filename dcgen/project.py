@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dcgen import storage
+from dcgen.config import schema_errors
 
 FILE_NAME = "dcgen.yaml"
 ENV_VAR = "DCGEN_PROJECT"
@@ -139,17 +140,10 @@ def load_project(path: str | Path) -> Project:
 
 def validate_project(keys, what: str) -> None:
     """Raise naming the key of the first schema violation and what the schema expects there."""
-    import jsonschema
-
     if not isinstance(keys, dict):
         found = "nothing" if keys is None else f"a {type(keys).__name__}"
         raise ValueError(f"{what}: expected a mapping of keys (version: 1, data, preset, runs, ...), found {found}")
-    if not SCHEMA_FILE.is_file():
-        raise ValueError(f"{what}: the project schema {SCHEMA_FILE} is missing; dcgen reads it from its source "
-                         "checkout (install with 'pip install -e .')")
-    schema = json.loads(SCHEMA_FILE.read_text())
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(keys),
-                    key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    errors = schema_errors(SCHEMA_FILE, keys, what, "project")
     if not errors:
         return
     err = errors[0]

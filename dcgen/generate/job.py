@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from dcgen.config import schema_errors
 from dcgen.data.grid import Grid
 from dcgen.runtime import scene_seed
 
@@ -172,16 +173,9 @@ class Scenario:
 
 def validate_scenario_dict(data, what: str = "scenario") -> None:
     """Raise naming the entry index and field of the first schema violation."""
-    import jsonschema
-
     if not isinstance(data, dict):
         raise ValueError(f"{what}: expected a mapping with 'entries', got {type(data).__name__}")
-    if not SCHEMA_FILE.is_file():
-        raise ValueError(f"{what}: the scenario schema {SCHEMA_FILE} is missing; dcgen reads it from its source "
-                         "checkout (install with 'pip install -e .')")
-    schema = json.loads(SCHEMA_FILE.read_text())
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data),
-                    key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    errors = schema_errors(SCHEMA_FILE, data, what, "scenario")
     if not errors:
         return
     err = errors[0]
