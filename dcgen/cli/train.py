@@ -44,6 +44,9 @@ def train_vae_cmd(
     warmup_steps: Optional[int] = typer.Option(None, help="Linear learning-rate warm-up steps [default: the "
                                                "preset's, 0; small 20]."),
     beta: float = typer.Option(0.0015, help="KL weight."),
+    class_weight_power: Optional[float] = typer.Option(None, help="Exponent of the loss's class weights "
+                                                       "(max frequency / class frequency)^power: 0 unweighted, "
+                                                       "1/3 SPEC, 1 inverse frequency [default: the preset's]."),
     projection: Optional[str] = typer.Option(None, help="How the encoder makes planes: projection (SPEC: CNN + "
                                              "attention pooling) | avgpool (ablation) | column [default: the "
                                              "preset's: column for small, projection otherwise]."),
@@ -76,7 +79,8 @@ def train_vae_cmd(
         summary = train_vae(data, preset, out, scaling=scaling, epochs=epochs, batch_size=batch_size, lr=lr,
                             warmup_steps=warmup_steps, beta=beta, projection=projection, decoder=decoder,
                             frame=frame, resume=resume, overwrite=overwrite, max_minutes=max_minutes,
-                            report_every=report_every, seed=seed, cpu_bf16=cpu_bf16, dry_run=dry_run)
+                            report_every=report_every, seed=seed, cpu_bf16=cpu_bf16,
+                            class_weight_power=class_weight_power, dry_run=dry_run)
     if dry_run:
         return print_dry_run(ctx, summary)
     m = summary["metrics"]

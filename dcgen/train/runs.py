@@ -60,9 +60,10 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
               beta: float = 0.0015, projection: str | None = None, frame: str | None = None,
               decoder: str = "ess", resume: bool = False, overwrite: bool = False, max_minutes: float | None = None,
               report_every: int = 20, seed: int = 0, fail_at_step: int | None = None, cpu_bf16: bool = False,
-              dry_run: bool = False) -> dict:
+              class_weight_power: float | None = None, dry_run: bool = False) -> dict:
     """Fit the HexPlane VAE on a scene store with Ray Train; returns the final metrics and checkpoint paths.
-    ``epochs``, ``batch_size``, ``lr`` and ``warmup_steps`` default to the preset's ``vae_recipe``.
+    ``epochs``, ``batch_size``, ``lr``, ``warmup_steps`` and ``class_weight_power`` (the exponent of the loss's
+    class weights, ``vae_losses.class_weights``) default to the preset's ``vae_recipe``.
     ``cpu_bf16`` trains CPU workers under bf16 autocast (CUDA workers always use it)."""
     from dcgen.data.ray_dataset import read_scenes
     from dcgen.runtime import init_ray
@@ -88,13 +89,16 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
     d_epochs, d_batch, d_lr, d_warmup = recipe.epochs, recipe.batch_size, recipe.lr, recipe.warmup_steps
     epochs, batch_size = epochs or d_epochs, batch_size or d_batch
     lr, warmup_steps = d_lr if lr is None else lr, d_warmup if warmup_steps is None else warmup_steps
+    power = recipe.class_weight_power if class_weight_power is None else class_weight_power
+    weights_K = class_weights(store.class_histogram("train"), power)
     # the run's config checks its numbers (learning rate, warm-up, deadline) before the run directory is touched
     run = VAETrainConfig(
-        model=model_cfg.to_dict(), class_weights=[float(w) for w in class_weights(store.class_histogram("train"))],
+        model=model_cfg.to_dict(), class_weights=[float(w) for w in weights_K],
         steps_per_epoch=steps_per_epoch(n_train, batch_size, scaling.workers), epochs=epochs,
         batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, beta=beta, report_every=report_every, seed=seed,
         out_dir=str(out), max_minutes=max_minutes, fail_at_step=fail_at_step, cpu_bf16=cpu_bf16,
-        extra={"data": str(data), "preset": preset, "train_clips": int(n_train), "val_clips": int(n_val)})
+        extra={"data": str(data), "preset": preset, "train_clips": int(n_train), "val_clips": int(n_val),
+               "class_weight_power": power})
     if dry_run:  # everything checked, nothing written
         return resolved(run, scaling)
     prepare_run_dir(out, resume, overwrite)

@@ -1,6 +1,7 @@
 """The HexPlane VAE loss (SPEC §2): class-weighted cross-entropy + Lovász-softmax + β · KL.
 
-Class weights are ``w_c = (max_k p_k / p_c)^(1/3)`` from the class frequencies of the training data; a class that never
+Class weights are ``w_c = (max_k p_k / p_c)^(1/3)`` from the class frequencies of the training data (the exponent is
+``power``, 1/3 in SPEC; a larger one leans harder on rare classes such as poles and pedestrians); a class that never
 occurs gets weight 0 (it is never a target, so its weight could only matter through a mistake). Lovász-softmax is the
 convex Lovász extension of the Jaccard loss (Berman et al., CVPR 2018, Alg. 1): per class present in the target, the
 errors ``|1[y = c] − p_c|`` in decreasing order are dotted with the gradient of the Jaccard loss along that order; the
@@ -26,8 +27,11 @@ import torch.nn.functional as F
 from dcgen.data.grid import PLANE_NAMES
 
 
-def class_weights(counts) -> torch.Tensor:
-    """``[K]`` float32 weights ``(max_k p_k / p_c)^(1/3)`` from per-class voxel counts; 0 for classes never seen."""
+def class_weights(counts, power: float = 1.0 / 3.0) -> torch.Tensor:
+    """``[K]`` float32 weights ``(max_k p_k / p_c)^power`` from per-class voxel counts; 0 for classes never seen."""
+    if not 0.0 <= power <= 1.0:
+        raise ValueError(f"class weight power {power} is outside [0, 1] (0: unweighted, 1/3: SPEC, 1: inverse "
+                         "frequency)")
     counts_K = np.asarray(counts.cpu() if isinstance(counts, torch.Tensor) else counts, dtype=np.float64)
     if counts_K.ndim != 1 or counts_K.size < 2:
         raise ValueError(f"class counts have shape {counts_K.shape}, expected one count per class (K >= 2)")
@@ -37,7 +41,7 @@ def class_weights(counts) -> torch.Tensor:
         raise ValueError("class counts are all zero; expected a histogram of at least one voxel")
     weights_K = np.zeros_like(counts_K)
     seen = counts_K > 0
-    weights_K[seen] = (counts_K.max() / counts_K[seen]) ** (1.0 / 3.0)
+    weights_K[seen] = (counts_K.max() / counts_K[seen]) ** power
     return torch.tensor(weights_K, dtype=torch.float32)
 
 

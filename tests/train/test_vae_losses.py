@@ -22,6 +22,33 @@ def test_class_weights_hand_computed():
     assert torch.equal(class_weights(torch.tensor([5, 5])), torch.ones(2))
 
 
+def test_class_weight_power_leans_on_rare_classes():
+    counts = [1000, 100, 0, 1]
+    assert torch.equal(class_weights(counts, 0.0), torch.tensor([1.0, 1.0, 0.0, 1.0]))  # unweighted (never-seen: 0)
+    assert torch.allclose(class_weights(counts, 1.0), torch.tensor([1.0, 10.0, 0.0, 1000.0]))  # inverse frequency
+    spec, half = class_weights(counts), class_weights(counts, 0.5)
+    assert torch.allclose(half, torch.tensor([1.0, 10 ** 0.5, 0.0, 1000 ** 0.5]))
+    assert half[3] / half[1] > spec[3] / spec[1]  # the rarest class gains on the common ones
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=f"class weight power {bad} is outside"):
+            class_weights(counts, bad)
+
+
+def test_train_vae_takes_the_power_from_the_preset_unless_given(tmp_path):
+    from debug_models import write_city_store
+
+    from dcgen.presets import get_preset
+    from dcgen.train.runs import train_vae
+
+    store = write_city_store(tmp_path / "city.zarr", num_scenes=5, seed=0)
+    preset = train_vae(store, "debug", tmp_path / "run", dry_run=True)
+    given = train_vae(store, "debug", tmp_path / "run", class_weight_power=1.0, dry_run=True)
+    assert preset["run"]["extra"]["class_weight_power"] == get_preset("debug").vae_recipe.class_weight_power
+    assert given["run"]["extra"]["class_weight_power"] == 1.0
+    assert max(given["run"]["class_weights"]) > max(preset["run"]["class_weights"])
+    assert not (tmp_path / "run").exists()  # a dry run writes nothing
+
+
 @pytest.mark.parametrize("counts,match", [
     ([[1, 2], [3, 4]], "one count per class"),
     ([3, -1, 2], "non-negative"),
