@@ -55,7 +55,8 @@ def sample_cmd(
     steps: Optional[int] = typer.Option(None, help="Sampling steps (default 50 DDIM, 1000 DDPM, 10 DPM++)."),
     eta: float = typer.Option(0.0, help="DDIM noise level: 0 deterministic; 1 draws fresh noise each step, which on "
                               "briefly trained models matched DDPM-1000 quality at DDIM-50 speed (bench dit)."),
-    guidance: float = typer.Option(4.0, help="Classifier-free guidance scale (1 = conditional model only)."),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (1 = conditional model "
+                                             "only) [default: per condition: 1 with a layout, else SPEC's 4]."),
     chain: int = typer.Option(1, help="Clips per scene, each continuing the previous (needs prev_clip)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     micro_batch: int = typer.Option(8, help="Scenes per network call."),
@@ -103,8 +104,9 @@ def synth_cmd(
     sampler: str = typer.Option("ddim", "--sampler", help="ddim | ddpm | dpm++ (DPM-Solver++(2M): few steps, "
                                 "deterministic; give it --steps 10)."),
     steps: int = typer.Option(50, "--steps", help="Sampling steps (dpm++: 2..999)."),
-    guidance: float = typer.Option(4.0, "--guidance", help="Classifier-free guidance scale (scenario entries may "
-                                   "set their own)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale (scenario "
+                                             "entries may set their own) [default: per condition: 1 with a layout, "
+                                             "else SPEC's 4]."),
     batch_size: int = typer.Option(8, "--batch-size", help="Scenes per block (a multiple of 8): the unit of "
                                    "gating, regeneration, writing and resuming."),
     micro_batch: int = typer.Option(8, "--micro-batch", help="The pipeline's network batch (a scene's bytes depend "

@@ -227,7 +227,7 @@ class SynthJob:
     seed: int = 0
     sampler: str = "ddim"
     steps: int = 50
-    guidance: float = 4.0
+    guidance: float | None = None  # None: each scene's conditions' default (conditions.default_guidance)
     batch_size: int = 8
     micro_batch: int = 8
     estimate_trajectory: bool = False  # search the ego motion of scenes without a requested trajectory
@@ -258,7 +258,7 @@ class SynthJob:
         if int(self.steps) != self.steps or not low <= self.steps <= limit:
             raise ValueError(f"--steps {self.steps!r}: expected an integer in {low}..{limit}"
                              + (" for --sampler dpm++" if self.sampler == "dpm++" else ""))
-        if not np.isfinite(self.guidance) or self.guidance < 0:
+        if self.guidance is not None and (not np.isfinite(self.guidance) or self.guidance < 0):
             raise ValueError(f"--guidance {self.guidance}: expected a finite number >= 0")
         if int(self.seed) != self.seed or self.seed < 0:
             raise ValueError(f"--seed {self.seed!r}: expected a non-negative integer")
@@ -417,7 +417,7 @@ def _abs(path: str | None) -> str | None:
 
 def build_job(*, vae: str, dit: str, n: int, cond: str = "none", scenario: str | None = None,
               source: str | None = None, source_split: str | None = None, seed: int = 0, sampler: str = "ddim",
-              steps: int = 50, guidance: float = 4.0, batch_size: int = 8, micro_batch: int = 8,
+              steps: int = 50, guidance: float | None = None, batch_size: int = 8, micro_batch: int = 8,
               estimate_trajectory: bool = False, max_attempts: int = 3, gates: dict | None = None,
               serve_app: str | None = None, workers: int | None = None) -> SynthJob:
     """The job of a ``dcgen synth`` command line, every input checked before any Ray work (no tensor data loaded):

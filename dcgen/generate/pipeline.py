@@ -30,7 +30,7 @@ axes.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -44,7 +44,7 @@ from dcgen.diffusion.latent_norm import LatentNorm
 from dcgen.diffusion.objective import EpsModel
 from dcgen.diffusion.samplers import DDIM_STEPS, DPMPP_STEPS, ddim_sample, ddpm_sample, dpmpp_sample
 from dcgen.diffusion.schedule import NoiseSchedule, ScheduleConfig
-from dcgen.generate.conditions import SAMPLING_CONDITIONS, SceneRequest
+from dcgen.generate.conditions import CONDITION_GUIDANCE, SAMPLING_CONDITIONS, SPEC_GUIDANCE, SceneRequest
 from dcgen.models.dit import DiT
 from dcgen.models.rollout import RolloutLayout
 from dcgen.models.vae import HexPlaneVAE
@@ -60,7 +60,8 @@ class SamplerDefaults:
     ddpm_steps: int = 1000
     dpmpp_steps: int = DPMPP_STEPS
     eta: float = 0.0
-    guidance: float = 4.0
+    guidance: float = SPEC_GUIDANCE  # a request with no scale of its own: per condition (conditions.py)
+    guidance_per_condition: dict = field(default_factory=lambda: dict(CONDITION_GUIDANCE))
 
 
 class GenerationPipeline:

@@ -108,7 +108,7 @@ def parse_cond(pairs: Sequence[str]) -> dict:
     return out
 
 
-def build_requests(n: int, cond: dict, sources: dict[str, str], split: str | None, guidance: float
+def build_requests(n: int, cond: dict, sources: dict[str, str], split: str | None, guidance: float | None
                    ) -> list[SceneRequest]:
     """``n`` requests: the command from ``cond``; each ``sources[name]`` store gives clip i's array to scene i
     (``prev_clip`` takes the clip's occupancy)."""
@@ -132,7 +132,7 @@ def build_requests(n: int, cond: dict, sources: dict[str, str], split: str | Non
 
 def sample_to_store(vae: str, dit: str, out: str, *, n: int, cond: dict, sources: dict[str, str],
                     split: str | None = None, seed: int = 0, sampler: str = "ddim", steps: int | None = None,
-                    guidance: float = 4.0, chain: int = 1, device: str = "auto", micro_batch: int = 8,
+                    guidance: float | None = None, chain: int = 1, device: str = "auto", micro_batch: int = 8,
                     overwrite: bool = False, estimate_trajectory: bool = False, eta: float = 0.0) -> dict:
     """Generate ``n`` scenes (scene k from ``scene_seed(seed, k)``) and write them to a scene store at ``out``;
     ``eta`` is DDIM's noise level (0 deterministic, 1 ancestral-like)."""

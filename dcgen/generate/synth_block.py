@@ -95,7 +95,8 @@ def block_conditions(job: SynthJob, block: int, source: SceneStore | None,
     for i, (k, e_idx) in enumerate(zip(ks, entries)):
         e = job.scenario.entries[e_idx]
         r = int(src["row"][i]) if src else -1
-        out["guidance"][i] = job.guidance if e.guidance is None else e.guidance
+        scale = job.guidance if e.guidance is None else e.guidance
+        out["guidance"][i] = np.nan if scale is None else scale  # NaN: the conditions' default (default_guidance)
         if e.command == "cycle":
             out["command"][i] = int(k) % 4
         elif e.command == "source":
@@ -133,7 +134,7 @@ def requests_from_conditions(job: SynthJob, cond: dict[str, np.ndarray]) -> list
             source=source_occ if e.edit is not None else None,
             inpaint_mask=cond["inpaint_mask"][i] if e.inpaint is not None else None,
             outpaint_shift=int(cond["outpaint_shift"][i]) if e.outpaint is not None else None,
-            guidance=float(cond["guidance"][i])))
+            guidance=None if np.isnan(cond["guidance"][i]) else float(cond["guidance"][i])))
     return reqs
 
 
@@ -169,7 +170,7 @@ def block_arrays(occ_BTXYZ: np.ndarray, reqs: list[SceneRequest], cond: dict[str
         "cond_layout": cond["layout"], "cond_bev": cond["bev"], "cond_inpaint_mask": cond["inpaint_mask"],
         "cond_outpaint_shift": cond["outpaint_shift"].astype(np.int32),
         "cond_source_index": cond["source_index"].astype(np.int64),
-        "cond_guidance": cond["guidance"].astype(np.float32),
+        "cond_guidance": np.asarray([r.guidance_scale() for r in reqs], np.float32),  # the scale each scene used
     }
     batch.update({n: cond_values[n] for n in names if n.startswith("cond_")})
     return batch, origins
@@ -187,7 +188,7 @@ def block_rows(job: SynthJob, block: int, attempt: int, seeds: list[int], reqs: 
         rows.append({"index": int(k), "scene": f"synth-{int(k):09d}", "frame_start": 0, "split": "train",
                      "seed": int(seed), "source": SOURCE, "scene_index": int(k), "attempt": int(attempt),
                      "block": int(block), "entry": int(cond["entry"][i]), "entry_name": e.name,
-                     "conditions": ",".join(used), "guidance": float(req.guidance),
+                     "conditions": ",".join(used), "guidance": req.guidance_scale(),
                      "source_index": int(cond["source_index"][i]), "trajectory_origin": origins[i][0],
                      "command_origin": origins[i][1],
                      "occupied_fraction": float(occupied_B[i]), "flicker": float(flicker_B[i]), "gate": gate_json})

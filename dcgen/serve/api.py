@@ -91,7 +91,8 @@ class ScenesRequest(BaseModel):
                                        "(DPM-Solver++(2M): deterministic, few steps)")
     steps: int | None = Field(None, ge=1, le=1000, description="sampling steps (default: the model's, 50 for "
                               "ddim, 1000 for ddpm, 10 for dpm++; dpm++ takes 2..999)")
-    guidance: float = Field(4.0, ge=0.0, le=100.0, description="classifier-free guidance scale on epsilon")
+    guidance: float | None = Field(None, ge=0.0, le=100.0, description="classifier-free guidance scale on epsilon "
+                                   "(default: per condition, 1 with a layout, else 4)")
     command: int | None = Field(None, ge=0, le=3, description="0 static, 1 forward, 2 left, 3 right")
     trajectory: list[list[float]] | EncodedArray | None = _arr("[T, 3] ego (x, y, yaw) relative to frame 0")
     layout: list[list[list[int]]] | EncodedArray | None = _arr("[T, X/d, Y/d] vehicle layout, 0/1")
@@ -142,7 +143,7 @@ class ScenesMetadata(BaseModel):
     scene_seeds: list[int] = Field(description="scene i's generator seed, scene_seed(seed, i)")
     sampler: str
     steps: int | None
-    guidance: float
+    guidance: float = Field(description="the guidance scale the scenes were sampled with")
     conditions: list[str] = Field(description="model conditions the request set")
     edit: Literal["inpaint", "outpaint"] | None
     class_counts: list[list[int]] = Field(description="per scene, voxels of each class id 0..K-1 over all frames")

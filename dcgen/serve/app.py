@@ -168,7 +168,7 @@ class SceneIngress:
         k = int(info["grid"]["num_classes"])
         counts = [np.bincount(o.ravel(), minlength=k)[:k].tolist() for o in occ_NTXYZ]
         meta = ScenesMetadata(shape=list(occ_NTXYZ.shape), seed=seed, scene_seeds=seeds, sampler=body.sampler,
-                              steps=body.steps, guidance=body.guidance, conditions=list(scene.used()),
+                              steps=body.steps, guidance=scene.guidance, conditions=list(scene.used()),
                               edit=scene.edit, class_counts=counts, batch_sizes=batch_sizes,
                               checkpoints=dict(checkpoints), seconds=time.perf_counter() - t0)
         return JSONResponse(meta.model_dump(), headers=headers)

@@ -396,6 +396,27 @@ def test_bad_inputs_fail_before_any_generation(ckpts, command_only, debug_city, 
     assert not out.exists()
 
 
+def test_without_guidance_each_scene_takes_its_conditions_default(ray_local, ckpts, debug_city, tmp_path):
+    path = _scenario(tmp_path, json.dumps({"entries": [
+        {"name": "layout", "layout": "source"},
+        {"name": "layout+command", "layout": "source", "command": "left"},
+        {"name": "command", "command": "left"},
+        {"name": "own", "layout": "source", "guidance": 2.5},
+    ]}))
+    out = tmp_path / "auto.zarr"
+    argv = [a for a in _synth(ckpts, out, "--n", "8", "--scenario", path, "--source", debug_city)]
+    i = argv.index("--guidance")
+    result, text = _invoke(argv[:i] + argv[i + 2:])  # no --guidance
+    assert result.exit_code == 0, text
+    store = SceneStore.open(str(out))
+    rows = store.manifest().to_pylist()
+    # a layout samples without guidance (1: one pass), the smallest scale of a request's conditions wins, a
+    # command keeps SPEC's 4, an entry's own scale beats the default; each scene records the scale it used
+    assert [r["guidance"] for r in rows[:4]] == [1.0, 1.0, 4.0, 2.5]
+    assert np.asarray(store.array("cond_guidance")[:4]).tolist() == [1.0, 1.0, 4.0, 2.5]
+    assert store.meta["provenance"]["job"]["guidance"] is None
+
+
 def test_scenario_mixes_kinds_and_guidance(ray_local, ckpts, debug_city, tmp_path):
     path = _scenario(tmp_path, json.dumps({"entries": [
         {"name": "left", "command": "left", "guidance": 2.0, "weight": 2},

@@ -111,8 +111,8 @@ def test_each_section_names_the_command_that_produced_it(project, page):
             f"{meta['batch_size']} --lr {meta['lr']} --seed 0") in page
     assert "dcgen eval recon --vae runs/vae/best --data city.zarr --split val --max-clips 8 --renders 1 --out " \
            "eval-recon" in page
-    assert re.search(r"dcgen sample --vae \S+/vae --dit \S+/dit --n 6 --sampler ddim --steps 2 --guidance 4.0 "
-                     r"--seed 0 --out samples.zarr", page)
+    assert re.search(r"dcgen sample --vae \S+/vae --dit \S+/dit --n 6 --sampler ddim --steps 2 --seed 0 "
+                     r"--out samples.zarr", page)
     assert re.search(r"dcgen eval gen --real city.zarr --fake samples.zarr --features \S+/best --real-split val "
                      r"--json metrics.json", page)
     assert "dcgen data synth-city" not in page  # the test city records no synth-city provenance: no made-up line

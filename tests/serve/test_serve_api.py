@@ -50,6 +50,23 @@ def test_client_bodies_satisfy_the_request_schema_and_model():
     assert body_source.dtype == np.uint8
 
 
+def test_a_request_without_guidance_takes_its_conditions_default():
+    t, (x, y, z) = GRID.num_frames, GRID.size
+    layout = np.zeros((t, x // 4, y // 4), int)
+    cases = [({}, 1.0), ({"command": 2}, 4.0), ({"layout": layout}, 1.0), ({"layout": layout, "command": 2}, 1.0),
+             ({"layout": layout, "guidance": 3.0}, 3.0)]
+    for fields, want in cases:
+        body = scene_body(1, 5, **fields)
+        assert "guidance" in body if "guidance" in fields else "guidance" not in body  # None is left out
+        jsonschema.validate(body, _schema("serve-request"))
+        scene = ScenesRequest.model_validate(body).to_scene_request().validate(GRID, ACCEPTED)
+        assert scene.guidance == want, fields
+    from dcgen.generate.conditions import CONDITION_GUIDANCE, SPEC_GUIDANCE, default_guidance
+
+    assert default_guidance(()) == 1.0 and default_guidance(("trajectory", "bev", "prev_clip")) == SPEC_GUIDANCE
+    assert default_guidance(("trajectory", "layout")) == CONDITION_GUIDANCE["layout"]
+
+
 def test_nested_lists_and_encoded_arrays_decode_to_the_same_values():
     traj = np.arange(12, dtype=np.float32).reshape(4, 3) / 7
     a = ScenesRequest.model_validate({"trajectory": traj.tolist()}).to_scene_request()
