@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -30,3 +32,34 @@ def test_cli_refuses_bad_sizes_before_writing_anything(tmp_path):
     result = CliRunner().invoke(app, ["quickstart", "--out", str(out), "--scenes", "5"])
     assert result.exit_code == 2 and "--scenes 5: expected a positive multiple of 8" in result.output
     assert not out.exists()
+
+
+def test_fidelity_stage_scores_layout_and_unconditional_scenes_on_a_city_never_seen(debug_city, debug_vae, debug_dit,
+                                                                                     debug_features, tmp_path):
+    import json
+
+    from dcgen.data.store import SceneStore
+    from dcgen.generate.sample_store import sample_to_store
+    from dcgen.quickstart import HELDOUT_CLIPS, fidelity_stage
+
+    layout = tmp_path / "scenes.zarr"  # stands in for synth's gated layout-conditioned scenes
+    sample_to_store(debug_vae, debug_dit, str(layout), n=8, cond={}, sources={"layout": debug_city}, split="train",
+                    sampler="ddim", steps=2)
+    cfg = QuickstartConfig(out=str(tmp_path), seed=3)
+    result = fidelity_stage(tmp_path, cfg, {"vae": debug_vae, "dit": debug_dit}, debug_features, layout, scenes=8,
+                            steps=2)
+    heldout = SceneStore.open(result["heldout"])
+    assert heldout.num_clips == HELDOUT_CLIPS and heldout.meta["provenance"]["seed"] == 4  # another city: seed + 1
+    uncond = SceneStore.open(result["uncond"])
+    assert uncond.num_clips == 8 and set(uncond.manifest().column("conditions").to_pylist()) == {""}
+    reports = {name: json.loads((Path(result[name]) / "report.json").read_text())
+               for name in ("layout", "unconditional")}
+    for report in reports.values():
+        assert report["real"]["split"] == "val" and report["num_clips"] == 8
+        assert report["fake"]["pure_noise_clips"] == 8
+    assert "reconstruction" in reports["layout"]["objects"]  # the VAE's ceiling, once
+    table = Path(result["table"]).read_text()
+    rows = [line[:24].strip() for line in table.splitlines()]
+    for label in ("real A (reference)", "real B (real-vs-real)", "generated, layout", "generated, uncond",
+                  "VAE reconstruction"):
+        assert label in rows, label

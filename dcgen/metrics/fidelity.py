@@ -40,12 +40,12 @@ from typing import Callable
 import numpy as np
 
 from dcgen.data.classes import CLASS_IDS, CLASS_NAMES
+from dcgen.metrics.fidelity_table import ROWS, format_table  # noqa: F401  (format_table: the report's own table)
 from dcgen.metrics.object_stats import SetStats, clip_stats, compare
 from dcgen.metrics.provenance import (GENERATED_SOURCES, generation_origin, generator_training_data, overlap_warning,
                                       same_store, trajectory_origins, vae_training_store)
 
 SPLITS = ("train", "val", "test")
-ROWS = ("real_vs_real", "generated", "reconstruction")
 RATIO_METRICS = ("fid", "kid_mean", "precision", "recall", "gaussian_precision", "gaussian_recall", "is_mean")
 PLOT_CLASSES = ("vehicle", "pedestrian", "bicycle", "pole", "barrier", "other")  # movers and thin objects
 REPORT_JSON, REPORT_PNG = "report.json", "report.png"
@@ -417,76 +417,3 @@ def _draw(path: Path, reference: SetStats, sets: dict[str, MeasuredSet], report:
     object_histograms(tmp, sizes, mix, title)
     os.replace(tmp, path)
     return path
-
-
-# ---- the one-screen table ----------------------------------------------------------------------------------------
-
-COLUMNS = (  # header, where the value is, format
-    ("3D FID", ("metric", "3d", "fid"), ".4g"),
-    ("2D FID", ("metric", "2d", "fid"), ".4g"),
-    ("2D rec", ("metric", "2d", "recall"), ".3f"),
-    ("veh med", ("class", "vehicle", "size_median"), ".4g"),
-    ("veh p90", ("class", "vehicle", "size_p90"), ".4g"),
-    ("ped med", ("class", "pedestrian", "size_median"), ".4g"),
-    ("pole med", ("class", "pole", "size_median"), ".4g"),
-    ("bldg sh", ("class", "building", "share"), ".3f"),
-    ("flicker", ("set", "flicker"), ".3f"),
-    ("static", ("set", "static_change"), ".3f"),
-    ("persist", ("set", "persistence"), ".3f"),
-)
-
-
-def _cell(value, fmt: str, width: int = 9) -> str:
-    return f"{'-' if value is None else format(value, fmt):>{width}}"
-
-
-def _row_values(report: dict, row: str, side: str) -> list:
-    """The table's values of ``row`` (``side`` "fake": the row's own set, "real": the reference half A)."""
-    objects = report["objects"].get(row)
-    values = []
-    for _, (kind, *key), _ in COLUMNS:
-        if kind == "metric":
-            values.append(None if side == "real" else report["metrics"][key[0]][key[1]].get(row))
-        elif objects is None:
-            values.append(None)
-        elif kind == "class":
-            entry = objects["classes"].get(key[0], {}).get(key[1])
-            values.append(entry[side] if entry else None)
-        else:
-            values.append(objects[key[0]][side])
-    return values
-
-
-def format_table(report: dict) -> str:
-    """One screen: rows real A (reference), real-vs-real, generated, reconstruction; feature-metric ratios to
-    real-vs-real beneath; then sample counts, the origin of the generated clips, warnings and notes."""
-    head = f"{'':<24}" + "".join(f"{name:>9}" for name, _, _ in COLUMNS)
-    lines = [head, "-" * len(head)]
-    fmts = [fmt for _, _, fmt in COLUMNS]
-
-    def line(label: str, values: list) -> str:
-        return f"{label:<24}" + "".join(_cell(v, f) for v, f in zip(values, fmts))
-
-    lines.append(line("real A (reference)", _row_values(report, "real_vs_real", "real")))
-    labels = {"real_vs_real": "real B (real-vs-real)", "generated": "generated", "reconstruction": "reconstruction"}
-    for row in ROWS:
-        if row not in report["objects"]:
-            continue
-        lines.append(line(labels[row], _row_values(report, row, "fake")))
-        if row != "real_vs_real":
-            ratios = [report["metrics"][key[0]][key[1]].get(f"{row}_ratio") if kind == "metric" else None
-                      for _, (kind, *key), _ in COLUMNS]
-            lines.append(f"{'  x real-vs-real':<24}" + "".join(
-                f"{'' if v is None else 'x' + format(v, '.2f'):>9}" for v in ratios))
-    lines.append("-" * len(head))
-    f, r = report["fake"], report["real"]
-    lines.append(f"N = {report['num_clips']} clips ({report['num_images']} images) per set; real {r['path']} split "
-                 f"{r['split'] or 'all'} halves {r['halves']['a']} / {r['halves']['b']} clips (by scene); features "
-                 f"{report['features']['checkpoint_id']} (2D {report['features']['dims']['2d']}-D, 3D "
-                 f"{report['features']['dims']['3d']}-D)")
-    lines.append("-: not measured, or no component of the class in the set; ratios: row / real-vs-real")
-    lines.append(f"generated: {f['path']}: {f['origin']}")
-    lines.append(f"this report {report['generation']}")
-    lines += [f"WARNING: {w}" for w in report["warnings"]]
-    lines += [f"note: {n}" for n in report["notes"]]
-    return "\n".join(lines)

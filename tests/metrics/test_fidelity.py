@@ -19,6 +19,7 @@ from dcgen.generate.conditions import SceneRequest
 from dcgen.generate.sample_store import write_samples
 from dcgen.metrics import corruptions
 from dcgen.metrics.fidelity import fidelity_report, format_table, parse_store_split, real_halves
+from dcgen.metrics.fidelity_table import COLUMNS, format_comparison
 from dcgen.metrics.provenance import generation_origin
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -160,6 +161,24 @@ def test_corrupted_copies_score_worse_on_what_they_corrupt(city, tmp_path, corru
     if corrupt is _eroded:  # shrunk, not displaced: the size distributions move far from real
         w1 = report["objects"]["generated"]["classes"]["vehicle"]["size_wasserstein"]
         assert w1 > 3 * report["objects"]["real_vs_real"]["classes"]["vehicle"]["size_wasserstein"]
+
+
+def test_a_comparison_puts_each_generated_set_on_its_own_row_beside_one_real_pair(city, tmp_path):
+    copy = _report(city, city["copy_b"], vae=city["vae"])
+    eroded = _report(city, _as_generated(tmp_path / "eroded.zarr", city["real"], city["half_b"], _eroded))
+    table = format_comparison({"copy": copy, "eroded": eroded})
+    lines = table.splitlines()
+    rows = {line[:24].strip(): line[24:].split() for line in lines[2:]
+            if line[:24].strip() and not line.startswith(("-", " "))}
+    # one real pair, then the rows in the order given, then the first report's reconstruction
+    assert list(rows)[:5] == ["real A (reference)", "real B (real-vs-real)", "copy", "eroded", "VAE reconstruction"]
+    assert rows["copy"] == rows["real B (real-vs-real)"]  # a copy of half B is the real-vs-real row
+    median = [name for name, _, _ in COLUMNS].index("veh med")
+    assert float(rows["eroded"][median]) < float(rows["copy"][median])  # eroded vehicles are smaller
+    assert sum("x real-vs-real" in line for line in lines) == 3  # copy, eroded, reconstruction
+    assert f"eroded: {eroded['fake']['path']}" in table
+    with pytest.raises(ValueError, match="at least one fidelity report"):
+        format_comparison({})
 
 
 # ---- what the generated store says about itself ------------------------------------------------------------------
