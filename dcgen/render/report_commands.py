@@ -97,9 +97,9 @@ def store_command(path: Path, meta: dict, rel: Paths) -> str | None:
         return join(argv)
     if generator == "dcgen sample":
         argv = ["dcgen", "sample", "--vae", rel(prov.get("vae")), "--dit", rel(prov.get("dit")),
-                "--n", meta.get("num_clips", "N"), "--sampler", prov.get("sampler"), "--steps", prov.get("steps"),
-                "--seed", prov.get("seed", 0)]
+                "--n", meta.get("num_clips", "N"), "--sampler", prov.get("sampler"), "--steps", prov.get("steps")]
         _opt(argv, "--guidance", prov.get("guidance"))  # none: each condition's default
+        argv += ["--seed", prov.get("seed", 0)]
         _opt(argv, "--eta", prov.get("eta"), 0.0)
         _opt(argv, "--chain", prov.get("chain"), 1)
         for key, value in (prov.get("cond") or {}).items():
@@ -120,8 +120,9 @@ def synth_command(path: Path, job: dict, rel: Paths) -> str:
         argv += ["--cond", job.get("cond", "none")]
     _opt(argv, "--source", rel(job["source"]) if job.get("source") else None)
     _opt(argv, "--source-split", job.get("source_split"))
-    argv += ["--sampler", job.get("sampler"), "--steps", job.get("steps"), "--seed", job.get("seed", 0)]
+    argv += ["--sampler", job.get("sampler"), "--steps", job.get("steps")]
     _opt(argv, "--guidance", job.get("guidance"))  # none: each condition's default
+    argv += ["--seed", job.get("seed", 0)]
     _opt(argv, "--batch-size", job.get("batch_size"), 8)
     _opt(argv, "--max-attempts", job.get("max_attempts"), 3)
     gates = job.get("gates") or {}
