@@ -5,6 +5,7 @@ input stops it before anything is trained or written."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -111,9 +112,12 @@ def test_symmetries_of_the_grid():
 
 # ---- end to end on Ray Train -----------------------------------------------------------------------------------
 
-def test_benchmark_on_ray_train_reports_a_collapsed_store(stores, ray_local, tmp_path):
+def test_benchmark_on_ray_train_reports_a_collapsed_store(stores, ray_local, tmp_path, monkeypatch):
     out = tmp_path / "bench"
-    report = run_downstream(stores["real"], [stores["collapsed"]], out, real_counts=(4,), ratios=(1.0,), seeds=(0,),
+    # stores named relative to the working directory, as a user types them: Ray Train workers start elsewhere
+    monkeypatch.chdir(os.path.dirname(stores["real"]))
+    real, collapsed = os.path.relpath(stores["real"]), os.path.relpath(stores["collapsed"])
+    report = run_downstream(real, [collapsed], out, real_counts=(4,), ratios=(1.0,), seeds=(0,),
                             steps=8, batch_size=4, allow_overlap=True, log=lambda m: None)
     arms = sorted(r["arm"] for r in report["runs"])
     assert arms == ["gen", "real", "real+aug", "real+gen"]
