@@ -35,6 +35,7 @@ import numpy as np
 
 from dcgen.bench.downstream_checks import (Pool, checksums, collapse_report, diversity, overlap_report, same_grid,
                                            ungated_pool, whole_store_pool)
+from dcgen import storage
 from dcgen.data.grid import GRIDS
 from dcgen.data.store import SceneStore
 
@@ -253,11 +254,6 @@ def _check_out(out: Path, plan: dict, overwrite: bool) -> None:
     plan_file.write_text(json.dumps(plan, indent=2, sort_keys=True))
 
 
-def _local_abs(path):
-    """``path`` made absolute unless it is None or a URI (s3://, gs://, ...)."""
-    return path if path is None or "://" in str(path) else os.path.abspath(str(path))
-
-
 def run_downstream(real: str, synthetic: Sequence[str], out: str | Path, *, real_counts=None, ratios=None,
                    steps: int | None = None, batch_size: int | None = None, seeds=None, allow_overlap: bool = False,
                    gated_store: str | None = None, rejected_store: str | None = None, preset: str | None = None,
@@ -281,8 +277,9 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | Path, *, real
 
     t0 = time.perf_counter()
     # stores as Ray Train workers can open them: they do not start in this process's working directory
-    real, synthetic = _local_abs(real), [_local_abs(path) for path in synthetic]
-    gated_store, rejected_store = _local_abs(gated_store), _local_abs(rejected_store)
+    real, synthetic = storage.resolve(real), [storage.resolve(path) for path in synthetic]
+    gated_store = None if gated_store is None else storage.resolve(gated_store)
+    rejected_store = None if rejected_store is None else storage.resolve(rejected_store)
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if workers < 1:

@@ -28,6 +28,13 @@ def _cell(value, fmt: str, width: int = 9) -> str:
     return f"{'-' if value is None else format(value, fmt):>{width}}"
 
 
+HEAD = f"{'':<24}" + "".join(f"{name:>9}" for name, _, _ in COLUMNS)
+
+
+def _line(label: str, values: list) -> str:
+    return f"{label[:23]:<24}" + "".join(_cell(v, fmt) for v, (_, _, fmt) in zip(values, COLUMNS))
+
+
 def _row_values(report: dict, row: str, side: str) -> list:
     """The table's values of ``row`` (``side`` "fake": the row's own set, "real": the reference half A)."""
     objects = report["objects"].get(row)
@@ -48,22 +55,15 @@ def _row_values(report: dict, row: str, side: str) -> list:
 def format_table(report: dict) -> str:
     """One screen: rows real A (reference), real-vs-real, generated, reconstruction; feature-metric ratios to
     real-vs-real beneath; then sample counts, the origin of the generated clips, warnings and notes."""
-    head = f"{'':<24}" + "".join(f"{name:>9}" for name, _, _ in COLUMNS)
-    lines = [head, "-" * len(head)]
-    fmts = [fmt for _, _, fmt in COLUMNS]
-
-    def line(label: str, values: list) -> str:
-        return f"{label:<24}" + "".join(_cell(v, f) for v, f in zip(values, fmts))
-
-    lines.append(line("real A (reference)", _row_values(report, "real_vs_real", "real")))
+    lines = [HEAD, "-" * len(HEAD), _line("real A (reference)", _row_values(report, "real_vs_real", "real"))]
     labels = {"real_vs_real": "real B (real-vs-real)", "generated": "generated", "reconstruction": "reconstruction"}
     for row in ROWS:
         if row not in report["objects"]:
             continue
-        lines.append(line(labels[row], _row_values(report, row, "fake")))
+        lines.append(_line(labels[row], _row_values(report, row, "fake")))
         if row != "real_vs_real":
             lines.append(_ratio_line(report, row))
-    lines.append("-" * len(head))
+    lines.append("-" * len(HEAD))
     f, r = report["fake"], report["real"]
     lines.append(f"N = {report['num_clips']} clips ({report['num_images']} images) per set; real {r['path']} split "
                  f"{r['split'] or 'all'} halves {r['halves']['a']} / {r['halves']['b']} clips (by scene); features "
@@ -90,23 +90,17 @@ def format_comparison(reports: dict[str, dict]) -> str:
     if not reports:
         raise ValueError("format_comparison needs at least one fidelity report")
     first = next(iter(reports.values()))
-    head = f"{'':<24}" + "".join(f"{name:>9}" for name, _, _ in COLUMNS)
-    fmts = [fmt for _, _, fmt in COLUMNS]
-
-    def line(label: str, values: list) -> str:
-        return f"{label[:23]:<24}" + "".join(_cell(v, f) for v, f in zip(values, fmts))
-
-    lines = [head, "-" * len(head), line("real A (reference)", _row_values(first, "real_vs_real", "real")),
-             line("real B (real-vs-real)", _row_values(first, "real_vs_real", "fake"))]
+    lines = [HEAD, "-" * len(HEAD), _line("real A (reference)", _row_values(first, "real_vs_real", "real")),
+             _line("real B (real-vs-real)", _row_values(first, "real_vs_real", "fake"))]
     for label, report in reports.items():
         n = "" if report["num_clips"] == first["num_clips"] else f" (N={report['num_clips']})"
-        lines += [line(f"{label}{n}", _row_values(report, "generated", "fake")), _ratio_line(report, "generated")]
+        lines += [_line(f"{label}{n}", _row_values(report, "generated", "fake")), _ratio_line(report, "generated")]
     recon = next((r for r in reports.values() if "reconstruction" in r["objects"]), None)
     if recon is not None:
-        lines += [line("VAE reconstruction", _row_values(recon, "reconstruction", "fake")),
+        lines += [_line("VAE reconstruction", _row_values(recon, "reconstruction", "fake")),
                   _ratio_line(recon, "reconstruction")]
     r = first["real"]
-    lines += ["-" * len(head),
+    lines += ["-" * len(HEAD),
               f"N = {first['num_clips']} clips per set; real {r['path']} split {r['split'] or 'all'} (halves by "
               f"scene); features {first['features']['checkpoint_id']}",
               "-: not measured, or no component of the class in the set; ratios: row / real-vs-real"]
