@@ -410,9 +410,10 @@ def checkpoint_facts(vae: str, dit: str) -> dict:
 
 
 def _abs(path: str | None) -> str | None:
-    import os
+    """A path for the job's workers, whose working directory is not the caller's (None stays None)."""
+    from dcgen import storage
 
-    return None if path is None or "://" in str(path) else os.path.abspath(str(path))
+    return None if path is None else storage.resolve(path)
 
 
 def build_job(*, vae: str, dit: str, n: int, cond: str = "none", scenario: str | None = None,

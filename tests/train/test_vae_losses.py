@@ -49,6 +49,20 @@ def test_train_vae_takes_the_power_from_the_preset_unless_given(tmp_path):
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
 
 
+def test_cli_refuses_a_class_weight_power_out_of_bounds_before_writing(tmp_path):
+    from debug_models import write_city_store
+    from typer.testing import CliRunner
+
+    from dcgen.cli import app
+
+    store = write_city_store(tmp_path / "city.zarr", num_scenes=5, seed=0)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "vae", "--data", store, "--preset", "debug", "--out", str(out),
+                                      "--class-weight-power", "2"])
+    assert result.exit_code != 0 and "class weight power 2.0 is outside" in result.output, result.output
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("counts,match", [
     ([[1, 2], [3, 4]], "one count per class"),
     ([3, -1, 2], "non-negative"),
