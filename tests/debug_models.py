@@ -65,7 +65,7 @@ def train_debug_vae(store_path: str, out_dir, epochs: int = 1, batch_size: int =
 
 
 def train_debug_dit(latents: str, out_dir, conditions: tuple[str, ...], epochs: int, batch_size: int = 8,
-                    lr: float = 1e-3, ema_decay: float = 0.9, seed: int = 0) -> str:
+                    lr: float = 1e-3, ema_decay: float = 0.9, seed: int = 0, cpu_bf16: bool = False) -> str:
     """A debug DiT trained by the DiT loop on a ``LocalContext`` over ``latents``; returns its best checkpoint."""
     from dataclasses import asdict, replace
 
@@ -90,7 +90,7 @@ def train_debug_dit(latents: str, out_dir, conditions: tuple[str, ...], epochs: 
                          steps_per_epoch=steps_per_epoch(store.rows("train").size, batch_size, 1),
                          vae_checkpoint_id=store.vae_checkpoint_id, grid=store.grid.to_dict(), epochs=epochs,
                          batch_size=batch_size, lr=lr, ema_decay=ema_decay, report_every=1000, seed=seed,
-                         out_dir=str(out_dir))
+                         out_dir=str(out_dir), cpu_bf16=cpu_bf16)
     train_dit(ctx, asdict(run))
     return str(out_dir / "best")
 

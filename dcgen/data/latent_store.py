@@ -208,17 +208,30 @@ class LatentStore:
             done += b - a
 
     def finalize(self, mean_C: np.ndarray, std_C: np.ndarray, min_C: np.ndarray | None = None,
-                 max_C: np.ndarray | None = None) -> None:
-        """Declare the store complete, with the per-channel latent statistics (over valid rollout pixels)."""
+                 max_C: np.ndarray | None = None, plane_stats: dict | None = None) -> None:
+        """Declare the store complete, with the per-channel latent statistics (over valid rollout pixels) and,
+        given, the per-plane ones (``plane_statistics``)."""
         meta = dict(self._group.attrs["dcgen"])
         meta.update(complete=True, finalized=_now(), latent_mean=[float(v) for v in mean_C],
                     latent_std=[float(v) for v in std_C])
         if min_C is not None and max_C is not None:
             meta.update(latent_min=[float(v) for v in min_C], latent_max=[float(v) for v in max_C])
+        if plane_stats is not None:
+            meta.update(latent_plane_stats=plane_stats)
         self._group.attrs["dcgen"] = meta
         self.meta = meta
 
     # ---- reading ------------------------------------------------------------------------------------------
+
+    def plane_statistics(self, chunk: int = 64) -> dict[str, dict[str, list[float]]]:
+        """Raw per-plane, per-channel mean, std, min and max of every latent (the DiT's ``PlaneLatentNorm``): as
+        recorded when the store was finished, else read through once (stores written before they were recorded)."""
+        if self.meta.get("latent_plane_stats") is not None:
+            return self.meta["latent_plane_stats"]
+        from dcgen.diffusion.latent_norm import plane_statistics
+
+        arr = self._group["latent"]
+        return plane_statistics((arr[a:a + chunk] for a in range(0, self.num_clips, chunk)), self.dims)
 
     def read(self, rows: np.ndarray | slice, arrays: Sequence[str]) -> dict[str, np.ndarray]:
         """``arrays`` at ``rows`` (a slice reads contiguously) with a leading N."""

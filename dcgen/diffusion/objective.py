@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from dcgen.diffusion.latent_norm import LatentNorm
+from dcgen.diffusion.latent_norm import LatentNorm, PlaneLatentNorm
 from dcgen.diffusion.losses import hybrid_loss, v_loss_weight
 from dcgen.diffusion.schedule import NoiseSchedule, ScheduleConfig
 from dcgen.models.rollout import RolloutLayout
@@ -111,7 +111,7 @@ def batch_conditions(batch: dict[str, torch.Tensor], conditions: tuple[str, ...]
     return {name: batch[CONDITION_SOURCES[name][0]].to(CONDITION_SOURCES[name][1]) for name in conditions}
 
 
-def to_dit_space(batch: dict[str, torch.Tensor], norm: LatentNorm | None,
+def to_dit_space(batch: dict[str, torch.Tensor], norm: LatentNorm | PlaneLatentNorm | None,
                  valid_SS: torch.Tensor) -> dict[str, torch.Tensor]:
     """The batch with its latents (and previous-clip latents) standardised by ``norm``."""
     if norm is None:
@@ -126,7 +126,7 @@ def to_dit_space(batch: dict[str, torch.Tensor], norm: LatentNorm | None,
 def diffusion_loss(model: EpsModel, schedule: NoiseSchedule, batch: dict[str, torch.Tensor],
                    conditions: tuple[str, ...], valid_SS: torch.Tensor, gen: torch.Generator, drop_prob: float,
                    precision: contextlib.AbstractContextManager | None = None,
-                   norm: LatentNorm | None = None) -> torch.Tensor:
+                   norm: LatentNorm | PlaneLatentNorm | None = None) -> torch.Tensor:
     """Per-sample hybrid loss ``[B]`` of one batch with t, ε and the condition drops drawn from ``gen`` (on the
     CPU, so CPU and CUDA draw the same numbers); ``norm`` maps the store's raw latents into the DiT's space;
     ``precision`` is the autocast context the network runs in (None: as it is)."""

@@ -6,7 +6,7 @@ job and the server.
 are; ``prev_clip`` and inpainting sources encoded to the VAE μ rollout; an inpainting mask reduced to latent XY;
 outpainting = the source latent shifted along X with the new band masked), samples with one generator per scene
 seeded from its seed and a per-scene guidance scale, and decodes with the VAE (argmax). Diffusion runs on the
-standardised latents of the DiT's ``LatentNorm`` (``encode`` returns them, ``decode`` takes them), with every
+standardised latents of the DiT's latent normalisation (``encode`` returns them, ``decode`` takes them), with every
 denoised estimate clamped to the training latents' range.
 
 A scene's bytes never depend on what else is in the call: the networks always run on micro-batches of exactly
@@ -40,7 +40,7 @@ from dcgen.data.classes import CLASSES
 from dcgen.data.grid import Grid
 from dcgen.diffusion.guidance import guide
 from dcgen.diffusion.inpaint import Inpainting, shift_x
-from dcgen.diffusion.latent_norm import LatentNorm
+from dcgen.diffusion.latent_norm import norm_from_dict
 from dcgen.diffusion.objective import EpsModel
 from dcgen.diffusion.samplers import DDIM_STEPS, DPMPP_STEPS, ddim_sample, ddpm_sample, dpmpp_sample
 from dcgen.diffusion.schedule import NoiseSchedule, ScheduleConfig
@@ -88,7 +88,7 @@ class GenerationPipeline:
         self.buckets = bool(buckets)
         self.rollout: RolloutLayout = dit.rollout
         self.valid_SS = self.rollout.valid_mask(self.device)
-        self.norm = LatentNorm.from_dict(dit.config.latent_norm)  # None: the DiT works on raw μ, unbounded
+        self.norm = norm_from_dict(dit.config.latent_norm)  # None: the DiT works on raw μ, unbounded
         self.x0_range = self.norm.x0_range(self.device) if self.norm is not None else None
         self.conditions: tuple[str, ...] = tuple(dit.config.conditions)
         self.accepted: tuple[str, ...] = self.conditions + SAMPLING_CONDITIONS

@@ -69,7 +69,8 @@ class DiTConfig:
     patch: int = 2
     mlp_ratio: float = 4.0
     learn_sigma: bool = True
-    latent_norm: dict | None = None  # LatentNorm.to_dict() of the latents it trains on; None: raw μ, no x̂₀ bound
+    # PlaneLatentNorm (or, in older runs, LatentNorm) .to_dict() of its training latents; None: raw μ, no x̂₀ bound
+    latent_norm: dict | None = None
     prediction: str = "v"  # what the network outputs: "eps" or "v" (module docstring)
     # ScheduleConfig.to_dict() of the ᾱ_t its v -> ε conversion uses (the diffusion side reads and checks it)
     schedule: dict = field(default_factory=lambda: dict(DEFAULT_SCHEDULE))

@@ -1,12 +1,13 @@
 """The DiT training loop (SPEC §3), plain PyTorch against a ``TrainContext``.
 
-Latents (and previous-clip latents) are standardised per channel first (``LatentNorm`` in the DiT config). Each
-step minimises ``dcgen.diffusion.objective.diffusion_loss`` (t and ε drawn, x_t noised, conditions dropped with
-p = 0.1, the hybrid loss masked to the six planes, min-SNR v-weighted for a v-prediction DiT). AdamW (lr 1e-4, wd 0),
-EMA of the weights (0.9999, warmed up over the first steps; debug runs use a smaller decay), AMP
-bf16 on CUDA. Every epoch the validation loss of the EMA weights (fixed t and ε, so epochs compare) picks the best
-checkpoint; checkpoints carry weights, EMA, optimizer, step, the DiT config (with its conditions), the schedule,
-the grid and the id of the VAE that made the latents. Resumes from the context's latest checkpoint.
+Latents (and previous-clip latents) are standardised per plane and channel first (the DiT config's
+``latent_norm``). Each step minimises ``dcgen.diffusion.objective.diffusion_loss`` (t and ε drawn, x_t noised,
+conditions dropped with p = 0.1, the hybrid loss masked to the six planes, min-SNR v-weighted for a v-prediction
+DiT). AdamW (lr 1e-4, wd 0), EMA of the weights (0.9999, warmed up over the first steps; debug runs use a smaller
+decay), AMP bf16 on CUDA (and on CPU with ``cpu_bf16``). Every epoch the validation loss of the EMA weights (fixed
+t and ε, so epochs compare) picks the best checkpoint; checkpoints carry weights, EMA, optimizer, step, the DiT
+config (with its conditions), the schedule, the grid and the id of the VAE that made the latents. Resumes from the
+context's latest checkpoint.
 
 Legend: B batch, C latent channels, S rollout side.
 """
@@ -46,7 +47,8 @@ class DiTTrainConfig:
     cond_drop: float = 0.1
     report_every: int = 20
     seed: int = 0
-    amp: bool = True
+    amp: bool = True  # bf16 autocast on CUDA
+    cpu_bf16: bool = False  # bf16 autocast on CPU too
     out_dir: str | None = None  # run directory: metrics.jsonl, tensorboard/, best/, last/
     max_minutes: float | None = None  # stop (after a full epoch's checkpoint) once this much time has passed
     fail_at_step: int | None = None  # fault injection for restart tests: the worker process exits once there
@@ -76,7 +78,7 @@ def _generator(*key: int) -> torch.Generator:
 
 @torch.no_grad()
 def evaluate(models: dict, ctx: TrainContext, schedule, conditions, valid_SS, batch_size: int, seed: int,
-             amp: bool, norm=None) -> dict[str, float]:
+             amp: bool, norm=None, cpu_bf16: bool = False) -> dict[str, float]:
     """Validation loss of each model (``EpsModel``s) over this worker's shard with the same t and ε every epoch,
     reduced."""
     sums = torch.zeros(len(models) + 1, dtype=torch.float64, device=ctx.device)
@@ -90,7 +92,7 @@ def evaluate(models: dict, ctx: TrainContext, schedule, conditions, valid_SS, ba
         for i, model in enumerate(models.values()):
             gen.set_state(start)
             sums[i] += diffusion_loss(model, schedule, batch, conditions, valid_SS, gen, 0.0,
-                                      autocast(ctx.device, amp)).double().sum()
+                                      autocast(ctx.device, amp, cpu_bf16)).double().sum()
         sums[-1] += batch["latent"].shape[0]
     for model in models.values():
         model.net.train()
@@ -101,7 +103,7 @@ def evaluate(models: dict, ctx: TrainContext, schedule, conditions, valid_SS, ba
 
 def train_dit(ctx: TrainContext, run: dict) -> dict:
     cfg = DiTTrainConfig.from_dict(run)
-    from dcgen.diffusion.latent_norm import LatentNorm
+    from dcgen.diffusion.latent_norm import norm_from_dict
     from dcgen.diffusion.objective import EpsModel
     from dcgen.diffusion.schedule import NoiseSchedule, ScheduleConfig
     from dcgen.models.dit import DiT, DiTConfig
@@ -117,7 +119,7 @@ def train_dit(ctx: TrainContext, run: dict) -> dict:
             cfg.schedule):
         raise ValueError(f"the DiT's v -> ε schedule {model_cfg.schedule} differs from the run's {cfg.schedule}")
     conditions = tuple(model_cfg.conditions)
-    norm = LatentNorm.from_dict(model_cfg.latent_norm)
+    norm = norm_from_dict(model_cfg.latent_norm)
     model = ctx.prepare(DiT(model_cfg))
     net = unwrap(model)
     ema = EMA(net, cfg.ema_decay)
@@ -147,7 +149,7 @@ def train_dit(ctx: TrainContext, run: dict) -> dict:
                     marker.touch()
                     os._exit(1)
             loss = diffusion_loss(eps_model, schedule, batch, conditions, valid_SS, gen, cfg.cond_drop,
-                                  autocast(ctx.device, cfg.amp), norm).mean()
+                                  autocast(ctx.device, cfg.amp, cfg.cpu_bf16), norm).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -159,7 +161,7 @@ def train_dit(ctx: TrainContext, run: dict) -> dict:
             if step % cfg.report_every == 0:
                 log.log({"step": step, "epoch": epoch, "train_loss": float(loss.detach())})
         val = evaluate({"ema": eps_ema, "raw": eps_net}, ctx, schedule, conditions, valid_SS, cfg.batch_size,
-                       cfg.seed, cfg.amp, norm)
+                       cfg.seed, cfg.amp, norm, cfg.cpu_bf16)
         seconds = time.time() - t_epoch
         row = {"step": step, "epoch": epoch, **val, "train_loss": train_sum / max(n_steps, 1),
                "epoch_seconds": seconds, "s_per_iter": seconds / max(n_steps, 1)}

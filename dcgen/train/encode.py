@@ -138,7 +138,7 @@ def encode_store(vae_ckpt: str, data: str, out: str, batch_size: int = 8, overwr
                 # the driver knows the store even where the worker's message does not name it
                 raise ValueError(f"{message if str(data) in message else f'{data}: {message}'}; {lost}") from None
             raise RuntimeError(f"encoding {data} failed ({error_summary(root)}); {lost}") from e
-        latents.finalize(mean, std, low, high)
+        latents.finalize(mean, std, low, high, plane_stats=latents.plane_statistics())
     log.info("encoded %d clips of %s into %s", index.size, data, out)
     return LatentStore.open(out).describe()
 

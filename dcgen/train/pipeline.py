@@ -29,8 +29,8 @@ def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, 
 
     Each stage is skipped when its result is already there (``OUT/vae/best``, a complete ``OUT/latents.zarr``,
     ``OUT/dit/best``, ``OUT/features/best``) and resumed when its run was interrupted. ``max_minutes`` bounds each
-    training stage separately; ``cpu_bf16`` trains the VAE on CPU under bf16 autocast; ``prediction`` ("v" or
-    "eps") overrides the DiT preset's output parametrisation, checked before any stage runs.
+    training stage separately; ``cpu_bf16`` trains the VAE and the DiT on CPU under bf16 autocast; ``prediction``
+    ("v" or "eps") overrides the DiT preset's output parametrisation, checked before any stage runs.
     """
     from dcgen import checkpoint
     from dcgen.data.latent_store import LatentStore
@@ -82,7 +82,8 @@ def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, 
         log(f"dit: training into {dit_dir}")
         stages["dit"] = train_dit(str(latents), dit_dir, vae=str(vae_best), conditions=conditions, preset=preset,
                                   scaling=scaling, epochs=dit_epochs, resume=has_ray_run(dit_dir),
-                                  max_minutes=max_minutes, seed=seed, prediction=prediction)
+                                  max_minutes=max_minutes, seed=seed, prediction=prediction,
+                                  cpu_bf16=cpu_bf16)
         log(_stage_summary("dit", stages["dit"]))
 
     features_dir = out / "features"

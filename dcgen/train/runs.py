@@ -18,7 +18,7 @@ from dcgen import storage
 from dcgen.data.store import SceneStore
 from dcgen.presets import get_preset, preset_of_grid
 from dcgen.train.run_dir import (check_latest_checkpoint, check_same_dit, check_same_features, check_same_model,
-                                 check_store_matches, prepare_run_dir)
+                                 check_store_matches, prepare_run_dir, saved_run)
 
 
 @dataclass(frozen=True)
@@ -149,23 +149,32 @@ def parse_conditions(spec, latents=None) -> tuple[str, ...]:
     return tuple(names)
 
 
-def latent_norm_of(latents) -> dict:
-    """The standardisation (and x̂₀ range) of a finished latent store's μ, for the DiT config."""
-    from dcgen.diffusion.latent_norm import LatentNorm
+LATENT_NORMS = ("plane", "channel")
 
+
+def latent_norm_of(latents, kind: str = "plane") -> dict:
+    """The DiT's standardisation of a finished latent store's μ, with its x̂₀ range: per plane and channel
+    (``plane``, the default) or per channel over every plane (``channel``, runs before per-plane statistics)."""
+    from dcgen.diffusion.latent_norm import LatentNorm, PlaneLatentNorm
+
+    if kind not in LATENT_NORMS:
+        raise ValueError(f"latent normalisation {kind!r}: expected one of {', '.join(LATENT_NORMS)}")
     meta = latents.meta
     if meta.get("latent_mean") is None or meta.get("latent_std") is None:
         raise ValueError(f"{latents.path}: the latent store has no latent statistics (an unfinished encode); "
                          "encode again")
-    return LatentNorm.from_statistics(meta["latent_mean"], meta["latent_std"], meta.get("latent_min"),
-                                      meta.get("latent_max")).to_dict()
+    if kind == "channel":
+        return LatentNorm.from_statistics(meta["latent_mean"], meta["latent_std"], meta.get("latent_min"),
+                                          meta.get("latent_max")).to_dict()
+    return PlaneLatentNorm.from_statistics(latents.dims, latents.plane_statistics()).to_dict()
 
 
-def dit_config_for(preset: str, latents, conditions: tuple[str, ...]):
+def dit_config_for(preset: str, latents, conditions: tuple[str, ...], latent_norm: str = "plane"):
     """The DiT preset's config with exactly ``conditions``, checked against the latent store's dims and grid."""
     from dcgen.models.rollout import RolloutLayout
 
-    cfg = replace(get_preset(preset).dit, conditions=tuple(conditions), latent_norm=latent_norm_of(latents))
+    cfg = replace(get_preset(preset).dit, conditions=tuple(conditions),
+                  latent_norm=latent_norm_of(latents, latent_norm))
     g = latents.grid
     if (cfg.latent != latents.dims or cfg.num_frames != g.num_frames or tuple(cfg.layout_size) != g.layout_size
             or tuple(cfg.bev_size) != tuple(g.size[:2]) or cfg.num_classes < g.num_classes):
@@ -181,9 +190,12 @@ def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditio
               scaling: Scaling = Scaling(), epochs: int | None = None, batch_size: int | None = None,
               lr: float | None = None, ema_decay: float | None = None, cond_drop: float = 0.1, resume: bool = False,
               overwrite: bool = False, max_minutes: float | None = None, report_every: int = 20, seed: int = 0,
-              fail_at_step: int | None = None, prediction: str | None = None, dry_run: bool = False) -> dict:
+              fail_at_step: int | None = None, prediction: str | None = None, cpu_bf16: bool = False,
+              latent_norm: str = "plane", dry_run: bool = False) -> dict:
     """Fit the DiT on a latent store with Ray Train; returns the final metrics and checkpoint paths.
-    ``prediction`` ("v" or "eps") overrides the preset's output parametrisation."""
+    ``prediction`` ("v" or "eps") overrides the preset's output parametrisation; ``cpu_bf16`` trains CPU workers
+    under bf16 autocast (CUDA workers always use it); ``latent_norm`` standardises the latents per ``plane`` and
+    channel or per ``channel`` only (``latent_norm_of``)."""
     from dcgen import checkpoint
     from dcgen.data.latent_store import LatentStore
     from dcgen.data.ray_dataset import read_latents
@@ -193,6 +205,7 @@ def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditio
     from dcgen.train.dit_loop import DiTTrainConfig
     from dcgen.train.vae_loop import steps_per_epoch
 
+    check_local_cpu_bf16(cpu_bf16, scaling)
     out = storage.run_path(out)  # a local Path or a URI (s3://, gs://, file://)
     store = LatentStore.open(latents)
     if vae is not None:
@@ -202,9 +215,13 @@ def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditio
             raise ValueError(f"{latents} was encoded with VAE {store.vae_checkpoint_id!r}, but --vae {vae} is "
                              f"{vae_id!r}; pass the VAE that made the latents (or encode again)")
     names = parse_conditions(conditions, store)
-    model_cfg = dit_config_for(preset, store, names)
+    model_cfg = dit_config_for(preset, store, names, latent_norm)
     if prediction is not None:
         model_cfg = replace(model_cfg, prediction=prediction)
+    saved = saved_run(out) if resume else None
+    if saved and saved.get("model", {}).get("latent_norm") is not None:
+        # a resumed network goes on in the latent space it learned (a run started before per-plane statistics)
+        model_cfg = replace(model_cfg, latent_norm=saved["model"]["latent_norm"])
     n_train, n_val = store.rows("train").size, store.rows("val").size
     if n_train == 0 or n_val == 0:
         raise ValueError(f"{latents}: needs clips in both the train and val splits (has {n_train} train, "
@@ -219,7 +236,7 @@ def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditio
         vae_checkpoint_id=store.vae_checkpoint_id, grid=store.grid.to_dict(),
         vae_checkpoint=str(vae or store.meta.get("vae_checkpoint", "")), epochs=epochs,
         batch_size=batch_size, lr=lr, ema_decay=ema_decay, cond_drop=cond_drop, report_every=report_every, seed=seed,
-        out_dir=str(out), max_minutes=max_minutes, fail_at_step=fail_at_step,
+        out_dir=str(out), max_minutes=max_minutes, fail_at_step=fail_at_step, cpu_bf16=cpu_bf16,
         extra={"latents": str(latents), "preset": preset, "train_clips": int(n_train), "val_clips": int(n_val)})
     if dry_run:  # everything checked, nothing written
         return resolved(run, scaling)

@@ -125,6 +125,32 @@ def test_ray_train_run_survives_a_failure_and_resumes(tmp_path, ray_local, debug
     assert again["metrics"]["step"] == 3 * steps and again["metrics"]["epoch"] == 2
 
 
+def test_local_run_trains_under_cpu_bf16(tmp_path, debug_latents, monkeypatch):
+    monkeypatch.setattr("dcgen.train.context.cpu_runs_bf16", lambda: True)  # any CI CPU takes the bf16 path
+    seen = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, args, out: seen.append(out.dtype) if isinstance(m, torch.nn.Linear) else None)
+    try:
+        best = train_debug_dit(debug_latents, tmp_path / "run", ("command",), epochs=1, cpu_bf16=True)
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}  # training and validation forwards alike
+    meta, state = checkpoint.load(best, kind="dit")
+    assert meta["train"]["cpu_bf16"] is True and torch.isfinite(torch.tensor(meta["metrics"]["val_loss"]))
+    assert all(v.dtype == torch.float32 for v in state["ema"].values() if v.is_floating_point())
+
+
+def test_cpu_bf16_dit_run_is_refused_on_a_cpu_without_bf16_kernels(tmp_path, debug_latents, monkeypatch):
+    monkeypatch.setattr("dcgen.train.context.cpu_runs_bf16", lambda: False)
+    with pytest.raises(ValueError, match="--cpu-bf16: this CPU .* has no bf16 kernels"):
+        train_dit(debug_latents, tmp_path / "run", preset="debug", cpu_bf16=True)
+    assert not (tmp_path / "run").exists()
+    # GPU workers autocast on CUDA, whatever the driver's CPU: a dry run passes and records the flag
+    run = train_dit(debug_latents, tmp_path / "run", preset="debug", cpu_bf16=True,
+                    scaling=Scaling(gpus_per_worker=1.0), dry_run=True)
+    assert run["run"]["cpu_bf16"] is True and not (tmp_path / "run").exists()
+
+
 def test_train_dit_refuses_bad_inputs(tmp_path, debug_latents, debug_dit):
     with pytest.raises(ValueError, match="expected a 'vae' checkpoint"):
         train_dit(debug_latents, tmp_path / "a", vae=debug_dit, preset="debug")
@@ -221,3 +247,24 @@ def test_a_run_directory_on_a_uri_trains_resumes_and_serves_its_checkpoints(tmp_
     assert sorted({r["epoch"] for r in rows if "val_loss" in r}) == [0, 1], "the resumed run keeps earlier rows"
     pipe = GenerationPipeline.from_checkpoints(debug_vae, f"{uri}/best", device="cpu")
     assert pipe.generate([SceneRequest(command=1)], [0], steps=2).shape == (1, *pipe.grid.shape)
+
+
+def test_a_resumed_run_keeps_the_latent_normalisation_it_started_with(tmp_path, debug_latents):
+    """A run started with per-channel statistics (before per-plane ones) resumes in that latent space; a new run
+    standardises per plane."""
+    from dcgen.diffusion.latent_norm import LatentNorm, PlaneLatentNorm, norm_from_dict
+
+    fresh = train_dit(debug_latents, tmp_path / "new", preset="debug", dry_run=True)
+    assert isinstance(norm_from_dict(fresh["run"]["model"]["latent_norm"]), PlaneLatentNorm)
+    channel = train_dit(debug_latents, tmp_path / "new", preset="debug", latent_norm="channel", dry_run=True)
+    assert isinstance(norm_from_dict(channel["run"]["model"]["latent_norm"]), LatentNorm)
+    with pytest.raises(ValueError, match="latent normalisation 'pixel': expected one of plane, channel"):
+        train_dit(debug_latents, tmp_path / "new", preset="debug", latent_norm="pixel", dry_run=True)
+    out = tmp_path / "old"
+    out.mkdir()
+    per_channel = json.loads(json.dumps(  # as run.json holds it
+        LatentNorm.from_statistics([0.0] * 16, [1.0] * 16, [-3.0] * 16, [3.0] * 16).to_dict()))
+    saved = {**fresh["run"], "model": {**fresh["run"]["model"], "latent_norm": per_channel}}
+    (out / "run.json").write_text(json.dumps({"kind": "dit", "run": saved}))
+    resumed = train_dit(debug_latents, out, preset="debug", resume=True, dry_run=True)
+    assert resumed["run"]["model"]["latent_norm"] == per_channel
