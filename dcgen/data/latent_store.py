@@ -223,16 +223,6 @@ class LatentStore:
 
     # ---- reading ------------------------------------------------------------------------------------------
 
-    def plane_statistics(self, chunk: int = 64) -> dict[str, dict[str, list[float]]]:
-        """Raw per-plane, per-channel mean, std, min and max of every latent (the DiT's ``PlaneLatentNorm``): as
-        recorded when the store was finished, else read through once (stores written before they were recorded)."""
-        if self.meta.get("latent_plane_stats") is not None:
-            return self.meta["latent_plane_stats"]
-        from dcgen.diffusion.latent_norm import plane_statistics
-
-        arr = self._group["latent"]
-        return plane_statistics((arr[a:a + chunk] for a in range(0, self.num_clips, chunk)), self.dims)
-
     def read(self, rows: np.ndarray | slice, arrays: Sequence[str]) -> dict[str, np.ndarray]:
         """``arrays`` at ``rows`` (a slice reads contiguously) with a leading N."""
         out = {}

@@ -183,3 +183,12 @@ def plane_statistics(latent_NCSS_chunks, dims: LatentDims) -> dict[str, dict[str
         std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
         out[name] = {"mean": mean.tolist(), "std": std.tolist(), "min": low.tolist(), "max": high.tolist()}
     return out
+
+
+def store_plane_statistics(store, chunk: int = 64) -> dict[str, dict[str, list[float]]]:
+    """``plane_statistics`` of every latent of a ``LatentStore``: as recorded when the store was finished, else read
+    through once (stores finished before they were recorded)."""
+    if store.meta.get("latent_plane_stats") is not None:
+        return store.meta["latent_plane_stats"]
+    return plane_statistics((store.read(slice(a, min(a + chunk, store.num_clips)), ("latent",))["latent"]
+                             for a in range(0, store.num_clips, chunk)), store.dims)

@@ -88,6 +88,7 @@ def encode_store(vae_ckpt: str, data: str, out: str, batch_size: int = 8, overwr
     from dcgen.data.latent_store import LatentStore, previous_clips
     from dcgen.data.integrity import staged
     from dcgen.data.store import SceneStore, _exists
+    from dcgen.diffusion.latent_norm import store_plane_statistics
     from dcgen.models.loading import load_vae
     from dcgen.models.rollout import RolloutLayout
     from dcgen.runtime import error_summary, unwrap_ray_error
@@ -138,7 +139,7 @@ def encode_store(vae_ckpt: str, data: str, out: str, batch_size: int = 8, overwr
                 # the driver knows the store even where the worker's message does not name it
                 raise ValueError(f"{message if str(data) in message else f'{data}: {message}'}; {lost}") from None
             raise RuntimeError(f"encoding {data} failed ({error_summary(root)}); {lost}") from e
-        latents.finalize(mean, std, low, high, plane_stats=latents.plane_statistics())
+        latents.finalize(mean, std, low, high, plane_stats=store_plane_statistics(latents))
     log.info("encoded %d clips of %s into %s", index.size, data, out)
     return LatentStore.open(out).describe()
 

@@ -155,7 +155,7 @@ LATENT_NORMS = ("plane", "channel")
 def latent_norm_of(latents, kind: str = "plane") -> dict:
     """The DiT's standardisation of a finished latent store's μ, with its x̂₀ range: per plane and channel
     (``plane``, the default) or per channel over every plane (``channel``, runs before per-plane statistics)."""
-    from dcgen.diffusion.latent_norm import LatentNorm, PlaneLatentNorm
+    from dcgen.diffusion.latent_norm import LatentNorm, PlaneLatentNorm, store_plane_statistics
 
     if kind not in LATENT_NORMS:
         raise ValueError(f"latent normalisation {kind!r}: expected one of {', '.join(LATENT_NORMS)}")
@@ -166,7 +166,7 @@ def latent_norm_of(latents, kind: str = "plane") -> dict:
     if kind == "channel":
         return LatentNorm.from_statistics(meta["latent_mean"], meta["latent_std"], meta.get("latent_min"),
                                           meta.get("latent_max")).to_dict()
-    return PlaneLatentNorm.from_statistics(latents.dims, latents.plane_statistics()).to_dict()
+    return PlaneLatentNorm.from_statistics(latents.dims, store_plane_statistics(latents)).to_dict()
 
 
 def dit_config_for(preset: str, latents, conditions: tuple[str, ...], latent_norm: str = "plane"):

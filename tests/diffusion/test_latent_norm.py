@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from dcgen.data.grid import PLANE_NAMES, LatentDims
-from dcgen.diffusion.latent_norm import LatentNorm, PlaneLatentNorm, norm_from_dict, plane_statistics
+from dcgen.diffusion.latent_norm import (LatentNorm, PlaneLatentNorm, norm_from_dict, plane_statistics,
+                                        store_plane_statistics)
 from dcgen.models.rollout import RolloutLayout
 
 DIMS = LatentDims(4, 8, 8, 2, 3)
@@ -94,7 +95,7 @@ def test_encode_records_plane_statistics_and_older_stores_are_read_through(debug
     meta = dict(group.attrs["dcgen"])
     del meta["latent_plane_stats"]
     group.attrs["dcgen"] = meta
-    read_through = LatentStore.open(str(older)).plane_statistics()
+    read_through = store_plane_statistics(LatentStore.open(str(older)))
     for name in PLANE_NAMES:
         for key in ("mean", "std", "min", "max"):
             np.testing.assert_allclose(read_through[name][key], recorded[name][key], rtol=1e-5, atol=1e-6)
