@@ -21,7 +21,7 @@ Legend: B batch, C latent channels, S rollout side, P planes.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -97,6 +97,9 @@ class PlaneLatentNorm:
 
     dims: LatentDims
     planes: dict[str, LatentNorm]
+    # the [1, C, S, S] maps built so far, by (statistic, padding value, dtype, device): one per training run and
+    # device, not one per batch
+    _maps: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if sorted(self.planes) != sorted(PLANE_NAMES):
@@ -121,17 +124,21 @@ class PlaneLatentNorm:
     def to_dict(self) -> dict:
         return {"dims": asdict(self.dims), "planes": {n: self.planes[n].to_dict() for n in PLANE_NAMES}}
 
-    def _map(self, field: str, pad: float, like: torch.Tensor) -> torch.Tensor:
-        """``[1, C, S, S]`` of one statistic, each plane's values over its block, ``pad`` on the padding."""
+    def _map(self, stat: str, pad: float, like: torch.Tensor) -> torch.Tensor:
+        """``[1, C, S, S]`` of one statistic, each plane's values over its block, ``pad`` on the padding (built once
+        per dtype and device; callers must not write into it)."""
         from dcgen.models.rollout import RolloutLayout
 
-        rollout = RolloutLayout(self.dims)
-        s, c = rollout.size, self.dims.channels
-        out = torch.full((1, c, s, s), pad, dtype=like.dtype, device=like.device)
-        for name, blk in rollout.blocks.items():
-            values = torch.tensor(getattr(self.planes[name], field), dtype=like.dtype, device=like.device)
-            out[:, :, blk.row:blk.row + blk.rows, blk.col:blk.col + blk.cols] = values.view(1, c, 1, 1)
-        return out
+        key = (stat, pad, like.dtype, like.device)
+        if key not in self._maps:
+            rollout = RolloutLayout(self.dims, patch=1)  # where the planes sit does not depend on the patch
+            s, c = rollout.size, self.dims.channels
+            out = torch.full((1, c, s, s), pad, dtype=like.dtype, device=like.device)
+            for name, blk in rollout.blocks.items():
+                values = torch.tensor(getattr(self.planes[name], stat), dtype=like.dtype, device=like.device)
+                out[:, :, blk.row:blk.row + blk.rows, blk.col:blk.col + blk.cols] = values.view(1, c, 1, 1)
+            self._maps[key] = out
+        return self._maps[key]
 
     def normalize(self, raw_BCSS: torch.Tensor, valid_SS: torch.Tensor) -> torch.Tensor:
         """Raw μ rollouts -> DiT space (padding stays zero)."""
@@ -159,30 +166,69 @@ def norm_from_dict(d: dict | None) -> LatentNorm | PlaneLatentNorm | None:
     return LatentNorm.from_dict(d)
 
 
-def plane_statistics(latent_NCSS_chunks, dims: LatentDims) -> dict[str, dict[str, list[float]]]:
-    """Raw per-plane, per-channel mean, std, min and max over an iterable of ``[N, C, S, S]`` rollout chunks."""
+def plane_moments(latent_BCSS: torch.Tensor, dims: LatentDims) -> dict[str, np.ndarray]:
+    """Each rollout's moments over each plane's pixels: ``sum``, ``sumsq``, ``min`` and ``max`` as ``[B, P, C]``
+    float64 arrays, planes in ``PLANE_NAMES`` order (what ``PlaneMoments.add`` takes)."""
     from dcgen.models.rollout import RolloutLayout
 
-    rollout = RolloutLayout(dims)
-    c = dims.channels
-    acc = {n: [np.zeros(c), np.zeros(c), np.full(c, np.inf), np.full(c, -np.inf), 0] for n in PLANE_NAMES}
-    for chunk in latent_NCSS_chunks:
-        planes = rollout.unpack(torch.as_tensor(np.asarray(chunk, dtype=np.float32)))
-        for name, plane_NCAB in planes.items():
-            v = plane_NCAB.double().transpose(0, 1).reshape(c, -1).numpy()
-            a = acc[name]
-            a[0] += v.sum(1)
-            a[1] += np.square(v).sum(1)
-            a[2], a[3] = np.minimum(a[2], v.min(1)), np.maximum(a[3], v.max(1))
-            a[4] += v.shape[1]
-    if acc[PLANE_NAMES[0]][4] == 0:
-        raise ValueError("no latents to take per-plane statistics of")
-    out = {}
-    for name, (total, total_sq, low, high, count) in acc.items():
+    planes = RolloutLayout(dims, patch=1).unpack(latent_BCSS)  # where the planes sit does not depend on the patch
+    b, c = latent_BCSS.shape[:2]
+    v_BCN = [planes[n].double().reshape(b, c, -1) for n in PLANE_NAMES]  # planes of different pixel counts
+    reductions = {"sum": lambda v: v.sum(2), "sumsq": lambda v: v.square().sum(2), "min": lambda v: v.amin(2),
+                  "max": lambda v: v.amax(2)}
+    return {k: torch.stack([f(v) for v in v_BCN], dim=1).cpu().numpy() for k, f in reductions.items()}
+
+
+class PlaneMoments:
+    """Running per-plane, per-channel moments of latent rollouts, merged from ``plane_moments`` of any number of
+    chunks (the encode actors' batches, or a store read through); gives the statistics per plane (``planes``) and
+    per channel over every plane (``channels``)."""
+
+    def __init__(self, dims: LatentDims):
+        p, c = len(PLANE_NAMES), dims.channels
+        self.dims = dims
+        self.pixels_P = np.array([a * b for _, a, b in (dims.plane_shape(n) for n in PLANE_NAMES)], dtype=np.float64)
+        self.sum_PC, self.sumsq_PC = np.zeros((p, c)), np.zeros((p, c))
+        self.min_PC, self.max_PC = np.full((p, c), np.inf), np.full((p, c), -np.inf)
+        self.rollouts = 0
+
+    def add(self, moments: dict[str, np.ndarray]) -> None:
+        """Fold in ``plane_moments`` of a chunk (``[B, P, C]`` each)."""
+        self.sum_PC += moments["sum"].sum(0)
+        self.sumsq_PC += moments["sumsq"].sum(0)
+        self.min_PC = np.minimum(self.min_PC, moments["min"].min(0))
+        self.max_PC = np.maximum(self.max_PC, moments["max"].max(0))
+        self.rollouts += len(moments["sum"])
+
+    @staticmethod
+    def _mean_std(total, total_sq, count) -> tuple[np.ndarray, np.ndarray]:
         mean = total / count
-        std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
-        out[name] = {"mean": mean.tolist(), "std": std.tolist(), "min": low.tolist(), "max": high.tolist()}
-    return out
+        return mean, np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
+
+    def _check(self) -> None:
+        if self.rollouts == 0:
+            raise ValueError("no latents to take statistics of")
+
+    def planes(self) -> dict[str, dict[str, list[float]]]:
+        """Raw per-plane, per-channel ``{plane: {mean, std, min, max}}`` (``PlaneLatentNorm.from_statistics``)."""
+        self._check()
+        mean, std = self._mean_std(self.sum_PC, self.sumsq_PC, self.pixels_P[:, None] * self.rollouts)
+        return {n: {"mean": mean[i].tolist(), "std": std[i].tolist(), "min": self.min_PC[i].tolist(),
+                    "max": self.max_PC[i].tolist()} for i, n in enumerate(PLANE_NAMES)}
+
+    def channels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Raw per-channel mean, std, minimum and maximum over every plane's pixels (``LatentNorm``)."""
+        self._check()
+        mean, std = self._mean_std(self.sum_PC.sum(0), self.sumsq_PC.sum(0), self.pixels_P.sum() * self.rollouts)
+        return mean, std, self.min_PC.min(0), self.max_PC.max(0)
+
+
+def plane_statistics(latent_NCSS_chunks, dims: LatentDims) -> dict[str, dict[str, list[float]]]:
+    """Raw per-plane, per-channel mean, std, min and max over an iterable of ``[N, C, S, S]`` rollout chunks."""
+    moments = PlaneMoments(dims)
+    for chunk in latent_NCSS_chunks:
+        moments.add(plane_moments(torch.as_tensor(np.asarray(chunk, dtype=np.float32)), dims))
+    return moments.planes()
 
 
 def store_plane_statistics(store, chunk: int = 64) -> dict[str, dict[str, list[float]]]:

@@ -2,7 +2,8 @@
 
 Ray Data reads the clips (``read_scenes``) and ``map_batches`` runs an actor pool: one VAE per actor (one GPU per
 actor when the cluster has GPUs, CPU slots otherwise), each writing its batches' latents straight into the latent
-store (one clip per chunk, so writers never share a chunk) and returning per-channel sums for the statistics. The
+store (one clip per chunk, so writers never share a chunk) and returning per-plane moments for the statistics
+(per plane and channel for the DiT's standardisation, and per channel over every plane, recorded beside). The
 driver checks everything first (checkpoint, grid, output), copies the conditions, and marks the store complete
 only after every latent is written. The store is built in a hidden sibling of ``out`` and swapped in only then, so
 a failure (a damaged clip found by a read task, reported naming the store and clip) leaves an earlier store whole.
@@ -30,7 +31,7 @@ def check_vae_matches_store(vae_config, grid, vae_path: str, data: str) -> None:
 
 class EncodeActor:
     """One VAE on this actor's device; ``__call__`` encodes a batch of clips, writes their latents and returns
-    per-row channel sums, sums of squares, minima and maxima over the valid rollout pixels."""
+    each row's ``plane_moments`` (per-plane channel sums, sums of squares, minima and maxima)."""
 
     def __init__(self, vae_path: str, out: str, clip_index: np.ndarray, device: str):
         import torch
@@ -44,10 +45,11 @@ class EncodeActor:
         self.store = LatentStore.open(out, "a", require_complete=False)
         self.rollout = RolloutLayout(self.vae.dims, self.store.patch)
         self.clip_index = np.asarray(clip_index, dtype=np.int64)
-        self.valid_SS = self.rollout.valid_mask(self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
+
+        from dcgen.diffusion.latent_norm import plane_moments
 
         index = np.asarray(batch["index"], dtype=np.int64)
         rows = np.searchsorted(self.clip_index, index)
@@ -58,10 +60,7 @@ class EncodeActor:
             mu, _ = self.vae.encode(occ_BTXYZ, traj_BT3)
             rollout_BCSS = self.rollout.pack({k: v.float() for k, v in mu.items()})
         self.store.write_latents(rows, rollout_BCSS.cpu().numpy())
-        on_valid_BCP = rollout_BCSS[:, :, self.valid_SS].double()  # the six planes' pixels only
-        stats = {"sum": on_valid_BCP.sum(dim=2), "sumsq": on_valid_BCP.square().sum(dim=2),
-                 "min": on_valid_BCP.amin(dim=2), "max": on_valid_BCP.amax(dim=2)}
-        return {"row": rows, **{k: v.cpu().numpy() for k, v in stats.items()}}
+        return {"row": rows, **plane_moments(rollout_BCSS, self.vae.dims)}
 
 
 def _pool(ray, workers: int | None) -> tuple[int, dict]:
@@ -88,7 +87,6 @@ def encode_store(vae_ckpt: str, data: str, out: str, batch_size: int = 8, overwr
     from dcgen.data.latent_store import LatentStore, previous_clips
     from dcgen.data.integrity import staged
     from dcgen.data.store import SceneStore, _exists
-    from dcgen.diffusion.latent_norm import store_plane_statistics
     from dcgen.models.loading import load_vae
     from dcgen.models.rollout import RolloutLayout
     from dcgen.runtime import error_summary, unwrap_ray_error
@@ -129,8 +127,8 @@ def encode_store(vae_ckpt: str, data: str, out: str, batch_size: int = 8, overwr
             source=str(data), vae_checkpoint=storage.resolve(vae_ckpt), vae_checkpoint_id=checkpoint_id(vae_ckpt),
             frame=vae.frame_info())
         try:
-            mean, std, low, high = _encode_latents(vae, data, building, index, batch_size, workers, ray_address,
-                                                   storage.resolve(vae_ckpt), rollout)
+            moments = _encode_latents(vae, data, building, index, batch_size, workers, ray_address,
+                                      storage.resolve(vae_ckpt))
         except Exception as e:  # Ray wraps what a read task or an encoder actor raised
             root = unwrap_ray_error(e)
             lost = f"nothing was written at {out}" + (" (the latent store there is kept)" if _exists(out) else "")
@@ -139,15 +137,16 @@ def encode_store(vae_ckpt: str, data: str, out: str, batch_size: int = 8, overwr
                 # the driver knows the store even where the worker's message does not name it
                 raise ValueError(f"{message if str(data) in message else f'{data}: {message}'}; {lost}") from None
             raise RuntimeError(f"encoding {data} failed ({error_summary(root)}); {lost}") from e
-        latents.finalize(mean, std, low, high, plane_stats=store_plane_statistics(latents))
+        latents.finalize(*moments.channels(), plane_stats=moments.planes())
     log.info("encoded %d clips of %s into %s", index.size, data, out)
     return LatentStore.open(out).describe()
 
 
 def _encode_latents(vae, data: str, out: str, index: np.ndarray, batch_size: int, workers: int | None,
-                    ray_address: str | None, vae_path: str, rollout) -> tuple[np.ndarray, ...]:
+                    ray_address: str | None, vae_path: str):
     """Encode every clip of ``data`` into the latent store ``out`` on a Ray Data actor pool; returns the latents'
-    per-channel mean, std, minimum and maximum over the valid rollout pixels."""
+    ``PlaneMoments``."""
+    from dcgen.diffusion.latent_norm import PlaneMoments
     from dcgen.data.ray_dataset import map_on_actors, read_scenes
     from dcgen.progress import Progress
     from dcgen.runtime import init_ray
@@ -159,19 +158,12 @@ def _encode_latents(vae, data: str, out: str, index: np.ndarray, batch_size: int
         read_scenes(data, None, ("occupancy", "trajectory"), reserve_for_downstream=True), EncodeActor,
         fn_constructor_kwargs={"vae_path": vae_path, "out": out, "clip_index": index, "device": device},
         batch_size=batch_size, batch_format="numpy", compute=_strategy(ray, size), **resources)
-    c = vae.dims.channels
-    total, total_sq, seen = np.zeros(c), np.zeros(c), np.zeros(index.size, dtype=bool)
-    low, high = np.full(c, np.inf), np.full(c, -np.inf)
+    moments, seen = PlaneMoments(vae.dims), np.zeros(index.size, dtype=bool)
     with Progress("encode", total=index.size, unit="clip") as bar:
         for part in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            total += part["sum"].sum(0)
-            total_sq += part["sumsq"].sum(0)
-            low, high = np.minimum(low, part["min"].min(0)), np.maximum(high, part["max"].max(0))
+            moments.add(part)
             seen[part["row"]] = True
             bar.update(int(seen.sum()))
     if not seen.all():
         raise RuntimeError(f"encode wrote {int(seen.sum())} of {index.size} latents")
-    pixels = float(rollout.valid_mask().sum()) * index.size
-    mean = total / pixels
-    std = np.sqrt(np.maximum(total_sq / pixels - mean ** 2, 0.0))
-    return mean, std, low, high
+    return moments

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from dcgen.data.grid import PLANE_NAMES, LatentDims
-from dcgen.diffusion.latent_norm import (LatentNorm, PlaneLatentNorm, norm_from_dict, plane_statistics,
-                                        store_plane_statistics)
+from dcgen.diffusion.latent_norm import (LatentNorm, PlaneLatentNorm, PlaneMoments, norm_from_dict, plane_moments,
+                                        plane_statistics, store_plane_statistics)
 from dcgen.models.rollout import RolloutLayout
 
 DIMS = LatentDims(4, 8, 8, 2, 3)
@@ -46,6 +46,41 @@ def test_each_plane_is_standardised_by_its_own_statistics_and_the_map_inverts():
     along_t_old = rollout.unpack(old.normalize(x, valid))["tx"].std(2).mean()
     along_t_new = rollout.unpack(z)["tx"].std(2).mean()
     assert along_t_old < 0.05 and along_t_new > 0.5
+
+
+def test_moments_merged_from_chunks_give_the_per_plane_and_per_channel_statistics():
+    x = _latents(n=13)
+    merged = PlaneMoments(DIMS)
+    for chunk in (x[:1], x[1:6], x[6:]):  # as encode's actors return them, batch by batch
+        merged.add(plane_moments(chunk, DIMS))
+    whole = plane_statistics([x], DIMS)
+    for name, plane in RolloutLayout(DIMS).unpack(x).items():
+        per_channel = plane.double().transpose(0, 1).reshape(DIMS.channels, -1)
+        np.testing.assert_allclose(merged.planes()[name]["mean"], per_channel.mean(1).numpy(), rtol=1e-9)
+        np.testing.assert_allclose(merged.planes()[name]["std"], per_channel.std(1, unbiased=False).numpy(),
+                                   rtol=1e-6)
+        np.testing.assert_allclose(whole[name]["max"], per_channel.amax(1).numpy(), rtol=1e-9)
+    flat = x.double()[:, :, RolloutLayout(DIMS).valid_mask()].transpose(0, 1).reshape(DIMS.channels, -1)
+    mean, std, low, high = merged.channels()  # over every plane's pixels, the padding left out
+    np.testing.assert_allclose(mean, flat.mean(1).numpy(), rtol=1e-9)
+    np.testing.assert_allclose(std, flat.std(1, unbiased=False).numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(low, flat.amin(1).numpy())
+    np.testing.assert_array_equal(high, flat.amax(1).numpy())
+    with pytest.raises(ValueError, match="no latents"):
+        PlaneMoments(DIMS).channels()
+
+
+def test_standardisation_maps_are_built_once_per_dtype_and_device():
+    x = _latents()
+    norm = PlaneLatentNorm.from_statistics(DIMS, plane_statistics([x], DIMS))
+    valid = RolloutLayout(DIMS).valid_mask().float()
+    first = norm.normalize(x, valid)
+    built = dict(norm._maps)
+    torch.testing.assert_close(norm.normalize(x, valid), first, rtol=0, atol=0)
+    assert norm._maps == built  # the second batch reuses the maps
+    norm.normalize(x.double(), valid.double())
+    assert len(norm._maps) == 2 * len(built)  # float64 gets its own
+    assert norm == PlaneLatentNorm.from_statistics(DIMS, plane_statistics([x], DIMS))  # the cache is not compared
 
 
 def test_x0_range_holds_each_planes_bounds_and_zero_on_the_padding():

@@ -54,6 +54,13 @@ def test_latents_decode_like_the_vae_on_mu(debug_city, debug_vae, debug_latents)
     stats = latents.meta
     assert len(stats["latent_mean"]) == len(stats["latent_std"]) == vae.dims.channels
     assert all(s > 0 for s in stats["latent_std"])
+    # the actors' moments give the statistics of exactly the stored latents, over the planes' pixels
+    every = latents.read(slice(0, latents.num_clips), ("latent",))["latent"].astype(np.float64)
+    flat = every[:, :, rollout.valid_mask().numpy()].transpose(1, 0, 2).reshape(vae.dims.channels, -1)
+    np.testing.assert_allclose(stats["latent_mean"], flat.mean(1), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(stats["latent_std"], flat.std(1), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(stats["latent_min"], flat.min(1), rtol=1e-6)
+    np.testing.assert_allclose(stats["latent_max"], flat.max(1), rtol=1e-6)
 
 
 def test_attributes_match_the_schema(debug_latents):
