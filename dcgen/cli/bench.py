@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from dcgen.cli.common import fail, user_errors
+from dcgen.cli.common import DEVICE_OPTION, fail, user_errors
 
 bench_app = typer.Typer(help="Benchmarks that write JSON: data, vae, dit, metrics, synth, serve.",
                         no_args_is_help=True)
@@ -92,7 +92,7 @@ def bench_vae_cmd(
     iters: int = typer.Option(6, help="Timed iterations per variant (median reported)."),
     warmup: int = typer.Option(2, help="Untimed iterations first (on CPU the Query variants take a few steps to "
                                "settle their heap)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    device: str = DEVICE_OPTION,
     threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: all cores)."),
     widths: Optional[str] = typer.Option(None, help="Layer widths of another preset (e.g. carlasc) on this grid."),
     cpu_bf16: bool = typer.Option(False, "--cpu-bf16", help="On CPU, run every variant under bf16 autocast, as "
@@ -171,7 +171,7 @@ def bench_dit_cmd(
     guidance: float = typer.Option(4.0, help="Guidance scale while sampling (4 = two DiT passes per step)."),
     train_iters: int = typer.Option(5, help="Timed training iterations (after 2 warm-up ones)."),
     train_batch: Optional[int] = typer.Option(None, help="Training batch (default per preset)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    device: str = DEVICE_OPTION,
     vae: Optional[str] = typer.Option(None, help="Trained VAE checkpoint (default: fresh networks)."),
     dit: Optional[str] = typer.Option(None, help="Trained DiT checkpoint (with --vae)."),
     quality_data: Optional[str] = typer.Option(None, help="Scene store whose val clips condition and judge the "
@@ -208,7 +208,7 @@ def bench_metrics_cmd(
                                            "default shape; speed does not depend on the weights)."),
     samples: int = typer.Option(10_000, help="Feature rows per set for the metric timing."),
     dim: int = typer.Option(2048, help="Features per row for the metric timing."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    device: str = DEVICE_OPTION,
 ) -> None:
     import json
 

@@ -143,6 +143,7 @@ def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Optional
 CONFIG_OPTION = typer.Option(None, "--config", is_eager=True, callback=_load_config,
                              help="JSON or YAML file of this command's options (e.g. a --dry-run printout); options "
                              "on the command line win.")
+DEVICE_OPTION = typer.Option("auto", help="auto | cpu | cuda | cuda:N.")  # where a command computes
 DRY_RUN_OPTION = typer.Option(False, "--dry-run", help="Check everything and print the resolved options and run as "
                               "JSON, without training or writing anything.")
 

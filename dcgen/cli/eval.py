@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from dcgen.cli.common import ADDRESS_OPTION, CLUSTER_OPTION, GPU_JOB_ADDRESS_OPTION, remote, user_errors
+from dcgen.cli.common import (ADDRESS_OPTION, CLUSTER_OPTION, DEVICE_OPTION, GPU_JOB_ADDRESS_OPTION, remote,
+                              user_errors)
 
 eval_app = typer.Typer(help="Evaluate: reconstruction IoU, reference statistics, generation metrics.",
                        no_args_is_help=True)
@@ -25,7 +26,7 @@ def eval_recon_cmd(
     batch_size: int = typer.Option(4, help="Clips per forward pass."),
     renders: int = typer.Option(3, help="Clips rendered as GIFs into --out."),
     max_clips: Optional[int] = typer.Option(None, help="Evaluate only the split's first N clips."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    device: str = DEVICE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
 ) -> None:
     import json
@@ -54,7 +55,7 @@ def eval_reference_cmd(
     split: str = typer.Option("all", help="Split of the store: train | val | test | all."),
     batch_size: int = typer.Option(16, help="Clips per network batch."),
     max_clips: Optional[int] = typer.Option(None, help="Use only the first N clips."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    device: str = DEVICE_OPTION,
     cluster: Optional[Path] = CLUSTER_OPTION,
     address: Optional[str] = GPU_JOB_ADDRESS_OPTION,
 ) -> None:
@@ -85,7 +86,7 @@ def eval_gen_cmd(
     max_clips: Optional[int] = typer.Option(None, help="Use only the first N clips of each store."),
     kid_subsets: int = typer.Option(100, help="KID subsets."),
     seed: int = typer.Option(0, help="Seed of the KID subsets."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    device: str = DEVICE_OPTION,
     cluster: Optional[Path] = CLUSTER_OPTION,
     address: Optional[str] = GPU_JOB_ADDRESS_OPTION,
 ) -> None:
@@ -130,7 +131,7 @@ def eval_fidelity_cmd(
                                                "clip on small grids, minutes on large ones)."),
     kid_subsets: int = typer.Option(100, help="KID subsets (one when a subset is the whole set)."),
     seed: int = typer.Option(0, help="Seed of the real halves and the KID subsets."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    device: str = DEVICE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of the table."),
     cluster: Optional[Path] = CLUSTER_OPTION,
     address: Optional[str] = GPU_JOB_ADDRESS_OPTION,

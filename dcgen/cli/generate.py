@@ -9,8 +9,8 @@ from typing import Optional
 
 import typer
 
-from dcgen.cli.common import (ADDRESS_OPTION, CLUSTER_OPTION, GPU_JOB_ADDRESS_OPTION, app, fail, remote,
-                              user_errors)
+from dcgen.cli.common import (ADDRESS_OPTION, CLUSTER_OPTION, DEVICE_OPTION, GPU_JOB_ADDRESS_OPTION, app, fail,
+                              remote, user_errors)
 
 
 @app.command("quickstart", help="Run the whole product on the embedded local Ray: synthetic city -> VAE -> latents "
@@ -58,7 +58,7 @@ def sample_cmd(
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (1 = conditional model "
                                              "only) [default: per condition: 1 with a layout, else SPEC's 4]."),
     chain: int = typer.Option(1, help="Clips per scene, each continuing the previous (needs prev_clip)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    device: str = DEVICE_OPTION,
     micro_batch: int = typer.Option(8, help="Scenes per network call."),
     overwrite: bool = typer.Option(False, help="Replace an existing store at --out."),
     estimate_trajectory: bool = typer.Option(False, "--estimate-trajectory", help="Search each clip's ego motion "

@@ -18,6 +18,12 @@ train_app = typer.Typer(help="Train models on Ray Train: vae, dit, features (or 
 CPU_BF16_OPTION = typer.Option(False, "--cpu-bf16", help="Train on CPU under bf16 autocast (VAE 1.25–1.4×, small "
                                "DiT ~1.6× faster where the CPU has native bf16, e.g. AVX512-BF16 or AMX; refused "
                                "on a CPU without bf16 kernels, e.g. AVX2 only, where it runs ~25× slower).")
+# the options every training command takes
+WORKERS_OPTION = typer.Option(1, help="Ray Train workers (data-parallel, DDP).")
+GPUS_PER_WORKER_OPTION = typer.Option(0.0, help="GPUs per worker (0 = CPU).")
+EPOCHS_OPTION = typer.Option(None, help="Epochs (default per preset).")
+RESUME_OPTION = typer.Option(False, help="Continue the run in --out from its latest checkpoint.")
+OVERWRITE_OPTION = typer.Option(False, help="Delete an existing run in --out first.")
 PREDICTION_OPTION = typer.Option("v", help="What the DiT outputs: 'v' (velocity, min-SNR v loss: learns conditions "
                                  "at high noise) or 'eps' (the plain ε network of SPEC §3).")
 
@@ -36,9 +42,9 @@ def train_vae_cmd(
     preset: str = typer.Option("small", help="debug | small | carlasc | occ3d (must match the store's grid)."),
     out: str = typer.Option("runs/vae", help="Run directory (checkpoints best/ and last/, metrics): a path or "
                             "an object-storage URI (s3://, gs://)."),
-    workers: int = typer.Option(1, help="Ray Train workers (data-parallel, DDP)."),
-    gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker (0 = CPU)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs (default per preset)."),
+    workers: int = WORKERS_OPTION,
+    gpus_per_worker: float = GPUS_PER_WORKER_OPTION,
+    epochs: Optional[int] = EPOCHS_OPTION,
     batch_size: Optional[int] = typer.Option(None, help="Clips per worker batch (default per preset)."),
     lr: Optional[float] = typer.Option(None, help="AdamW learning rate [default: the preset's, 1e-3; small 3e-3]."),
     warmup_steps: Optional[int] = typer.Option(None, help="Linear learning-rate warm-up steps [default: the "
@@ -57,8 +63,8 @@ def train_vae_cmd(
                                         "otherwise]."),
     max_minutes: Optional[float] = typer.Option(None, help="Stop training at the first step past this many "
                                                 "minutes, then validate and checkpoint."),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
-    overwrite: bool = typer.Option(False, help="Delete an existing run in --out first."),
+    resume: bool = RESUME_OPTION,
+    overwrite: bool = OVERWRITE_OPTION,
     max_failures: int = typer.Option(2, help="Worker failures survived, each restarting from the last "
                                      "checkpoint (-1: unlimited)."),
     report_every: int = typer.Option(20, help="Log training losses every N steps."),
@@ -100,22 +106,27 @@ def train_dit_cmd(
     preset: str = typer.Option("small", help="debug | small | carlasc | occ3d (must match the latents)."),
     out: str = typer.Option("runs/dit", help="Run directory (checkpoints best/ and last/, metrics): a path or "
                             "an object-storage URI (s3://, gs://)."),
-    workers: int = typer.Option(1, help="Ray Train workers (data-parallel, DDP)."),
-    gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker (0 = CPU)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs (default per preset)."),
+    workers: int = WORKERS_OPTION,
+    gpus_per_worker: float = GPUS_PER_WORKER_OPTION,
+    epochs: Optional[int] = EPOCHS_OPTION,
     batch_size: Optional[int] = typer.Option(None, help="Latents per worker batch (default per preset)."),
     lr: Optional[float] = typer.Option(None, help="AdamW learning rate (default per preset: 1e-3 debug, 1e-4 "
                                        "otherwise)."),
     ema_decay: Optional[float] = typer.Option(None, help="EMA decay (default per preset: 0.99 debug ... 0.9999)."),
     cond_drop: float = typer.Option(0.1, help="Probability of dropping each condition (classifier-free guidance)."),
+    cond_drop_all: Optional[float] = typer.Option(None, help="Probability of dropping every condition together: "
+                                                  "trains the unconditional network that guidance and unconditional "
+                                                  "sampling use (independent drops alone reach it with --cond-drop "
+                                                  "to the power of the condition count; 0 for SPEC's drops) "
+                                                  "[default: 0.1; a resumed run keeps its own]."),
     prediction: str = PREDICTION_OPTION,
     latent_norm: str = typer.Option("plane", help="Standardise the latents per 'plane' and channel (each HexPlane "
                                     "plane by its own statistics) or per 'channel' over every plane (runs before "
                                     "per-plane statistics)."),
     max_minutes: Optional[float] = typer.Option(None, help="Stop after the epoch that passes this wall time."),
     cpu_bf16: bool = CPU_BF16_OPTION,
-    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
-    overwrite: bool = typer.Option(False, help="Delete an existing run in --out first."),
+    resume: bool = RESUME_OPTION,
+    overwrite: bool = OVERWRITE_OPTION,
     seed: int = typer.Option(0),
     config: Optional[Path] = CONFIG_OPTION,
     dry_run: bool = DRY_RUN_OPTION,
@@ -128,7 +139,8 @@ def train_dit_cmd(
     with user_errors():
         summary = train_dit(latents, out, vae=vae, conditions=cond, preset=preset,
                             scaling=_scaling(workers, gpus_per_worker, address), epochs=epochs,
-                            batch_size=batch_size, lr=lr, ema_decay=ema_decay, cond_drop=cond_drop, resume=resume,
+                            batch_size=batch_size, lr=lr, ema_decay=ema_decay, cond_drop=cond_drop,
+                            cond_drop_all=cond_drop_all, resume=resume,
                             overwrite=overwrite, max_minutes=max_minutes, seed=seed, prediction=prediction,
                             cpu_bf16=cpu_bf16, latent_norm=latent_norm, dry_run=dry_run)
     if dry_run:
@@ -154,15 +166,15 @@ def train_features_cmd(
                                                      "(torchvision or pytorch-fid names): the 2D side becomes this "
                                                      "frozen network; only the 3D network trains."),
     render_size: int = typer.Option(128, help="Side in pixels of the metric renders the 2D network reads."),
-    workers: int = typer.Option(1, help="Ray Train workers (data-parallel, DDP)."),
-    gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker (0 = CPU)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs (default per preset)."),
+    workers: int = WORKERS_OPTION,
+    gpus_per_worker: float = GPUS_PER_WORKER_OPTION,
+    epochs: Optional[int] = EPOCHS_OPTION,
     batch_size: Optional[int] = typer.Option(None, help="Clips per worker batch (default 8)."),
     lr: float = typer.Option(2e-3, help="AdamW learning rate."),
     max_minutes: Optional[float] = typer.Option(None, help="Stop training at the first step past this many "
                                                 "minutes, then validate and checkpoint."),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
-    overwrite: bool = typer.Option(False, help="Delete an existing run in --out first."),
+    resume: bool = RESUME_OPTION,
+    overwrite: bool = OVERWRITE_OPTION,
     seed: int = typer.Option(0),
     config: Optional[Path] = CONFIG_OPTION,
     dry_run: bool = DRY_RUN_OPTION,
@@ -197,10 +209,13 @@ def train_all_cmd(
     out: Optional[str] = typer.Option(None, help="Run directory (default runs/PRESET): vae/, latents.zarr, dit/, "
                                       "features/; a path or an object-storage URI (s3://, gs://)."),
     cond: str = typer.Option("auto", help="DiT conditions (see 'dcgen train dit --help')."),
-    workers: int = typer.Option(1, help="Ray Train workers (data-parallel, DDP)."),
-    gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker (0 = CPU)."),
+    workers: int = WORKERS_OPTION,
+    gpus_per_worker: float = GPUS_PER_WORKER_OPTION,
     vae_epochs: Optional[int] = typer.Option(None, help="VAE epochs (default per preset)."),
     dit_epochs: Optional[int] = typer.Option(None, help="DiT epochs (default per preset)."),
+    vae_lr: Optional[float] = typer.Option(None, help="VAE learning rate (see 'dcgen train vae --help')."),
+    dit_lr: Optional[float] = typer.Option(None, help="DiT learning rate (see 'dcgen train dit --help'; the "
+                                           "small preset's README recipe uses 5e-4)."),
     max_minutes: Optional[float] = typer.Option(None, help="Wall-time bound of each training stage."),
     cpu_bf16: bool = CPU_BF16_OPTION,
     prediction: str = PREDICTION_OPTION,
@@ -224,8 +239,8 @@ def train_all_cmd(
     with user_errors():
         summary = train_pipeline(data, preset, out or str(Path("runs") / preset), conditions=cond,
                                  scaling=_scaling(workers, gpus_per_worker, address), vae_epochs=vae_epochs,
-                                 dit_epochs=dit_epochs, max_minutes=max_minutes, seed=seed, cpu_bf16=cpu_bf16,
-                                 prediction=prediction, log=typer.echo)
+                                 dit_epochs=dit_epochs, vae_lr=vae_lr, dit_lr=dit_lr, max_minutes=max_minutes,
+                                 seed=seed, cpu_bf16=cpu_bf16, prediction=prediction, log=typer.echo)
     typer.echo(f"pipeline done in {summary['run_dir']}: VAE {summary['vae']}, latents {summary['latents']}, "
                f"DiT {summary['dit']}")
 

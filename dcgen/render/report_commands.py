@@ -61,6 +61,7 @@ def train_command(kind: str, run: dict, scaling: dict | None, run_dir: Path, rel
         _opt(argv, "--prediction", model.get("prediction"), "v")
         _opt(argv, "--ema-decay", run.get("ema_decay"))
         _opt(argv, "--cond-drop", run.get("cond_drop"), 0.1)
+        _opt(argv, "--cond-drop-all", run.get("cond_drop_all", 0.0), 0.1)  # runs that predate it dropped none
     elif kind == "features":
         trained_on = extra.get("trained_on") or {}
         argv = ["dcgen", "train", "features", "--data", rel(trained_on.get("data"), "STORE")]

@@ -45,6 +45,7 @@ class DiTTrainConfig:
     weight_decay: float = 0.0
     ema_decay: float = 0.9999
     cond_drop: float = 0.1
+    cond_drop_all: float = 0.1  # every condition dropped together (objective.dropped_conditions); runs before: 0
     report_every: int = 20
     seed: int = 0
     amp: bool = True  # bf16 autocast on CUDA
@@ -55,10 +56,13 @@ class DiTTrainConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.cond_drop <= 1.0:
-            raise ValueError(f"condition dropout must be in [0, 1], got {self.cond_drop}")
+        for name, p in (("condition dropout", self.cond_drop), ("all-conditions dropout", self.cond_drop_all)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {p}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {self.ema_decay}")
+        if not self.lr > 0:
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
         if self.epochs < 1 or self.batch_size < 1 or self.steps_per_epoch < 1:
             raise ValueError(f"epochs, batch size and steps per epoch must be >= 1, got {self.epochs}, "
                              f"{self.batch_size}, {self.steps_per_epoch}")
@@ -149,7 +153,7 @@ def train_dit(ctx: TrainContext, run: dict) -> dict:
                     marker.touch()
                     os._exit(1)
             loss = diffusion_loss(eps_model, schedule, batch, conditions, valid_SS, gen, cfg.cond_drop,
-                                  autocast(ctx.device, cfg.amp, cfg.cpu_bf16), norm).mean()
+                                  autocast(ctx.device, cfg.amp, cfg.cpu_bf16), norm, cfg.cond_drop_all).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

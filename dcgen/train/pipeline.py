@@ -23,14 +23,15 @@ def _stage_summary(name: str, result: dict) -> str:
 
 def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, scaling: Scaling = Scaling(),
                    vae_epochs: int | None = None, dit_epochs: int | None = None, features_epochs: int | None = None,
-                   max_minutes: float | None = None, seed: int = 0, cpu_bf16: bool = False,
-                   prediction: str | None = None, log=print) -> dict:
+                   vae_lr: float | None = None, dit_lr: float | None = None, max_minutes: float | None = None,
+                   seed: int = 0, cpu_bf16: bool = False, prediction: str | None = None, log=print) -> dict:
     """VAE -> encode -> DiT -> the metric feature networks, into ``out``.
 
     Each stage is skipped when its result is already there (``OUT/vae/best``, a complete ``OUT/latents.zarr``,
     ``OUT/dit/best``, ``OUT/features/best``) and resumed when its run was interrupted. ``max_minutes`` bounds each
-    training stage separately; ``cpu_bf16`` trains the VAE and the DiT on CPU under bf16 autocast; ``prediction``
-    ("v" or "eps") overrides the DiT preset's output parametrisation, checked before any stage runs.
+    training stage separately; ``vae_lr``/``dit_lr`` override the presets' learning rates; ``cpu_bf16`` trains
+    the VAE and the DiT on CPU under bf16 autocast; ``prediction`` ("v" or "eps") overrides the DiT preset's output
+    parametrisation. Options are checked before any stage runs.
     """
     from dcgen import checkpoint
     from dcgen.data.latent_store import LatentStore
@@ -39,6 +40,9 @@ def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, 
 
     if prediction is not None:
         check_prediction(prediction)
+    for option, lr in (("--vae-lr", vae_lr), ("--dit-lr", dit_lr)):  # refused now, not after the VAE's hours
+        if lr is not None and not lr > 0:
+            raise ValueError(f"{option} {lr}: the learning rate must be positive")
     check_local_cpu_bf16(cpu_bf16, scaling)
     out = storage.run_path(out)  # a local Path or a URI (s3://, gs://, file://)
     store = SceneStore.open(data)
@@ -52,8 +56,8 @@ def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, 
         stages["vae"] = {"skipped": True, "best": str(vae_dir / "best")}
     else:
         log(f"vae: training into {vae_dir}")
-        stages["vae"] = train_vae(data, preset, vae_dir, scaling=scaling, epochs=vae_epochs, seed=seed,
-                                  resume=has_ray_run(vae_dir), max_minutes=max_minutes, cpu_bf16=cpu_bf16)
+        stages["vae"] = train_vae(data, preset, vae_dir, scaling=scaling, epochs=vae_epochs, lr=vae_lr,
+                                  seed=seed, resume=has_ray_run(vae_dir), max_minutes=max_minutes, cpu_bf16=cpu_bf16)
         log(_stage_summary("vae", stages["vae"]))
     vae_best = vae_dir / "best"
     vae_id = checkpoint.checkpoint_id(vae_best)
@@ -81,7 +85,7 @@ def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, 
     else:
         log(f"dit: training into {dit_dir}")
         stages["dit"] = train_dit(str(latents), dit_dir, vae=str(vae_best), conditions=conditions, preset=preset,
-                                  scaling=scaling, epochs=dit_epochs, resume=has_ray_run(dit_dir),
+                                  scaling=scaling, epochs=dit_epochs, lr=dit_lr, resume=has_ray_run(dit_dir),
                                   max_minutes=max_minutes, seed=seed, prediction=prediction,
                                   cpu_bf16=cpu_bf16)
         log(_stage_summary("dit", stages["dit"]))

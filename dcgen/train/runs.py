@@ -35,6 +35,12 @@ def resolved(run, scaling: Scaling) -> dict:
     return {"dry_run": True, "run": asdict(run), "scaling": asdict(scaling)}
 
 
+def given(value, default):
+    """An option's value, or the preset's ``default`` where it was not given: a 0 is given, and refused by the run's
+    config, rather than quietly read as "the default"."""
+    return default if value is None else value
+
+
 def cpus_per_worker(scaling: Scaling) -> float:
     """CPUs per training worker: as given, else what leaves one CPU of the cluster to Ray Data."""
     if scaling.cpus_per_worker is not None:
@@ -87,7 +93,7 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
                                   frame=frame or named.vae.frame)
     recipe = named.vae_recipe
     d_epochs, d_batch, d_lr, d_warmup = recipe.epochs, recipe.batch_size, recipe.lr, recipe.warmup_steps
-    epochs, batch_size = epochs or d_epochs, batch_size or d_batch
+    epochs, batch_size = given(epochs, d_epochs), given(batch_size, d_batch)
     lr, warmup_steps = d_lr if lr is None else lr, d_warmup if warmup_steps is None else warmup_steps
     power = recipe.class_weight_power if class_weight_power is None else class_weight_power
     weights_K = class_weights(store.class_histogram("train"), power)
@@ -188,8 +194,9 @@ def dit_config_for(preset: str, latents, conditions: tuple[str, ...], latent_nor
 
 def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditions=None, preset: str = "small",
               scaling: Scaling = Scaling(), epochs: int | None = None, batch_size: int | None = None,
-              lr: float | None = None, ema_decay: float | None = None, cond_drop: float = 0.1, resume: bool = False,
-              overwrite: bool = False, max_minutes: float | None = None, report_every: int = 20, seed: int = 0,
+              lr: float | None = None, ema_decay: float | None = None, cond_drop: float = 0.1,
+              cond_drop_all: float | None = None, resume: bool = False, overwrite: bool = False,
+              max_minutes: float | None = None, report_every: int = 20, seed: int = 0,
               fail_at_step: int | None = None, prediction: str | None = None, cpu_bf16: bool = False,
               latent_norm: str = "plane", dry_run: bool = False) -> dict:
     """Fit the DiT on a latent store with Ray Train; returns the final metrics and checkpoint paths.
@@ -222,21 +229,24 @@ def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditio
     if saved and saved.get("model", {}).get("latent_norm") is not None:
         # a resumed network goes on in the latent space it learned (a run started before per-plane statistics)
         model_cfg = replace(model_cfg, latent_norm=saved["model"]["latent_norm"])
+    if cond_drop_all is None:  # a resumed run goes on with the drops it started with (none before the option)
+        cond_drop_all = saved.get("cond_drop_all", 0.0) if saved else DiTTrainConfig.cond_drop_all
     n_train, n_val = store.rows("train").size, store.rows("val").size
     if n_train == 0 or n_val == 0:
         raise ValueError(f"{latents}: needs clips in both the train and val splits (has {n_train} train, "
                          f"{n_val} val)")
     recipe = get_preset(preset).dit_recipe
     d_epochs, d_batch, d_ema, d_lr = recipe.epochs, recipe.batch_size, recipe.ema_decay, recipe.lr
-    epochs, batch_size, lr = epochs or d_epochs, batch_size or d_batch, lr or d_lr
+    epochs, batch_size, lr = given(epochs, d_epochs), given(batch_size, d_batch), given(lr, d_lr)
     ema_decay = d_ema if ema_decay is None else ema_decay
     run = DiTTrainConfig(
         model=model_cfg.to_dict(), schedule=ScheduleConfig().to_dict(),
         steps_per_epoch=steps_per_epoch(n_train, batch_size, scaling.workers),
         vae_checkpoint_id=store.vae_checkpoint_id, grid=store.grid.to_dict(),
         vae_checkpoint=str(vae or store.meta.get("vae_checkpoint", "")), epochs=epochs,
-        batch_size=batch_size, lr=lr, ema_decay=ema_decay, cond_drop=cond_drop, report_every=report_every, seed=seed,
-        out_dir=str(out), max_minutes=max_minutes, fail_at_step=fail_at_step, cpu_bf16=cpu_bf16,
+        batch_size=batch_size, lr=lr, ema_decay=ema_decay, cond_drop=cond_drop, cond_drop_all=cond_drop_all,
+        report_every=report_every, seed=seed, out_dir=str(out), max_minutes=max_minutes, fail_at_step=fail_at_step,
+        cpu_bf16=cpu_bf16,
         extra={"latents": str(latents), "preset": preset, "train_clips": int(n_train), "val_clips": int(n_val)})
     if dry_run:  # everything checked, nothing written
         return resolved(run, scaling)
@@ -311,7 +321,7 @@ def features_run_config(data: str, out: str | Path, *, preset: str | None = None
     named = preset or preset_of_grid(g)
     d_epochs, d_batch = (10, 8) if named is None else (get_preset(named).features_recipe.epochs,
                                                        get_preset(named).features_recipe.batch_size)
-    epochs, batch_size = epochs or d_epochs, batch_size or d_batch
+    epochs, batch_size = given(epochs, d_epochs), given(batch_size, d_batch)
     trained_on = {"data": str(data), "source": store.meta.get("source"),
                   "provenance": store.meta.get("provenance", {}), "grid": g.to_dict(), "train_clips": int(n_train),
                   "val_clips": int(n_val), "inception_weights": inception_weights, "inception_sha256": inception_sha}

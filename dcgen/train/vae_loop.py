@@ -260,4 +260,6 @@ def _export(src: Path, dest: Path) -> None:
 
 
 def steps_per_epoch(num_clips: int, batch_size: int, num_workers: int) -> int:
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
     return max(1, math.ceil(num_clips / max(num_workers, 1) / batch_size))

@@ -234,6 +234,24 @@ def test_dropped_conditions_flags():
         dropped_conditions(DEBUG.conditions, 4, 1.5, torch.Generator())
 
 
+def test_all_conditions_are_dropped_together_at_their_own_rate():
+    names, n = ("command", "trajectory", "layout"), 20000
+
+    def all_dropped(flags):
+        return torch.stack([flags[k] for k in names]).all(0).float().mean().item()
+
+    spec = dropped_conditions(names, n, 0.1, torch.Generator().manual_seed(0))
+    assert all_dropped(spec) < 0.003  # 0.1 ** 3: the unconditional network would see 0.1 % of the samples
+    joint = dropped_conditions(names, n, 0.1, torch.Generator().manual_seed(0), all_prob=0.1)
+    assert 0.09 < all_dropped(joint) < 0.115  # ~0.1 + 0.9 * 0.001
+    assert all(torch.equal(spec[k] & joint[k], spec[k]) for k in names)  # the independent drops are kept
+    only = dropped_conditions(names, n, 0.0, torch.Generator().manual_seed(1), all_prob=0.5)
+    assert all(torch.equal(only[k], only["command"]) for k in names) and 0.45 < only["command"].float().mean() < 0.55
+    assert all(f.all() for f in dropped_conditions(names, 8, 0.0, torch.Generator(), all_prob=1.0).values())
+    with pytest.raises(ValueError, match=r"all-conditions drop probability must be in \[0, 1\], got -0.1"):
+        dropped_conditions(names, 4, 0.1, torch.Generator(), all_prob=-0.1)
+
+
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_training_a_debug_dit_lowers_the_loss(prediction):
     torch.manual_seed(0)

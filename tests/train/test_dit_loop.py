@@ -166,7 +166,11 @@ def test_train_dit_refuses_bad_inputs(tmp_path, debug_latents, debug_dit):
         train_dit(debug_latents, tmp_path / "d", preset="huge")
     with pytest.raises(ValueError, match=r"DiT prediction must be one of \['eps', 'v'\], got 'x0'"):
         train_dit(debug_latents, tmp_path / "e", preset="debug", prediction="x0")
-    assert not any((tmp_path / n).exists() for n in "abcde")
+    with pytest.raises(ValueError, match="learning rate must be positive, got 0.0"):  # not the preset's rate
+        train_dit(debug_latents, tmp_path / "f", preset="debug", lr=0.0)
+    with pytest.raises(ValueError, match="must be >= 1, got 0"):
+        train_dit(debug_latents, tmp_path / "g", preset="debug", epochs=0)
+    assert not any((tmp_path / n).exists() for n in "abcdefg")
 
 
 def test_a_v_dit_whose_schedule_differs_from_the_runs_is_refused(tmp_path):
@@ -268,3 +272,18 @@ def test_a_resumed_run_keeps_the_latent_normalisation_it_started_with(tmp_path, 
     (out / "run.json").write_text(json.dumps({"kind": "dit", "run": saved}))
     resumed = train_dit(debug_latents, out, preset="debug", resume=True, dry_run=True)
     assert resumed["run"]["model"]["latent_norm"] == per_channel
+
+
+def test_all_conditions_drop_defaults_on_for_new_runs_and_a_resumed_run_keeps_its_own(tmp_path, debug_latents):
+    fresh = train_dit(debug_latents, tmp_path / "new", preset="debug", dry_run=True)
+    assert fresh["run"]["cond_drop_all"] == 0.1
+    out = tmp_path / "old"
+    out.mkdir()
+    older = {k: v for k, v in fresh["run"].items() if k != "cond_drop_all"}  # run.json of a run before the option
+    (out / "run.json").write_text(json.dumps({"kind": "dit", "run": older}))
+    assert train_dit(debug_latents, out, preset="debug", resume=True, dry_run=True)["run"]["cond_drop_all"] == 0.0
+    chosen = train_dit(debug_latents, out, preset="debug", resume=True, cond_drop_all=0.2, dry_run=True)
+    assert chosen["run"]["cond_drop_all"] == 0.2
+    with pytest.raises(ValueError, match=r"all-conditions dropout must be in \[0, 1\], got 1.5"):
+        train_dit(debug_latents, tmp_path / "bad", preset="debug", cond_drop_all=1.5, dry_run=True)
+    assert not (tmp_path / "bad").exists()

@@ -195,6 +195,23 @@ def test_cpu_bf16_is_refused_on_a_cpu_without_bf16_kernels_before_anything_is_wr
         train_vae(city, "debug", out, cpu_bf16=True, lr=0.0, scaling=Scaling(gpus_per_worker=1.0))
 
 
+def test_zero_counts_and_learning_rates_are_refused_not_read_as_the_presets(city, tmp_path):
+    from dcgen.train.pipeline import train_pipeline
+    from dcgen.train.runs import train_features
+
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="epochs, batch size and steps per epoch must be >= 1, got 0"):
+        train_vae(city, "debug", out, epochs=0)
+    with pytest.raises(ValueError, match="batch size must be >= 1, got 0"):
+        train_vae(city, "debug", out, batch_size=0)
+    with pytest.raises(ValueError, match="must be >= 1, got 0"):
+        train_features(city, out, epochs=0)
+    for lrs in ({"vae_lr": 0.0}, {"dit_lr": -1e-4}):  # a DiT rate the pipeline would only meet after the VAE
+        with pytest.raises(ValueError, match=r"--(vae|dit)-lr .*: the learning rate must be positive"):
+            train_pipeline(city, "debug", out, **lrs)
+    assert not out.exists()
+
+
 def test_loop_trains_under_cpu_bf16(city, tmp_path, bf16_cpu):
     ctx = LocalContext(out_dir=tmp_path, store_path=city, arrays=("occupancy", "mask"))
     result = vae_loop(ctx, local_run(city, tmp_path, epochs=1, cpu_bf16=True))
