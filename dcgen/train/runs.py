@@ -94,7 +94,7 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
     recipe = named.vae_recipe
     d_epochs, d_batch, d_lr, d_warmup = recipe.epochs, recipe.batch_size, recipe.lr, recipe.warmup_steps
     epochs, batch_size = given(epochs, d_epochs), given(batch_size, d_batch)
-    lr, warmup_steps = d_lr if lr is None else lr, d_warmup if warmup_steps is None else warmup_steps
+    lr, warmup_steps = given(lr, d_lr), given(warmup_steps, d_warmup)
     power = recipe.class_weight_power if class_weight_power is None else class_weight_power
     weights_K = class_weights(store.class_histogram("train"), power)
     # the run's config checks its numbers (learning rate, warm-up, deadline) before the run directory is touched
@@ -238,7 +238,7 @@ def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditio
     recipe = get_preset(preset).dit_recipe
     d_epochs, d_batch, d_ema, d_lr = recipe.epochs, recipe.batch_size, recipe.ema_decay, recipe.lr
     epochs, batch_size, lr = given(epochs, d_epochs), given(batch_size, d_batch), given(lr, d_lr)
-    ema_decay = d_ema if ema_decay is None else ema_decay
+    ema_decay = given(ema_decay, d_ema)
     run = DiTTrainConfig(
         model=model_cfg.to_dict(), schedule=ScheduleConfig().to_dict(),
         steps_per_epoch=steps_per_epoch(n_train, batch_size, scaling.workers),
