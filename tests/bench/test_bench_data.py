@@ -44,8 +44,8 @@ def test_bench_data_on_a_debug_store(ray_local, tmp_path):
     read = record["read"]
     assert read["clips"] == 8 and len(read["plain"]["runs"]) == len(read["ray_data"]["runs"]) == 1
     assert read["plain"]["best_mb_per_s"] > 0 and read["ray_data"]["best_clips_per_s"] > 0
-    assert read["ratio_best"] == pytest.approx(
-        read["ray_data"]["best_clips_per_s"] / read["plain"]["best_clips_per_s"], rel=0.01)
+    assert read["ratio_best"] == pytest.approx(  # the ratio is recorded to 3 decimals: small on a loaded machine
+        read["ray_data"]["best_clips_per_s"] / read["plain"]["best_clips_per_s"], rel=0.01, abs=5e-4)
 
     t = record["targets"]
     assert set(t) == {"synth_1000_clips_seconds", "ray_read_vs_plain", "compression_vs_raw_uint8"}
