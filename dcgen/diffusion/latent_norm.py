@@ -186,7 +186,6 @@ class PlaneMoments:
 
     def __init__(self, dims: LatentDims):
         p, c = len(PLANE_NAMES), dims.channels
-        self.dims = dims
         self.pixels_P = np.array([a * b for _, a, b in (dims.plane_shape(n) for n in PLANE_NAMES)], dtype=np.float64)
         self.sum_PC, self.sumsq_PC = np.zeros((p, c)), np.zeros((p, c))
         self.min_PC, self.max_PC = np.full((p, c), np.inf), np.full((p, c), -np.inf)
