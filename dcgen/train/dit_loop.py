@@ -5,9 +5,9 @@ Latents (and previous-clip latents) are standardised per plane and channel first
 each condition dropped with p = 0.1 and all together with ``cond_drop_all``, the hybrid loss masked to the six
 planes, min-SNR v-weighted for a v-prediction DiT). AdamW (lr 1e-4, wd 0), EMA of the weights (0.9999, warmed up
 over the first steps; debug runs use a smaller decay), AMP bf16 on CUDA (and on CPU with ``cpu_bf16``). Every
-epoch the validation loss of the EMA weights (fixed t and ε, so epochs compare) picks the best checkpoint; checkpoints carry weights, EMA, optimizer, step, the DiT
-config (with its conditions), the schedule, the grid and the id of the VAE that made the latents. Resumes from the
-context's latest checkpoint.
+epoch the validation loss of the EMA weights (fixed t and ε, so epochs compare) picks the best checkpoint;
+checkpoints carry weights, EMA, optimizer, step, the DiT config (with its conditions), the schedule, the grid and
+the id of the VAE that made the latents. Resumes from the context's latest checkpoint.
 
 Legend: B batch, C latent channels, S rollout side.
 """
