@@ -150,3 +150,11 @@ def checkpoint_id(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return f"{meta['kind']}-{meta['step']}-{h.hexdigest()[:12]}"
+
+
+def latent_space_id(path: str | os.PathLike) -> str:
+    """The latent space a VAE checkpoint encodes into: its own ``checkpoint_id``, or, for a decoder fine-tuned
+    with the encoder frozen (``dcgen train decoder``), the one recorded from the VAE it started from. Latent
+    stores and DiTs are tied to this id, so a DiT decodes through any VAE of its latent space."""
+    meta = read_meta(path)
+    return str(meta.get("latent_space") or checkpoint_id(path))

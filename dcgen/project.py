@@ -32,7 +32,7 @@ META_KEY = "dcgen.project"
 
 # Keys that default to a place under ``runs`` when the file does not name them: the layout `dcgen train` writes.
 UNDER_RUNS = {"latents": "latents.zarr", "vae": "vae/best", "dit": "dit/best", "features": "features/best",
-              "runs/vae": "vae", "runs/dit": "dit", "runs/features": "features"}
+              "runs/vae": "vae", "runs/dit": "dit", "runs/features": "features", "runs/decoder": "decoder"}
 
 # command (as typed after `dcgen`) -> {option name: project key}; "outputs.X" is a key of the outputs mapping,
 # "runs/X" the training run directory RUNS/X.
@@ -40,6 +40,7 @@ COMMAND_OPTIONS: dict[str, dict[str, str]] = {
     "train": {"data": "data", "preset": "preset", "out": "runs"},
     "train vae": {"data": "data", "preset": "preset", "out": "runs/vae"},
     "train dit": {"latents": "latents", "vae": "vae", "preset": "preset", "out": "runs/dit"},
+    "train decoder": {"vae": "vae", "data": "data", "out": "runs/decoder"},
     "train features": {"data": "data", "preset": "preset", "out": "runs/features"},
     "encode": {"vae": "vae", "data": "data", "out": "latents"},
     "sample": {"vae": "vae", "dit": "dit", "out": "outputs.sample"},

@@ -99,7 +99,8 @@ class GenerationPipeline:
     @classmethod
     def from_checkpoints(cls, vae: str, dit: str, device: str = "auto", use_ema: bool = True,
                          micro_batch: int = 8, buckets: bool = False) -> "GenerationPipeline":
-        """Load a VAE and a DiT checkpoint; the DiT must have been trained on latents of this very VAE."""
+        """Load a VAE and a DiT checkpoint; the DiT must have been trained on latents of this VAE's latent space
+        (this very VAE, or the one whose encoder its fine-tuned decoder kept)."""
         from dcgen.models.loading import load_dit, load_vae
         from dcgen.runtime import pick_device
 
@@ -107,9 +108,12 @@ class GenerationPipeline:
         v = load_vae(vae, dev)
         d = load_dit(dit, dev, use_ema=use_ema)
         want = d.meta.get("vae_checkpoint_id")
-        if want != v.checkpoint_id:
+        if want != v.latent_space:
+            from dcgen.models.loading import latent_space_note
+
             raise ValueError(f"DiT checkpoint {dit} was trained on latents of VAE {want!r}, but {vae} is "
-                             f"{v.checkpoint_id!r}; pass the VAE checkpoint the DiT was trained with")
+                             f"{v.checkpoint_id!r}{latent_space_note(v.checkpoint_id, v.latent_space)}; pass the "
+                             "VAE checkpoint the DiT was trained with (or a decoder fine-tuned from it)")
         grid = Grid.from_dict(d.meta["grid"])
         schedule = NoiseSchedule.linear(ScheduleConfig.from_dict(d.meta["schedule"]))
         return cls(v.model, d.model, grid, schedule, device=dev, micro_batch=micro_batch, buckets=buckets,

@@ -22,6 +22,12 @@ class Loaded:
     checkpoint_id: str
     path: str
 
+    @property
+    def latent_space(self) -> str:
+        """A VAE's latent space id (``checkpoint.latent_space_id``): the one its decoder was fine-tuned in, else
+        its own checkpoint id."""
+        return str(self.meta.get("latent_space") or self.checkpoint_id)
+
 
 def _weights(state: dict, key: str, path) -> dict:
     if not isinstance(state, dict) or key not in state:
@@ -45,17 +51,24 @@ def check_checkpoints(vae: str | Path, dit: str | Path, use_ema: bool = True) ->
     """Vet a VAE + DiT pair in the driver before any Ray work, so a bad checkpoint is named here and not inside an
     actor whose constructor fails: both read as a worker will read them (metadata, and the weights' pickle with
     ``weights_only=True``, memory-mapped so no tensor data is read), the weights sampling uses present, the DiT
-    trained on this very VAE. Returns ``{"vae": meta, "dit": meta, "ids": {"vae": id, "dit": id}}``."""
+    trained on this VAE's latent space (this very VAE, or the one whose encoder a fine-tuned decoder kept).
+    Returns ``{"vae": meta, "dit": meta, "ids": {"vae": id, "dit": id}}``."""
     vae_meta, vae_state = checkpoint.load(vae, kind="vae", mmap=True)
     _weights(vae_state, "model", vae)
     dit_meta, dit_state = checkpoint.load(dit, kind="dit", mmap=True)
     _weights(dit_state, "ema" if use_ema else "model", dit)
     ids = {"vae": checkpoint.checkpoint_id(vae), "dit": checkpoint.checkpoint_id(dit)}
-    want = dit_meta.get("vae_checkpoint_id")
-    if want != ids["vae"]:
-        raise ValueError(f"DiT checkpoint {dit} was trained on latents of VAE {want!r}, but {vae} is {ids['vae']!r}; "
-                         "pass the VAE checkpoint the DiT was trained with")
+    want, space = dit_meta.get("vae_checkpoint_id"), vae_meta.get("latent_space") or ids["vae"]
+    if want != space:
+        raise ValueError(f"DiT checkpoint {dit} was trained on latents of VAE {want!r}, but {vae} is {ids['vae']!r}"
+                         f"{latent_space_note(ids['vae'], space)}; pass the VAE checkpoint the DiT was trained with "
+                         "(or a decoder fine-tuned from it)")
     return {"vae": vae_meta, "dit": dit_meta, "ids": ids}
+
+
+def latent_space_note(vae_id: str, space: str) -> str:
+    """``, of the latent space of X`` where a fine-tuned decoder's latent space is another VAE's, else nothing."""
+    return "" if space == vae_id else f" (in the latent space of VAE {space!r})"
 
 
 def load_vae(path: str | Path, device: torch.device | str = "cpu") -> Loaded:

@@ -239,14 +239,38 @@ class HexPlaneVAE(nn.Module):
         logits_BKTXYZ = self.decoder({**planes, "tz": self.slot.clear(planes["tz"])})
         return from_reference(logits_BKTXYZ, trajectory, self.config.voxel_xy)
 
+    def perturb(self, planes: dict[str, torch.Tensor], scale: float,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """``planes`` plus Gaussian noise of the kind a diffusion model's samples carry, for a decoder that must
+        stay sharp on them: per clip a level ``u ~ U(0, 1)``, per plane channel a standard deviation of
+        ``u · scale · s`` where ``s`` is that channel's spread over the batch's pixels (detached), so ``scale`` is
+        in the units of the DiT's standardised latents (per plane and channel). A reference-frame VAE's
+        trajectory slot is left exact: the decoder reads it as geometry, not features."""
+        if not scale > 0:
+            return dict(planes)
+        out = {}
+        first = planes[PLANE_NAMES[0]]
+        level_B = torch.rand(first.shape[0], generator=generator).to(first.device, first.dtype)
+        for name in PLANE_NAMES:
+            x = planes[name]
+            spread = x.detach().float().std(dim=(0, 2, 3), keepdim=True).to(x.dtype)
+            noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+            step = level_B.view(-1, 1, 1, 1) * scale * spread * noise
+            if name == "tz" and self.slot is not None:
+                step = step * self.slot.latent_mask(x).to(x.dtype).view(1, -1, 1, 1)
+            out[name] = x + step
+        return out
+
     def forward(self, occ_BTXYZ: torch.Tensor, sample: bool | None = None,
-                generator: torch.Generator | None = None, trajectory: torch.Tensor | None = None):
+                generator: torch.Generator | None = None, trajectory: torch.Tensor | None = None,
+                latent_noise: float = 0.0):
         """``(logits, μ, log σ²)``; decodes a posterior sample if ``sample`` (default: training mode), else μ.
-        ``trajectory`` as ``encode`` takes it."""
+        ``trajectory`` as ``encode`` takes it; ``latent_noise`` > 0 decodes the latent ``perturb``ed at that
+        scale (decoder fine-tuning)."""
         mu, logvar = self.encode(occ_BTXYZ, trajectory)
         sample = self.training if sample is None else sample
         z = self.reparameterize(mu, logvar, generator) if sample else mu
-        return self.decode(z), mu, logvar
+        return self.decode(self.perturb(z, latent_noise, generator)), mu, logvar
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

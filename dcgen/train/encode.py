@@ -83,7 +83,7 @@ def encode_store(vae_ckpt: str, data: str, out: str, batch_size: int = 8, overwr
                  workers: int | None = None, ray_address: str | None = None) -> dict:
     """Write the latent store ``out`` for every complete clip of the scene store ``data``; returns its summary."""
     from dcgen import storage
-    from dcgen.checkpoint import checkpoint_id
+    from dcgen.checkpoint import latent_space_id
     from dcgen.data.latent_store import LatentStore, previous_clips
     from dcgen.data.integrity import staged
     from dcgen.data.store import SceneStore, _exists
@@ -124,7 +124,7 @@ def encode_store(vae_ckpt: str, data: str, out: str, batch_size: int = 8, overwr
         latents = LatentStore.create(
             building, grid=store.grid, dims=vae.dims, rollout_size=rollout.size, rollout_patch=rollout.patch,
             conditions=conditions, clip_index=index, splits=table.column("split").to_pylist(), prev_index=prev,
-            source=str(data), vae_checkpoint=storage.resolve(vae_ckpt), vae_checkpoint_id=checkpoint_id(vae_ckpt),
+            source=str(data), vae_checkpoint=storage.resolve(vae_ckpt), vae_checkpoint_id=latent_space_id(vae_ckpt),
             frame=vae.frame_info())
         try:
             moments = _encode_latents(vae, data, building, index, batch_size, workers, ray_address,

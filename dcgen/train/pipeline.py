@@ -60,7 +60,7 @@ def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, 
                                   seed=seed, resume=has_ray_run(vae_dir), max_minutes=max_minutes, cpu_bf16=cpu_bf16)
         log(_stage_summary("vae", stages["vae"]))
     vae_best = vae_dir / "best"
-    vae_id = checkpoint.checkpoint_id(vae_best)
+    vae_id = checkpoint.latent_space_id(vae_best)
 
     latents = out / "latents.zarr"
     done = False

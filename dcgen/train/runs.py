@@ -71,9 +71,6 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
     ``epochs``, ``batch_size``, ``lr``, ``warmup_steps`` and ``class_weight_power`` (the exponent of the loss's
     class weights, ``vae_losses.class_weights``) default to the preset's ``vae_recipe``.
     ``cpu_bf16`` trains CPU workers under bf16 autocast (CUDA workers always use it)."""
-    from dcgen.data.ray_dataset import read_scenes
-    from dcgen.runtime import init_ray
-    from dcgen.train import ray_trainer
     from dcgen.train.vae_loop import VAETrainConfig, steps_per_epoch
     from dcgen.train.vae_losses import class_weights
 
@@ -110,22 +107,90 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
     prepare_run_dir(out, resume, overwrite)
     if resume:
         check_same_model(out, model_cfg.to_dict(), preset)
-        check_latest_checkpoint(out / "ray" / "vae", model_cfg.to_dict())
+    return _fit_vae(run, store, out, scaling, resume, "VAE")
+
+
+def _fit_vae(run, store: SceneStore, out: Path, scaling: Scaling, resume: bool, what: str) -> dict:
+    """Ray Train fits the VAE loop's ``run`` on the store's train and val splits (run directory prepared)."""
+    from dcgen.data.ray_dataset import read_scenes
+    from dcgen.runtime import init_ray
+    from dcgen.train import ray_trainer
+
+    if resume:
+        check_latest_checkpoint(out / "ray" / "vae", run.model)
     init_ray(scaling.address)
     # the trajectory: a reference-frame VAE (motion_frame.py) resamples every clip with it
     arrays = ("occupancy", "trajectory", "mask") if store.has_mask else ("occupancy", "trajectory")
+    data = store.path
     datasets = {"train": read_scenes(data, "train", arrays), "val": read_scenes(data, "val", arrays)}
     (out / "run.json").write_text(json.dumps({"kind": "vae", "run": asdict(run), "scaling": asdict(scaling)},
                                              indent=2))
     result = ray_trainer.fit("dcgen.train.vae_loop:train_vae", asdict(run), datasets=datasets,
                              storage_path=str(out / "ray"), name="vae", num_workers=scaling.workers,
-                             progress="train vae", total_steps=run.epochs * run.steps_per_epoch,
+                             progress=f"train {what.lower()}", total_steps=run.epochs * run.steps_per_epoch,
                              gpus_per_worker=scaling.gpus_per_worker, cpus_per_worker=cpus_per_worker(scaling),
                              max_failures=scaling.max_failures)
     if result.error:
-        raise RuntimeError(f"VAE training failed: {result.error}")
+        raise RuntimeError(f"{what} training failed: {result.error}")
     final = result.return_value or {}
     return {"best": str(out / "best"), "last": str(out / "last"), "metrics": final, "run_dir": str(out)}
+
+
+DECODER_NOISE = 0.6  # dcgen train decoder's default --latent-noise (units: the DiT's standardised latents)
+DECODER_LR = 3e-4
+
+
+def train_decoder(data: str, vae: str, out: str | Path, *, scaling: Scaling = Scaling(), epochs: int = 4,
+                  batch_size: int | None = None, lr: float = DECODER_LR, latent_noise: float = DECODER_NOISE,
+                  resume: bool = False, overwrite: bool = False, max_minutes: float | None = None,
+                  report_every: int = 20, seed: int = 0, cpu_bf16: bool = False, dry_run: bool = False) -> dict:
+    """Fine-tune the decoder of the trained VAE ``vae`` on latents perturbed by ``latent_noise`` (the encoder and
+    so the latent space stay ``vae``'s: a DiT trained on its latents decodes through the result); the class
+    weights, batch size and KL weight are the ones ``vae`` was trained with (batch size overridable)."""
+    from dcgen import checkpoint
+    from dcgen.models.vae import VAEConfig
+    from dcgen.train.encode import check_vae_matches_store
+    from dcgen.train.vae_loop import VAETrainConfig, steps_per_epoch
+
+    out = storage.run_path(out)
+    check_local_cpu_bf16(cpu_bf16, scaling)
+    if report_every < 1:
+        raise ValueError(f"--report-every must be >= 1, got {report_every}")
+    meta = checkpoint.read_meta(vae, kind="vae")
+    try:
+        model_cfg = VAEConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{vae}: VAE config in the checkpoint is invalid ({e})") from e
+    store = SceneStore.open(data)
+    check_vae_matches_store(model_cfg, store.grid, vae, data)
+    n_train, n_val = store.indices("train").size, store.indices("val").size
+    if n_train == 0 or n_val == 0:
+        raise ValueError(f"{data}: needs clips in both the train and val splits (has {n_train} train, {n_val} val)")
+    trained = meta.get("train") or {}
+    weights = trained.get("class_weights")
+    if weights is None or len(weights) != model_cfg.num_classes:
+        from dcgen.train.vae_losses import class_weights
+
+        weights = [float(w) for w in class_weights(store.class_histogram("train"),
+                                                   trained.get("extra", {}).get("class_weight_power", 0.5))]
+    batch_size = given(batch_size, trained.get("batch_size", 1))
+    run = VAETrainConfig(
+        model=model_cfg.to_dict(), class_weights=[float(w) for w in weights],
+        steps_per_epoch=steps_per_epoch(n_train, batch_size, scaling.workers), epochs=epochs,
+        batch_size=batch_size, lr=lr, beta=trained.get("beta", 0.0015), report_every=report_every, seed=seed,
+        out_dir=str(out), max_minutes=max_minutes, cpu_bf16=cpu_bf16, init_from=storage.resolve(str(vae)),
+        freeze_encoder=True, latent_noise=latent_noise, latent_space=checkpoint.latent_space_id(vae),
+        extra={"data": str(data), "train_clips": int(n_train), "val_clips": int(n_val), "decoder_of": str(vae)})
+    if dry_run:
+        return resolved(run, scaling)
+    prepare_run_dir(out, resume, overwrite)
+    if resume:
+        saved = saved_run(out) or {}
+        if saved and (saved.get("latent_space") != run.latent_space or not saved.get("freeze_encoder")):
+            raise ValueError(f"{out}: the run there is not a decoder fine-tuning of {vae}'s latent space "
+                             f"({saved.get('latent_space')!r}); resume with the VAE it started from, or pass "
+                             "--overwrite")
+    return _fit_vae(run, store, out, scaling, resume, "Decoder")
 
 
 # ---- DiT ---------------------------------------------------------------------------------------------------
@@ -217,10 +282,11 @@ def train_dit(latents: str, out: str | Path, *, vae: str | None = None, conditio
     store = LatentStore.open(latents)
     if vae is not None:
         checkpoint.read_meta(vae, kind="vae")
-        vae_id = checkpoint.checkpoint_id(vae)
-        if vae_id != store.vae_checkpoint_id:
+        space = checkpoint.latent_space_id(vae)
+        if space != store.vae_checkpoint_id:
             raise ValueError(f"{latents} was encoded with VAE {store.vae_checkpoint_id!r}, but --vae {vae} is "
-                             f"{vae_id!r}; pass the VAE that made the latents (or encode again)")
+                             f"{checkpoint.checkpoint_id(vae)!r} (latent space {space!r}); pass the VAE that made "
+                             "the latents (or encode again)")
     names = parse_conditions(conditions, store)
     model_cfg = dit_config_for(preset, store, names, latent_norm)
     if prediction is not None:

@@ -11,6 +11,13 @@ schedule of its new length. ``max_minutes`` stops training at the first step pas
 then validates and checkpoints that last, possibly partial, epoch; the schedule's milestones also count as reached
 at those shares of the deadline's time, so a run the deadline cuts short still steps its rate down (a resumed run
 has a deadline of its own, so its clock starts again; its steps keep the milestones they reached).
+
+Decoder fine-tuning (``init_from`` + ``freeze_encoder``, ``dcgen train decoder``): the run starts from a trained
+VAE's weights, keeps its encoder (and so its latent space: the checkpoint records it as ``latent_space``, and a DiT
+trained on the original's latents decodes through it) and trains the decoder on latents ``perturb``ed by
+``latent_noise``, so that the small errors of a diffusion model's samples no longer turn into speckle and flicker.
+Validation then decodes μ perturbed the same way with a fixed seed (``val_miou``, which picks the best
+checkpoint) and μ itself (``val_miou_clean``).
 """
 
 from __future__ import annotations
@@ -52,6 +59,10 @@ class VAETrainConfig:
     out_dir: str | None = None  # run directory: metrics.jsonl, tensorboard/, best/, last/
     max_minutes: float | None = None  # stop training at the first step past this wall time, then checkpoint
     fail_at_step: int | None = None  # fault injection for restart tests: rank 0's process exits once there
+    init_from: str | None = None  # a VAE checkpoint to start from (weights only; a resumed run ignores it)
+    freeze_encoder: bool = False  # train the decoder only: the latent space stays the init_from VAE's
+    latent_noise: float = 0.0  # decode latents perturbed at this scale (HexPlaneVAE.perturb) while training
+    latent_space: str | None = None  # with freeze_encoder: the latent space id of init_from (checked by the driver)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -64,6 +75,11 @@ class VAETrainConfig:
             raise ValueError(f"warm-up steps must be >= 0, got {self.warmup_steps}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be positive (or None for no limit), got {self.max_minutes}")
+        if not (math.isfinite(self.latent_noise) and self.latent_noise >= 0):
+            raise ValueError(f"latent noise must be a finite number >= 0, got {self.latent_noise}")
+        if self.freeze_encoder and not (self.init_from and self.latent_space):
+            raise ValueError("a frozen encoder needs the trained VAE to start from (init_from) and its latent space "
+                             "id (latent_space)")
 
     @classmethod
     def from_dict(cls, d: dict) -> "VAETrainConfig":
@@ -115,23 +131,54 @@ def check_resumable(meta: dict, model_cfg: dict, path) -> None:
 
 
 @torch.no_grad()
-def evaluate(model, ctx: TrainContext, batch_size: int, num_classes: int, amp: bool, cpu_bf16: bool = False) -> dict:
-    """Validation IoU over this worker's shard (posterior mean decoded), confusion counts summed over workers."""
+def evaluate(model, ctx: TrainContext, batch_size: int, num_classes: int, amp: bool, cpu_bf16: bool = False,
+             latent_noise: float = 0.0, frozen_encoder: bool = False) -> dict:
+    """Validation IoU over this worker's shard (posterior mean decoded), confusion counts summed over workers.
+    With ``latent_noise`` the mean is ``perturb``ed first (the same noise every epoch: a fixed seed per worker)
+    and the clean mean's mIoU is reported beside, as ``val_miou_clean``."""
     from dcgen.metrics.recon_iou import IoUAccumulator
 
-    acc = IoUAccumulator(num_classes)
+    noisy = latent_noise > 0
+    accs = {"": IoUAccumulator(num_classes), "_clean": IoUAccumulator(num_classes)} if noisy else {
+        "": IoUAccumulator(num_classes)}
+    gen = torch.Generator().manual_seed(12345 + ctx.rank)
     model.eval()
     for batch in ctx.batches("val", batch_size, epoch=0, shuffle=False):
         occ_BTXYZ = batch["occupancy"]
         with autocast(ctx.device, amp, cpu_bf16):
-            logits_BKTXYZ, _, _ = model(occ_BTXYZ, sample=False, trajectory=batch.get("trajectory"))
-        acc.update(logits_BKTXYZ.argmax(1), occ_BTXYZ, batch.get("mask"))
+            if noisy:  # the encoder's work is shared by both decodes
+                net = unwrap(model)
+                mu, _ = net.encode(occ_BTXYZ, batch.get("trajectory"))
+                decoded = {"": net.decode(net.perturb(mu, latent_noise, gen)), "_clean": net.decode(mu)}
+            else:
+                decoded = {"": model(occ_BTXYZ, sample=False, trajectory=batch.get("trajectory"))[0]}
+        for key, logits_BKTXYZ in decoded.items():
+            accs[key].update(logits_BKTXYZ.argmax(1), occ_BTXYZ, batch.get("mask"))
+    train_mode(model, frozen_encoder)
+    out = {}
+    for key, acc in accs.items():
+        counts = ctx.all_reduce(torch.as_tensor(acc.counts, dtype=torch.float64, device=ctx.device)).cpu().numpy()
+        acc.counts = counts.round().astype("int64")
+        if acc.counts.sum() == 0:
+            raise ValueError("validation saw no observed voxel: the val split is empty or fully masked")
+        out |= {f"val_miou{key}": acc.miou(), f"val_binary_iou{key}": acc.binary_iou(),
+                f"val_per_class_iou{key}": acc.per_class_iou()}
+    return out
+
+
+def train_mode(model, frozen_encoder: bool) -> None:
+    """Training mode, with a frozen encoder (and posterior heads) kept in eval mode."""
     model.train()
-    counts = ctx.all_reduce(torch.as_tensor(acc.counts, dtype=torch.float64, device=ctx.device)).cpu().numpy()
-    acc.counts = counts.round().astype("int64")
-    if acc.counts.sum() == 0:
-        raise ValueError("validation saw no observed voxel: the val split is empty or fully masked")
-    return {"val_miou": acc.miou(), "val_binary_iou": acc.binary_iou(), "val_per_class_iou": acc.per_class_iou()}
+    if frozen_encoder:
+        net = unwrap(model)
+        net.encoder.eval()
+        net.to_posterior.eval()
+
+
+def freeze_encoder(net) -> None:
+    """Freeze the encoder and posterior heads: only the decoder learns, the latent space stays as it is."""
+    for module in (net.encoder, net.to_posterior):
+        module.requires_grad_(False)
 
 
 def _deadline_state(ctx: TrainContext, start: float, deadline: float | None) -> tuple[bool, float]:
@@ -166,12 +213,16 @@ def train_vae(ctx: TrainContext, run: dict) -> dict:
     if ctx.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    model = ctx.prepare(build_model(cfg.model))
+    net = build_model(cfg.model)
+    if cfg.freeze_encoder:  # before DDP wraps it: DDP syncs the gradients of the parameters that have them
+        freeze_encoder(net)
+    model = ctx.prepare(net)
     net = unwrap(model)
     num_classes = net.config.num_classes
     if len(cfg.class_weights) != num_classes:
         raise ValueError(f"{len(cfg.class_weights)} class weights given for a VAE of {num_classes} classes")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * cfg.steps_per_epoch
     weights_K = torch.tensor(cfg.class_weights, dtype=torch.float32, device=ctx.device)
     step, start_epoch, best = 0, 0, -1.0
@@ -182,6 +233,11 @@ def train_vae(ctx: TrainContext, run: dict) -> dict:
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"].cpu())
         step, start_epoch, best = meta["step"], meta["epoch"] + 1, meta["best_val_miou"]
+    elif cfg.init_from:  # every worker loads the same weights
+        meta, state = checkpoint.load(cfg.init_from, kind=KIND, map_location=ctx.device)
+        check_resumable(meta, cfg.model, cfg.init_from)
+        net.load_state_dict(state["model"])
+    train_mode(model, cfg.freeze_encoder)
 
     def rate(at_step: int, time_fraction: float) -> float:  # this run's lr, even if the resumed one used another
         return cfg.lr * lr_factor(at_step, total_steps, cfg.lr_gamma, cfg.warmup_steps, time_fraction=time_fraction)
@@ -205,7 +261,8 @@ def train_vae(ctx: TrainContext, run: dict) -> dict:
                 batch = flip_batch_y(batch, torch.rand(batch["occupancy"].shape[0], generator=gen) < 0.5)
             occ_BTXYZ = batch["occupancy"]
             with autocast(ctx.device, cfg.amp, cfg.cpu_bf16):
-                logits_BKTXYZ, mu, logvar = model(occ_BTXYZ, trajectory=batch.get("trajectory"))
+                logits_BKTXYZ, mu, logvar = model(occ_BTXYZ, trajectory=batch.get("trajectory"),
+                                                  latent_noise=cfg.latent_noise)
             loss, parts = vae_loss(logits_BKTXYZ, occ_BTXYZ, mu, logvar, weights_K, beta=cfg.beta,
                                    lovasz_weight=cfg.lovasz_weight, latent_masks=net.latent_masks(mu))
             opt.zero_grad(set_to_none=True)
@@ -221,11 +278,13 @@ def train_vae(ctx: TrainContext, run: dict) -> dict:
         if stopped and n_steps == 0 and epoch > start_epoch:
             break  # the previous epoch's checkpoint is the last word
         train_seconds = time.time() - t_epoch
-        val = evaluate(model, ctx, cfg.batch_size, num_classes, cfg.amp, cfg.cpu_bf16)
+        val = evaluate(model, ctx, cfg.batch_size, num_classes, cfg.amp, cfg.cpu_bf16, cfg.latent_noise,
+                       cfg.freeze_encoder)
         row = {"step": step, "epoch": epoch, "val_miou": val["val_miou"], "val_binary_iou": val["val_binary_iou"],
                "train_loss": loss_sum / max(n_steps, 1), "epoch_seconds": time.time() - t_epoch,
                "s_per_iter": train_seconds / max(n_steps, 1), "val_seconds": time.time() - t_epoch - train_seconds,
-               "minutes": (time.time() - t0) / 60, "partial_epoch": stopped}
+               "minutes": (time.time() - t0) / 60, "partial_epoch": stopped,
+               **({"val_miou_clean": val["val_miou_clean"]} if "val_miou_clean" in val else {})}
         is_best = val["val_miou"] > best
         best = max(best, val["val_miou"])
         row["best_val_miou"] = best
@@ -237,6 +296,8 @@ def train_vae(ctx: TrainContext, run: dict) -> dict:
                 state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state()}
                 meta_extra = {"epoch": epoch, "best_val_miou": best, "per_class_iou": val["val_per_class_iou"],
                               "train": asdict(cfg)}
+                if cfg.freeze_encoder:  # the encoder is init_from's: so are the latents a DiT learns
+                    meta_extra["latent_space"] = cfg.latent_space
                 checkpoint.save(ckpt_dir, kind=KIND, config=net.config.to_dict(), state=state, step=step,
                                 metrics=row, extra=meta_extra)
                 if cfg.out_dir:  # a local path or a URI (checkpoint.save uploads)
