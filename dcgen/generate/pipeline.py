@@ -46,6 +46,7 @@ from dcgen.diffusion.samplers import DDIM_STEPS, DPMPP_STEPS, ddim_sample, ddpm_
 from dcgen.diffusion.schedule import NoiseSchedule, ScheduleConfig
 from dcgen.generate.conditions import CONDITION_GUIDANCE, SAMPLING_CONDITIONS, SPEC_GUIDANCE, SceneRequest
 from dcgen.models.dit import DiT
+from dcgen.models.motion_frame import TRAJECTORY_DEGREE, smooth_trajectory
 from dcgen.models.rollout import RolloutLayout
 from dcgen.models.vae import HexPlaneVAE
 from dcgen.runtime import scene_seed
@@ -61,6 +62,9 @@ class SamplerDefaults:
     dpmpp_steps: int = DPMPP_STEPS
     eta: float = 0.0
     guidance: float = SPEC_GUIDANCE  # a request with no scale of its own: per condition (conditions.py)
+    # a reference-frame VAE's generated ego trajectory is projected onto polynomials of this degree in t
+    # (motion_frame.smooth_trajectory); 0 keeps the DiT's cells as sampled
+    trajectory_degree: int = TRAJECTORY_DEGREE
     guidance_per_condition: dict = field(default_factory=lambda: dict(CONDITION_GUIDANCE))
 
 
@@ -308,8 +312,29 @@ class GenerationPipeline:
                 idx = group[a:a + self.micro_batch]
                 rows = self._sample_micro([reqs[i] for i in idx], [int(seeds[i]) for i in idx], sampler,
                                           int(steps), eta, edit)
-                out[idx] = rows[:len(idx)].cpu()
+                out[idx] = self._smooth_ego_motion(rows)[:len(idx)].cpu()
         return out
+
+    def _smooth_ego_motion(self, rollout_MCSS: torch.Tensor) -> torch.Tensor:
+        """Sampled rollouts with the ego trajectory a reference-frame VAE reads from them projected onto smooth
+        motion (``SamplerDefaults.trajectory_degree``); only the trajectory slot's cells change. Rows whose
+        trajectory was requested are decoded along the request anyway."""
+        degree = self.defaults.trajectory_degree
+        if not degree or not self.vae.needs_trajectory:
+            return rollout_MCSS
+        full = self.norm.denormalize(rollout_MCSS, self.valid_SS) if self.norm is not None else rollout_MCSS
+        planes = self.rollout.unpack(full)
+        planes = self.vae.with_trajectory(planes, smooth_trajectory(self.vae.trajectory(planes), degree))
+        packed = self.rollout.pack(planes)
+        smoothed = self.norm.normalize(packed, self.valid_SS) if self.norm is not None else packed
+        return torch.where(self._slot_cells(), smoothed, rollout_MCSS)
+
+    def _slot_cells(self) -> torch.Tensor:
+        """``[1, C, S, S]`` bool: the rollout cells of the trajectory slot."""
+        slot = self.vae.slot
+        planes = {n: torch.zeros(1, *shape, device=self.device) for n, shape in self.vae.plane_shapes.items()}
+        planes["tz"][:, slot.first:] = 1.0
+        return self.rollout.pack(planes) > 0
 
     def _sample_micro(self, reqs: list[SceneRequest], seeds: list[int], sampler: str, steps: int, eta: float,
                       edit: bool) -> torch.Tensor:
