@@ -64,6 +64,10 @@ def sample_cmd(
     estimate_trajectory: bool = typer.Option(False, "--estimate-trajectory", help="Search each clip's ego motion "
                                              "when no trajectory was requested (seconds per debug clip, minutes "
                                              "on larger grids); otherwise it is recorded as unknown."),
+    trajectory_degree: Optional[int] = typer.Option(None, help="Ego-motion prior of a reference-frame VAE's "
+                                                    "generated trajectories: each coordinate projected onto a "
+                                                    "polynomial of this degree in t (0 keeps the DiT's cells as "
+                                                    "sampled) [default: 2]."),
     cluster: Optional[Path] = CLUSTER_OPTION,
     address: Optional[str] = GPU_JOB_ADDRESS_OPTION,
 ) -> None:
@@ -76,7 +80,8 @@ def sample_cmd(
         summary = sample_to_store(vae, dit, out, n=n, cond=parse_cond(cond), sources=sources, split=from_split,
                                   seed=seed, sampler=sampler, steps=steps, guidance=guidance, chain=chain,
                                   device=device, micro_batch=micro_batch, overwrite=overwrite,
-                                  estimate_trajectory=estimate_trajectory, eta=eta)
+                                  estimate_trajectory=estimate_trajectory, eta=eta,
+                                  trajectory_degree=trajectory_degree)
     typer.echo(f"generated {summary['scenes']} scenes ({summary['clips']} clips) in {summary['seconds']:.1f} s on "
                f"{summary['device']} into {summary['path']}")
 

@@ -133,9 +133,11 @@ def build_requests(n: int, cond: dict, sources: dict[str, str], split: str | Non
 def sample_to_store(vae: str, dit: str, out: str, *, n: int, cond: dict, sources: dict[str, str],
                     split: str | None = None, seed: int = 0, sampler: str = "ddim", steps: int | None = None,
                     guidance: float | None = None, chain: int = 1, device: str = "auto", micro_batch: int = 8,
-                    overwrite: bool = False, estimate_trajectory: bool = False, eta: float = 0.0) -> dict:
+                    overwrite: bool = False, estimate_trajectory: bool = False, eta: float = 0.0,
+                    trajectory_degree: int | None = None) -> dict:
     """Generate ``n`` scenes (scene k from ``scene_seed(seed, k)``) and write them to a scene store at ``out``;
-    ``eta`` is DDIM's noise level (0 deterministic, 1 ancestral-like)."""
+    ``eta`` is DDIM's noise level (0 deterministic, 1 ancestral-like); ``trajectory_degree`` overrides the
+    pipeline's ego-motion prior (``SamplerDefaults.trajectory_degree``; 0 keeps the sampled trajectory)."""
     import time
 
     from dcgen.data.store import _exists
@@ -149,7 +151,13 @@ def sample_to_store(vae: str, dit: str, out: str, *, n: int, cond: dict, sources
         raise ValueError(f"--eta {eta}: expected a DDIM noise level in [0, 1]")
     if eta and sampler != "ddim":
         raise ValueError(f"--eta {eta} is DDIM's noise level; --sampler {sampler} has none (use --sampler ddim)")
+    if trajectory_degree is not None and trajectory_degree < 0:
+        raise ValueError(f"--trajectory-degree {trajectory_degree}: expected 0 (off) or a polynomial degree >= 1")
     pipe = GenerationPipeline.from_checkpoints(vae, dit, device=device, micro_batch=micro_batch)
+    if trajectory_degree is not None:
+        from dataclasses import replace
+
+        pipe.defaults = replace(pipe.defaults, trajectory_degree=int(trajectory_degree))
     requests = build_requests(n, cond, sources, split, guidance)
     seeds = [scene_seed(seed, k) for k in range(n)]
     t0 = time.perf_counter()
@@ -169,7 +177,8 @@ def sample_to_store(vae: str, dit: str, out: str, *, n: int, cond: dict, sources
     # the checkpoints' paths (what trained on what can be traced from them) and their ids, as synth records them
     provenance = {"generator": "dcgen sample", "vae": str(vae), "dit": str(dit),
                   "checkpoints": dict(pipe.checkpoint_ids), "seed": int(seed), "sampler": sampler, "steps": steps,
-                  "eta": eta, "guidance": guidance, "chain": chain, "cond": dict(cond), "sources": dict(sources)}
+                  "eta": eta, "guidance": guidance, "chain": chain,
+                  "trajectory_degree": pipe.defaults.trajectory_degree if pipe.vae.needs_trajectory else None, "cond": dict(cond), "sources": dict(sources)}
     path = write_samples(out, pipe.grid, occ, requests, seeds, provenance=provenance, overwrite=overwrite,
                          estimate=estimate_trajectory)
     return {"path": path, "scenes": n, "clips": n * chain, "seconds": seconds, "device": str(pipe.device)}

@@ -246,6 +246,9 @@ def test_sample_cli_eta(tmp_path, debug_vae, debug_dit, monkeypatch):
     assert result.exit_code == 2 and "--eta 1.5: expected a DDIM noise level in [0, 1]" in result.output
     result = runner.invoke(app, [*base, "--eta", "1", "--sampler", "ddpm", "--out", str(tmp_path / "bad.zarr")])
     assert result.exit_code == 2 and "--sampler ddpm has none" in result.output
+    result = runner.invoke(app, [*base, "--trajectory-degree", "-1", "--out", str(tmp_path / "bad.zarr")])
+    assert result.exit_code == 2 and "--trajectory-degree -1: expected 0 (off) or a polynomial degree >= 1" in \
+        result.output
     assert not (tmp_path / "bad.zarr").exists()
 
 

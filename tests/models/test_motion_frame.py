@@ -180,3 +180,32 @@ def test_the_small_preset_works_in_the_reference_frame_with_its_grids_voxels():
     assert get_preset("small").vae.frame == "reference"
     assert all(get_preset(p).vae.frame == "ego" for p in ("debug", "carlasc", "occ3d"))
     assert all(get_preset(p).vae.voxel_xy == GRIDS[p].voxel_size[:2] for p in PRESETS)
+
+
+# ---- the ego-motion prior of generated clips ----------------------------------------------------------------
+
+def test_smooth_trajectory_keeps_smooth_motion_and_removes_jitter():
+    from dcgen.models.motion_frame import smooth_trajectory
+
+    t = torch.linspace(0, 1, 16, dtype=torch.float64)
+    # constant acceleration and turn-rate change: inside the family, kept (to float rounding)
+    smooth_BT3 = torch.stack([6 * t + 2 * t ** 2, -1.5 * t ** 2, 0.4 * t + 0.2 * t ** 2], -1)[None].float()
+    assert torch.allclose(smooth_trajectory(smooth_BT3), smooth_BT3, atol=1e-5)
+    # frame-to-frame jitter of a metre, the DiT's kind of error: taken out, the motion stays
+    jitter_BT3 = torch.randn(1, 16, 3, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 1.0, 0.1])
+    jitter_BT3[:, 0] = 0  # poses are given in frame 0: its own is the origin
+    out_BT3 = smooth_trajectory(smooth_BT3 + jitter_BT3)
+    second_diff = (out_BT3.diff(n=2, dim=1).abs().mean() / (smooth_BT3 + jitter_BT3).diff(n=2, dim=1).abs().mean())
+    assert second_diff < 0.05
+    assert (out_BT3 - smooth_BT3).norm() < 0.5 * jitter_BT3.norm()
+    assert torch.equal(out_BT3[:, 0], torch.zeros(1, 3))  # frame 0 is the origin the poses are given in
+    assert torch.allclose(smooth_trajectory(out_BT3), out_BT3, atol=1e-5)  # a projection
+    assert torch.allclose(smooth_trajectory(smooth_BT3 + jitter_BT3, degree=15), smooth_BT3 + jitter_BT3,
+                          atol=1e-4)  # with a degree per frame, nothing is left to remove
+
+
+def test_smooth_trajectory_refuses_a_degree_below_one():
+    from dcgen.models.motion_frame import smooth_trajectory
+
+    with pytest.raises(ValueError, match="trajectory degree must be >= 1"):
+        smooth_trajectory(torch.zeros(1, 16, 3), degree=0)

@@ -95,3 +95,31 @@ def test_pipeline_renders_a_requested_trajectory(reference_vae, debug_dit, debug
     decided = (top2[0] - top2[1]).numpy() > 1e-4
     assert decided.mean() > 0.99
     assert np.array_equal(given[0][decided], want_logits.argmax(0).numpy().astype(np.uint8)[decided])
+
+
+def test_pipeline_projects_the_generated_ego_motion_and_changes_nothing_else(reference_vae, debug_dit):
+    from dataclasses import replace
+
+    from dcgen.data.grid import GRIDS
+    from dcgen.diffusion.schedule import NoiseSchedule, ScheduleConfig
+    from dcgen.generate.conditions import SceneRequest
+    from dcgen.generate.pipeline import GenerationPipeline
+    from dcgen.models.loading import load_dit
+    from dcgen.models.motion_frame import smooth_trajectory
+
+    d = load_dit(debug_dit)
+    schedule = NoiseSchedule.linear(ScheduleConfig.from_dict(d.meta["schedule"]))
+    pipe = GenerationPipeline(load_vae(reference_vae).model, d.model, GRIDS["debug"], schedule, micro_batch=2)
+    reqs, seeds = [SceneRequest(), SceneRequest()], [0, 1]
+    smooth = pipe.sample_latents(reqs, seeds, steps=2)
+    pipe.defaults = replace(pipe.defaults, trajectory_degree=0)
+    raw = pipe.sample_latents(reqs, seeds, steps=2)
+    slot = pipe._slot_cells().expand_as(raw)
+    assert torch.equal(smooth[~slot], raw[~slot])  # the scene's cells are the sampler's, bit for bit
+
+    def carried(rollout):
+        return pipe.vae.trajectory(pipe.rollout.unpack(pipe.norm.denormalize(rollout, pipe.valid_SS)))
+
+    want = smooth_trajectory(carried(raw))
+    assert torch.allclose(carried(smooth), want, atol=1e-4)
+    assert not torch.allclose(carried(raw), want, atol=1e-4)  # the debug DiT's own trajectory is not smooth
