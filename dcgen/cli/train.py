@@ -24,6 +24,8 @@ GPUS_PER_WORKER_OPTION = typer.Option(0.0, help="GPUs per worker (0 = CPU).")
 EPOCHS_OPTION = typer.Option(None, help="Epochs (default per preset).")
 RESUME_OPTION = typer.Option(False, help="Continue the run in --out from its latest checkpoint.")
 OVERWRITE_OPTION = typer.Option(False, help="Delete an existing run in --out first.")
+MAX_MINUTES_OPTION = typer.Option(None, help="Stop training at the first step past this many minutes, then "
+                                  "validate and checkpoint.")
 PREDICTION_OPTION = typer.Option("v", help="What the DiT outputs: 'v' (velocity, min-SNR v loss: learns conditions "
                                  "at high noise) or 'eps' (the plain ε network of SPEC §3).")
 
@@ -61,8 +63,7 @@ def train_vae_cmd(
                                         "frame's own) | reference (the middle frame's, frames resampled with the "
                                         "clip's trajectory) [default: the preset's: reference for small, ego "
                                         "otherwise]."),
-    max_minutes: Optional[float] = typer.Option(None, help="Stop training at the first step past this many "
-                                                "minutes, then validate and checkpoint."),
+    max_minutes: Optional[float] = MAX_MINUTES_OPTION,
     resume: bool = RESUME_OPTION,
     overwrite: bool = OVERWRITE_OPTION,
     max_failures: int = typer.Option(2, help="Worker failures survived, each restarting from the last "
@@ -112,8 +113,7 @@ def train_decoder_cmd(
     epochs: int = typer.Option(4, help="Epochs."),
     batch_size: Optional[int] = typer.Option(None, help="Clips per worker batch (default: the VAE's)."),
     lr: float = typer.Option(3e-4, help="AdamW learning rate (stepped down at 50..90 % of the run)."),
-    max_minutes: Optional[float] = typer.Option(None, help="Stop training at the first step past this many "
-                                                "minutes, then validate and checkpoint."),
+    max_minutes: Optional[float] = MAX_MINUTES_OPTION,
     resume: bool = RESUME_OPTION,
     overwrite: bool = OVERWRITE_OPTION,
     cpu_bf16: bool = CPU_BF16_OPTION,
@@ -216,8 +216,7 @@ def train_features_cmd(
     epochs: Optional[int] = EPOCHS_OPTION,
     batch_size: Optional[int] = typer.Option(None, help="Clips per worker batch (default 8)."),
     lr: float = typer.Option(2e-3, help="AdamW learning rate."),
-    max_minutes: Optional[float] = typer.Option(None, help="Stop training at the first step past this many "
-                                                "minutes, then validate and checkpoint."),
+    max_minutes: Optional[float] = MAX_MINUTES_OPTION,
     resume: bool = RESUME_OPTION,
     overwrite: bool = OVERWRITE_OPTION,
     seed: int = typer.Option(0),
