@@ -67,7 +67,7 @@ def sample_cmd(
     trajectory_degree: Optional[int] = typer.Option(None, help="Ego-motion prior of a reference-frame VAE's "
                                                     "generated trajectories: each coordinate projected onto a "
                                                     "polynomial of this degree in t (0 keeps the DiT's cells as "
-                                                    "sampled) [default: 2]."),
+                                                    "sampled) [default: 3]."),
     cluster: Optional[Path] = CLUSTER_OPTION,
     address: Optional[str] = GPU_JOB_ADDRESS_OPTION,
 ) -> None:

@@ -188,8 +188,8 @@ def test_smooth_trajectory_keeps_smooth_motion_and_removes_jitter():
     from dcgen.models.motion_frame import smooth_trajectory
 
     t = torch.linspace(0, 1, 16, dtype=torch.float64)
-    # constant acceleration and turn-rate change: inside the family, kept (to float rounding)
-    smooth_BT3 = torch.stack([6 * t + 2 * t ** 2, -1.5 * t ** 2, 0.4 * t + 0.2 * t ** 2], -1)[None].float()
+    # a cubic in t (constant jerk): inside the family, kept (to float rounding)
+    smooth_BT3 = torch.stack([6 * t + 2 * t ** 2 - t ** 3, -1.5 * t ** 2, 0.4 * t + 0.2 * t ** 3], -1)[None].float()
     assert torch.allclose(smooth_trajectory(smooth_BT3), smooth_BT3, atol=1e-5)
     # frame-to-frame jitter of a metre, the DiT's kind of error: taken out, the motion stays
     jitter_BT3 = torch.randn(1, 16, 3, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 1.0, 0.1])
