@@ -71,16 +71,22 @@ def latent_space_note(vae_id: str, space: str) -> str:
     return "" if space == vae_id else f" (in the latent space of VAE {space!r})"
 
 
-def load_vae(path: str | Path, device: torch.device | str = "cpu") -> Loaded:
-    """The HexPlane VAE of a ``vae`` checkpoint, in eval mode on ``device``."""
-    from dcgen.models.vae import HexPlaneVAE, VAEConfig
+def vae_config(meta: dict, path):
+    """The ``VAEConfig`` a VAE checkpoint's metadata describes, or a clear error naming the checkpoint."""
+    from dcgen.models.vae import VAEConfig
 
-    meta, state = checkpoint.load(path, kind="vae")
     try:
-        config = VAEConfig.from_dict(meta["config"])
+        return VAEConfig.from_dict(meta["config"])
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path}: VAE config in the checkpoint is invalid ({e})") from e
-    model = HexPlaneVAE(config)
+
+
+def load_vae(path: str | Path, device: torch.device | str = "cpu") -> Loaded:
+    """The HexPlane VAE of a ``vae`` checkpoint, in eval mode on ``device``."""
+    from dcgen.models.vae import HexPlaneVAE
+
+    meta, state = checkpoint.load(path, kind="vae")
+    model = HexPlaneVAE(vae_config(meta, path))
     _load_into(model, _weights(state, "model", path), path)
     return Loaded(model.to(device).eval().requires_grad_(False), meta, checkpoint.checkpoint_id(path), str(path))
 

@@ -148,7 +148,7 @@ def train_decoder(data: str, vae: str, out: str | Path, *, scaling: Scaling = Sc
     so the latent space stay ``vae``'s: a DiT trained on its latents decodes through the result); the class
     weights, batch size and KL weight are the ones ``vae`` was trained with (batch size overridable)."""
     from dcgen import checkpoint
-    from dcgen.models.vae import VAEConfig
+    from dcgen.models.loading import vae_config
     from dcgen.train.encode import check_vae_matches_store
     from dcgen.train.vae_loop import VAETrainConfig, steps_per_epoch
 
@@ -157,10 +157,7 @@ def train_decoder(data: str, vae: str, out: str | Path, *, scaling: Scaling = Sc
     if report_every < 1:
         raise ValueError(f"--report-every must be >= 1, got {report_every}")
     meta = checkpoint.read_meta(vae, kind="vae")
-    try:
-        model_cfg = VAEConfig.from_dict(meta["config"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{vae}: VAE config in the checkpoint is invalid ({e})") from e
+    model_cfg = vae_config(meta, vae)
     store = SceneStore.open(data)
     check_vae_matches_store(model_cfg, store.grid, vae, data)
     n_train, n_val = store.indices("train").size, store.indices("val").size
