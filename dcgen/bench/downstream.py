@@ -6,8 +6,11 @@ arm with more data gets no more compute (Dream4Drive: most "synthetic pre-traini
 real-only baseline trains as long). Arms, swept over real clip counts n, synthetic:real ratios r and seeds:
 ``real`` (n real clips), ``real+aug`` (the n clips plus round(n r) flip/rotate copies of them: the trivial baseline
 generated data must beat), ``real+gen`` (the n clips plus round(n r) generated ones) and ``gen`` (n generated clips
-and no real one). All arms are scored on held-out real clips (the real store's evaluation split) by mIoU inside the
-store's observed mask and by completion (occupied vs free) IoU, over every voxel too. Optional controls check the
+and no real one). A mixed arm draws its batches from all its frames alike (the added clips are then r / (1 + r) of
+every batch on average: 80 % at r = 4), or with ``synthetic_share`` s a fixed share s of every batch from its added
+clips, the same s for the augmented copies as for the generated clips, so the arms stay matched. All arms are scored
+on held-out real clips (the real store's evaluation split) by mIoU inside the store's observed mask and by completion
+(occupied vs free) IoU, over every voxel too. Optional controls check the
 harness itself: ``leak`` trains on the evaluation clips (it must score far higher), ``shuffled`` pairs every input
 with another frame's target (the no-information floor). With a ``dcgen synth`` job's output the same arms compare
 its gated scenes with the ungated ones (attempt 0 of every scene, partly in its ``rejected`` store): the value of the
@@ -112,8 +115,10 @@ def _run_id(seed: int, arm: str, pool: str | None, count: int, ratio: float | No
 
 def plan_runs(real: SceneStore, real_split: str, eval_split: str, pools: dict[str, Pool], *,
               real_counts: tuple[int, ...], ratios: tuple[float, ...], seeds: tuple[int, ...],
-              controls: tuple[str, ...], gate_pools: tuple[str, ...] = ()) -> list:
-    """Every run of the sweep (``ssc_loop.SSCRun``), in a fixed order."""
+              controls: tuple[str, ...], gate_pools: tuple[str, ...] = (),
+              synthetic_share: float | None = None) -> list:
+    """Every run of the sweep (``ssc_loop.SSCRun``), in a fixed order; the mixed arms draw ``synthetic_share`` of
+    every batch from their added clips (None: from all their frames alike)."""
     from dcgen.runtime import rng
     from dcgen.train.ssc_loop import SSCRun, num_transforms
 
@@ -124,8 +129,10 @@ def plan_runs(real: SceneStore, real_split: str, eval_split: str, pools: dict[st
     def add(seed, arm, pool, count, ratio, clips, transforms=None, shuffle=False, synthetic=0):
         labels = {"arm": arm, "pool": pool, "count": count, "ratio": ratio, "real_clips": count if arm != "gen" else 0,
                   "synthetic_clips": synthetic}
+        mixed = synthetic_share is not None and arm in ("real+aug", "real+gen")
         runs.append(SSCRun(_run_id(seed, arm, pool, count, ratio), seed, tuple(_sources(clips, transforms)),
-                           shuffle, labels))
+                           shuffle, labels, base_clips=count if mixed else None,
+                           added_share=synthetic_share if mixed else None))
 
     for seed in seeds:
         order = rng(seed, 0).permutation(train_idx)  # nested real subsets: the first n of one permutation
@@ -258,7 +265,8 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | Path, *, real
                    steps: int | None = None, batch_size: int | None = None, seeds=None, allow_overlap: bool = False,
                    gated_store: str | None = None, rejected_store: str | None = None, preset: str | None = None,
                    real_split: str = "train", eval_split: str = "val", controls: Sequence[str] = (),
-                   lr: float = 5e-3, workers: int = 1, gpus_per_worker: float = 0.0, address: str | None = None,
+                   lr: float = 5e-3, synthetic_share: float | None = None, workers: int = 1,
+                   gpus_per_worker: float = 0.0, address: str | None = None,
                    backend: str = "ray", device: str | None = None, overwrite: bool = False, verbose: bool = False,
                    log: Callable[[str], None] = print) -> dict:
     """Run the downstream benchmark into ``out`` and return its report (also written as JSON, PNG and a table).
@@ -268,7 +276,9 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | Path, *, real
     (``rejected_store`` defaults to its ``rejected``). Counts, ratios, steps, batch size and seeds default to the
     preset's (``DOWNSTREAM_DEFAULTS``; the preset is the real store's grid unless given). ``controls``: any of
     ``leak``, ``shuffled``. ``backend`` ``ray`` trains on Ray Train (``workers`` split the runs), ``local`` in this
-    process. Every input error is raised before anything is trained or written.
+    process. ``synthetic_share``: the share of every batch of the mixed arms (real+aug, real+gen) drawn from their
+    added clips; None draws all their frames alike. Every input error is raised before anything is trained or
+    written.
     """
     from dcgen.bench.downstream_report import curves, format_table, gate_value, jsonable, plot_curves, targets
     from dcgen.models.ssc_net import SSCNetConfig, ssc_preset
@@ -307,6 +317,10 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | Path, *, real
         raise ValueError(f"--batch-size {batch_size}: expected a positive number of samples per step")
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"--lr {lr}: expected a positive learning rate")
+    if synthetic_share is not None and not (isinstance(synthetic_share, (int, float))
+                                            and not isinstance(synthetic_share, bool) and 0 < synthetic_share < 1):
+        raise ValueError(f"--synthetic-share {synthetic_share}: expected the share of every mixed batch drawn from "
+                         "the added clips, a number strictly between 0 and 1")
     model = SSCNetConfig.from_dict({**ssc_preset(preset).to_dict(), "size": list(real_store.grid.size),
                                     "num_classes": real_store.grid.num_classes})
     if real_split == eval_split:
@@ -398,7 +412,8 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | Path, *, real
     collapse = {name: collapse_report(pool, real_div) for name, pool in pools.items()}
 
     runs = plan_runs(real_store, real_split, eval_split, pools, real_counts=real_counts, ratios=ratios, seeds=seeds,
-                     controls=controls, gate_pools=(gate_names[1],) if gate_names else ())
+                     controls=controls, gate_pools=(gate_names[1],) if gate_names else (),
+                     synthetic_share=None if synthetic_share is None else float(synthetic_share))
     out = Path(out).resolve()
     cfg = SSCTrainConfig(model=model.to_dict(), grid=real_store.grid.to_dict(), runs=tuple(asdict(r) for r in runs),
                          steps=int(steps), batch_size=int(batch_size), lr=float(lr), out_dir=str(out))
@@ -450,6 +465,7 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | Path, *, real
         "overlap": overlap, "allow_overlap": bool(allow_overlap),
         "config": {"real_counts": list(real_counts), "ratios": list(ratios), "seeds": list(seeds),
                    "steps": int(steps), "batch_size": int(batch_size), "lr": float(lr), "controls": list(controls),
+                   "synthetic_share": None if synthetic_share is None else float(synthetic_share),
                    "model": model.to_dict(), "workers": workers, "frames_per_clip": real_store.grid.num_frames},
         "curves": rows,
         "targets": targets(rows, [n for n in pools if not gate_names or n != gate_names[1]], real_counts, ratios,

@@ -138,6 +138,10 @@ def format_table(report: dict) -> str:
              f"{','.join(map(str, cfg['seeds']))}",
              f"every run {cfg['steps']} steps x batch {cfg['batch_size']}; n real clips, real+aug / real+gen add "
              f"ratio x n clips, gen trains on n generated clips only",
+             "real+aug / real+gen batches: " + (
+                 "every frame alike (the added clips are ratio / (1 + ratio) of a batch on average)"
+                 if cfg.get("synthetic_share") is None else
+                 f"{cfg['synthetic_share']:.0%} from the added clips (copies or generated), the rest real"),
              ""]
     width = 14
     head = f"{'arm':<9} {'pool':<16} {'ratio':>5} |" + "".join(f"n={n}".rjust(width) for n in counts)
@@ -288,9 +292,11 @@ def plot_curves(report: dict, path: str | Path, size: tuple[int, int] = (1000, 6
     draw.text(((left + w - right) / 2, h - 22), "real clips in training (n)", fill=(0, 0, 0), font=font, anchor="mm")
     draw.text((12, top - 12), "mIoU % (held-out real clips)", fill=(0, 0, 0), font=font, anchor="lm")
     real = report["real"]
+    share = report["config"].get("synthetic_share")
     draw.text((left, 14), f"downstream SSC benchmark ({report['preset']}): {report['config']['steps']} steps x batch "
               f"{report['config']['batch_size']} per run, ± 1 std over {len(report['config']['seeds'])} seeds, "
-              f"{real['eval_clips']} eval clips", fill=(0, 0, 0), font=font, anchor="lm")
+              f"{real['eval_clips']} eval clips" + ("" if share is None else f", mixed batches {share:.0%} added"),
+              fill=(0, 0, 0), font=font, anchor="lm")
     references = [(r["arm"] + " control", r["miou_mean"]) for r in controls]
     if report["chance"]["miou"] is not None:
         references.append(("chance (input-blind prior)", report["chance"]["miou"]))

@@ -199,6 +199,9 @@ def eval_downstream_cmd(
     preset: Optional[str] = typer.Option(None, help="Network widths and sweep defaults (default: the real store's "
                                          "grid)."),
     lr: float = typer.Option(5e-3, help="Learning rate of every run."),
+    synthetic_share: Optional[float] = typer.Option(None, help="Share of every batch of real+aug and real+gen drawn "
+                                                    "from their added clips, e.g. 0.5 (default: all frames alike, "
+                                                    "r/(1+r) on average)."),
     allow_overlap: bool = typer.Option(False, help="Run even when the generator trained on the evaluation clips or "
                                        "cannot be checked; the report flags it."),
     workers: int = typer.Option(1, help="Ray Train workers; each trains whole runs (2 on a 2-core machine)."),
@@ -222,7 +225,8 @@ def eval_downstream_cmd(
                                 batch_size=batch_size, seeds=_numbers(seeds), allow_overlap=allow_overlap,
                                 gated_store=gated, rejected_store=rejected, preset=preset, real_split=real_split,
                                 eval_split=eval_split, controls=tuple(c for c in controls.split(",") if c.strip()),
-                                lr=lr, workers=workers, gpus_per_worker=gpus_per_worker, address=address,
+                                lr=lr, synthetic_share=synthetic_share, workers=workers,
+                                gpus_per_worker=gpus_per_worker, address=address,
                                 backend="local" if local else "ray", device=None if device == "auto" else device,
                                 overwrite=overwrite, verbose=verbose, log=lambda m: typer.echo(m, err=True))
     typer.echo(json.dumps(report, indent=2, default=str) if as_json else report["table"])

@@ -2,10 +2,13 @@
 PyTorch against a ``TrainContext``, for a whole sweep of small runs.
 
 A run trains a fresh ``SSCNet`` on a list of clips (real, flip/rotate-augmented real, generated, or any mix) for a
-fixed number of optimizer steps at a fixed batch size, then scores it on the held-out real clips. Every frame of
+fixed number of optimizer steps at a fixed batch size, then scores it on the held-out real clips. A mixed run (real
+clips plus added ones: augmented copies or generated clips) draws every sample uniformly from all its frames, or, with
+``added_share`` s, a fixed share s of every batch from the added clips' frames (``MixedBatchOrder``). Every frame of
 every clip is a sample: the input is the voxels a roof LiDAR hits in that frame (``data.lidar_input``, the same
 function for every source), the target the frame's full semantic grid. The loss is class-weighted cross-entropy on
-every voxel (weights ``(max_k p_k / p_c)^(1/3)`` from the run's own training targets, as the VAE's); LMSCNet trains
+every voxel (weights ``(max_k p_k / p_c)^(1/3)`` from the run's own training targets as its batches draw them, as
+the VAE's); LMSCNet trains
 with Adam at 1e-3; here AdamW with a short warm-up and a cosine decay, both closed-form in (step, steps). The score
 is the confusion matrix on the evaluation clips, once inside the store's observed mask (SPEC §1: unobserved voxels
 are excluded from mIoU) and once over every voxel.
@@ -70,18 +73,28 @@ class SSCRun:
     """One run: its clips (per store: indices and the symmetry applied to each) and its seed.
 
     ``shuffle_targets`` pairs every input with another sample's target (a control: what the harness scores when
-    the input carries no information about the target)."""
+    the input carries no information about the target). ``added_share``: the share of every batch drawn from the
+    clips after the first ``base_clips`` (in source order: the real clips come first); None draws every frame
+    alike."""
 
     run_id: str
     seed: int
     sources: tuple[dict, ...]  # {"path": store, "indices": [...], "transforms": [...] (0 = as stored)}
     shuffle_targets: bool = False
     labels: dict = field(default_factory=dict)  # arm, pool, counts: carried into the result
+    base_clips: int | None = None
+    added_share: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "sources", tuple(dict(s) for s in self.sources))
         if not self.sources or not any(len(s["indices"]) for s in self.sources):
             raise ValueError(f"run {self.run_id}: no training clips")
+        if self.added_share is not None:
+            if not (isinstance(self.added_share, (int, float)) and 0.0 < self.added_share < 1.0):
+                raise ValueError(f"run {self.run_id}: added share {self.added_share}: expected a number in (0, 1)")
+            if self.base_clips is None or not 1 <= self.base_clips < self.num_clips:
+                raise ValueError(f"run {self.run_id}: base clips {self.base_clips}: a mixed run needs 1 to "
+                                 f"{self.num_clips - 1} base clips before its added ones")
         for s in self.sources:
             if len(s.get("transforms", ())) not in (0, len(s["indices"])):
                 raise ValueError(f"run {self.run_id}: {s['path']} lists {len(s['indices'])} clips but "
@@ -153,8 +166,9 @@ class ClipCache:
             self._clips[key] = (occ_TXYZ, lidar_hits(occ_TXYZ, self.grid, self.lidar))
         return self._clips[key]
 
-    def samples(self, run: SSCRun) -> tuple[np.ndarray, np.ndarray]:
-        """Every frame of the run's clips: ``(occ [N, X, Y, Z] uint8, hits [N, X, Y, Z] bool)``."""
+    def samples(self, run: SSCRun) -> tuple[np.ndarray, np.ndarray, int]:
+        """Every frame of the run's clips, in source order: ``(occ [N, X, Y, Z] uint8, hits [N, X, Y, Z] bool,
+        frames of its first run.base_clips clips)`` (the last is N when the run is not mixed)."""
         occ, hits = [], []
         for s in run.sources:
             transforms = s.get("transforms") or [0] * len(s["indices"])
@@ -162,7 +176,8 @@ class ClipCache:
                 o, h = self.clip(s["path"], i, k)
                 occ.append(o)
                 hits.append(h)
-        return np.concatenate(occ), np.concatenate(hits)
+        base = len(occ) if run.added_share is None else run.base_clips
+        return np.concatenate(occ), np.concatenate(hits), sum(o.shape[0] for o in occ[:base])
 
 
 @dataclass
@@ -212,10 +227,36 @@ class BatchOrder:
         return out.numpy()
 
 
-def class_weights_of(occ_NXYZ: np.ndarray, num_classes: int) -> torch.Tensor:
+class MixedBatchOrder:
+    """Batches of a mixed run: ``share`` of all samples drawn so far from the added part (samples ``base..N-1``), the
+    rest from the base part (``0..base-1``), each part in epochs of its own permutations. The added count of step i is
+    ``round(share B (i + 1)) - round(share B i)``, so every batch holds round(share B) or one more or less and the
+    running share never strays from ``share`` by more than one sample."""
+
+    def __init__(self, num_samples: int, base: int, share: float, seed: int):
+        self._base, self._share, self._drawn = base, share, 0
+        self._parts = (BatchOrder(base, seed), BatchOrder(num_samples - base, scene_seed(seed, 3)))
+
+    def next(self, batch_size: int) -> np.ndarray:
+        start = round(self._share * self._drawn)
+        self._drawn += batch_size
+        added = round(self._share * self._drawn) - start
+        return np.concatenate([self._parts[0].next(batch_size - added), self._base + self._parts[1].next(added)])
+
+
+def class_weights_of(occ_NXYZ: np.ndarray, num_classes: int, base: int | None = None,
+                     share: float | None = None) -> torch.Tensor:
+    """Class weights of the targets as the batches draw them: every sample alike, or (``share``) the added part
+    ``occ_NXYZ[base:]`` at ``share`` of the mass and the base part at the rest."""
     from dcgen.train.vae_losses import class_weights
 
-    return class_weights(np.bincount(occ_NXYZ.reshape(-1), minlength=num_classes)[:num_classes])
+    def hist(occ):
+        return np.bincount(occ.reshape(-1), minlength=num_classes)[:num_classes].astype(np.float64)
+
+    if share is None:
+        return class_weights(hist(occ_NXYZ))
+    base_K, added_K = hist(occ_NXYZ[:base]), hist(occ_NXYZ[base:])
+    return class_weights((1.0 - share) * base_K / base_K.sum() + share * added_K / added_K.sum())
 
 
 def train_run(run: SSCRun, cfg: SSCTrainConfig, cache: ClipCache, eval_set: EvalSet,
@@ -227,18 +268,19 @@ def train_run(run: SSCRun, cfg: SSCTrainConfig, cache: ClipCache, eval_set: Eval
 
     t0 = time.perf_counter()
     net_cfg = SSCNetConfig.from_dict(cfg.model)
-    occ_NXYZ, hits_NXYZ = cache.samples(run)
+    occ_NXYZ, hits_NXYZ, base = cache.samples(run)
     target_NXYZ = occ_NXYZ
     if run.shuffle_targets:
         perm = np.random.default_rng(scene_seed(run.seed, 2)).permutation(occ_NXYZ.shape[0])
         target_NXYZ = occ_NXYZ[perm]
-    weights_K = class_weights_of(target_NXYZ, net_cfg.num_classes).to(device)
+    weights_K = class_weights_of(target_NXYZ, net_cfg.num_classes, base, run.added_share).to(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.seed)
         model = SSCNet(net_cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.steps))
-    order = BatchOrder(occ_NXYZ.shape[0], run.seed)
+    order = (BatchOrder(occ_NXYZ.shape[0], run.seed) if run.added_share is None
+             else MixedBatchOrder(occ_NXYZ.shape[0], base, run.added_share, run.seed))
     losses = []
     model.train()
     for step in range(cfg.steps):
@@ -268,7 +310,7 @@ def train_run(run: SSCRun, cfg: SSCTrainConfig, cache: ClipCache, eval_set: Eval
                           None if eval_set.mask_CTXYZ is None else eval_set.mask_CTXYZ[c])
     return {
         "run_id": run.run_id, "seed": run.seed, **run.labels, "shuffle_targets": run.shuffle_targets,
-        "train_clips": run.num_clips, "train_samples": int(occ_NXYZ.shape[0]),
+        "train_clips": run.num_clips, "train_samples": int(occ_NXYZ.shape[0]), "added_share": run.added_share,
         "miou": masked.miou(), "completion_iou": masked.binary_iou(),
         "miou_all_voxels": every.miou(), "completion_iou_all_voxels": every.binary_iou(),
         "per_class_iou": masked.per_class_iou(),

@@ -22,7 +22,8 @@ from dcgen.data.store import SceneStore
 from dcgen.data.synth_city import generate_clip
 from dcgen.models.ssc_net import ssc_preset
 from dcgen.train.context import LocalContext
-from dcgen.train.ssc_loop import SSCTrainConfig, augment, num_transforms, read_result, train_ssc_runs
+from dcgen.train.ssc_loop import (MixedBatchOrder, SSCTrainConfig, augment, class_weights_of, num_transforms,
+                                  read_result, train_ssc_runs)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -108,6 +109,56 @@ def test_symmetries_of_the_grid():
     assert all(np.array_equal(np.sort(v.ravel()), np.sort(occ.ravel())) for v in views)  # same voxels, moved
     with pytest.raises(ValueError, match="transform 4 for a 32x16 grid, expected 0..3"):
         augment(np.zeros((1, 32, 16, 4), np.uint8), 4)
+
+
+# ---- mixed batches ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("share,batch", [(0.5, 8), (0.3, 8), (0.8, 3)])
+def test_mixed_batches_hold_the_share_and_cycle_both_parts(share, batch):
+    base, added = 20, 50
+    order = MixedBatchOrder(base + added, base, share, seed=3)
+    picks = [order.next(batch) for _ in range(60)]
+    drawn = 0
+    for pick in picks:
+        assert pick.shape == (batch,)
+        drawn += batch
+        n_added = int((pick >= base).sum())
+        assert abs(n_added - share * batch) <= 1  # every batch holds the share, give or take one sample
+    total_added = sum(int((p >= base).sum()) for p in picks)
+    assert abs(total_added - share * drawn) <= 1  # and the run as a whole holds it to within one sample
+    flat = np.concatenate(picks)
+    base_seq, added_seq = flat[flat < base], flat[flat >= base]
+    assert sorted(base_seq[:base]) == list(range(base))  # each part in epochs of whole permutations
+    assert sorted(added_seq[:added]) == list(range(base, base + added))
+    again = MixedBatchOrder(base + added, base, share, seed=3)
+    assert all(np.array_equal(p, again.next(batch)) for p in picks)
+
+
+def test_class_weights_of_a_mixed_run_follow_the_batches():
+    occ = np.zeros((10, 2, 2, 1), np.uint8)
+    occ[2:] = 1  # base: 2 frames of class 0; added: 8 frames of class 1
+    pooled = class_weights_of(occ, 2)
+    mixed = class_weights_of(occ, 2, base=2, share=0.5)
+    assert pooled[0] > pooled[1]  # pooled, class 0 is 20 % of the voxels
+    assert float(mixed[0]) == pytest.approx(float(mixed[1]))  # the batches hold half of each
+
+
+def test_plan_mixes_only_the_mixed_arms_and_a_mixed_run_records_its_share(stores, tmp_path):
+    real = SceneStore.open(stores["real"])
+    pools = {"procedural": whole_store_pool("procedural", SceneStore.open(stores["procedural"]))}
+    runs = plan_runs(real, "train", "val", pools, real_counts=(2,), ratios=(2.0,), seeds=(0,), controls=("leak",),
+                     synthetic_share=0.25)
+    arms = {r.labels["arm"]: r for r in runs}
+    for arm in ("real+aug", "real+gen"):
+        assert (arms[arm].base_clips, arms[arm].added_share, arms[arm].num_clips) == (2, 0.25, 6)
+    for arm in ("real", "gen", "leak"):
+        assert arms[arm].added_share is None and arms[arm].base_clips is None
+    train_ssc_runs(eval_context(stores["real"]), sweep_config([arms["real+gen"]], tmp_path, steps=3, batch_size=4))
+    assert read_result(str(tmp_path), arms["real+gen"].run_id)["added_share"] == 0.25
+    with pytest.raises(ValueError, match="base clips None: a mixed run needs 1 to 5 base clips"):
+        replace(arms["real+gen"], base_clips=None)
+    with pytest.raises(ValueError, match="added share 1.5: expected a number in"):
+        replace(arms["real+gen"], added_share=1.5)
 
 
 # ---- end to end on Ray Train -----------------------------------------------------------------------------------
@@ -231,6 +282,9 @@ def bad_stores(stores):
     ("procedural", {"seeds": (0, 0)}, "--seeds [0, 0]: a value is listed twice"),
     ("procedural", {"controls": ("peek",)}, "--controls ['peek']"),
     ("procedural", {"eval_split": "test"}, "split 'test' (the evaluation clips) has no complete clip"),
+    ("procedural", {"synthetic_share": 0.0}, "--synthetic-share 0.0: expected the share of every mixed batch"),
+    ("procedural", {"synthetic_share": 1.0}, "strictly between 0 and 1"),
+    ("procedural", {"synthetic_share": float("nan")}, "--synthetic-share nan"),
     (None, {}, "no generated data"),
 ])
 def test_bad_input_stops_before_training(stores, bad_stores, tmp_path, case, options, message):
@@ -313,4 +367,6 @@ def test_eval_downstream_command_refuses_bad_input_before_training(stores, tmp_p
     assert result.exit_code == 2 and "--steps 0: expected a positive number of optimizer steps" in result.output
     result = CliRunner().invoke(app, [*args, "--steps", "4", "--real-counts", "4,x"])
     assert result.exit_code == 2 and "expected comma-separated numbers" in result.output
+    result = CliRunner().invoke(app, [*args, "--steps", "4", "--synthetic-share", "1.5"])
+    assert result.exit_code == 2 and "--synthetic-share 1.5: expected the share" in result.output
     assert not out.exists()
