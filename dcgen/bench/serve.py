@@ -31,13 +31,14 @@ MIN_THROUGHPUT_RATIO = 1.0  # batched / unbatched requests/s at the highest conc
 
 
 def write_untrained_checkpoints(preset: str, out: str | Path, conditions: tuple[str, ...] | None = None,
-                                seed: int = 0) -> tuple[str, str]:
+                                seed: int = 0, frame: str | None = None) -> tuple[str, str]:
     """A VAE and a DiT checkpoint of freshly initialised ``preset`` networks, in the training runs' format (the DiT's
     metadata names the VAE, grid and schedule), for serving and timing without a training run.
 
     The DiT is an ε network whatever the preset's ``prediction``: its zero-initialised head outputs 0, which as ε
     denoises each seed to a scene of its own, but as v shrinks every seed to one and the same scene. Both cost the
-    same per step, so timings do not change; tests that tell scenes of different seeds apart still can."""
+    same per step, so timings do not change; tests that tell scenes of different seeds apart still can. ``frame``
+    overrides the preset VAE's frame ("ego" | "reference")."""
     import torch
 
     from dcgen import checkpoint
@@ -49,7 +50,7 @@ def write_untrained_checkpoints(preset: str, out: str | Path, conditions: tuple[
 
     out = Path(out)
     torch.manual_seed(seed)
-    vae_cfg = get_preset(preset).vae
+    vae_cfg = get_preset(preset).vae if frame is None else replace(get_preset(preset).vae, frame=frame)
     vae_path = checkpoint.save(out / "vae", kind="vae", config=vae_cfg.to_dict(),
                                state={"model": HexPlaneVAE(vae_cfg).state_dict()}, step=0)
     dit_cfg = replace(get_preset(preset).dit, prediction="eps")

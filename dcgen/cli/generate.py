@@ -109,6 +109,10 @@ def synth_cmd(
     sampler: str = typer.Option("ddim", "--sampler", help="ddim | ddpm | dpm++ (DPM-Solver++(2M): few steps, "
                                 "deterministic; give it --steps 10)."),
     steps: int = typer.Option(50, "--steps", help="Sampling steps (dpm++: 2..999)."),
+    trajectory_degree: Optional[int] = typer.Option(None, "--trajectory-degree", help="Ego-motion prior of a "
+                                                    "reference-frame VAE's generated trajectories, as in 'dcgen "
+                                                    "sample' (0 keeps the DiT's cells as sampled; recorded in "
+                                                    "provenance.job) [default: 3]."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale (scenario "
                                              "entries may set their own) [default: per condition: 1 with a layout, "
                                              "else SPEC's 4]."),
@@ -167,7 +171,8 @@ def synth_cmd(
         job = build_job(vae=vae, dit=dit, n=n, cond=cond, scenario=scenario, source=source,
                         source_split=source_split, seed=seed, sampler=sampler, steps=steps, guidance=guidance,
                         batch_size=batch_size, micro_batch=micro_batch, estimate_trajectory=estimate_trajectory,
-                        max_attempts=max_attempts, gates=gates, serve_app=serve, workers=workers)
+                        max_attempts=max_attempts, gates=gates, serve_app=serve, workers=workers,
+                        trajectory_degree=trajectory_degree)
         summary = run_synth(job, out, overwrite=overwrite, ray_address=address)
     g = summary["gates"]
     gates_line = ("gates: " + ", ".join(f"{k} {'>=' if k == 'min_occupied' else '<='} {v:.4g}"

@@ -51,12 +51,19 @@ def rejected_path(out: str) -> str:
 # ---- generation backends ------------------------------------------------------------------------------------
 
 class LocalBackend:
-    """A ``GenerationPipeline`` in this process."""
+    """A ``GenerationPipeline`` in this process, with the job's ego-motion prior (``trajectory_degree``, None for
+    an ego-frame VAE)."""
 
-    def __init__(self, vae: str, dit: str, device: str, micro_batch: int):
+    def __init__(self, vae: str, dit: str, device: str, micro_batch: int, trajectory_degree: int | None):
+        from dataclasses import replace
+
         from dcgen.generate.pipeline import GenerationPipeline
 
         self.pipeline = GenerationPipeline.from_checkpoints(vae, dit, device=device, micro_batch=micro_batch)
+        # build_job records a degree exactly when the VAE has a trajectory slot, so the record says what was applied
+        assert (trajectory_degree is not None) == self.pipeline.vae.needs_trajectory, (vae, trajectory_degree)
+        if trajectory_degree is not None:
+            self.pipeline.defaults = replace(self.pipeline.defaults, trajectory_degree=int(trajectory_degree))
 
     def generate(self, reqs: list[SceneRequest], seeds: list[int], sampler: str, steps: int) -> np.ndarray:
         return self.pipeline.generate(reqs, seeds, sampler=sampler, steps=steps)
@@ -66,13 +73,15 @@ class ServeBackend:
     """The model deployment of a running ``dcgen serve`` application: every scene is one ``SceneJob`` sent through
     the deployment handle, so scenes of this job share model batches with the deployment's other clients."""
 
-    def __init__(self, app: str):
+    def __init__(self, app: str, trajectory_degree: int | None):
         self.handle = serve_handle(app)
+        self.trajectory_degree = trajectory_degree  # sent with every scene (None: an ego-frame VAE, nothing to apply)
 
     def generate(self, reqs: list[SceneRequest], seeds: list[int], sampler: str, steps: int) -> np.ndarray:
         from dcgen.generate.conditions import SceneJob
 
-        responses = [self.handle.generate.remote(SceneJob(r, int(s), sampler, steps)) for r, s in zip(reqs, seeds)]
+        responses = [self.handle.generate.remote(SceneJob(r, int(s), sampler, steps, self.trajectory_degree))
+                     for r, s in zip(reqs, seeds)]
         results = [r.result() for r in responses]
         failed = [r.error for r in results if r.error is not None]
         if failed:
@@ -119,9 +128,10 @@ class SynthWorker:
         self.job = SynthJob.from_dict(job)
         self.grid = Grid.from_dict(self.job.grid)
         if self.job.serve_app is not None:
-            self.backend = ServeBackend(self.job.serve_app)
+            self.backend = ServeBackend(self.job.serve_app, self.job.trajectory_degree)
         else:
-            self.backend = LocalBackend(self.job.vae, self.job.dit, device, self.job.micro_batch)
+            self.backend = LocalBackend(self.job.vae, self.job.dit, device, self.job.micro_batch,
+                                        self.job.trajectory_degree)
         gates = self.job.gates or {}
         features = None
         if any(c.startswith(("fid", "kid")) for c in thresholds):

@@ -167,6 +167,7 @@ class SceneJob:
     seed: int
     sampler: str = "ddim"
     steps: int | None = None
+    trajectory_degree: int | None = None  # the ego-motion prior; None: the pipeline's SamplerDefaults
 
 
 @dataclass(frozen=True)
@@ -176,3 +177,4 @@ class SceneResult:
     checkpoints: dict  # ids of the VAE and DiT checkpoints of the replica that answered
     error: str | None = None
     invalid: bool = False  # the pipeline rejected the scene's conditions (a client error, not a server fault)
+    trajectory_degree: int | None = None  # the ego-motion prior it was decoded with; None: no trajectory slot

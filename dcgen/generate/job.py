@@ -10,9 +10,9 @@ by the job seed, so every clip is used before any repeats. Without a source, ``c
 Scene k's generator seed is ``scene_seed(job_seed, k)`` (the seed ``dcgen sample`` and the Serve endpoint give scene
 k of the same seed); a scene regenerated after a failed quality gate uses ``scene_seed(job_seed, k + a·2^40)`` for
 attempt a, so attempts never share a seed with another scene. The spec splits into the *identity* (everything that
-decides a scene's bytes: checkpoints, conditions, count, seed, sampler, steps, guidance, batch and micro-batch) and
-the *policy* (gates and the attempt limit, which may change between runs of one job; every block records the
-thresholds it passed) and the *placement* (workers, ``--serve``), which never matters.
+decides a scene's bytes: checkpoints, conditions, count, seed, sampler, steps, guidance, the ego-motion prior's
+degree, batch and micro-batch) and the *policy* (gates and the attempt limit, which may change between runs of one
+job; every block records the thresholds it passed) and the *placement* (workers, ``--serve``), which never matters.
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def scenario_for_kind(kind: str, grid: Grid, has_source: bool) -> Scenario:
 # ---- the job -----------------------------------------------------------------------------------------------
 
 IDENTITY_FIELDS = ("n", "checkpoints", "scenario", "source", "source_split", "source_clips", "seed", "sampler",
-                   "steps", "guidance", "batch_size", "micro_batch", "estimate_trajectory")
+                   "steps", "guidance", "trajectory_degree", "batch_size", "micro_batch", "estimate_trajectory")
 
 
 @dataclass(frozen=True)
@@ -228,6 +228,9 @@ class SynthJob:
     sampler: str = "ddim"
     steps: int = 50
     guidance: float | None = None  # None: each scene's conditions' default (conditions.default_guidance)
+    # the ego-motion prior (SamplerDefaults.trajectory_degree; 0 keeps the sampled trajectory); None for an ego-frame
+    # VAE, which has no trajectory slot to project (build_job resolves it from the VAE checkpoint)
+    trajectory_degree: int | None = None
     batch_size: int = 8
     micro_batch: int = 8
     estimate_trajectory: bool = False  # search the ego motion of scenes without a requested trajectory
@@ -260,6 +263,8 @@ class SynthJob:
                              + (" for --sampler dpm++" if self.sampler == "dpm++" else ""))
         if self.guidance is not None and (not np.isfinite(self.guidance) or self.guidance < 0):
             raise ValueError(f"--guidance {self.guidance}: expected a finite number >= 0")
+        if self.trajectory_degree is not None:
+            check_trajectory_degree(self.trajectory_degree)
         if int(self.seed) != self.seed or self.seed < 0:
             raise ValueError(f"--seed {self.seed!r}: expected a non-negative integer")
         if int(self.max_attempts) != self.max_attempts or not 1 <= self.max_attempts <= MAX_ATTEMPTS:
@@ -334,6 +339,13 @@ def _short(value, width: int = 60) -> str:
     return text if len(text) <= width else text[:width] + "..."
 
 
+def check_trajectory_degree(value, what: str = "--trajectory-degree") -> int:
+    """The ego-motion prior's degree (``SamplerDefaults.trajectory_degree``), or an error naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{what} {value!r}: expected 0 (off) or a polynomial degree >= 1")
+    return int(value)
+
+
 def _positive_int(name: str, value) -> None:
     if isinstance(value, bool) or int(value) != value or value < 1:
         raise ValueError(f"--{name.replace('_', '-')} {value!r}: expected an integer >= 1")
@@ -399,14 +411,17 @@ def checkpoint_facts(vae: str, dit: str) -> dict:
     """Grid, accepted conditions, latent downsampling and checkpoint ids of a VAE + DiT pair, from their metadata
     and a memory-mapped read of their weights (no tensor data loaded), the pairing checked: a checkpoint the workers
     could not load (missing, corrupt, carrying pickled objects, of the wrong kind) fails here, before any Ray work."""
-    from dcgen.models.loading import check_checkpoints
+    from dcgen.models.loading import check_checkpoints, vae_config
 
     checked = check_checkpoints(vae, dit)
     dit_meta = checked["dit"]
     grid = Grid.from_dict(dit_meta["grid"])
     latent_x = int(dit_meta["config"]["latent"]["x"])
+    # a reference-frame VAE is the one with a trajectory slot (HexPlaneVAE.needs_trajectory)
+    reference_frame = vae_config(checked["vae"], vae).frame == "reference"
     return {"grid": grid, "accepted": tuple(dit_meta.get("conditions", ())) + ("inpaint", "outpaint"),
-            "latent_down": grid.size[0] // latent_x, "checkpoints": dict(checked["ids"])}
+            "latent_down": grid.size[0] // latent_x, "checkpoints": dict(checked["ids"]),
+            "trajectory_slot": reference_frame}
 
 
 def _abs(path: str | None) -> str | None:
@@ -420,12 +435,17 @@ def build_job(*, vae: str, dit: str, n: int, cond: str = "none", scenario: str |
               source: str | None = None, source_split: str | None = None, seed: int = 0, sampler: str = "ddim",
               steps: int = 50, guidance: float | None = None, batch_size: int = 8, micro_batch: int = 8,
               estimate_trajectory: bool = False, max_attempts: int = 3, gates: dict | None = None,
-              serve_app: str | None = None, workers: int | None = None) -> SynthJob:
+              serve_app: str | None = None, workers: int | None = None,
+              trajectory_degree: int | None = None) -> SynthJob:
     """The job of a ``dcgen synth`` command line, every input checked before any Ray work (no tensor data loaded):
     condition kind, checkpoints (as the workers will read them) and their pairing, scenario file, source store grid,
-    gate options."""
+    gate options. ``trajectory_degree`` (None: the pipeline's default) is recorded for a reference-frame VAE and
+    None for an ego-frame one, whose scenes it does not touch, as ``dcgen sample`` records it."""
     from dcgen.generate.gates import GateConfig
+    from dcgen.generate.pipeline import SamplerDefaults
 
+    if trajectory_degree is not None:
+        check_trajectory_degree(trajectory_degree)
     if cond not in CONDITION_KINDS + ("scenario",):
         raise ValueError(f"unknown condition kind {cond!r}; expected one of {', '.join(CONDITION_KINDS)}")
     if scenario is not None and cond not in ("none", "scenario"):
@@ -437,8 +457,10 @@ def build_job(*, vae: str, dit: str, n: int, cond: str = "none", scenario: str |
     grid = facts["grid"]
     scen = Scenario.load(scenario) if scenario is not None else scenario_for_kind(cond, grid, source is not None)
     source_clips = check_source(source, source_split, grid) if source is not None else 0
+    degree = SamplerDefaults().trajectory_degree if trajectory_degree is None else int(trajectory_degree)
     job = SynthJob(n=n, checkpoints=facts["checkpoints"], scenario=scen, seed=seed, sampler=sampler, steps=steps,
-                   guidance=guidance, batch_size=batch_size, micro_batch=micro_batch,
+                   guidance=guidance, trajectory_degree=degree if facts["trajectory_slot"] else None,
+                   batch_size=batch_size, micro_batch=micro_batch,
                    estimate_trajectory=estimate_trajectory,
                    cond="scenario" if scenario is not None else cond, scenario_file=_abs(scenario),
                    source=_abs(source), source_split=source_split, source_clips=source_clips, vae=_abs(vae),

@@ -141,6 +141,7 @@ def sample_to_store(vae: str, dit: str, out: str, *, n: int, cond: dict, sources
     import time
 
     from dcgen.data.store import _exists
+    from dcgen.generate.job import check_trajectory_degree
     from dcgen.generate.pipeline import GenerationPipeline
     from dcgen.progress import Progress
     from dcgen.runtime import scene_seed
@@ -151,8 +152,8 @@ def sample_to_store(vae: str, dit: str, out: str, *, n: int, cond: dict, sources
         raise ValueError(f"--eta {eta}: expected a DDIM noise level in [0, 1]")
     if eta and sampler != "ddim":
         raise ValueError(f"--eta {eta} is DDIM's noise level; --sampler {sampler} has none (use --sampler ddim)")
-    if trajectory_degree is not None and trajectory_degree < 0:
-        raise ValueError(f"--trajectory-degree {trajectory_degree}: expected 0 (off) or a polynomial degree >= 1")
+    if trajectory_degree is not None:
+        check_trajectory_degree(trajectory_degree)
     pipe = GenerationPipeline.from_checkpoints(vae, dit, device=device, micro_batch=micro_batch)
     if trajectory_degree is not None:
         from dataclasses import replace

@@ -2,11 +2,11 @@
 
 A ``POST /v1/scenes`` body carries one scene's conditions (SPEC §3: command, trajectory, layout, BEV layout, previous
 clip, and the sampling-time inpainting mask + source or outpainting shift), the seed, how many scenes to draw, the
-sampler and the guidance scale. Arrays travel as nested JSON arrays or, compactly, as ``EncodedArray`` (base64 of the
-little-endian C-order bytes with dtype and shape). Everything is validated strictly (no type coercion, no unknown
-fields, no NaN, shape dimensions at most ``MAX_ARRAY_DIM``), then against the model's grid by
-``SceneRequest.validate``; every error names its field. Sizes are computed with Python integers, bounded by the grid
-first, so no crafted shape can overflow or wrap a byte count.
+sampler, the guidance scale and the ego-motion prior's degree. Arrays travel as nested JSON arrays or, compactly, as
+``EncodedArray`` (base64 of the little-endian C-order bytes with dtype and shape). Everything is validated strictly
+(no type coercion, no unknown fields, no NaN, shape dimensions at most ``MAX_ARRAY_DIM``), then against the model's
+grid by ``SceneRequest.validate``; every error names its field. Sizes are computed with Python integers, bounded by
+the grid first, so no crafted shape can overflow or wrap a byte count.
 Responses: the clips as an ``.npz`` (``occupancy`` uint8 ``[N, T, X, Y, Z]``, ``scene_seeds`` uint64 ``[N]``; read
 with ``np.load(..., allow_pickle=False)``) or ``ScenesMetadata`` JSON. The JSON Schemas in ``schemas/`` are generated
 from these models (``write_schemas``) and tested against them.
@@ -93,6 +93,11 @@ class ScenesRequest(BaseModel):
                               "ddim, 1000 for ddpm, 10 for dpm++; dpm++ takes 2..999)")
     guidance: float | None = Field(None, ge=0.0, le=100.0, description="classifier-free guidance scale on epsilon "
                                    "(default: per condition, 1 with a layout, else 4)")
+    trajectory_degree: int | None = Field(None, ge=0, description="ego-motion prior: a reference-frame VAE's "
+                                          "generated ego trajectory is projected onto polynomials in t of this "
+                                          "degree before decoding, 0 keeps it as sampled (default: /v1/info "
+                                          "sampler_defaults.trajectory_degree; an ego-frame VAE has no trajectory "
+                                          "to shape)")
     command: int | None = Field(None, ge=0, le=3, description="0 static, 1 forward, 2 left, 3 right")
     trajectory: list[list[float]] | EncodedArray | None = _arr("[T, 3] ego (x, y, yaw) relative to frame 0")
     layout: list[list[list[int]]] | EncodedArray | None = _arr("[T, X/d, Y/d] vehicle layout, 0/1")
@@ -144,6 +149,9 @@ class ScenesMetadata(BaseModel):
     sampler: str
     steps: int | None
     guidance: float = Field(description="the guidance scale the scenes were sampled with")
+    trajectory_degree: int | None = Field(description="the ego-motion prior the scenes were decoded with (0: the "
+                                          "trajectory as sampled); null when the model's VAE is ego-frame and has "
+                                          "no trajectory to shape")
     conditions: list[str] = Field(description="model conditions the request set")
     edit: Literal["inpaint", "outpaint"] | None
     class_counts: list[list[int]] = Field(description="per scene, voxels of each class id 0..K-1 over all frames")

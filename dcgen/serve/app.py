@@ -141,7 +141,7 @@ class SceneIngress:
             raise api_error(str(e)) from None
         seed = body.seed if body.seed is not None else secrets.randbelow(2**32)
         seeds = [scene_seed(seed, i) for i in range(body.count)]
-        jobs = [SceneJob(scene, s, body.sampler, body.steps) for s in seeds]
+        jobs = [SceneJob(scene, s, body.sampler, body.steps, body.trajectory_degree) for s in seeds]
         try:
             results = await asyncio.gather(*(self.model.generate.remote(j) for j in jobs))
         except Exception as e:  # noqa: BLE001 - the model replica died or Serve refused: this request fails only
@@ -168,7 +168,8 @@ class SceneIngress:
         k = int(info["grid"]["num_classes"])
         counts = [np.bincount(o.ravel(), minlength=k)[:k].tolist() for o in occ_NTXYZ]
         meta = ScenesMetadata(shape=list(occ_NTXYZ.shape), seed=seed, scene_seeds=seeds, sampler=body.sampler,
-                              steps=body.steps, guidance=scene.guidance, conditions=list(scene.used()),
+                              steps=body.steps, guidance=scene.guidance,
+                              trajectory_degree=results[0].trajectory_degree, conditions=list(scene.used()),
                               edit=scene.edit, class_counts=counts, batch_sizes=batch_sizes,
                               checkpoints=dict(checkpoints), seconds=time.perf_counter() - t0)
         return JSONResponse(meta.model_dump(), headers=headers)

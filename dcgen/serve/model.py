@@ -10,18 +10,22 @@ So a lone client never waits for batch mates (Ray's ``@serve.batch`` holds each 
 which a lone request paid on top of its scene), and 32 clients in lock step keep getting batches of 32. The
 pipeline pads a batch only to its bucket (the next power of two), so a lone scene costs one row of network work.
 
-A batch is split by (sampler, steps), the only arguments ``GenerationPipeline.generate`` takes per call; a scene's
-bytes depend only on its own conditions and seed (up to the float rounding of kernels at another batch shape, see
-``dcgen.generate.pipeline``), never on its batch mates' contents. The pipeline runs in a worker thread so the
-replica keeps queueing meanwhile. A batch that raises is retried scene by scene, so one failing scene fails only
-its own request and the replica stays up.
+A batch is split by (sampler, steps, ego-motion prior degree): the first two are what ``GenerationPipeline.generate``
+takes per call, the degree is the pipeline's ``SamplerDefaults.trajectory_degree``, so a group asking for another
+degree runs on a shallow copy of the pipeline (networks shared) with its own defaults, and the replica's own, which
+``info`` reports, never change. A scene's bytes depend only on its own conditions, seed and degree (up to the float
+rounding of kernels at another batch shape, see ``dcgen.generate.pipeline``), never on its batch mates' contents.
+The pipeline runs in a worker thread so the replica keeps queueing meanwhile. A batch that raises is retried scene
+by scene, so one failing scene fails only its own request and the replica stays up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections import deque
+from dataclasses import replace
 
 import numpy as np
 
@@ -107,12 +111,13 @@ class SceneReplica:
         results: list[SceneResult | None] = [None] * len(jobs)
         groups: dict[tuple, list[int]] = {}
         for i, job in enumerate(jobs):
-            groups.setdefault((job.sampler, job.steps), []).append(i)
-        for (sampler, steps), idx in groups.items():
+            groups.setdefault((job.sampler, job.steps, job.trajectory_degree), []).append(i)
+        for (sampler, steps, degree), idx in groups.items():
             try:
-                occ = await self._run([jobs[i] for i in idx], sampler, steps)
+                pipeline = self._pipeline_for(degree)
+                occ = await self._run(pipeline, [jobs[i] for i in idx], sampler, steps)
                 for k, i in enumerate(idx):
-                    results[i] = SceneResult(occ[k], len(jobs), self.checkpoints)
+                    results[i] = self._result(occ[k], len(jobs), pipeline)
             except Exception as e:  # noqa: BLE001 - isolate the failing scene below
                 if len(idx) == 1:
                     results[idx[0]] = self._failure(e, len(jobs))
@@ -120,14 +125,35 @@ class SceneReplica:
                 log.warning("batch of %d scenes failed (%s); retrying one by one", len(idx), e)
                 for i in idx:
                     try:
-                        occ = await self._run([jobs[i]], sampler, steps)
-                        results[i] = SceneResult(occ[0], len(jobs), self.checkpoints)
+                        pipeline = self._pipeline_for(degree)
+                        occ = await self._run(pipeline, [jobs[i]], sampler, steps)
+                        results[i] = self._result(occ[0], len(jobs), pipeline)
                     except Exception as e1:  # noqa: BLE001
                         results[i] = self._failure(e1, len(jobs))
         return results
 
-    async def _run(self, jobs: list[SceneJob], sampler: str, steps: int | None) -> np.ndarray:
-        return await asyncio.to_thread(self.pipeline.generate, [j.request for j in jobs], [j.seed for j in jobs],
+    def _pipeline_for(self, degree: int | None):
+        """The pipeline with the ego-motion prior ``degree`` (None: the replica's default)."""
+        from dcgen.generate.job import check_trajectory_degree
+
+        if degree is None:
+            return self.pipeline
+        degree = check_trajectory_degree(degree, "trajectory_degree")
+        # an ego-frame VAE has no trajectory slot: the degree shapes nothing, as in 'dcgen sample'
+        if not self.pipeline.vae.needs_trajectory or degree == self.pipeline.defaults.trajectory_degree:
+            return self.pipeline
+        # a copy, not the replica's own pipeline: its defaults are what info() reports, read while batches run
+        pipeline = copy.copy(self.pipeline)
+        pipeline.defaults = replace(self.pipeline.defaults, trajectory_degree=degree)
+        return pipeline
+
+    def _result(self, occ_TXYZ: np.ndarray, batch_size: int, pipeline) -> SceneResult:
+        degree = pipeline.defaults.trajectory_degree if pipeline.vae.needs_trajectory else None
+        return SceneResult(occ_TXYZ, batch_size, self.checkpoints, trajectory_degree=degree)
+
+    @staticmethod
+    async def _run(pipeline, jobs: list[SceneJob], sampler: str, steps: int | None) -> np.ndarray:
+        return await asyncio.to_thread(pipeline.generate, [j.request for j in jobs], [j.seed for j in jobs],
                                        sampler, steps)
 
     def _failure(self, e: Exception, batch_size: int) -> SceneResult:

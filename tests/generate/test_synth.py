@@ -151,6 +151,8 @@ def test_exactly_n_scenes_with_the_requested_conditions(layout_run, ckpts, debug
     assert not np.asarray(store.array("trajectory")[:]).any()
     job = store.meta["provenance"]["job"]
     assert job["n"] == 12 and job["cond"] == "layout" and job["source"] == str(Path(debug_city).resolve())
+    assert job["sampler"] == "ddim" and job["steps"] == 2
+    assert job["trajectory_degree"] is None  # an ego-frame VAE: no trajectory slot, no ego-motion prior applied
     assert store.meta["provenance"]["checkpoints"]["dit"].startswith("dit-0-")
     assert set(store.array_names) >= {"occupancy", "cond_layout", "cond_source_index", "cond_guidance"}
     assert len({o.tobytes() for o in store.read(slice(0, 12), ("occupancy",))["occupancy"]}) == 12
@@ -221,6 +223,21 @@ def test_the_job_checks_steps_per_sampler():
             SynthJob(**base, sampler="dpm++", steps=steps)
     with pytest.raises(ValueError, match=r"--steps 0: expected an integer in 1\.\.1000$"):
         SynthJob(**base, sampler="ddpm", steps=0)
+
+
+def test_the_job_checks_and_keeps_the_trajectory_degree():
+    from dcgen.generate.job import SynthJob, identity_difference
+
+    base = {"n": 8, "checkpoints": {}, "scenario": scenario_for_kind("command", DEBUG, False), "grid": DEBUG.to_dict()}
+    job = SynthJob(**base, trajectory_degree=2)
+    assert SynthJob.from_dict(job.to_dict()).trajectory_degree == 2 and job.identity()["trajectory_degree"] == 2
+    # the degree decides a scene's bytes: another one is another job
+    assert identity_difference(job.to_dict(), SynthJob(**base, trajectory_degree=0).to_dict()) == [
+        "trajectory_degree: 2 -> 0"]
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError) as e:
+            SynthJob(**base, trajectory_degree=bad)
+        assert str(e.value) == f"--trajectory-degree {bad!r}: expected 0 (off) or a polynomial degree >= 1"
 
 
 def test_an_impossible_gate_rejects_records_and_continues_its_attempts(ray_local, ckpts, debug_city, tmp_path):
@@ -378,6 +395,8 @@ def test_bad_inputs_fail_before_any_generation(ckpts, command_only, debug_city, 
         (["--n", "8", "--sampler", "euler"], "unknown sampler 'euler'"),
         (["--n", "8", "--sampler", "dpm++", "--steps", "1"], "--steps 1: expected an integer in 2..999 for --sampler "
          "dpm++"),
+        (["--n", "8", "--trajectory-degree", "-1"], "--trajectory-degree -1: expected 0 (off) or a polynomial degree "
+         ">= 1"),
         (["--n", "8", "--reference-data", debug_city, "--gate-min-occupied", "2"], "a fraction; expected a value"),
     ]
     for args, message in cases:
@@ -503,6 +522,59 @@ def test_export_writes_per_frame_files(debug_city, tmp_path):
     result, text = _invoke(["export", debug_city, "--format", "npy", "--out", tmp_path / "home", "--overwrite"])
     assert result.exit_code == 2 and "not an earlier dcgen export" in text
     assert (tmp_path / "home" / "notes.txt").exists()
+
+
+# ---- the ego-motion prior of a reference-frame VAE ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reference_ckpts(tmp_path_factory):
+    """Debug networks whose VAE works in the reference frame (the small preset's): it has a trajectory slot."""
+    from dcgen.bench.serve import write_untrained_checkpoints
+
+    return write_untrained_checkpoints("debug", tmp_path_factory.mktemp("synth-ref-ckpt"), frame="reference")
+
+
+def test_trajectory_degree_is_applied_recorded_and_part_of_the_job(ray_local, reference_ckpts, tmp_path):
+    import torch
+    from dataclasses import replace
+
+    from dcgen.generate.pipeline import GenerationPipeline
+
+    out = tmp_path / "degree.zarr"
+    argv = _synth(reference_ckpts, out, "--n", "8", "--cond", "command", "--seed", "5")
+    result, text = _invoke(argv + ["--trajectory-degree", "1"])
+    assert result.exit_code == 0, text
+    store = SceneStore.open(str(out))
+    job = store.meta["provenance"]["job"]
+    assert job["trajectory_degree"] == 1 and job["sampler"] == "ddim" and job["steps"] == 2
+    got = store.read(slice(0, 8), ("occupancy",))["occupancy"]
+    # the workers' scenes are the pipeline's at degree 1 (one thread, as Ray's workers run), not at the default's
+    pipe = GenerationPipeline.from_checkpoints(*reference_ckpts, device="cpu", micro_batch=8)
+    requests = [SceneRequest(command=k % 4, guidance=1.0) for k in range(8)]
+    seeds = [scene_seed(5, k) for k in range(8)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        default = pipe.generate(requests, seeds, steps=int(STEPS))
+        pipe.defaults = replace(pipe.defaults, trajectory_degree=1)
+        linear = pipe.generate(requests, seeds, steps=int(STEPS))
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(got, linear)
+    assert all((a != b).any() for a, b in zip(linear, default))  # the degree shaped every scene's ego motion
+
+    # the degree decides the bytes: continuing with another one (or the default) is refused, and a bad one is named
+    # before anything is touched; the finished store stays as it was
+    before = _tree(out)
+    for extra, message in ((["--trajectory-degree", "2"], "differs in trajectory_degree: 1 -> 2"),
+                           ([], "differs in trajectory_degree: 1 -> 3"),
+                           (["--trajectory-degree", "-1"], "--trajectory-degree -1: expected 0 (off) or a polynomial "
+                                                           "degree >= 1")):
+        result, text = _invoke(argv + extra)
+        assert result.exit_code == 2 and message in text, (extra, text)
+    assert _tree(out) == before
+    result, text = _invoke(argv + ["--trajectory-degree", "1"])  # the same job: nothing left to do
+    assert result.exit_code == 0 and "(0 new, 1 blocks already done)" in text, text
 
 
 # ---- --serve: the same bytes through a running Serve deployment ---------------------------------------------------

@@ -91,6 +91,40 @@ def test_a_failing_scene_fails_alone(ckpts):
     assert bad.invalid and bad.occupancy_TXYZ is None and "outpaint_shift" in bad.error
 
 
+@pytest.fixture(scope="module")
+def reference_ckpts(tmp_path_factory):
+    """Debug networks whose VAE works in the reference frame (the small preset's): it has a trajectory slot."""
+    from dcgen.bench.serve import write_untrained_checkpoints
+
+    return write_untrained_checkpoints("debug", tmp_path_factory.mktemp("replica-ref-ckpt"), frame="reference")
+
+
+def test_each_scene_is_decoded_with_its_own_trajectory_degree(reference_ckpts):
+    from dataclasses import replace
+
+    from dcgen.generate.pipeline import GenerationPipeline
+
+    replica = _replica(reference_ckpts, batch_wait_s=0.0)
+    jobs = [SceneJob(SceneRequest(command=1), 1, "ddim", STEPS, trajectory_degree=1),
+            SceneJob(SceneRequest(command=1), 1, "ddim", STEPS),  # the same scene at the replica's default degree
+            SceneJob(SceneRequest(command=2), 2, "ddim", STEPS, trajectory_degree=1),
+            SceneJob(SceneRequest(command=1), 3, "ddim", STEPS, trajectory_degree=-1)]
+    linear, default, bad = [0, 2], [1], 3
+    results = asyncio.run(replica.generate_batch(jobs))
+    # each group is one pipeline call of its scenes (the same bucket shapes as here)
+    pipe = GenerationPipeline.from_checkpoints(*reference_ckpts, device="cpu", micro_batch=8, buckets=True)
+    want_default = pipe.generate([jobs[i].request for i in default], [jobs[i].seed for i in default], steps=STEPS)
+    pipe.defaults = replace(pipe.defaults, trajectory_degree=1)
+    want_linear = pipe.generate([jobs[i].request for i in linear], [jobs[i].seed for i in linear], steps=STEPS)
+    for i, want in zip(linear + default, [*want_linear, *want_default]):
+        assert results[i].error is None and np.array_equal(results[i].occupancy_TXYZ, want), i
+    assert [results[i].trajectory_degree for i in linear + default] == [1, 1, 3]
+    assert (want_linear[0] != want_default[0]).any(), "the same scene at another degree moves"
+    assert results[bad].invalid and results[bad].occupancy_TXYZ is None
+    assert results[bad].error == "trajectory_degree -1: expected 0 (off) or a polynomial degree >= 1"
+    assert replica.info()["sampler_defaults"]["trajectory_degree"] == 3  # a request's degree is its own
+
+
 @pytest.mark.parametrize("kw, message", [
     ({"max_batch_size": 0}, "max_batch_size: 0; expected an integer >= 1"),
     ({"batch_wait_s": -1.0}, "batch_wait_s: -1.0; expected seconds in 0..10"),

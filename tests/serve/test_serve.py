@@ -77,6 +77,8 @@ def test_health_is_open_and_info_describes_the_model(server, client):
     assert set(info["checkpoints"]) == {"vae", "dit"}
     assert info["limits"] == {"max_count": MAX_COUNT, "max_body_bytes": MAX_BODY}
     assert info["batching"]["max_batch_size"] == 8
+    # what a request without its own settings gets (the ego-motion prior shapes a reference-frame VAE's scenes only)
+    assert info["sampler_defaults"]["sampler"] == "ddim" and info["sampler_defaults"]["trajectory_degree"] == 3
 
 
 @pytest.mark.parametrize("authorization", [None, "Bearer wrong-token-0123456789", f"Basic {TOKEN}", "Bearer"])
@@ -103,13 +105,16 @@ def test_npz_headers_and_json_metadata(server):
         raw = h.post("/v1/scenes", json=body)
         by_query = h.post("/v1/scenes", params={"format": "json"}, json=body)
         by_accept = h.post("/v1/scenes", json=body, headers={"Accept": "application/json"})
+        # the debug server's VAE is ego-frame: no trajectory slot, so a request's degree shapes nothing
+        with_degree = h.post("/v1/scenes", params={"format": "json"}, json={**body, "trajectory_degree": 1})
     assert raw.headers["content-type"] == NPZ_MEDIA_TYPE and raw.headers["x-dcgen-shape"] == "2,4,32,32,4"
     occ = decode_npz(raw.content)["occupancy"]
-    for r in (by_query, by_accept):
+    for r in (by_query, by_accept, with_degree):
         meta = r.json()
         jsonschema.validate(meta, _response_schema())
         assert meta["shape"] == [2, 4, 32, 32, 4] and meta["seed"] == 9 and meta["conditions"] == ["command"]
         assert meta["class_counts"] == [np.bincount(o.ravel(), minlength=11).tolist() for o in occ]
+        assert meta["sampler"] == "ddim" and meta["steps"] == STEPS and meta["trajectory_degree"] is None
 
 
 def test_same_scenes_as_the_in_process_pipeline(client, pipeline):
@@ -170,6 +175,7 @@ def _bad_requests():
         ("seed too large", {"seed": 2**40}, {}, 422, "seed"),
         ("unknown sampler", {"sampler": "euler"}, {}, 422, "sampler"),
         ("zero steps", {"steps": 0}, {}, 422, "steps"),
+        ("negative trajectory degree", {"trajectory_degree": -1}, {}, 422, "trajectory_degree"),
         ("trajectory shape", {"trajectory": [[0.0, 0.0, 0.0]] * 3}, {}, 422, "trajectory"),
         ("ragged bev", {"bev": [[0, 1], [2]]}, {}, 422, "bev"),
         ("layout not 0/1", {"layout": [[[2] * 8] * 8] * 4}, {}, 422, "layout"),

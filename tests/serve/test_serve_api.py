@@ -42,8 +42,9 @@ def test_client_bodies_satisfy_the_request_schema_and_model():
     rng = np.random.default_rng(0)
     body = scene_body(2, 5, command=1, trajectory=rng.normal(size=(t, 3)), layout=np.zeros((t, x // 4, y // 4), int),
                       bev=rng.integers(0, 11, (x, y)), source=rng.integers(0, 11, (t, x, y, z)),
-                      inpaint_mask=np.eye(x, y, dtype=bool), steps=4, guidance=2.0)
+                      inpaint_mask=np.eye(x, y, dtype=bool), steps=4, guidance=2.0, trajectory_degree=2)
     jsonschema.validate(body, _schema("serve-request"))
+    assert ScenesRequest.model_validate(body).trajectory_degree == 2
     scene = ScenesRequest.model_validate(body).to_scene_request().validate(GRID, ACCEPTED)
     assert scene.edit == "inpaint" and scene.used() == ("command", "trajectory", "layout", "bev")
     np.testing.assert_array_equal(scene.source, body_source := np.asarray(scene.source))
@@ -87,6 +88,9 @@ def test_nested_lists_and_encoded_arrays_decode_to_the_same_values():
     ({"steps": 0}, "steps"),
     ({"guidance": float("nan")}, "guidance"),
     ({"guidance": -1.0}, "guidance"),
+    ({"trajectory_degree": -1}, "trajectory_degree"),
+    ({"trajectory_degree": 1.5}, "trajectory_degree"),
+    ({"trajectory_degree": "3"}, "trajectory_degree"),
     ({"comand": 1}, "comand"),
     ({"trajectory": [[0.0, "a", 1.0]]}, "trajectory"),
     ({"bev": {"dtype": "complex64", "shape": [1], "data": ""}}, "bev"),
@@ -137,10 +141,12 @@ def test_encoded_shapes_outside_the_wire_bounds_fail_validation(shape):
 
 def test_response_examples_satisfy_the_response_schema():
     schema = _schema("serve-response")
-    meta = api.ScenesMetadata(shape=[1, 4, 32, 32, 4], seed=3, scene_seeds=[5], sampler="ddim", steps=4,
-                              guidance=4.0, conditions=["command"], edit=None, class_counts=[[1] * 11],
-                              batch_sizes=[1], checkpoints={"vae": "v", "dit": "d"}, seconds=0.1)
-    jsonschema.validate(meta.model_dump(), schema)
+    for degree in (3, None):  # None: an ego-frame VAE, no ego-motion prior
+        meta = api.ScenesMetadata(shape=[1, 4, 32, 32, 4], seed=3, scene_seeds=[5], sampler="ddim", steps=4,
+                                  guidance=4.0, trajectory_degree=degree, conditions=["command"], edit=None,
+                                  class_counts=[[1] * 11], batch_sizes=[1], checkpoints={"vae": "v", "dit": "d"},
+                                  seconds=0.1)
+        jsonschema.validate(meta.model_dump(), schema)
     jsonschema.validate({"status": "ok", "api_version": "v1"}, schema)
     jsonschema.validate({"error": {"status": 422, "message": "count: bad", "field": "count"}}, schema)
     with pytest.raises(jsonschema.ValidationError):
