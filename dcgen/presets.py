@@ -38,6 +38,10 @@ class Preset:
     vae_recipe: Recipe
     dit_recipe: Recipe
     features_recipe: Recipe
+    # epochs of the pipeline's decoder fine-tuning (``dcgen train --decoder-epochs``; ``train.runs.train_decoder``):
+    # on the small preset 6 epochs (28 minutes on 2 CPU cores) took val mIoU 66.2 -> 68.9 % and the generated
+    # layout-conditioned 3D FID 8.3 -> 4.9; elsewhere ``dcgen train decoder``'s default, not measured
+    decoder_epochs: int = 4
 
 
 def _vae(name: str, **widths) -> VAEConfig:
@@ -93,7 +97,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            dit=DiTConfig.for_grid(GRIDS["small"], depth=8, width=256, heads=4),
            vae_recipe=Recipe(6, 1, 3e-3, warmup_steps=20, class_weight_power=0.5),
            dit_recipe=Recipe(60, 16, 1e-4, ema_decay=0.999),
-           features_recipe=Recipe(6, 8)),
+           features_recipe=Recipe(6, 8), decoder_epochs=6),
     Preset("carlasc", GRIDS["carlasc"], vae=_vae("carlasc"),
            dit=DiTConfig.for_grid(GRIDS["carlasc"], depth=16, width=384, heads=8),
            vae_recipe=Recipe(100, 4, 1e-3), dit_recipe=Recipe(400, 32, 1e-4, ema_decay=0.9999),

@@ -7,9 +7,12 @@ says which key fills which option); options on the command line, then a ``--conf
 checked against ``schemas/project.schema.json``. Relative paths in it are relative to the file's directory; for a
 run on a cluster (``--cluster``/``--address``) they are sent as written, so they resolve under ``DCGEN_JOB_DIR``
 there like any relative path (README "Cluster"). The checkpoints and latents default to the layout ``dcgen
-train`` writes under ``runs`` (``runs/vae/best``, ...). An ``options`` section gives further per-command defaults,
-taken as written. Nothing here imports Click, torch or Ray: the CLI (``dcgen.cli.project``) does the filling, the
-quickstart and ``dcgen init`` write files with ``write_project``.
+train`` writes under ``runs`` (``runs/vae/best``, ...); generation (``sample``, ``synth``, ``serve``) decodes with
+the key ``decoder`` (default ``runs/decoder/best``, the pipeline's fine-tuned decoder), training and encoding use
+``vae`` (a file that names ``vae`` but neither ``decoder`` nor ``runs`` decodes with that ``vae``: a project that
+names its VAE explicitly decodes with it unless it names a decoder). An ``options`` section gives further
+per-command defaults, taken as written. Nothing here imports Click, torch or Ray: the CLI (``dcgen.cli.project``)
+does the filling, the quickstart and ``dcgen init`` write files with ``write_project``.
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schemas" / "project.schema.
 META_KEY = "dcgen.project"
 
 # Keys that default to a place under ``runs`` when the file does not name them: the layout `dcgen train` writes.
-UNDER_RUNS = {"latents": "latents.zarr", "vae": "vae/best", "dit": "dit/best", "features": "features/best",
-              "runs/vae": "vae", "runs/dit": "dit", "runs/features": "features", "runs/decoder": "decoder"}
+UNDER_RUNS = {"latents": "latents.zarr", "vae": "vae/best", "decoder": "decoder/best", "dit": "dit/best",
+              "features": "features/best", "runs/vae": "vae", "runs/dit": "dit", "runs/features": "features",
+              "runs/decoder": "decoder"}
 
 # command (as typed after `dcgen`) -> {option name: project key}; "outputs.X" is a key of the outputs mapping,
-# "runs/X" the training run directory RUNS/X.
+# "runs/X" the training run directory RUNS/X. Generation decodes with "decoder" (the VAE fine-tuned for the DiT's
+# samples, same latent space); what trains on or encodes with the VAE takes "vae".
 COMMAND_OPTIONS: dict[str, dict[str, str]] = {
     "train": {"data": "data", "preset": "preset", "out": "runs"},
     "train vae": {"data": "data", "preset": "preset", "out": "runs/vae"},
@@ -43,10 +48,10 @@ COMMAND_OPTIONS: dict[str, dict[str, str]] = {
     "train decoder": {"vae": "vae", "data": "data", "out": "runs/decoder"},
     "train features": {"data": "data", "preset": "preset", "out": "runs/features"},
     "encode": {"vae": "vae", "data": "data", "out": "latents"},
-    "sample": {"vae": "vae", "dit": "dit", "out": "outputs.sample"},
-    "synth": {"vae": "vae", "dit": "dit", "source": "data", "reference": "reference", "features": "features",
+    "sample": {"vae": "decoder", "dit": "dit", "out": "outputs.sample"},
+    "synth": {"vae": "decoder", "dit": "dit", "source": "data", "reference": "reference", "features": "features",
               "out": "outputs.synth"},
-    "serve": {"vae": "vae", "dit": "dit"},
+    "serve": {"vae": "decoder", "dit": "dit"},
     "data synth-city": {"out": "data", "preset": "preset"},
     "eval recon": {"vae": "vae", "data": "data"},
     "eval reference": {"data": "data", "features": "features", "out": "reference"},
@@ -72,13 +77,17 @@ class Project:
 
     def written(self, key: str) -> str | None:
         """The value of ``key`` ("data", "outputs.synth", "runs/vae", ...) as the file writes it (a key under
-        ``runs`` derived from ``runs``), or None when the file names neither."""
+        ``runs`` derived from ``runs``), or None when the file names neither. ``decoder`` not written and no
+        ``runs`` to derive it from is the ``vae`` the file names: that VAE decodes, as it would without a decoder
+        stage (the rule reads the file, never which checkpoints exist)."""
         if key.startswith("outputs."):
             return self.keys.get("outputs", {}).get(key.split(".", 1)[1])
         if key in self.keys:
             return self.keys[key]
         if key in UNDER_RUNS and "runs" in self.keys:
             return storage.join(self.keys["runs"], *UNDER_RUNS[key].split("/"))
+        if key == "decoder":
+            return self.keys.get("vae")
         return None
 
     def local(self, key: str) -> str | None:
@@ -97,6 +106,8 @@ class Project:
         """What the file lacks for ``key``, in words."""
         if key.startswith("outputs."):
             return f"sets no '{key}'"
+        if key == "decoder":
+            return "sets no 'decoder' (nor 'runs' or 'vae', from which it defaults)"
         return f"sets no '{key}'" + (" (nor 'runs', from which it defaults)" if key in UNDER_RUNS else "")
 
 
@@ -169,13 +180,16 @@ def validate_project(keys, what: str) -> None:
 # ---- writing -------------------------------------------------------------------------------------------------
 
 def write_project(directory: str | Path, *, data: str, preset: str, runs: str = "runs",
-                  reference: str = "reference.npz", outputs: dict | None = None, options: dict | None = None,
-                  force: bool = False) -> Path:
+                  reference: str = "reference.npz", decoder: str | None = None, outputs: dict | None = None,
+                  options: dict | None = None, force: bool = False) -> Path:
     """Write ``DIRECTORY/dcgen.yaml`` (values as given: relative paths are relative to ``directory``); refuses
-    to replace an existing file unless ``force``. Returns the file's path."""
+    to replace an existing file unless ``force``. ``decoder`` names the checkpoint generation decodes with where
+    it is not ``RUNS/decoder/best`` (a run without the decoder stage: its VAE). Returns the file's path."""
     path = Path(directory).resolve() / FILE_NAME
     keys = {"version": 1, "data": data, "preset": preset, "runs": runs, "reference": reference,
             "outputs": {**DEFAULT_OUTPUTS, **(outputs or {})}}
+    if decoder is not None:
+        keys["decoder"] = decoder
     if options:
         keys["options"] = options
     validate_project(keys, f"project file {path}")
@@ -202,13 +216,17 @@ def project_text(keys: dict) -> str:
         f"data: {v(keys['data'])}  # scene store: --data of train/encode/eval, --source of synth, "
         "--out of data synth-city",
         f"preset: {v(keys['preset'])}",
-        f"runs: {v(runs)}  # dcgen train --out; train vae|dit|features write RUNS/vae, RUNS/dit, RUNS/features",
+        f"runs: {v(runs)}  # dcgen train --out; train vae|dit|decoder|features write RUNS/vae, RUNS/dit, ...",
     ]
-    for key in ("latents", "vae", "dit", "features"):
+    # the two VAE keys say which commands each fills: generation decodes with `decoder`, the rest uses `vae`
+    uses = {"vae": "--vae of train dit|decoder, encode, eval recon", "decoder": "--vae of sample, synth, serve"}
+    for key in ("latents", "vae", "decoder", "dit", "features"):
         if key in keys:
-            lines.append(f"{key}: {v(keys[key])}")
-        else:
-            lines.append(f"# {key}: {v(storage.join(runs, *UNDER_RUNS[key].split('/')))}  (the default)")
+            lines.append(f"{key}: {v(keys[key])}" + (f"  # {uses[key]}" if key in uses else ""))
+            continue
+        default = v(storage.join(runs, *UNDER_RUNS[key].split("/")))
+        written_by = ", from dcgen train's decoder stage" if key == "decoder" else ""
+        lines.append(f"# {key}: {default}  (the default{written_by})" + (f"; {uses[key]}" if key in uses else ""))
     lines += [f"reference: {v(keys['reference'])}  # eval reference --out; synth --reference (quality gates "
               "on); eval gen --real",
               "outputs:  # default --out of synth and sample (and --fake of eval gen, eval fidelity)"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from itertools import pairwise
 from pathlib import Path
 
 import jsonschema
@@ -45,6 +46,8 @@ def test_init_writes_a_schema_valid_file_and_refuses_to_overwrite_it(tmp_path):
     assert project.local("data") == str(proj.resolve() / "stores" / "city.zarr")
     assert project.local("vae") == str(proj.resolve() / "runs" / "vae" / "best")
     assert project.written("features") == "runs/features/best" and project.local("preset") == "debug"
+    # generation decodes with what `dcgen train` writes last into runs: its fine-tuned decoder
+    assert project.local("decoder") == str(proj.resolve() / "runs" / "decoder" / "best")
 
     before = path.read_bytes()
     result, text = _invoke("init", proj, "--preset", "small")
@@ -77,7 +80,7 @@ GOOD = 'version: 1\ndata: city.zarr\npreset: debug\nruns: runs\noutputs: {synth:
     ("version: 1\ndata: [city.zarr\n", "not valid YAML"),
     ("- version: 1\n", "expected a mapping of keys (version: 1, data, preset, runs, ...), found a list"),
     ("data: city.zarr\n", "'version' is a required property (write 'version: 1' as its first line)"),
-    (GOOD + "dataa: x\n", "unknown key 'dataa'; expected keys: data, description, dit, features, latents"),
+    (GOOD + "dataa: x\n", "unknown key 'dataa'; expected keys: data, decoder, description, dit, features, latents"),
     (GOOD + "outputs: {synt: x.zarr}\n", "unknown key 'outputs.synt'; expected keys of outputs: sample, synth"),
     ("version: 1\nruns: 3\n", "'runs': 3 is not of type 'string'"),
     ("version: 1\npreset: tiny\n", "'preset': 'tiny' is not one of ['debug', 'small', 'carlasc', 'occ3d']"),
@@ -89,7 +92,8 @@ GOOD = 'version: 1\ndata: city.zarr\npreset: debug\nruns: runs\noutputs: {synth:
      "expected one of batch_size, cond, estimate_trajectory"),
     (GOOD + "options: {synth: {overwrite: true}}\n", "options.synth.overwrite: 'dcgen synth' takes no such option"),
     (GOOD + "options: {synth: {vae: x}}\n", "options.synth.vae: 'dcgen synth --vae' comes from the project key "
-     "'vae'; set it there"),
+     "'decoder'; set it there"),
+    ("version: 1\ndecoder: ''\n", "'decoder': '' should be non-empty"),
     (GOOD + "options: {synth: {steps: many}}\n", "(from 'options.synth.steps' in the project file"),
 ])
 def test_a_bad_project_file_is_refused_naming_the_key(tmp_path, monkeypatch, text, message):
@@ -124,14 +128,20 @@ def test_a_missing_option_says_how_to_get_it(tmp_path, monkeypatch):
     (tmp_path / FILE_NAME).write_text("version: 1\ndata: city.zarr\n")  # no runs, so no checkpoints
     result, text = _invoke("synth", "--n", "8", "--cond", "layout")
     assert result.exit_code == 2, text
+    assert (f"Missing option '--vae'. The project file {tmp_path.resolve() / FILE_NAME} sets no 'decoder' (nor "
+            "'runs' or 'vae', from which it defaults): add it there or pass --vae.") in " ".join(text.split())
+    result, text = _invoke("encode")  # the training side takes 'vae', which has no third source
+    assert result.exit_code == 2, text
     assert (f"Missing option '--vae'. The project file {tmp_path.resolve() / FILE_NAME} sets no 'vae' (nor 'runs', "
             "from which it defaults): add it there or pass --vae.") in " ".join(text.split())
     # a named input nothing has written yet says which command writes it, before any work
     (tmp_path / FILE_NAME).write_text("version: 1\ndata: city.zarr\nruns: runs\noutputs: {synth: s.zarr}\n")
     result, text = _invoke("synth", "--n", "8", "--cond", "layout")
     assert result.exit_code == 2, text
-    assert (f"error: --vae {tmp_path.resolve() / 'runs' / 'vae' / 'best'} (from 'vae' in the project file "
-            f"{tmp_path.resolve() / FILE_NAME}) is not there yet: 'dcgen train' writes it; or pass --vae") in text
+    flat = " ".join(text.split())
+    assert (f"error: --vae {tmp_path.resolve() / 'runs' / 'decoder' / 'best'} (from 'decoder' in the project file "
+            f"{tmp_path.resolve() / FILE_NAME}) is not there yet: 'dcgen train' (its decoder stage; a run with "
+            "--decoder-epochs 0 has none: set 'decoder' to its VAE) writes it; or pass --vae") in flat
     # a value given on the command line is the user's, never blamed on the file (nor checked as its key)
     result, text = _invoke("eval", "fidelity", "--real", "elsewhere.zarr:val", "--fake", "gen.zarr",
                            "--features", "feats", "--out", "fid")
@@ -149,11 +159,11 @@ def _context(words: str, args: list[str], project: Path):
     """The parsed context of ``dcgen --project PROJECT WORDS ARGS`` (nothing runs)."""
     cmd = get_command(app)
     ctx = cmd.make_context("dcgen", ["--project", str(project)])
-    *groups, last = words.split()
-    for name in groups:
+    names = words.split()
+    for name, sub in pairwise(names):
         cmd = cmd.commands[name]
-        ctx = cmd.make_context(name, [], parent=ctx)
-    return cmd.commands[last].make_context(last, args, parent=ctx)
+        ctx = cmd.make_context(name, [sub], parent=ctx)  # a group given no subcommand may only print its help
+    return cmd.commands[names[-1]].make_context(names[-1], args, parent=ctx)
 
 
 def test_remote_runs_send_project_values_as_written(tmp_path):
@@ -169,9 +179,9 @@ def test_remote_runs_send_project_values_as_written(tmp_path):
 
     ctx = _context("synth", ["--n", "10000", "--cond", "layout", "--dit", "/abs/dit", "--address", "http://h:8265"],
                    path)
-    assert ctx.params["vae"] == str(proj / "runs" / "vae" / "best")
+    assert ctx.params["vae"] == str(proj / "runs" / "decoder" / "best")
     assert jobs_client.command_line(ctx) == [
-        "synth", "--vae", "runs/vae/best", "--dit", "/abs/dit", "--n", "10000", "--out", "synth.zarr", "--cond",
+        "synth", "--vae", "runs/decoder/best", "--dit", "/abs/dit", "--n", "10000", "--out", "synth.zarr", "--cond",
         "layout", "--source", "city.zarr", "--reference", "reference.npz", "--features", "runs/features/best",
         "--gate-slack", "4"]
 
@@ -192,12 +202,50 @@ def test_remote_runs_send_project_values_as_written(tmp_path):
                                              "s3://bucket/city.zarr", "--out", "s3://bucket/runs/latents.zarr"]
 
 
+def test_generation_decodes_with_the_decoder_and_training_uses_the_vae(tmp_path):
+    """sample, synth and serve fill --vae from 'decoder' (default RUNS/decoder/best, the pipeline's fine-tuned
+    decoder); train dit, train decoder, encode and eval recon from 'vae'. A file that names its VAE but neither a
+    decoder nor runs decodes with that VAE. The rule reads the file, never which checkpoints exist (none do here)."""
+    proj = tmp_path / "proj"
+    path = write_project(proj, data="city.zarr", preset="debug", runs="runs")
+    generation = {"sample": ["--n", "4"], "synth": ["--n", "8", "--cond", "layout"], "serve": []}
+    training = {"train dit": [], "train decoder": [], "encode": [], "eval recon": ["--out", "recon"]}
+
+    def filled(text: str) -> dict[str, str]:
+        # the commands' other inputs and outputs
+        path.write_text(text + "data: c.zarr\nlatents: l.zarr\ndit: d\noutputs: {sample: s.zarr, synth: x.zarr}\n")
+        # Click parses a list of arguments in place: each call gets its own copy
+        return {w: _context(w, list(args), path).params["vae"] for w, args in {**generation, **training}.items()}
+
+    def expect(decodes: str, trains: str) -> dict[str, str]:
+        return {**{w: str(proj / decodes) for w in generation}, **{w: str(proj / trains) for w in training}}
+
+    assert filled(path.read_text()) == expect("runs/decoder/best", "runs/vae/best")
+    # the explicit-VAE rule: a project that names its VAE decodes with it unless it names a decoder
+    assert filled("version: 1\nvae: models/vae/best\n") == expect("models/vae/best", "models/vae/best")
+    assert load_project(path).written("decoder") == "models/vae/best"
+    assert filled("version: 1\nvae: models/vae/best\ndecoder: models/dec/best\n") == expect("models/dec/best",
+                                                                                            "models/vae/best")
+    # with runs the decoder is the pipeline's, whichever VAE the file names (that VAE's 'train decoder' writes it)
+    assert filled("version: 1\nruns: r\nvae: models/vae/best\n") == expect("r/decoder/best", "models/vae/best")
+    assert _context("train decoder", [], path).params["out"] == str(proj / "r" / "decoder")
+    # a cluster gets the decoder as the file writes it
+    filled("version: 1\nvae: models/vae/best\ndecoder: models/dec/best\n")
+    ctx = _context("sample", ["--n", "4", "--address", "http://h:8265"], path)
+    assert jobs_client.command_line(ctx)[:5] == ["sample", "--vae", "models/dec/best", "--dit", "d"]
+    assert load_project(path).written("decoder") == "models/dec/best"
+    assert load_project(path).missing("decoder") == "sets no 'decoder' (nor 'runs' or 'vae', from which it defaults)"
+
+
 # ---- a project on the local Ray -------------------------------------------------------------------------------
 
 def test_a_project_file_drives_train_and_synth(ray_local, tmp_path, monkeypatch, debug_city, debug_vae,
                                                debug_latents, debug_features):
     """`dcgen train`, `dcgen eval reference` and `dcgen synth --n 8 --cond layout` with no path options: the VAE,
-    latents and feature networks are in the project's runs already (their stages skip), the DiT trains one epoch."""
+    latents and feature networks are in the project's runs already (their stages skip), the DiT trains one epoch and
+    the decoder stage fine-tunes the VAE's decoder one epoch on Ray Train; synth decodes with that decoder."""
+    from dcgen.train.pipeline import train_pipeline
+
     proj = tmp_path / "proj"
     runs = proj / "runs"
     shutil.copytree(debug_vae, runs / "vae" / "best")
@@ -206,7 +254,7 @@ def test_a_project_file_drives_train_and_synth(ray_local, tmp_path, monkeypatch,
     loose = {"gate_fid": 1e12, "gate_kid": 1e12, "gate_min_occupied": 0, "gate_class_distance": 1,
              "gate_flicker": 1}
     write_project(proj, data=debug_city, preset="debug", options={
-        "train": {"dit_epochs": 1}, "synth": {"steps": 2, "guidance": 1, "workers": 1, **loose}})
+        "train": {"dit_epochs": 1, "decoder_epochs": 1}, "synth": {"steps": 2, "guidance": 1, "workers": 1, **loose}})
     (proj / "work").mkdir()
     monkeypatch.chdir(proj / "work")  # the file is found in a parent directory
 
@@ -225,6 +273,22 @@ def test_a_project_file_drives_train_and_synth(ray_local, tmp_path, monkeypatch,
     assert f"encode: {runs / 'latents.zarr'} is complete, skipping" in text
     assert f"pipeline done in {runs}" in text
     assert json.loads((runs / "dit" / "best" / "meta.json").read_text())["kind"] == "dit"
+    decoder = runs / "decoder" / "best"
+    assert f"decoder: fine-tuning {runs / 'vae' / 'best'}'s decoder into {runs / 'decoder'} (epochs: 1)" in text
+    meta = checkpoint.read_meta(decoder, kind="vae")  # a decoder checkpoint is a VAE's, its encoder kept
+    assert meta["train"]["freeze_encoder"] and meta["train"]["epochs"] == 1
+    assert checkpoint.latent_space_id(decoder) == checkpoint.checkpoint_id(runs / "vae" / "best")
+    assert checkpoint.checkpoint_id(decoder) != checkpoint.checkpoint_id(runs / "vae" / "best")
+    assert f"generate with --vae {decoder} --dit {runs / 'dit' / 'best'}" in " ".join(text.split())
+
+    # a second run finds every stage done, the decoder's included, and trains nothing
+    decoder_id = checkpoint.checkpoint_id(decoder)
+    lines: list[str] = []
+    summary = train_pipeline(debug_city, "debug", runs, log=lines.append)
+    assert f"decoder: {decoder} exists, skipping" in lines and not any("training into" in line for line in lines)
+    assert summary["decoder"] == summary["sampling_vae"] == str(decoder)
+    assert summary["stages"]["decoder"] == {"skipped": True, "best": str(decoder)}
+    assert checkpoint.checkpoint_id(decoder) == decoder_id
 
     result, text = _invoke("eval", "reference")
     assert result.exit_code == 0, text
@@ -235,7 +299,8 @@ def test_a_project_file_drives_train_and_synth(ray_local, tmp_path, monkeypatch,
     store = SceneStore.open(str(proj / "synth.zarr"))
     job = store.meta["provenance"]["job"]
     assert store.num_clips == 8 and job["steps"] == 1 and job["guidance"] == 1  # the flag beat the file's 2
-    assert job["source"] == debug_city and job["vae"] == str(runs / "vae" / "best")
+    assert job["source"] == debug_city and job["vae"] == str(decoder)  # generation decodes with the decoder
+    assert job["checkpoints"]["vae"] == decoder_id
     assert job["dit"] == str(runs / "dit" / "best") and job["gates"]["reference"] == str(proj / "reference.npz")
     assert checkpoint.checkpoint_id(runs / "dit" / "best") == job["checkpoints"]["dit"]
     assert json.loads(store.manifest().to_pylist()[0]["gate"])["passed"]

@@ -150,6 +150,8 @@ class ProjectDefaults(Mapping):
 
 # the command that writes what a project key names (for a filled input that is not there yet)
 MADE_BY = {"data": "'dcgen data synth-city' (or 'dcgen data import')", "vae": "'dcgen train'",
+           "decoder": "'dcgen train' (its decoder stage; a run with --decoder-epochs 0 has none: set 'decoder' to "
+                      "its VAE)",
            "dit": "'dcgen train'", "features": "'dcgen train'", "latents": "'dcgen train' (or 'dcgen encode')",
            "reference": "'dcgen eval reference'", "outputs.synth": "'dcgen synth'", "outputs.sample": "'dcgen sample'"}
 
@@ -206,7 +208,7 @@ def init_cmd(
                              "it)."),
     preset: str = typer.Option("small", help="debug | small | carlasc | occ3d."),
     runs: str = typer.Option("runs", help="Run directory of 'dcgen train'; checkpoints default to RUNS/vae/best, "
-                             "RUNS/dit/best, RUNS/features/best."),
+                             "RUNS/dit/best, RUNS/features/best, and generation decodes with RUNS/decoder/best."),
     reference: str = typer.Option("reference.npz", help="Reference statistics ('dcgen eval reference' writes them; "
                                   "'dcgen synth' gates on them)."),
     synth_out: str = typer.Option(DEFAULT_OUTPUTS["synth"], help="Default --out of 'dcgen synth'."),

@@ -251,12 +251,16 @@ def train_all_cmd(
     data: Optional[str] = typer.Option(None, help="Scene store with train and val splits (whole pipeline)."),
     preset: str = typer.Option("small", help="debug | small | carlasc | occ3d (must match the store's grid)."),
     out: Optional[str] = typer.Option(None, help="Run directory (default runs/PRESET): vae/, latents.zarr, dit/, "
-                                      "features/; a path or an object-storage URI (s3://, gs://)."),
+                                      "decoder/, features/; a path or an object-storage URI (s3://, gs://)."),
     cond: str = typer.Option("auto", help="DiT conditions (see 'dcgen train dit --help')."),
     workers: int = WORKERS_OPTION,
     gpus_per_worker: float = GPUS_PER_WORKER_OPTION,
     vae_epochs: Optional[int] = typer.Option(None, help="VAE epochs (default per preset)."),
     dit_epochs: Optional[int] = typer.Option(None, help="DiT epochs (default per preset)."),
+    decoder_epochs: Optional[int] = typer.Option(None, help="Epochs of the decoder stage, which fine-tunes the VAE's "
+                                                 "decoder for the DiT's samples (see 'dcgen train decoder --help'; "
+                                                 "default per preset: small 6, others 4); 0 leaves the stage out "
+                                                 "and generation decodes with the VAE."),
     vae_lr: Optional[float] = typer.Option(None, help="VAE learning rate (see 'dcgen train vae --help')."),
     dit_lr: Optional[float] = typer.Option(None, help="DiT learning rate (see 'dcgen train dit --help'; the "
                                            "small preset's README recipe uses 5e-4)."),
@@ -267,8 +271,9 @@ def train_all_cmd(
     cluster: Optional[Path] = CLUSTER_OPTION,
     address: Optional[str] = ADDRESS_OPTION,
 ) -> None:
-    """Train models on Ray Train. With no subcommand: the whole pipeline, VAE -> encode -> DiT (-> feature
-    networks), each stage skipped when its checkpoint exists.
+    """Train models on Ray Train. With no subcommand: the whole pipeline, VAE -> encode -> DiT -> decoder
+    fine-tuning (-> feature networks), each stage skipped when its checkpoint exists. Generation (sample, synth,
+    serve) decodes with the fine-tuned decoder: the last line names the checkpoint to pass as --vae.
 
     Example: dcgen train --data city.zarr --preset small --out runs/small
     """
@@ -283,10 +288,12 @@ def train_all_cmd(
     with user_errors():
         summary = train_pipeline(data, preset, out or str(Path("runs") / preset), conditions=cond,
                                  scaling=_scaling(workers, gpus_per_worker, address), vae_epochs=vae_epochs,
-                                 dit_epochs=dit_epochs, vae_lr=vae_lr, dit_lr=dit_lr, max_minutes=max_minutes,
-                                 seed=seed, cpu_bf16=cpu_bf16, prediction=prediction, log=typer.echo)
+                                 dit_epochs=dit_epochs, decoder_epochs=decoder_epochs, vae_lr=vae_lr,
+                                 dit_lr=dit_lr, max_minutes=max_minutes, seed=seed, cpu_bf16=cpu_bf16,
+                                 prediction=prediction, log=typer.echo)
     typer.echo(f"pipeline done in {summary['run_dir']}: VAE {summary['vae']}, latents {summary['latents']}, "
-               f"DiT {summary['dit']}")
+               f"DiT {summary['dit']}, decoder {summary['decoder'] or 'left out'}; generate with --vae "
+               f"{summary['sampling_vae']} --dit {summary['dit']} (sample, synth, serve)")
 
 
 @app.command("encode", help="Encode every clip of a scene store with a trained VAE into a latent store (the VAE "

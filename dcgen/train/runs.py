@@ -138,12 +138,14 @@ def _fit_vae(run, store: SceneStore, out: Path, scaling: Scaling, resume: bool, 
 
 DECODER_NOISE = 0.6  # dcgen train decoder's default --latent-noise (units: the DiT's standardised latents)
 DECODER_LR = 3e-4
+DECODER_EPOCHS = 4  # dcgen train decoder's default --epochs (the pipeline's stage: Preset.decoder_epochs)
 
 
-def train_decoder(data: str, vae: str, out: str | Path, *, scaling: Scaling = Scaling(), epochs: int = 4,
-                  batch_size: int | None = None, lr: float = DECODER_LR, latent_noise: float = DECODER_NOISE,
-                  resume: bool = False, overwrite: bool = False, max_minutes: float | None = None,
-                  report_every: int = 20, seed: int = 0, cpu_bf16: bool = False, dry_run: bool = False) -> dict:
+def train_decoder(data: str, vae: str, out: str | Path, *, scaling: Scaling = Scaling(),
+                  epochs: int = DECODER_EPOCHS, batch_size: int | None = None, lr: float = DECODER_LR,
+                  latent_noise: float = DECODER_NOISE, resume: bool = False, overwrite: bool = False,
+                  max_minutes: float | None = None, report_every: int = 20, seed: int = 0, cpu_bf16: bool = False,
+                  dry_run: bool = False) -> dict:
     """Fine-tune the decoder of the trained VAE ``vae`` on latents perturbed by ``latent_noise`` (the encoder and
     so the latent space stay ``vae``'s: a DiT trained on its latents decodes through the result); the class
     weights, batch size and KL weight are the ones ``vae`` was trained with (batch size overridable)."""

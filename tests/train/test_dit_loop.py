@@ -20,6 +20,7 @@ from dcgen.diffusion.objective import EpsModel, diffusion_loss
 from dcgen.diffusion.schedule import NoiseSchedule
 from dcgen.models.dit import DiT
 from dcgen.presets import get_preset
+from dcgen.train.pipeline import train_pipeline
 from dcgen.train.runs import Scaling, parse_conditions, train_dit
 
 ALL = ("command", "trajectory", "layout", "bev", "prev_clip")
@@ -215,12 +216,42 @@ def test_train_cli_errors_and_skipped_stages(tmp_path, debug_city, debug_vae, de
     shutil.copytree(debug_dit, out / "dit" / "best")
     # the feature networks' stage is another module's; a checkpoint directory in its place is all the skip needs
     checkpoint.save(out / "features" / "best", kind="features", config={}, state={}, step=0)
+    # a decoder of another latent space (the VAE was trained again, say) is refused, not skipped nor replaced
+    meta, state = checkpoint.load(debug_vae, kind="vae")
+    state["model"] = {k: v + 1 for k, v in state["model"].items()}
+    checkpoint.save(out / "decoder" / "best", kind="vae", config=meta["config"], state=state, step=meta["step"])
+    other = checkpoint.checkpoint_id(out / "decoder" / "best")
     result = runner.invoke(app, ["train", "--data", debug_city, "--preset", "debug", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert (f"{out / 'decoder' / 'best'} decodes the latent space of VAE {other!r}, not that of {out / 'vae' / 'best'} "
+            f"({checkpoint.checkpoint_id(debug_vae)!r}); remove {out / 'decoder'} to fine-tune again") in \
+        " ".join(result.output.split())
+    assert checkpoint.checkpoint_id(out / "decoder" / "best") == other  # nothing lost
+    # a bad count is refused before any stage, the run directory as it was
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    for bad, message in (("-1", "--decoder-epochs -1: expected a whole number of epochs >= 0"),
+                         ("1.5", "Invalid value for '--decoder-epochs'")):
+        result = runner.invoke(app, ["train", "--data", debug_city, "--preset", "debug", "--out", str(out),
+                                     "--decoder-epochs", bad])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+    # --decoder-epochs 0 leaves the stage out: generation decodes with the VAE (the decoder there goes unused)
+    result = runner.invoke(app, ["train", "--data", debug_city, "--preset", "debug", "--out", str(out),
+                                 "--decoder-epochs", "0"])
     assert result.exit_code == 0, result.output
     for stage in ("vae", "dit", "features"):
         assert f"{stage}: {out / stage / 'best'} exists, skipping" in result.output
     assert f"encode: {out / 'latents.zarr'} is complete, skipping" in result.output
-    assert "pipeline done" in result.output
+    assert (f"decoder: left out (--decoder-epochs 0) ({out / 'decoder' / 'best'} is there, unused); generation "
+            f"decodes with {out / 'vae' / 'best'}") in result.output
+    assert "pipeline done" in result.output and "decoder left out" in result.output
+    assert f"generate with --vae {out / 'vae' / 'best'} --dit {out / 'dit' / 'best'}" in result.output
+    shutil.rmtree(out / "decoder")
+    summary = train_pipeline(debug_city, "debug", out, decoder_epochs=0, log=lambda line: None)
+    assert summary["decoder"] is None and summary["sampling_vae"] == str(out / "vae" / "best")
+    assert summary["stages"]["decoder"] == {"skipped": True, "reason": "--decoder-epochs 0"}
+    assert not (out / "decoder").exists()
     result = runner.invoke(app, ["train", "--data", debug_city, "--preset", "small", "--out", str(out)])
     assert result.exit_code == 2 and "does not match the model preset 'small'" in result.output
     for args in (["train", "--data", debug_city, "--out", str(tmp_path / "new")],

@@ -209,6 +209,10 @@ def test_zero_counts_and_learning_rates_are_refused_not_read_as_the_presets(city
     for lrs in ({"vae_lr": 0.0}, {"dit_lr": -1e-4}):  # a DiT rate the pipeline would only meet after the VAE
         with pytest.raises(ValueError, match=r"--(vae|dit)-lr .*: the learning rate must be positive"):
             train_pipeline(city, "debug", out, **lrs)
+    for bad in (-1, 1.5, 2.0, "2", True):  # the decoder stage comes after the VAE's and the DiT's hours
+        with pytest.raises(ValueError, match=rf"--decoder-epochs {bad!r}: expected a whole number of epochs >= 0 "
+                                             r"\(0 leaves the decoder stage out\)"):
+            train_pipeline(city, "debug", out, decoder_epochs=bad)
     assert not out.exists()
 
 
