@@ -12,7 +12,7 @@ from dcgen.cli.common import (ADDRESS_OPTION, CLUSTER_OPTION, CONFIG_OPTION, DRY
                               print_dry_run, remote, user_errors)
 from dcgen.cli.project import require
 
-train_app = typer.Typer(help="Train models on Ray Train: vae, dit, features (or the whole pipeline).",
+train_app = typer.Typer(help="Train models on Ray Train: vae, dit, decoder, features (or the whole pipeline).",
                         invoke_without_command=True)
 
 CPU_BF16_OPTION = typer.Option(False, "--cpu-bf16", help="Train on CPU under bf16 autocast (VAE 1.25–1.4×, small "

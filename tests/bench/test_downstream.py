@@ -355,6 +355,20 @@ def test_gate_value_in_process_and_a_finished_sweep_is_not_trained_again(stores,
         run_downstream(stores["real"], [], out, gated_store=gated, **{**options, "steps": 4})
 
 
+def test_a_sweep_with_a_synthetic_share_says_so_and_a_share_is_a_setting_of_the_directory(stores, tmp_path):
+    out = tmp_path / "bench"
+    options = dict(real_counts=(2,), ratios=(2.0,), seeds=(0,), steps=2, batch_size=4, backend="local",
+                   log=lambda m: None)
+    report = run_downstream(stores["real"], [stores["procedural"]], out, synthetic_share=0.5, **options)
+    assert report["config"]["synthetic_share"] == 0.5
+    assert "real+aug / real+gen batches: 50% from the added clips" in report["table"]
+    shares = {r["arm"]: r["added_share"] for r in report["runs"]}
+    assert shares == {"real": None, "real+aug": 0.5, "real+gen": 0.5, "gen": None}
+    with pytest.raises(ValueError, match="other settings"):  # the proportional sweep is another benchmark
+        run_downstream(stores["real"], [stores["procedural"]], out, **options)
+    assert json.loads((out / "downstream.json").read_text())["config"]["synthetic_share"] == 0.5
+
+
 def test_eval_downstream_command_refuses_bad_input_before_training(stores, tmp_path):
     from typer.testing import CliRunner
 
