@@ -280,7 +280,8 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | Path, *, real
     added clips; None draws all their frames alike. Every input error is raised before anything is trained or
     written.
     """
-    from dcgen.bench.downstream_report import curves, format_table, gate_value, jsonable, plot_curves, targets
+    from dcgen.bench.downstream_report import (curves, format_table, gate_value, jsonable, plot_curves,
+                                               step_bound_flags, targets)
     from dcgen.models.ssc_net import SSCNetConfig, ssc_preset
     from dcgen.runtime import rng
     from dcgen.train.ssc_loop import SSCTrainConfig, read_result
@@ -453,6 +454,7 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | Path, *, real
     flags += [w for rep in overlap.values() for w in rep["warnings"]]
     if len(seeds) < 2:
         flags.append("one seed only: no spread over seeds (the target asks for >= 2)")
+    flags += step_bound_flags(rows)
     if gate_note:
         flags.append(gate_note)
     report = {

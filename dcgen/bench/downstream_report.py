@@ -67,6 +67,22 @@ def paired_difference(a: dict | None, b: dict | None, key: str = "miou") -> dict
     return {"points": diffs, "mean": mean, "std": std}
 
 
+def step_bound_flags(rows: list[dict]) -> list[str]:
+    """Warnings where the real arm scores lower with more real clips (seed by seed, its subsets are nested): its runs
+    are then too short for the data they hold, and in that regime added data of any kind (copies or generated) can
+    only dilute the steps spent on the real clips, so the mixed arms' gaps say little about the data's value."""
+    real = sorted((r for r in rows if r["arm"] == "real"), key=lambda r: r["count"])
+    flags = []
+    for small, large in zip(real, real[1:]):
+        diff = paired_difference(large, small)
+        if diff is not None and diff["mean"] is not None and diff["mean"] < 0:
+            flags.append(f"step-bound: real-only scores lower with {large['count']} real clips than with "
+                         f"{small['count']} ({100 * large['miou_mean']:.1f} against {100 * small['miou_mean']:.1f} "
+                         f"mIoU %, {diff['mean']:+.1f} points seed by seed): the runs are too short for the data, so "
+                         "added clips of any kind mostly dilute the real ones; raise --steps to measure their value")
+    return flags
+
+
 def targets(rows: list[dict], pools: list[str], counts: tuple[int, ...], ratios: tuple[float, ...],
             seeds: tuple[int, ...]) -> dict:
     """The issue's targets, at real(64) + ratio 4 when swept, else at the largest count and ratio swept."""

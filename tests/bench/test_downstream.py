@@ -369,6 +369,21 @@ def test_a_sweep_with_a_synthetic_share_says_so_and_a_share_is_a_setting_of_the_
     assert json.loads((out / "downstream.json").read_text())["config"]["synthetic_share"] == 0.5
 
 
+def test_a_real_arm_that_scores_lower_with_more_clips_is_flagged_step_bound():
+    from dcgen.bench.downstream_report import curves, step_bound_flags
+
+    def results(scores: dict[int, list[float]]) -> list[dict]:
+        return [{"arm": "real", "pool": None, "ratio": None, "count": n, "seed": seed, "real_clips": n,
+                 "synthetic_clips": 0, "miou": m, "completion_iou": 0.9, "miou_all_voxels": m,
+                 "completion_iou_all_voxels": 0.9} for n, ms in scores.items() for seed, m in enumerate(ms)]
+
+    falling = step_bound_flags(curves(results({16: [0.42, 0.44], 64: [0.38, 0.40]})))
+    assert len(falling) == 1 and "scores lower with 64 real clips than with 16" in falling[0]
+    assert "-4.0 points seed by seed" in falling[0] and "raise --steps" in falling[0]
+    assert step_bound_flags(curves(results({16: [0.30, 0.31], 64: [0.36, 0.35]}))) == []
+    assert step_bound_flags(curves(results({64: [0.36, 0.35]}))) == []  # one count: nothing to compare
+
+
 def test_eval_downstream_command_refuses_bad_input_before_training(stores, tmp_path):
     from typer.testing import CliRunner
 
