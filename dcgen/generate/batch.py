@@ -55,15 +55,12 @@ class LocalBackend:
     an ego-frame VAE)."""
 
     def __init__(self, vae: str, dit: str, device: str, micro_batch: int, trajectory_degree: int | None):
-        from dataclasses import replace
-
         from dcgen.generate.pipeline import GenerationPipeline
 
-        self.pipeline = GenerationPipeline.from_checkpoints(vae, dit, device=device, micro_batch=micro_batch)
+        pipeline = GenerationPipeline.from_checkpoints(vae, dit, device=device, micro_batch=micro_batch)
         # build_job records a degree exactly when the VAE has a trajectory slot, so the record says what was applied
-        assert (trajectory_degree is not None) == self.pipeline.vae.needs_trajectory, (vae, trajectory_degree)
-        if trajectory_degree is not None:
-            self.pipeline.defaults = replace(self.pipeline.defaults, trajectory_degree=int(trajectory_degree))
+        assert (trajectory_degree is not None) == pipeline.vae.needs_trajectory, (vae, trajectory_degree)
+        self.pipeline = pipeline.with_trajectory_degree(trajectory_degree)
 
     def generate(self, reqs: list[SceneRequest], seeds: list[int], sampler: str, steps: int) -> np.ndarray:
         return self.pipeline.generate(reqs, seeds, sampler=sampler, steps=steps)
@@ -174,8 +171,8 @@ class SynthWorker:
 
 
 class BlockWriter:
-    """The write stage (a CPU task per block): side arrays derived from each attempt's scenes, the accepted attempt into its
-    final index range of the store, the failed ones into ``OUT/rejected``; returns the block's summary row."""
+    """The write stage (a CPU task per block): side arrays derived from each attempt's scenes, the accepted attempt into
+    its final index range of the store, the failed ones into ``OUT/rejected``; returns the block's summary row."""
 
     def __init__(self, job: dict, out: str):
         self.job = SynthJob.from_dict(job)

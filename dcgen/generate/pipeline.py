@@ -30,7 +30,8 @@ axes.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -123,6 +124,23 @@ class GenerationPipeline:
         return cls(v.model, d.model, grid, schedule, device=dev, micro_batch=micro_batch, buckets=buckets,
                    checkpoint_ids={"vae": v.checkpoint_id, "dit": d.checkpoint_id})
 
+    @property
+    def trajectory_degree(self) -> int | None:
+        """The ego-motion prior's degree this pipeline decodes with; None for an ego-frame VAE, whose latents carry
+        no trajectory for it to shape."""
+        return self.defaults.trajectory_degree if self.vae.needs_trajectory else None
+
+    def with_trajectory_degree(self, degree: int | None) -> "GenerationPipeline":
+        """This pipeline decoding with the ego-motion prior ``degree`` (checked by the caller: ``job.
+        check_trajectory_degree``). Itself when ``degree`` is None or already its own, or for an ego-frame VAE (the
+        degree shapes nothing); otherwise a shallow copy with its own defaults, sharing the networks, so this
+        pipeline's defaults (what ``info()`` reports, read while other batches run) never change."""
+        if degree is None or self.trajectory_degree in (None, int(degree)):
+            return self
+        pipeline = copy.copy(self)
+        pipeline.defaults = replace(self.defaults, trajectory_degree=int(degree))
+        return pipeline
+
     def info(self) -> dict:
         return {
             "grid": self.grid.to_dict(),
@@ -130,7 +148,8 @@ class GenerationPipeline:
             "classes": [{"id": c.id, "name": c.name, "rgb": list(c.rgb)} for c in CLASSES[:self.grid.num_classes]],
             "accepted": list(self.accepted),
             "checkpoints": dict(self.checkpoint_ids),
-            "sampler_defaults": {**asdict(self.defaults), "samplers": list(SAMPLERS)},
+            "sampler_defaults": {**asdict(self.defaults), "trajectory_degree": self.trajectory_degree,
+                                 "samplers": list(SAMPLERS)},
             "micro_batch": self.micro_batch,
             "batch_shapes": list(self.batch_shapes()),
             "device": str(self.device),

@@ -2,10 +2,11 @@
 them like any other store.
 
 A generated clip has no poses: its trajectory is the requested one when the request gave it, else (when asked:
-an exhaustive search, seconds per clip on the debug grid, minutes on larger ones) the ego motion estimated from
-the clip's static classes (``metrics.ego_motion``), else unknown (zeros, identity poses, origin "none"); the
-command is the requested one, else derived from a known trajectory as importers do, else 0; layout and BEV are derived from the occupancy. A chained sequence of k·T
-frames becomes k consecutive clips of one scene (``frame_start`` = j·T), as importers cut long scenes.
+an exhaustive search, seconds per clip on the debug grid, minutes on larger ones) the ego motion estimated from the
+clip's static classes (``metrics.ego_motion``), else unknown (zeros, identity poses, origin "none"); the command is the
+requested one, else derived from a known trajectory as importers do, else 0; layout and BEV are derived from the
+occupancy. A chained sequence of k·T frames becomes k consecutive clips of one scene (``frame_start`` = j·T), as
+importers cut long scenes.
 
 Legend: N scenes, T frames, X/Y/Z voxels.
 """
@@ -155,10 +156,7 @@ def sample_to_store(vae: str, dit: str, out: str, *, n: int, cond: dict, sources
     if trajectory_degree is not None:
         check_trajectory_degree(trajectory_degree)
     pipe = GenerationPipeline.from_checkpoints(vae, dit, device=device, micro_batch=micro_batch)
-    if trajectory_degree is not None:
-        from dataclasses import replace
-
-        pipe.defaults = replace(pipe.defaults, trajectory_degree=int(trajectory_degree))
+    pipe = pipe.with_trajectory_degree(trajectory_degree)
     requests = build_requests(n, cond, sources, split, guidance)
     seeds = [scene_seed(seed, k) for k in range(n)]
     t0 = time.perf_counter()
@@ -179,7 +177,7 @@ def sample_to_store(vae: str, dit: str, out: str, *, n: int, cond: dict, sources
     provenance = {"generator": "dcgen sample", "vae": str(vae), "dit": str(dit),
                   "checkpoints": dict(pipe.checkpoint_ids), "seed": int(seed), "sampler": sampler, "steps": steps,
                   "eta": eta, "guidance": guidance, "chain": chain,
-                  "trajectory_degree": pipe.defaults.trajectory_degree if pipe.vae.needs_trajectory else None, "cond": dict(cond), "sources": dict(sources)}
+                  "trajectory_degree": pipe.trajectory_degree, "cond": dict(cond), "sources": dict(sources)}
     path = write_samples(out, pipe.grid, occ, requests, seeds, provenance=provenance, overwrite=overwrite,
                          estimate=estimate_trajectory)
     return {"path": path, "scenes": n, "clips": n * chain, "seconds": seconds, "device": str(pipe.device)}

@@ -11,21 +11,19 @@ which a lone request paid on top of its scene), and 32 clients in lock step keep
 pipeline pads a batch only to its bucket (the next power of two), so a lone scene costs one row of network work.
 
 A batch is split by (sampler, steps, ego-motion prior degree): the first two are what ``GenerationPipeline.generate``
-takes per call, the degree is the pipeline's ``SamplerDefaults.trajectory_degree``, so a group asking for another
-degree runs on a shallow copy of the pipeline (networks shared) with its own defaults, and the replica's own, which
-``info`` reports, never change. A scene's bytes depend only on its own conditions, seed and degree (up to the float
-rounding of kernels at another batch shape, see ``dcgen.generate.pipeline``), never on its batch mates' contents.
-The pipeline runs in a worker thread so the replica keeps queueing meanwhile. A batch that raises is retried scene
-by scene, so one failing scene fails only its own request and the replica stays up.
+takes per call, the degree is the pipeline's ``SamplerDefaults.trajectory_degree``, so a group asking for another degree
+runs on ``GenerationPipeline.with_trajectory_degree``'s shallow copy (networks shared, its own defaults), and the
+replica's own defaults, which ``info`` reports, never change. A scene's bytes depend only on its own conditions, seed
+and degree (up to the float rounding of kernels at another batch shape, see ``dcgen.generate.pipeline``), never on its
+batch mates' contents. The pipeline runs in a worker thread so the replica keeps queueing meanwhile. A batch that raises
+is retried scene by scene, so one failing scene fails only its own request and the replica stays up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 from collections import deque
-from dataclasses import replace
 
 import numpy as np
 
@@ -133,23 +131,16 @@ class SceneReplica:
         return results
 
     def _pipeline_for(self, degree: int | None):
-        """The pipeline with the ego-motion prior ``degree`` (None: the replica's default)."""
+        """The pipeline with the ego-motion prior ``degree`` (None: the replica's default), never the replica's own
+        pipeline changed: its defaults are what info() reports, read while batches run."""
         from dcgen.generate.job import check_trajectory_degree
 
-        if degree is None:
-            return self.pipeline
-        degree = check_trajectory_degree(degree, "trajectory_degree")
-        # an ego-frame VAE has no trajectory slot: the degree shapes nothing, as in 'dcgen sample'
-        if not self.pipeline.vae.needs_trajectory or degree == self.pipeline.defaults.trajectory_degree:
-            return self.pipeline
-        # a copy, not the replica's own pipeline: its defaults are what info() reports, read while batches run
-        pipeline = copy.copy(self.pipeline)
-        pipeline.defaults = replace(self.pipeline.defaults, trajectory_degree=degree)
-        return pipeline
+        if degree is not None:
+            degree = check_trajectory_degree(degree, "trajectory_degree")
+        return self.pipeline.with_trajectory_degree(degree)
 
     def _result(self, occ_TXYZ: np.ndarray, batch_size: int, pipeline) -> SceneResult:
-        degree = pipeline.defaults.trajectory_degree if pipeline.vae.needs_trajectory else None
-        return SceneResult(occ_TXYZ, batch_size, self.checkpoints, trajectory_degree=degree)
+        return SceneResult(occ_TXYZ, batch_size, self.checkpoints, trajectory_degree=pipeline.trajectory_degree)
 
     @staticmethod
     async def _run(pipeline, jobs: list[SceneJob], sampler: str, steps: int | None) -> np.ndarray:

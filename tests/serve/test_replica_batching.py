@@ -99,6 +99,23 @@ def reference_ckpts(tmp_path_factory):
     return write_untrained_checkpoints("debug", tmp_path_factory.mktemp("replica-ref-ckpt"), frame="reference")
 
 
+def test_another_degree_is_a_copy_of_the_pipeline_and_the_original_keeps_its_own(reference_ckpts, ckpts):
+    from dcgen.generate.pipeline import GenerationPipeline
+
+    pipe = GenerationPipeline.from_checkpoints(*reference_ckpts, device="cpu")
+    assert pipe.trajectory_degree == 3
+    assert pipe.with_trajectory_degree(None) is pipe and pipe.with_trajectory_degree(3) is pipe
+    linear = pipe.with_trajectory_degree(1)
+    assert linear is not pipe and linear.trajectory_degree == 1
+    assert linear.vae is pipe.vae and linear.dit is pipe.dit, "the copy shares the networks"
+    assert pipe.trajectory_degree == 3 and pipe.info()["sampler_defaults"]["trajectory_degree"] == 3
+    assert linear.info()["sampler_defaults"]["trajectory_degree"] == 1
+    # an ego-frame VAE has no trajectory slot: no degree applies, and none is reported
+    ego = GenerationPipeline.from_checkpoints(*ckpts, device="cpu")
+    assert ego.trajectory_degree is None and ego.with_trajectory_degree(1) is ego
+    assert ego.info()["sampler_defaults"]["trajectory_degree"] is None
+
+
 def test_each_scene_is_decoded_with_its_own_trajectory_degree(reference_ckpts):
     from dataclasses import replace
 
