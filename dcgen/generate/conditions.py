@@ -76,7 +76,7 @@ class SceneRequest:
         lx, ly = grid.layout_size
         for name in self.used():
             if name not in accepted:
-                raise ValueError(f"{what}: condition {name!r} is not one the model was trained with "
+                raise ValueError(f"{what}.{name}: condition {name!r} is not one the model was trained with "
                                  f"(it accepts {sorted(accepted) or 'none'})")
         out = SceneRequest(guidance=self.guidance_scale(), extra=dict(self.extra))
         if not np.isfinite(out.guidance) or out.guidance < 0:

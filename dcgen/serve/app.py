@@ -194,12 +194,14 @@ def http_app(ingress: SceneIngress) -> FastAPI:
     install_error_handlers(app)
     authenticated = ingress.settings.token_sha256 is not None
 
-    @app.get(f"/{API_VERSION}/health", response_model=HealthResponse, summary="liveness (no token needed)")
+    # the body limit guards every route, so a GET sent with an oversized body is a 413 there too
+    @app.get(f"/{API_VERSION}/health", response_model=HealthResponse, summary="liveness (no token needed)",
+             responses=error_docs((413,), authenticated))
     async def health():
         return HealthResponse(status="ok", api_version=API_VERSION)
 
     @app.get(f"/{API_VERSION}/info", response_model=InfoResponse, summary="the model, limits and batching",
-             responses=error_docs((401, 500, 503), authenticated))
+             responses=error_docs((401, 413, 500, 503), authenticated))
     async def info():
         model = await ingress.model_info()
         return InfoResponse(**model, api_version=API_VERSION, limits=ingress.settings.limits(),

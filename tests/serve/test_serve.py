@@ -227,6 +227,17 @@ def test_a_streamed_body_over_the_limit_is_413(server):
         assert h.get("/v1/health").status_code == 200
 
 
+def test_a_get_with_a_body_over_the_limit_is_the_documented_413(server):
+    with _http(server) as h:
+        spec = h.get("/v1/openapi.json").json()
+        for route in ("/v1/health", "/v1/info"):
+            r = h.request("GET", route, content=b"x" * (MAX_BODY + 1))
+            assert r.status_code == 413 and r.json()["error"]["field"] == "body", route
+            jsonschema.validate(r.json(), _response_schema())
+            assert "413" in spec["paths"][route]["get"]["responses"], route
+        assert h.get("/v1/health").status_code == 200
+
+
 def test_a_failing_scene_fails_only_its_own_request(server, client):
     src = np.zeros((4, 32, 32, 4), np.uint8)
 

@@ -52,7 +52,7 @@ def test_client_bodies_satisfy_the_request_schema_and_model():
 
 
 def test_a_request_without_guidance_takes_its_conditions_default():
-    t, (x, y, z) = GRID.num_frames, GRID.size
+    t, (x, y, _) = GRID.num_frames, GRID.size
     layout = np.zeros((t, x // 4, y // 4), int)
     cases = [({}, 1.0), ({"command": 2}, 4.0), ({"layout": layout}, 1.0), ({"layout": layout, "command": 2}, 1.0),
              ({"layout": layout, "guidance": 3.0}, 3.0)]
@@ -118,6 +118,18 @@ def test_model_and_schema_reject_bad_fields(body, field):
 def test_array_decoding_errors_name_the_field(value, message):
     with pytest.raises(ValueError, match=message):
         ScenesRequest.model_validate({"bev": value}).to_scene_request("body")
+
+
+def test_a_condition_the_model_was_not_trained_with_is_a_422_naming_that_field():
+    from dcgen.serve.errors import api_error
+
+    body = ScenesRequest.model_validate({"command": 1, "bev": np.zeros(GRID.size[:2], int).tolist()})
+    with pytest.raises(ValueError) as e:
+        body.to_scene_request("body").validate(GRID, ("command", "layout"), what="body")
+    error = api_error(str(e.value))
+    assert error.status_code == 422 and error.field == "bev"
+    assert str(error.detail) == "bev: condition 'bev' is not one the model was trained with (it accepts ['command', " \
+                                "'layout'])"
 
 
 @pytest.mark.parametrize("shape, message", [
