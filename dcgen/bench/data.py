@@ -250,7 +250,8 @@ def _plain_pass(path: str, arrays: tuple[str, ...], n: int, clips_per_read: int)
         for arr in handles:
             nbytes += np.asarray(arr[a:a + clips_per_read]).nbytes
     seconds = time.perf_counter() - t0
-    return {"seconds": round(seconds, 3), "clips_per_s": round(n / seconds, 1), "mb_per_s": round(nbytes / MB / seconds, 1)}
+    return {"seconds": round(seconds, 3), "clips_per_s": round(n / seconds, 1),
+            "mb_per_s": round(nbytes / MB / seconds, 1)}
 
 
 def _ray_pass(path: str, batch_size: int, expected: np.ndarray) -> dict:
@@ -266,7 +267,8 @@ def _ray_pass(path: str, batch_size: int, expected: np.ndarray) -> dict:
     if not np.array_equal(got, expected):
         raise RuntimeError(f"{path}: Ray Data returned {got.size} clips, expected each of {expected.size} once")
     n = int(expected.size)
-    return {"seconds": round(seconds, 3), "clips_per_s": round(n / seconds, 1), "mb_per_s": round(nbytes / MB / seconds, 1)}
+    return {"seconds": round(seconds, 3), "clips_per_s": round(n / seconds, 1),
+            "mb_per_s": round(nbytes / MB / seconds, 1)}
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------------

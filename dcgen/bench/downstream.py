@@ -3,21 +3,23 @@
 A matched-compute comparison on semantic scene completion from one LiDAR sweep (CarlaSC's task; ``train/ssc_loop``,
 ``models/ssc_net``): every run trains the same network for the same optimizer steps at the same batch size, so an
 arm with more data gets no more compute (Dream4Drive: most "synthetic pre-training helps" results vanish once the
-real-only baseline trains as long). Arms, swept over real clip counts n, synthetic:real ratios r and seeds:
-``real`` (n real clips), ``real+aug`` (the n clips plus round(n r) flip/rotate copies of them: the trivial baseline
-generated data must beat), ``real+gen`` (the n clips plus round(n r) generated ones) and ``gen`` (n generated clips
-and no real one). A mixed arm draws its batches from all its frames alike (the added clips are then r / (1 + r) of
-every batch on average: 80 % at r = 4), or with ``synthetic_share`` s a fixed share s of every batch from its added
-clips, the same s for the augmented copies as for the generated clips, so the arms stay matched. All arms are scored
-on held-out real clips (the real store's evaluation split) by mIoU inside the store's observed mask and by completion
-(occupied vs free) IoU, over every voxel too. Optional controls check the
-harness itself: ``leak`` trains on the evaluation clips (it must score far higher), ``shuffled`` pairs every input
-with another frame's target (the no-information floor). With a ``dcgen synth`` job's output the same arms compare
-its gated scenes with the ungated ones (attempt 0 of every scene, partly in its ``rejected`` store): the value of the
-gates. Before anything trains, stores of other grids or class tables, empty synthetic stores, counts beyond a store,
-bad numbers and a generator that trained on the evaluation clips (``downstream_checks``) stop the benchmark, and a
-collapsed synthetic store is flagged. Real subsets are nested (the first n of one permutation per seed) and every
-arm of one seed shares its real clips and initial weights, so arms are compared seed by seed.
+real-only baseline trains as long). Arms, swept over real clip counts n, synthetic:real ratios r and seeds: ``real``
+(n real clips), ``real+aug`` (the n clips plus round(n r) flip/rotate copies of them: the trivial baseline generated
+data must beat), ``real+gen`` (the n clips plus round(n r) generated ones) and ``gen`` (n generated clips and no
+real one). A mixed arm draws its batches from all its frames alike (the added clips are then r / (1 + r) of every
+batch on average: 80 % at r = 4), or with ``synthetic_share`` s a fixed share s of every batch from its added clips,
+the same s for the augmented copies as for the generated clips, so the arms stay matched. All arms are scored on
+held-out real clips, the evaluation split of the real store or of an evaluation store of the same grid (a held-out
+city, a dataset's val store: more clips than one city's val split gives), optionally only its first N clips, by mIoU
+inside the store's observed mask and by completion (occupied vs free) IoU, over every voxel too. Optional controls
+check the harness itself: ``leak`` trains on the evaluation clips (it must score far higher), ``shuffled`` pairs
+every input with another frame's target (the no-information floor). With a ``dcgen synth`` job's output the same
+arms compare its gated scenes with the ungated ones (attempt 0 of every scene, partly in its ``rejected`` store):
+the value of the gates. Before anything trains, stores of other grids or class tables, empty synthetic stores,
+counts beyond a store, bad numbers, an evaluation store holding copies of the real training clips and a generator
+that trained on the evaluation clips (``downstream_checks``) stop the benchmark, and a collapsed synthetic store is
+flagged. Real subsets are nested (the first n of one permutation per seed) and every arm of one seed shares its real
+clips and initial weights, so arms are compared seed by seed.
 Outputs in ``OUT``: ``downstream.json``, ``downstream.png`` (mIoU against real clip count, a line per arm and ratio,
 error bars over seeds) and ``downstream.txt`` (the one-screen table, ``downstream_report``).
 """
@@ -36,8 +38,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from dcgen.bench.downstream_checks import (Pool, checksums, collapse_report, diversity, overlap_report, same_grid,
-                                           ungated_pool, whole_store_pool)
+from dcgen.bench.downstream_checks import (Pool, collapse_report, diversity, evaluation_clips, overlap_report,
+                                           same_grid, ungated_pool, whole_store_pool)
 from dcgen import storage
 from dcgen.data.grid import GRIDS
 from dcgen.data.store import SceneStore
@@ -113,16 +115,17 @@ def _run_id(seed: int, arm: str, pool: str | None, count: int, ratio: float | No
     return re.sub(r"[^A-Za-z0-9._+-]", "_", "-".join(parts))
 
 
-def plan_runs(real: SceneStore, real_split: str, eval_split: str, pools: dict[str, Pool], *,
+def plan_runs(real: SceneStore, real_split: str, evaluation: Sequence[tuple[str, int]], pools: dict[str, Pool], *,
               real_counts: tuple[int, ...], ratios: tuple[float, ...], seeds: tuple[int, ...],
               controls: tuple[str, ...], gate_pools: tuple[str, ...] = (),
               synthetic_share: float | None = None) -> list:
-    """Every run of the sweep (``ssc_loop.SSCRun``), in a fixed order; the mixed arms draw ``synthetic_share`` of
+    """Every run of the sweep (``ssc_loop.SSCRun``), in a fixed order; ``evaluation`` holds the scored clips as
+    ``(store path, index)`` pairs (the ``leak`` control trains on them); the mixed arms draw ``synthetic_share`` of
     every batch from their added clips (None: from all their frames alike)."""
     from dcgen.runtime import rng
     from dcgen.train.ssc_loop import SSCRun, num_transforms
 
-    train_idx, eval_idx = real.indices(real_split), real.indices(eval_split)
+    train_idx = real.indices(real_split)
     copies = num_transforms(real.grid.size) - 1  # symmetries other than the identity
     runs: list[SSCRun] = []
 
@@ -158,16 +161,18 @@ def plan_runs(real: SceneStore, real_split: str, eval_split: str, pools: dict[st
                     continue
                 add(seed, "gen", name, n, None, pool_order[name][:n], synthetic=n)
         if "leak" in controls:
-            add(seed, "leak", None, int(eval_idx.size), None, [(real.path, int(i)) for i in eval_idx])
+            add(seed, "leak", None, len(evaluation), None, [(p, int(i)) for p, i in evaluation])
         if "shuffled" in controls:
             n = max(real_counts)
             add(seed, "shuffled", None, n, None, [(real.path, int(i)) for i in order[:n]], shuffle=True)
     return runs
 
 
-def position_prior(real: SceneStore, train_indices: np.ndarray, eval_split: str) -> dict:
-    """Scores of the input-blind predictor, each voxel's most frequent class over the frames of ``train_indices``:
-    what a network reaches without using its input (the ``shuffled`` control should land near it)."""
+def position_prior(real: SceneStore, train_indices: np.ndarray, evaluation: SceneStore,
+                   eval_indices: np.ndarray) -> dict:
+    """Scores on the clips ``eval_indices`` of ``evaluation`` of the input-blind predictor, each voxel's most frequent
+    class over the frames of ``train_indices`` of ``real``: what a network reaches without using its input (the
+    ``shuffled`` control should land near it)."""
     from dcgen.data.torch_dataset import SceneDataset
     from dcgen.metrics.recon_iou import IoUAccumulator
 
@@ -180,9 +185,9 @@ def position_prior(real: SceneStore, train_indices: np.ndarray, eval_split: str)
             counts_KXYZ[c] += (occ_TXYZ == c).sum(axis=0)
     pred_XYZ = counts_KXYZ.argmax(axis=0)
     acc = IoUAccumulator(k)
-    evaluation = SceneDataset(real.path, split=eval_split, arrays=_eval_arrays(real))
-    for i in range(len(evaluation)):
-        clip = evaluation[i]
+    scored = SceneDataset(evaluation.path, split=None, arrays=_eval_arrays(evaluation))
+    for i in eval_indices:
+        clip = scored[int(np.searchsorted(scored.indices, i))]
         for t in range(clip["occupancy"].shape[0]):
             acc.update(pred_XYZ, clip["occupancy"][t], clip["mask"][t] if "mask" in clip else None)
     return {"miou": acc.miou(), "completion_iou": acc.binary_iou(), "train_clips": int(len(train_indices))}
@@ -190,12 +195,12 @@ def position_prior(real: SceneStore, train_indices: np.ndarray, eval_split: str)
 
 # ---- execution --------------------------------------------------------------------------------------------------
 
-def _eval_arrays(real: SceneStore) -> tuple[str, ...]:
-    return ("occupancy", "mask") if real.has_mask else ("occupancy",)
+def _eval_arrays(evaluation: SceneStore) -> tuple[str, ...]:
+    return ("occupancy", "mask") if evaluation.has_mask else ("occupancy",)
 
 
-def _execute_ray(cfg, real: str, eval_split: str, arrays: tuple[str, ...], out: Path, *, workers: int,
-                 gpus_per_worker: float, address: str | None, verbose: bool) -> None:
+def _execute_ray(cfg, evaluation: str, eval_split: str, eval_indices: np.ndarray, arrays: tuple[str, ...],
+                 out: Path, *, workers: int, gpus_per_worker: float, address: str | None, verbose: bool) -> None:
     from dcgen.data.ray_dataset import read_scenes
     from dcgen.runtime import init_ray
     from dcgen.train import ray_trainer
@@ -204,7 +209,7 @@ def _execute_ray(cfg, real: str, eval_split: str, arrays: tuple[str, ...], out: 
     init_ray(address, quiet=not verbose)
     scaling = Scaling(workers=workers, gpus_per_worker=gpus_per_worker, address=address)
     result = ray_trainer.fit("dcgen.train.ssc_loop:train_ssc_runs", asdict(cfg),
-                             datasets={"eval": read_scenes(real, eval_split, arrays)},
+                             datasets={"eval": read_scenes(evaluation, eval_split, arrays, indices=eval_indices)},
                              storage_path=str(out / "ray"), name="downstream", num_workers=workers,
                              progress="eval downstream" + (" (rank 0's runs)" if workers > 1 else ""),
                              gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker(scaling),
@@ -213,8 +218,10 @@ def _execute_ray(cfg, real: str, eval_split: str, arrays: tuple[str, ...], out: 
         raise RuntimeError(f"downstream benchmark training failed: {result.error}")
 
 
-def _execute_local(cfg, real: str, eval_split: str, arrays: tuple[str, ...], device: str | None) -> None:
-    """The same loop in this process (``LocalContext``), the evaluation split read through ``SceneDataset``."""
+def _execute_local(cfg, evaluation: str, eval_split: str, eval_indices: np.ndarray, arrays: tuple[str, ...],
+                   device: str | None) -> None:
+    """The same loop in this process (``LocalContext``), the clips ``eval_indices`` of the evaluation split read
+    through ``SceneDataset``."""
     from dcgen.data.torch_dataset import SceneDataset
     from dcgen.progress import Progress
     from dcgen.runtime import pick_device
@@ -222,9 +229,9 @@ def _execute_local(cfg, real: str, eval_split: str, arrays: tuple[str, ...], dev
     from dcgen.train.ssc_loop import train_ssc_runs
 
     def eval_batches():
-        ds = SceneDataset(real, split=eval_split, arrays=arrays)
-        for i in range(len(ds)):
-            clip = ds[i]
+        ds = SceneDataset(evaluation, split=eval_split, arrays=arrays)
+        for i in np.searchsorted(ds.indices, eval_indices):
+            clip = ds[int(i)]
             yield {**{k: v[None] for k, v in clip.items()}, "index": ds.indices[i:i + 1]}
 
     with Progress("eval downstream") as bar:
@@ -264,21 +271,23 @@ def _check_out(out: Path, plan: dict, overwrite: bool) -> None:
 def run_downstream(real: str, synthetic: Sequence[str], out: str | Path, *, real_counts=None, ratios=None,
                    steps: int | None = None, batch_size: int | None = None, seeds=None, allow_overlap: bool = False,
                    gated_store: str | None = None, rejected_store: str | None = None, preset: str | None = None,
-                   real_split: str = "train", eval_split: str = "val", controls: Sequence[str] = (),
+                   real_split: str = "train", eval_split: str = "val", eval_store: str | None = None,
+                   eval_clips: int | None = None, controls: Sequence[str] = (),
                    lr: float = 5e-3, synthetic_share: float | None = None, workers: int = 1,
                    gpus_per_worker: float = 0.0, address: str | None = None,
                    backend: str = "ray", device: str | None = None, overwrite: bool = False, verbose: bool = False,
                    log: Callable[[str], None] = print) -> dict:
     """Run the downstream benchmark into ``out`` and return its report (also written as JSON, PNG and a table).
 
-    ``real``: scene store of real clips (trained on from ``real_split``, scored on ``eval_split``); ``synthetic``:
-    generated scene stores; ``gated_store``: a ``dcgen synth`` output whose gated and ungated scenes are compared
-    (``rejected_store`` defaults to its ``rejected``). Counts, ratios, steps, batch size and seeds default to the
-    preset's (``DOWNSTREAM_DEFAULTS``; the preset is the real store's grid unless given). ``controls``: any of
-    ``leak``, ``shuffled``. ``backend`` ``ray`` trains on Ray Train (``workers`` split the runs), ``local`` in this
-    process. ``synthetic_share``: the share of every batch of the mixed arms (real+aug, real+gen) drawn from their
-    added clips; None draws all their frames alike. Every input error is raised before anything is trained or
-    written.
+    ``real``: scene store of real clips (trained on from ``real_split``); every arm is scored on ``eval_split`` of
+    ``eval_store`` (default ``real``; same grid and class table), only its first ``eval_clips`` clips in store order
+    when given (default: all); ``synthetic``: generated scene stores; ``gated_store``: a ``dcgen synth`` output
+    whose gated and ungated scenes are compared (``rejected_store`` defaults to its ``rejected``). Counts, ratios,
+    steps, batch size and seeds default to the preset's (``DOWNSTREAM_DEFAULTS``; the preset is the real store's
+    grid unless given). ``controls``: any of ``leak``, ``shuffled``. ``backend`` ``ray`` trains on Ray Train
+    (``workers`` split the runs), ``local`` in this process. ``synthetic_share``: the share of every batch of the
+    mixed arms (real+aug, real+gen) drawn from their added clips; None draws all their frames alike. Every input
+    error is raised before anything is trained or written.
     """
     from dcgen.bench.downstream_report import (curves, format_table, gate_value, jsonable, plot_curves,
                                                step_bound_flags, targets)
@@ -289,6 +298,7 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | Path, *, real
     t0 = time.perf_counter()
     # stores as Ray Train workers can open them: they do not start in this process's working directory
     real, synthetic = storage.resolve(real), [storage.resolve(path) for path in synthetic]
+    eval_path = real if eval_store is None else storage.resolve(eval_store)
     gated_store = None if gated_store is None else storage.resolve(gated_store)
     rejected_store = None if rejected_store is None else storage.resolve(rejected_store)
     if backend not in BACKENDS:
@@ -324,12 +334,9 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | Path, *, real
                          "the added clips, a number strictly between 0 and 1")
     model = SSCNetConfig.from_dict({**ssc_preset(preset).to_dict(), "size": list(real_store.grid.size),
                                     "num_classes": real_store.grid.num_classes})
-    if real_split == eval_split:
-        raise ValueError(f"--real-split and --eval-split are both {eval_split!r}: the real arm would train on the "
-                         "clips it is scored on")
-    n_train, n_eval = real_store.indices(real_split).size, real_store.indices(eval_split).size
-    if n_eval == 0:
-        raise ValueError(f"{real}: split {eval_split!r} (the evaluation clips) has no complete clip")
+    evaluation, eval_idx, split_size, eval_sums = evaluation_clips(real_store, real_split, eval_path, eval_split,
+                                                                    eval_clips)
+    eval_is_real, n_train, n_eval = evaluation is real_store, real_store.indices(real_split).size, int(eval_idx.size)
     if max(real_counts) > n_train:
         raise ValueError(f"--real-counts {list(real_counts)}: {real} has {n_train} clips in split {real_split!r}, "
                          f"expected counts <= {n_train}")
@@ -390,13 +397,12 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | Path, *, real
                              "--ratios, or generate more")
 
     # overlap with the evaluation clips, then collapse
-    eval_sums = checksums(real_store, eval_split)
     overlap = {}
     for store in stores.values():
         if store.path not in overlap:
-            overlap[store.path] = overlap_report(store, real_store, eval_split, eval_sums)
+            overlap[store.path] = overlap_report(store, evaluation, eval_split, eval_sums)
     if gate_names is not None:
-        rep = overlap_report(rejected, real_store, eval_split, eval_sums)
+        rep = overlap_report(rejected, evaluation, eval_split, eval_sums)
         # the rejected store records no generator of its own: the job's provenance, checked above, covers it
         rep["problems"] = [p for p in rep["problems"] if "provenance names no generator" not in p]
         rep.update(kind="same job as " + gated.path, generator=None)
@@ -404,15 +410,16 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | Path, *, real
     problems = [p for rep in overlap.values() for p in rep["problems"]]
     if problems and not allow_overlap:
         raise ValueError("the evaluation clips may not be held out from the generator:\n  " + "\n  ".join(problems)
-                         + f"\nchoose another --eval-split of {real}, or pass allow_overlap=True (--allow-overlap) to "
-                         "run anyway (the report then says so)")
+                         + f"\nchoose another --eval-split of {eval_path} or another --eval store, or pass "
+                         "allow_overlap=True (--allow-overlap) to run anyway (the report then says so)")
     real_div = diversity([(real_store.path, int(i)) for i in real_store.indices(real_split)])
     # on the largest real subset of the first seed, the shuffled control's clips
     chance = position_prior(real_store, rng(seeds[0], 0).permutation(real_store.indices(real_split))[
-        :max(real_counts)], eval_split)
+        :max(real_counts)], evaluation, eval_idx)
     collapse = {name: collapse_report(pool, real_div) for name, pool in pools.items()}
 
-    runs = plan_runs(real_store, real_split, eval_split, pools, real_counts=real_counts, ratios=ratios, seeds=seeds,
+    runs = plan_runs(real_store, real_split, [(evaluation.path, int(i)) for i in eval_idx], pools,
+                     real_counts=real_counts, ratios=ratios, seeds=seeds,
                      controls=controls, gate_pools=(gate_names[1],) if gate_names else (),
                      synthetic_share=None if synthetic_share is None else float(synthetic_share))
     out = Path(out).resolve()
@@ -421,17 +428,24 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | Path, *, real
     plan = {"real": real_store.path, "real_split": real_split, "eval_split": eval_split,
             "synthetic": {n: [p for p, _ in pool.parts] for n, pool in pools.items()},
             "train": {k: v for k, v in asdict(cfg).items() if k != "out_dir"}}
+    # only where they differ from the default, so a benchmark directory of the default settings stays valid
+    if not eval_is_real:
+        plan["eval"] = evaluation.path
+    if n_eval < split_size:
+        plan["eval_clips"] = n_eval
     _check_out(out, plan, overwrite)
+    first = f" (the first {n_eval} of {split_size})" if n_eval < split_size else ""
     log(f"downstream: {len(runs)} runs of {steps} steps x batch {batch_size} ({preset} network) on {backend}; "
-        f"real {real} ({n_train} {real_split} clips, {n_eval} {eval_split} clips scored), pools "
+        f"real {real} ({n_train} {real_split} clips), scored on {n_eval} {eval_split} clips of {evaluation.path}"
+        f"{first}; pools "
         + ", ".join(f"{n} ({p.size} clips)" for n, p in pools.items()))
-    arrays = _eval_arrays(real_store)
+    arrays = _eval_arrays(evaluation)
     t_train = time.perf_counter()
     if backend == "ray":
-        _execute_ray(cfg, real_store.path, eval_split, arrays, out, workers=workers, gpus_per_worker=gpus_per_worker,
-                     address=address, verbose=verbose)
+        _execute_ray(cfg, evaluation.path, eval_split, eval_idx, arrays, out, workers=workers,
+                     gpus_per_worker=gpus_per_worker, address=address, verbose=verbose)
     else:
-        _execute_local(cfg, real_store.path, eval_split, arrays, device)
+        _execute_local(cfg, evaluation.path, eval_split, eval_idx, arrays, device)
     train_seconds = time.perf_counter() - t_train
     results = []
     for r in runs:
@@ -459,9 +473,10 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | Path, *, real
         flags.append(gate_note)
     report = {
         "benchmark": "downstream-ssc", "preset": preset, "backend": backend,
-        "real": {"path": real_store.path, "train_split": real_split, "eval_split": eval_split,
-                 "train_clips": int(n_train), "eval_clips": int(n_eval), "observed_mask": real_store.has_mask,
+        "real": {"path": real_store.path, "train_split": real_split, "train_clips": int(n_train),
                  "diversity": real_div},
+        "eval": {"path": evaluation.path, "split": eval_split, "clips": n_eval, "split_clips": int(split_size),
+                 "is_real": eval_is_real, "observed_mask": evaluation.has_mask},
         "chance": chance,
         "synthetic": {n: {"paths": [p for p, _ in pool.parts], **collapse[n]} for n, pool in pools.items()},
         "overlap": overlap, "allow_overlap": bool(allow_overlap),

@@ -98,8 +98,42 @@ def ungated_pool(name: str, gated: SceneStore, rejected: SceneStore) -> Pool:
 
 # ---- generator provenance and overlap ---------------------------------------------------------------------------
 
-def _resolved(path: str) -> str:
+def store_key(path: str) -> str:
+    """``path`` as two names of one store compare equal: resolved on this machine, a URI as given."""
     return str(path) if "://" in str(path) else os.path.realpath(str(path))
+
+
+def evaluation_clips(real: SceneStore, real_split: str, eval_path: str, eval_split: str,
+                     eval_clips: int | None) -> tuple[SceneStore, np.ndarray, int, dict[int, int]]:
+    """The clips every arm is scored on: the store (``real`` itself when ``eval_path`` names it), the indices (the
+    first ``eval_clips`` of ``eval_split`` in store order, so every run and seed scores the same ones; None: all),
+    the split's size and the scored clips' checksums; or a ``ValueError`` naming what is wrong: the real arms' own
+    split, another grid or class table, an empty split, a bad count, copies of the real training clips."""
+    eval_is_real = store_key(eval_path) == store_key(real.path)
+    if eval_is_real and real_split == eval_split:
+        raise ValueError(f"--real-split and --eval-split are both {eval_split!r}: the real arm would train on the "
+                         "clips it is scored on")
+    evaluation = real if eval_is_real else SceneStore.open(eval_path)
+    if (why := same_grid(real, evaluation)) is not None:
+        raise ValueError(f"--eval {why}")
+    split_idx = evaluation.indices(eval_split)
+    if split_idx.size == 0:
+        raise ValueError(f"{eval_path}: split {eval_split!r} (the evaluation clips) has no complete clip")
+    if eval_clips is not None and (isinstance(eval_clips, bool) or int(eval_clips) != eval_clips or eval_clips < 1):
+        raise ValueError(f"--eval-clips {eval_clips}: expected a positive number of evaluation clips")
+    if eval_clips is not None and eval_clips > split_idx.size:
+        raise ValueError(f"--eval-clips {eval_clips}: {eval_path} has {split_idx.size} clips in split "
+                         f"{eval_split!r}, expected <= {split_idx.size}")
+    eval_idx = split_idx[:eval_clips]
+    scored = set(eval_idx.tolist())
+    eval_sums = {i: c for i, c in checksums(evaluation, eval_split).items() if i in scored}
+    if not eval_is_real:  # a copy of the training clips elsewhere would score the real arm on what it trained on
+        copies = set(eval_sums.values()) & set(checksums(real, real_split).values())
+        if copies:
+            raise ValueError(f"--eval {eval_path}: {len(copies)} of its {eval_idx.size} evaluation clips (split "
+                             f"{eval_split!r}) are identical to clips of split {real_split!r} of {real.path}, which "
+                             "the real arms train on; expected held-out clips")
+    return evaluation, eval_idx, int(split_idx.size), eval_sums
 
 
 def generator_training(store: SceneStore) -> dict:
@@ -147,8 +181,10 @@ def generator_training(store: SceneStore) -> dict:
     return {"kind": "checkpoints", "generator": generator, "trained_on": trained}
 
 
-def overlap_report(pool_store: SceneStore, real: SceneStore, eval_split: str, eval_sums: dict[int, int]) -> dict:
-    """How the evaluation clips relate to what ``pool_store``'s generator saw and to the store's own clips."""
+def overlap_report(pool_store: SceneStore, evaluation: SceneStore, eval_split: str,
+                   eval_sums: dict[int, int]) -> dict:
+    """How the evaluation clips (``eval_sums``, of split ``eval_split`` of the store ``evaluation``) relate to what
+    ``pool_store``'s generator saw and to the store's own clips."""
     info = generator_training(pool_store)
     eval_set = set(eval_sums.values())
     problems, warnings = [], []
@@ -165,7 +201,7 @@ def overlap_report(pool_store: SceneStore, real: SceneStore, eval_split: str, ev
             trained = None
         if trained is None:
             entry["verified"] = "path"
-            same = _resolved(entry["store"]) == _resolved(real.path)
+            same = store_key(entry["store"]) == store_key(evaluation.path)
             entry["eval_clips_seen"] = None
             if same and eval_split == entry["split"]:
                 problems.append(f"{pool_store.path}: its {entry['role']} {entry['checkpoint']} trained on split "

@@ -145,13 +145,23 @@ def _pct(mean, std=None, width: int = 0) -> str:
     return text.rjust(width)
 
 
+def scored_clips(report: dict, path_width: int | None = None) -> str:
+    """Which clips every arm was scored on: ``N held-out real clips (split S of STORE)``, or ``(the first N of the M
+    in split S of STORE)`` under a cap; a store path longer than ``path_width`` keeps its end, which names it."""
+    ev = report["eval"]
+    path = ev["path"]
+    if path_width is not None and len(path) > path_width:
+        path = "..." + path[len(path) - path_width + 3:]
+    first = f"the first {ev['clips']} of the {ev['split_clips']} in " if ev["clips"] < ev["split_clips"] else ""
+    return f"{ev['clips']} held-out real clips ({first}split {ev['split']} of {path})"
+
+
 def format_table(report: dict) -> str:
     """The report's numbers on one screen (mIoU in percent, mean ± std over seeds)."""
-    cfg, real, rows = report["config"], report["real"], report["curves"]
+    cfg, rows = report["config"], report["curves"]
     counts = cfg["real_counts"]
-    lines = [f"downstream SSC benchmark ({report['preset']}): mIoU % on {real['eval_clips']} held-out real clips "
-             f"(split {real['eval_split']} of {real['path']}), mean ± std over seeds "
-             f"{','.join(map(str, cfg['seeds']))}",
+    lines = [f"downstream SSC benchmark ({report['preset']}): mIoU % on {scored_clips(report)}, mean ± std over "
+             f"seeds {','.join(map(str, cfg['seeds']))}",
              f"every run {cfg['steps']} steps x batch {cfg['batch_size']}; n real clips, real+aug / real+gen add "
              f"ratio x n clips, gen trains on n generated clips only",
              "real+aug / real+gen batches: " + (
@@ -260,7 +270,7 @@ def plot_curves(report: dict, path: str | Path, size: tuple[int, int] = (1000, 6
     ratios = report["config"]["ratios"]
     pools = list(report["synthetic"])
     w, h = size
-    left, right, top, bottom = 70, 300, 50, 60
+    left, right, top, bottom = 70, 300, 64, 60
     img = Image.new("RGB", size, (255, 255, 255))
     draw = ImageDraw.Draw(img)
     font, small = ImageFont.load_default(size=15), ImageFont.load_default(size=12)
@@ -307,12 +317,12 @@ def plot_curves(report: dict, path: str | Path, size: tuple[int, int] = (1000, 6
         draw.text((px(n), h - bottom + 8), str(n), fill=(0, 0, 0), font=small, anchor="mt")
     draw.text(((left + w - right) / 2, h - 22), "real clips in training (n)", fill=(0, 0, 0), font=font, anchor="mm")
     draw.text((12, top - 12), "mIoU % (held-out real clips)", fill=(0, 0, 0), font=font, anchor="lm")
-    real = report["real"]
     share = report["config"].get("synthetic_share")
-    draw.text((left, 14), f"downstream SSC benchmark ({report['preset']}): {report['config']['steps']} steps x batch "
-              f"{report['config']['batch_size']} per run, ± 1 std over {len(report['config']['seeds'])} seeds, "
-              f"{real['eval_clips']} eval clips" + ("" if share is None else f", mixed batches {share:.0%} added"),
-              fill=(0, 0, 0), font=font, anchor="lm")
+    draw.text((left, 12), f"downstream SSC benchmark ({report['preset']}): {report['config']['steps']} steps x batch "
+              f"{report['config']['batch_size']} per run, ± 1 std over {len(report['config']['seeds'])} seeds"
+              + ("" if share is None else f", mixed batches {share:.0%} added"), fill=(0, 0, 0), font=font, anchor="lm")
+    draw.text((left, 31), "scored on " + scored_clips(report, path_width=70), fill=(0, 0, 0), font=small,
+              anchor="lm")
     references = [(r["arm"] + " control", r["miou_mean"]) for r in controls]
     if report["chance"]["miou"] is not None:
         references.append(("chance (input-blind prior)", report["chance"]["miou"]))

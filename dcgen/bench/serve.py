@@ -3,14 +3,14 @@ batching on and off, and their ratios from the same run. Issue 25's targets: bat
 concurrency <= 1.2x unbatched (a lone request must not pay for batch mates it does not have), and batched throughput
 at the highest >= unbatched.
 
-Each request asks for one command-conditioned scene with its own seed, sent by that many concurrent
-``AsyncDcgenClient`` tasks over loopback HTTP. "Off" is a batch of one on a pipeline whose micro-batch is one (so it
-does no padded work); "on" batches up to ``max_batch_size`` scenes on a pipeline of that micro-batch, each batch
-padded to its bucket (the next power of two). Each level runs both modes in ABBA order (halves of its requests, each on a fresh deployment).
-Trained checkpoints are used when given; otherwise freshly initialised networks of the preset are written as
-checkpoints and served: serving time does not depend on the weights. ``pipeline_ceiling`` times the pipeline
-in-process at micro-batch 1 and at a full batch: the most batching can gain in throughput on the hardware (on a CPU,
-where compute grows with the batch, less than on an accelerator). Every number is measured in this run.
+Each request asks for one command-conditioned scene with its own seed, sent by that many concurrent ``AsyncDcgenClient``
+tasks over loopback HTTP. "Off" is a batch of one on a pipeline whose micro-batch is one (so it does no padded work);
+"on" batches up to ``max_batch_size`` scenes on a pipeline of that micro-batch, each batch padded to its bucket (the
+next power of two). Each level runs both modes in ABBA order (halves of its requests, each on a fresh deployment).
+Trained checkpoints are used when given; otherwise freshly initialised networks of the preset are written as checkpoints
+and served: serving time does not depend on the weights. ``pipeline_ceiling`` times the pipeline in-process at
+micro-batch 1 and at a full batch: the most batching can gain in throughput on the hardware (on a CPU, where compute
+grows with the batch, less than on an accelerator). Every number is measured in this run.
 """
 
 from __future__ import annotations

@@ -176,7 +176,7 @@ def _numbers(text: Optional[str], kind=int) -> Optional[tuple]:
 def eval_downstream_cmd(
     ctx: typer.Context,
     real: str = typer.Option(..., help="Scene store of real clips: the real arms train on --real-split; every arm "
-                             "is scored on --eval-split."),
+                             "is scored on --eval-split of it unless --eval names another store."),
     synthetic: str = typer.Option("", help="Generated scene stores, comma-separated; each is a pool of generated "
                                   "clips."),
     out: Path = typer.Option(..., help="Directory for downstream.json/.png/.txt, plan.json and runs/; rerunning "
@@ -195,7 +195,14 @@ def eval_downstream_cmd(
     controls: str = typer.Option("", help="Harness checks, comma-separated: leak trains on the evaluation clips; "
                                  "shuffled pairs inputs with other frames' targets."),
     real_split: str = typer.Option("train", help="Split of --real the real arms train on."),
-    eval_split: str = typer.Option("val", help="Split of --real every arm is scored on."),
+    eval_split: str = typer.Option("val", help="Split of the evaluation store (--eval, default --real) every arm is "
+                                   "scored on."),
+    eval_store: Optional[str] = typer.Option(None, "--eval", help="Scene store every arm is scored on (its "
+                                             "--eval-split), e.g. a held-out city or a dataset's val store; same grid "
+                                             "and class table as --real (default: --real)."),
+    eval_clips: Optional[int] = typer.Option(None, help="Score on the first N clips of the evaluation split only, in "
+                                             "store order (every run and seed the same clips); evaluation time grows "
+                                             "with N (default: the whole split)."),
     preset: Optional[str] = typer.Option(None, help="Network widths and sweep defaults (default: the real store's "
                                          "grid)."),
     lr: float = typer.Option(5e-3, help="Learning rate of every run."),
@@ -224,7 +231,8 @@ def eval_downstream_cmd(
                                 real_counts=_numbers(real_counts), ratios=_numbers(ratios, float), steps=steps,
                                 batch_size=batch_size, seeds=_numbers(seeds), allow_overlap=allow_overlap,
                                 gated_store=gated, rejected_store=rejected, preset=preset, real_split=real_split,
-                                eval_split=eval_split, controls=tuple(c for c in controls.split(",") if c.strip()),
+                                eval_split=eval_split, eval_store=eval_store, eval_clips=eval_clips,
+                                controls=tuple(c for c in controls.split(",") if c.strip()),
                                 lr=lr, synthetic_share=synthetic_share, workers=workers,
                                 gpus_per_worker=gpus_per_worker, address=address,
                                 backend="local" if local else "ray", device=None if device == "auto" else device,

@@ -91,13 +91,21 @@ def read_clips(store: SceneStore, group: np.ndarray, arrays: tuple[str, ...]) ->
 
 
 class SceneDatasource(Datasource):
-    """Clips of one split of a scene store, ``clips_per_task`` per read task (default: about one block)."""
+    """Clips of one split of a scene store (or only ``indices`` of it), ``clips_per_task`` per read task (default:
+    about one block)."""
 
     def __init__(self, path: str, split: str | None = None, arrays: tuple[str, ...] | None = None,
-                 clips_per_task: int | None = None, target_block_bytes: int = TARGET_BLOCK_BYTES):
+                 clips_per_task: int | None = None, target_block_bytes: int = TARGET_BLOCK_BYTES,
+                 indices: np.ndarray | None = None):
         store = SceneStore.open(path)
         self.path = path
         self.indices = store.indices(split)
+        if indices is not None:
+            wanted = np.unique(np.asarray(indices, dtype=np.int64))
+            missing = np.setdiff1d(wanted, self.indices)
+            if missing.size:
+                raise ValueError(f"{path}: clips {missing[:8].tolist()} are not complete clips of split {split!r}")
+            self.indices = wanted
         if self.indices.size == 0:
             raise ValueError(f"{path}: split {split!r} has no complete clips")
         self.arrays = tuple(arrays or store.array_names)
@@ -142,8 +150,9 @@ class SceneDatasource(Datasource):
 
 def read_scenes(path: str, split: str | None = None, arrays: tuple[str, ...] | None = None,
                 clips_per_task: int | None = None, override_num_blocks: int | None = None,
-                reserve_for_downstream: bool = False):
-    """A ``ray.data.Dataset`` with one row per complete clip (columns = arrays + ``index``).
+                reserve_for_downstream: bool = False, indices: np.ndarray | None = None):
+    """A ``ray.data.Dataset`` with one row per complete clip (columns = arrays + ``index``); ``indices`` reads only
+    those clips of the split (store indices).
 
     One output block per read task unless ``override_num_blocks`` asks for more (Ray then splits the blocks).
     The dataset is read as it is (training shards, benchmarks): Ray Data's per-operator resource reservation, which
@@ -155,7 +164,7 @@ def read_scenes(path: str, split: str | None = None, arrays: tuple[str, ...] | N
     from ray.data import DataContext
 
     target = DataContext.get_current().target_max_block_size or TARGET_BLOCK_BYTES
-    source = SceneDatasource(path, split, arrays, clips_per_task, target)
+    source = SceneDatasource(path, split, arrays, clips_per_task, target, indices)
     ds = ray.data.read_datasource(source, override_num_blocks=override_num_blocks or source.num_tasks)
     if not reserve_for_downstream:
         ds.context.op_resource_reservation_enabled = False  # the dataset's own copy, not the process-wide context

@@ -1,6 +1,7 @@
 """The downstream benchmark: its controls tell a leak and a shuffled target apart, runs repeat bit for bit, it runs
-on Ray Train and reports a collapsed store, a generator that trained on the evaluation clips is refused, and bad
-input stops it before anything is trained or written."""
+on Ray Train and reports a collapsed store, it scores on an evaluation store of its own or on the first N evaluation
+clips, a generator that trained on the evaluation clips is refused, and bad input stops it before anything is
+trained or written."""
 
 from __future__ import annotations
 
@@ -45,14 +46,21 @@ def write_store(path, clips: list[dict], *, provenance: dict | None, rows: list[
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
-    """A real debug city (12 train clips, 4 val), a procedural stand-in for generated data, a collapsed store."""
+    """A real debug city (12 train clips, 4 val), a held-out city of another seed (6 clips, all in its 'train'
+    split), a procedural stand-in for generated data, a collapsed store."""
     root = tmp_path_factory.mktemp("downstream")
     real = write_city_store(root / "real.zarr", num_scenes=8, val_every=3)
+    heldout = write_city_store(root / "heldout.zarr", num_scenes=3, seed=1, val_every=100)
     procedural = write_store(root / "procedural.zarr", [generate_clip(G, 7, i) for i in range(12)],
                              provenance=SYNTH_CITY)
     one = generate_clip(G, 8, 0)
     collapsed = write_store(root / "collapsed.zarr", [one] * 8, provenance={"generator": "test: one scene repeated"})
-    return {"root": root, "real": real, "procedural": procedural, "collapsed": collapsed}
+    return {"root": root, "real": real, "heldout": heldout, "procedural": procedural, "collapsed": collapsed}
+
+
+def val_clips(store: SceneStore) -> list[tuple[str, int]]:
+    """The evaluation clips of ``store`` as ``plan_runs`` takes them: its val split, ``(path, index)`` pairs."""
+    return [(store.path, int(i)) for i in store.indices("val")]
 
 
 def sweep_config(runs, out_dir, steps: int, batch_size: int) -> dict:
@@ -76,12 +84,13 @@ def eval_context(real: str) -> LocalContext:
 
 def test_leak_scores_far_above_real_and_shuffled_targets_score_near_chance(stores, tmp_path):
     real = SceneStore.open(stores["real"])
-    runs = plan_runs(real, "train", "val", {}, real_counts=(12,), ratios=(1.0,), seeds=(0,),
+    runs = plan_runs(real, "train", val_clips(real), {}, real_counts=(12,), ratios=(1.0,), seeds=(0,),
                      controls=("leak", "shuffled"))
     picked = {r.labels["arm"]: r for r in runs if r.labels["arm"] in ("real", "leak", "shuffled")}
     train_ssc_runs(eval_context(stores["real"]), sweep_config(picked.values(), tmp_path, steps=100, batch_size=4))
     score = {arm: read_result(str(tmp_path), r.run_id)["miou"] for arm, r in picked.items()}
-    chance = position_prior(real, np.asarray(picked["shuffled"].sources[0]["indices"]), "val")["miou"]
+    chance = position_prior(real, np.asarray(picked["shuffled"].sources[0]["indices"]), real,
+                            real.indices("val"))["miou"]
     # measured: leak 0.28, real 0.18, shuffled 0.085, the input-blind prior 0.098
     assert score["leak"] > score["real"] + 0.05, score
     assert score["real"] > score["shuffled"] + 0.04, score
@@ -90,7 +99,7 @@ def test_leak_scores_far_above_real_and_shuffled_targets_score_near_chance(store
 
 def test_same_seed_same_numbers_other_seed_other_numbers(stores, tmp_path):
     real = SceneStore.open(stores["real"])
-    runs = plan_runs(real, "train", "val", {}, real_counts=(4,), ratios=(1.0,), seeds=(0, 1), controls=())
+    runs = plan_runs(real, "train", val_clips(real), {}, real_counts=(4,), ratios=(1.0,), seeds=(0, 1), controls=())
     aug = [r for r in runs if r.labels["arm"] == "real+aug"]  # symmetric copies exercise the transforms too
     again = [replace(aug[0], run_id="again")]
     train_ssc_runs(eval_context(stores["real"]), sweep_config(aug + again, tmp_path, steps=12, batch_size=4))
@@ -146,8 +155,8 @@ def test_class_weights_of_a_mixed_run_follow_the_batches():
 def test_plan_mixes_only_the_mixed_arms_and_a_mixed_run_records_its_share(stores, tmp_path):
     real = SceneStore.open(stores["real"])
     pools = {"procedural": whole_store_pool("procedural", SceneStore.open(stores["procedural"]))}
-    runs = plan_runs(real, "train", "val", pools, real_counts=(2,), ratios=(2.0,), seeds=(0,), controls=("leak",),
-                     synthetic_share=0.25)
+    runs = plan_runs(real, "train", val_clips(real), pools, real_counts=(2,), ratios=(2.0,), seeds=(0,),
+                     controls=("leak",), synthetic_share=0.25)
     arms = {r.labels["arm"]: r for r in runs}
     for arm in ("real+aug", "real+gen"):
         assert (arms[arm].base_clips, arms[arm].added_share, arms[arm].num_clips) == (2, 0.25, 6)
@@ -169,9 +178,13 @@ def test_benchmark_on_ray_train_reports_a_collapsed_store(stores, ray_local, tmp
     monkeypatch.chdir(os.path.dirname(stores["real"]))
     real, collapsed = os.path.relpath(stores["real"]), os.path.relpath(stores["collapsed"])
     report = run_downstream(real, [collapsed], out, real_counts=(4,), ratios=(1.0,), seeds=(0,),
-                            steps=8, batch_size=4, allow_overlap=True, log=lambda m: None)
+                            steps=8, batch_size=4, allow_overlap=True, eval_clips=3, log=lambda m: None)
     arms = sorted(r["arm"] for r in report["runs"])
     assert arms == ["gen", "real", "real+aug", "real+gen"]
+    # Ray Data read only the first 3 of the 4 val clips for every worker
+    assert {r["eval_clips"] for r in report["runs"]} == {3}
+    assert (report["eval"]["clips"], report["eval"]["split_clips"]) == (3, 4)
+    assert "mIoU % on 3 held-out real clips (the first 3 of the 4 in split val of " in report["table"]
     assert {r["train_loss"][-1][0] for r in report["runs"]} == {8}  # every arm the same optimizer steps
     assert {r["train_samples"] for r in report["runs"]} == {4 * 4, 8 * 4}  # n clips, or n + n·ratio, x 4 frames
     pool = report["synthetic"]["collapsed"]
@@ -184,6 +197,63 @@ def test_benchmark_on_ray_train_reports_a_collapsed_store(stores, ray_local, tmp
     with Image.open(out / "downstream.png") as png:
         assert png.size == (1000, 620)
     assert all(0.0 <= r["miou"] <= 1.0 for r in report["runs"])
+
+
+# ---- the evaluation clips --------------------------------------------------------------------------------------
+
+TINY = dict(real_counts=(2,), ratios=(1.0,), seeds=(0,), steps=2, batch_size=2, backend="local", log=lambda m: None)
+
+
+def planned(out: Path, arm: str) -> dict:
+    """The run of ``arm`` as ``plan.json`` records it (its training sources)."""
+    return next(r for r in json.loads((out / "plan.json").read_text())["train"]["runs"] if r["labels"]["arm"] == arm)
+
+
+def test_an_evaluation_store_scores_every_arm_and_the_leak_control_trains_on_its_clips(stores, tmp_path):
+    from dcgen.runtime import rng
+
+    real, heldout = SceneStore.open(stores["real"]), SceneStore.open(stores["heldout"])
+    out = tmp_path / "bench"
+    # the held-out city's clips are all in its 'train' split: the real arms' split name, allowed for another store
+    report = run_downstream(stores["real"], [stores["procedural"]], out, eval_store=stores["heldout"],
+                            eval_split="train", controls=("leak",), **TINY)
+    assert report["eval"] == {"path": heldout.path, "split": "train", "clips": 6, "split_clips": 6, "is_real": False,
+                              "observed_mask": True}
+    assert {r["eval_clips"] for r in report["runs"]} == {6}  # every arm scored on the held-out city's 6 clips
+    assert planned(out, "leak")["sources"] == [{"path": heldout.path, "indices": heldout.indices("train").tolist(),
+                                                "transforms": [0] * 6}]
+    assert planned(out, "real")["sources"][0]["path"] == real.path  # the real arms still train on --real
+    assert f"mIoU % on 6 held-out real clips (split train of {heldout.path})," in report["table"]
+    assert (out / "downstream.txt").read_text().startswith(report["table"].splitlines()[0])
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["eval"] == heldout.path and "eval_clips" not in plan
+    # the input-blind prior: counted on the real training clips, scored on the held-out clips
+    train = rng(0, 0).permutation(real.indices("train"))[:2]
+    assert report["chance"] == position_prior(real, train, heldout, heldout.indices("train"))
+    # another evaluation store, or a cap, is another benchmark: the directory is kept as it is
+    saved = (out / "downstream.json").read_bytes()
+    with pytest.raises(ValueError, match=r"other settings \(eval, eval_split, train differ\)"):
+        run_downstream(stores["real"], [stores["procedural"]], out, controls=("leak",), **TINY)
+    with pytest.raises(ValueError, match=r"other settings \(eval_clips, train differ\)"):
+        run_downstream(stores["real"], [stores["procedural"]], out, eval_store=stores["heldout"], eval_split="train",
+                       eval_clips=3, controls=("leak",), **TINY)
+    assert (out / "downstream.json").read_bytes() == saved
+
+
+def test_eval_clips_scores_the_first_clips_of_the_split_the_same_in_every_run(stores, tmp_path):
+    real = SceneStore.open(stores["real"])
+    first, second = (run_downstream(stores["real"], [stores["procedural"]], tmp_path / name, eval_clips=2,
+                                    controls=("leak",), **TINY) for name in ("a", "b"))
+    assert (first["eval"]["clips"], first["eval"]["split_clips"], first["eval"]["is_real"]) == (2, 4, True)
+    assert {r["eval_clips"] for r in first["runs"]} == {2}
+    assert planned(tmp_path / "a", "leak")["sources"][0]["indices"] == real.indices("val")[:2].tolist()
+    assert "mIoU % on 2 held-out real clips (the first 2 of the 4 in split val of " in first["table"]
+    plan = json.loads((tmp_path / "a" / "plan.json").read_text())
+    assert plan["eval_clips"] == 2 and "eval" not in plan
+    assert [r["run_id"] for r in first["runs"]] == [r["run_id"] for r in second["runs"]]
+    for a, b in zip(first["runs"], second["runs"]):  # same seed, same cap: the same clips, the same numbers
+        assert (a["confusion"], a["train_loss"]) == (b["confusion"], b["train_loss"]), a["run_id"]
+    assert first["chance"] == second["chance"]
 
 
 # ---- overlap ---------------------------------------------------------------------------------------------------
@@ -297,6 +367,49 @@ def test_bad_input_stops_before_training(stores, bad_stores, tmp_path, case, opt
     assert not out.exists()
 
 
+@pytest.fixture(scope="module")
+def training_copy(stores):
+    """A store whose val split holds copies of three of the real store's training clips."""
+    real = SceneStore.open(stores["real"])
+    data = real.read(real.indices("train")[:3])
+    clips = [{k: v[j] for k, v in data.items()} for j in range(3)]
+    return write_store(stores["root"] / "copy.zarr", clips, provenance=None,
+                       rows=[{"scene": f"copy-{j}", "split": "val"} for j in range(3)])
+
+
+@pytest.mark.parametrize("store,options,message", [
+    ("grid", {}, "grid differs from the real store"),
+    ("classes", {}, "class table"),
+    ("procedural", {}, "procedural.zarr: split 'val' (the evaluation clips) has no complete clip"),
+    ("heldout", {"eval_split": "test"}, "heldout.zarr: split 'test' (the evaluation clips) has no complete clip"),
+    ("missing", {}, "missing.zarr: no scene store there"),
+    (None, {"eval_clips": 0}, "--eval-clips 0: expected a positive number of evaluation clips"),
+    (None, {"eval_clips": 5}, "--eval-clips 5: "),
+    ("heldout", {"eval_split": "train", "eval_clips": 7}, "has 6 clips in split 'train', expected <= 6"),
+    ("copy", {}, "3 of its 3 evaluation clips (split 'val') are identical to clips of split 'train'"),
+    (None, {"real_split": "val"}, "--real-split and --eval-split are both 'val'"),
+    ("real", {"real_split": "val"}, "--real-split and --eval-split are both 'val'"),
+])
+def test_a_bad_evaluation_store_or_cap_stops_before_anything_is_written(stores, bad_stores, training_copy, tmp_path,
+                                                                         store, options, message):
+    paths = {**stores, **bad_stores, "copy": training_copy, "missing": str(tmp_path / "missing.zarr")}
+    if store == "real":  # the real store under another name is still the real store
+        os.symlink(stores["real"], tmp_path / "alias.zarr")
+    eval_store = None if store is None else str(tmp_path / "alias.zarr") if store == "real" else paths[store]
+    out = tmp_path / "bench"
+    with pytest.raises(ValueError) as e:
+        run_downstream(stores["real"], [stores["procedural"]], out, eval_store=eval_store,
+                       **{**TINY, "real_counts": (4,), **options})
+    assert message in str(e.value)
+    assert not out.exists()
+    if store in ("grid", "classes"):  # names both stores and what differs
+        assert str(e.value).startswith(f"--eval {SceneStore.open(paths[store]).path}: ")
+        assert SceneStore.open(stores["real"]).path in str(e.value)
+        assert ("voxel_size" if store == "grid" else "'car'") in str(e.value)
+    if options.get("eval_clips") == 5:
+        assert "has 4 clips in split 'val', expected <= 4" in str(e.value)
+
+
 def test_an_existing_directory_of_other_settings_is_kept(stores, tmp_path):
     out = tmp_path / "bench"
     out.mkdir()
@@ -324,8 +437,8 @@ def test_ungated_pool_is_the_first_attempt_of_every_scene(stores, tmp_path):
     assert pool.clips() == [(gated, 0), (gated, 2), (rejected, 0), (rejected, 1)]
     real = SceneStore.open(stores["real"])
     pools = {"gated": whole_store_pool("gated", SceneStore.open(gated)), "ungated": pool}
-    runs = plan_runs(real, "train", "val", pools, real_counts=(1, 2), ratios=(1.0,), seeds=(0,), controls=(),
-                     gate_pools=("ungated",))
+    runs = plan_runs(real, "train", val_clips(real), pools, real_counts=(1, 2), ratios=(1.0,), seeds=(0,),
+                     controls=(), gate_pools=("ungated",))
     ungated_counts = sorted(r.labels["count"] for r in runs if r.labels["pool"] == "ungated")
     assert ungated_counts == [2, 2]  # real+gen and gen, at the largest count only
     assert sorted(r.labels["count"] for r in runs if r.labels["pool"] == "gated") == [1, 1, 2, 2]
@@ -384,7 +497,7 @@ def test_a_real_arm_that_scores_lower_with_more_clips_is_flagged_step_bound():
     assert step_bound_flags(curves(results({64: [0.36, 0.35]}))) == []  # one count: nothing to compare
 
 
-def test_eval_downstream_command_refuses_bad_input_before_training(stores, tmp_path):
+def test_eval_downstream_command_refuses_bad_input_before_training(stores, bad_stores, tmp_path):
     from typer.testing import CliRunner
 
     from dcgen.cli import app
@@ -398,4 +511,8 @@ def test_eval_downstream_command_refuses_bad_input_before_training(stores, tmp_p
     assert result.exit_code == 2 and "expected comma-separated numbers" in result.output
     result = CliRunner().invoke(app, [*args, "--steps", "4", "--synthetic-share", "1.5"])
     assert result.exit_code == 2 and "--synthetic-share 1.5: expected the share" in result.output
+    result = CliRunner().invoke(app, [*args, "--steps", "4", "--eval-clips", "0"])
+    assert result.exit_code == 2 and "--eval-clips 0: expected a positive number" in result.output
+    result = CliRunner().invoke(app, [*args, "--steps", "4", "--eval", bad_stores["grid"]])
+    assert result.exit_code == 2 and "--eval " in result.output and "grid differs from the real store" in result.output
     assert not out.exists()

@@ -51,6 +51,20 @@ def test_read_clips_joins_the_runs_of_a_group(tmp_path):
         np.testing.assert_array_equal(got[name], want[name])
 
 
+def test_a_datasource_of_some_clips_of_a_split_reads_only_those(tmp_path):
+    from dcgen.data.ray_dataset import SceneDatasource
+
+    path = str(tmp_path / "s.zarr")
+    store = SceneStore.create(path, G, source="test", capacity=24)
+    store.write(0, make_batch(24), [{"scene": "s", "split": "val" if i % 3 == 0 else "train"} for i in range(24)])
+    first = store.indices("val")[:3]
+    source = SceneDatasource(path, "val", ("occupancy",), clips_per_task=8, indices=first)
+    np.testing.assert_array_equal(source.indices, first)
+    np.testing.assert_array_equal(np.concatenate(source.groups), first)
+    with pytest.raises(ValueError, match=r"clips \[1\] are not complete clips of split 'val'"):
+        SceneDatasource(path, "val", ("occupancy",), indices=[0, 1])
+
+
 def test_read_scenes_gives_one_block_per_task(ray_local, tmp_path):
     from dcgen.data.ray_dataset import SceneDatasource, read_scenes
 
