@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from dcgen.bench.downstream_checks import (Pool, collapse_report, diversity, evaluation_clips, overlap_report,
-                                           same_grid, ungated_pool, whole_store_pool)
+                                           same_grid, store_key, ungated_pool, whole_store_pool)
 from dcgen import storage
 from dcgen.data.grid import GRIDS
 from dcgen.data.store import SceneStore
@@ -349,7 +349,7 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | Path, *, real
     taken: set[str] = set()
     seen_paths: set[str] = set()
     for path in synthetic:
-        key = os.path.realpath(path) if "://" not in str(path) else str(path)
+        key = store_key(path)
         if key in seen_paths:
             raise ValueError(f"synthetic store {path} is listed twice")
         seen_paths.add(key)
@@ -374,9 +374,7 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | Path, *, real
                              "--rejected STORE") from None
         if (why := same_grid(real_store, rejected)) is not None:
             raise ValueError(why)
-        key = os.path.realpath(gated_store) if "://" not in str(gated_store) else str(gated_store)
-        gated_name = next((n for n, s in stores.items() if (os.path.realpath(s.path) if "://" not in s.path
-                                                             else s.path) == key), None)
+        gated_name = next((n for n, s in stores.items() if store_key(s.path) == store_key(gated_store)), None)
         if gated_name is None:
             gated_name = _pool_name("gated", taken)
             stores[gated_name], pools[gated_name] = gated, whole_store_pool(gated_name, gated)
@@ -483,6 +481,8 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | Path, *, real
         "config": {"real_counts": list(real_counts), "ratios": list(ratios), "seeds": list(seeds),
                    "steps": int(steps), "batch_size": int(batch_size), "lr": float(lr), "controls": list(controls),
                    "synthetic_share": None if synthetic_share is None else float(synthetic_share),
+                   # the stores as given, so 'dcgen report' can show the command that made this report
+                   "synthetic_stores": list(synthetic), "gated_store": gated_store, "rejected_store": rejected_store,
                    "model": model.to_dict(), "workers": workers, "frames_per_clip": real_store.grid.num_frames},
         "curves": rows,
         "targets": targets(rows, [n for n in pools if not gate_names or n != gate_names[1]], real_counts, ratios,

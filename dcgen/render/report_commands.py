@@ -167,18 +167,39 @@ def fidelity_command(report: dict, out_dir: Path, rel: Paths) -> str:
 
 
 def downstream_command(report: dict, out_dir: Path, rel: Paths) -> str:
-    real, config = report.get("real") or {}, report.get("config") or {}
-    pools = [rel(p) for pool in (report.get("synthetic") or {}).values() for p in pool.get("paths", [])]
+    """``dcgen eval downstream`` that made this report: the stores as given (a report from before they were
+    recorded: every pool's stores), the evaluation store, split and cap, and every setting off its default."""
+    real, ev, config = report.get("real") or {}, report.get("eval") or {}, report.get("config") or {}
     argv = ["dcgen", "eval", "downstream", "--real", rel(real.get("path"))]
-    if pools:
-        argv += ["--synthetic", ",".join(pools)]
+    given = config.get("synthetic_stores")
+    if given is None:
+        given = [p for pool in (report.get("synthetic") or {}).values() for p in pool.get("paths", [])]
+    if given:
+        argv += ["--synthetic", ",".join(rel(p) for p in given)]
+    for flag, key in (("--gated", "gated_store"), ("--rejected", "rejected_store")):
+        if config.get(key):
+            argv += [flag, rel(config[key])]
+    _opt(argv, "--real-split", real.get("train_split"), "train")
+    if ev.get("path") and not ev.get("is_real", True):
+        argv += ["--eval", rel(ev["path"])]
+    _opt(argv, "--eval-split", ev.get("split"), "val")
+    if ev.get("clips") is not None and ev.get("split_clips") is not None and ev["clips"] < ev["split_clips"]:
+        argv += ["--eval-clips", ev["clips"]]
+    _opt(argv, "--preset", report.get("preset"))
     for flag, key in (("--real-counts", "real_counts"), ("--ratios", "ratios"), ("--seeds", "seeds")):
         if config.get(key):
             argv += [flag, ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in config[key])]
     _opt(argv, "--steps", config.get("steps"))
     _opt(argv, "--batch-size", config.get("batch_size"))
+    _opt(argv, "--lr", config.get("lr"), 5e-3)
+    _opt(argv, "--synthetic-share", config.get("synthetic_share"))
     if config.get("controls"):
         argv += ["--controls", ",".join(config["controls"])]
+    if report.get("allow_overlap"):
+        argv.append("--allow-overlap")
+    _opt(argv, "--workers", config.get("workers"), 1)
+    if report.get("backend") == "local":
+        argv.append("--local")
     return join(argv + ["--out", rel(out_dir)])
 
 

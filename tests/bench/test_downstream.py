@@ -209,6 +209,21 @@ def planned(out: Path, arm: str) -> dict:
     return next(r for r in json.loads((out / "plan.json").read_text())["train"]["runs"] if r["labels"]["arm"] == arm)
 
 
+def shown_command(report: dict, out: Path) -> dict:
+    """The options of the command ``dcgen report`` shows for ``report``, parsed by the CLI itself."""
+    import shlex
+
+    import typer
+
+    from dcgen.cli import app
+    from dcgen.render.report_commands import Paths, downstream_command
+
+    argv = shlex.split(downstream_command(report, out, Paths(out)))  # the stores lie outside out: written whole
+    assert argv[:3] == ["dcgen", "eval", "downstream"], argv
+    command = typer.main.get_command(app).commands["eval"].commands["downstream"]
+    return command.make_context("downstream", argv[3:]).params
+
+
 def test_an_evaluation_store_scores_every_arm_and_the_leak_control_trains_on_its_clips(stores, tmp_path):
     from dcgen.runtime import rng
 
@@ -227,6 +242,11 @@ def test_an_evaluation_store_scores_every_arm_and_the_leak_control_trains_on_its
     assert (out / "downstream.txt").read_text().startswith(report["table"].splitlines()[0])
     plan = json.loads((out / "plan.json").read_text())
     assert plan["eval"] == heldout.path and "eval_clips" not in plan
+    # the command 'dcgen report' shows for it is the one that made it
+    shown = shown_command(report, out)
+    assert (shown["eval_store"], shown["eval_split"], shown["eval_clips"]) == (heldout.path, "train", None)
+    assert os.path.realpath(shown["synthetic"]) == os.path.realpath(stores["procedural"])
+    assert (shown["controls"], shown["steps"], shown["batch_size"], shown["local"]) == ("leak", 2, 2, True)
     # the input-blind prior: counted on the real training clips, scored on the held-out clips
     train = rng(0, 0).permutation(real.indices("train"))[:2]
     assert report["chance"] == position_prior(real, train, heldout, heldout.indices("train"))
@@ -250,6 +270,8 @@ def test_eval_clips_scores_the_first_clips_of_the_split_the_same_in_every_run(st
     assert "mIoU % on 2 held-out real clips (the first 2 of the 4 in split val of " in first["table"]
     plan = json.loads((tmp_path / "a" / "plan.json").read_text())
     assert plan["eval_clips"] == 2 and "eval" not in plan
+    shown = shown_command(first, tmp_path / "a")
+    assert (shown["eval_store"], shown["eval_split"], shown["eval_clips"]) == (None, "val", 2)
     assert [r["run_id"] for r in first["runs"]] == [r["run_id"] for r in second["runs"]]
     for a, b in zip(first["runs"], second["runs"]):  # same seed, same cap: the same clips, the same numbers
         assert (a["confusion"], a["train_loss"]) == (b["confusion"], b["train_loss"]), a["run_id"]
@@ -459,6 +481,8 @@ def test_gate_value_in_process_and_a_finished_sweep_is_not_trained_again(stores,
     assert [a["arm"] for a in gate["arms"]] == ["real+gen", "gen"]
     assert all(a["gated_minus_ungated"]["mean"] is not None for a in gate["arms"])
     assert "gate value at n=2" in report["table"]
+    shown = shown_command(report, out)  # the synth output as given, not its pools' stores as synthetic ones
+    assert (shown["gated"], shown["synthetic"], shown["rejected"]) == (str(gated), "", None)
     runs = sorted((out / "runs").glob("*.json"))
     assert len(runs) == 6  # real, real+aug, and real+gen and gen for each of the two pools
     stamps = [p.stat().st_mtime_ns for p in runs]
