@@ -159,13 +159,19 @@ def from_store_clip(clip: dict[str, np.ndarray], kind: str, guidance: float | No
                      "trajectory, layout or bev")
 
 
+# The samplers a scene can be drawn with (``GenerationPipeline.sample_latents``), and the one a request, a job or a
+# command that names none gets (SPEC's fast deterministic sampler); every default in sample, synth and Serve is this.
+SAMPLERS = ("ddim", "ddpm", "dpm++")
+DEFAULT_SAMPLER = "ddim"
+
+
 @dataclass(frozen=True)
 class SceneJob:
     """One scene in the batch queue: validated conditions and the scene's own generator seed."""
 
     request: SceneRequest
     seed: int
-    sampler: str = "ddim"
+    sampler: str = DEFAULT_SAMPLER
     steps: int | None = None
     trajectory_degree: int | None = None  # the ego-motion prior; None: the pipeline's SamplerDefaults
 

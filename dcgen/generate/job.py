@@ -27,12 +27,12 @@ import numpy as np
 
 from dcgen.config import schema_errors
 from dcgen.data.grid import Grid
+from dcgen.generate.conditions import DEFAULT_SAMPLER, SAMPLERS
 from dcgen.runtime import scene_seed
 
 CONDITION_KINDS = ("none", "command", "trajectory", "layout", "bev", "extend", "inpaint", "outpaint")
 SOURCE_KINDS = ("trajectory", "layout", "bev", "extend", "inpaint", "outpaint")
 COMMAND_NAMES = {"static": 0, "forward": 1, "left": 2, "right": 3}
-SAMPLERS = ("ddim", "ddpm", "dpm++")
 CLIPS_PER_SHARD = 8  # SceneStore.clips_per_chunk: job batches are whole shards so writers never share one
 ATTEMPT_STRIDE = 2 ** 40  # seed index of scene k's attempt a is k + a * ATTEMPT_STRIDE
 MAX_ATTEMPTS = 100
@@ -225,7 +225,7 @@ class SynthJob:
     checkpoints: dict
     scenario: Scenario
     seed: int = 0
-    sampler: str = "ddim"
+    sampler: str = DEFAULT_SAMPLER
     steps: int = 50
     guidance: float | None = None  # None: each scene's conditions' default (conditions.default_guidance)
     # the ego-motion prior (SamplerDefaults.trajectory_degree; 0 keeps the sampled trajectory); None for an ego-frame
@@ -432,7 +432,7 @@ def _abs(path: str | None) -> str | None:
 
 
 def build_job(*, vae: str, dit: str, n: int, cond: str = "none", scenario: str | None = None,
-              source: str | None = None, source_split: str | None = None, seed: int = 0, sampler: str = "ddim",
+              source: str | None = None, source_split: str | None = None, seed: int = 0, sampler: str = DEFAULT_SAMPLER,
               steps: int = 50, guidance: float | None = None, batch_size: int = 8, micro_batch: int = 8,
               estimate_trajectory: bool = False, max_attempts: int = 3, gates: dict | None = None,
               serve_app: str | None = None, workers: int | None = None,

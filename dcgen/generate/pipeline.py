@@ -45,19 +45,18 @@ from dcgen.diffusion.latent_norm import norm_from_dict
 from dcgen.diffusion.objective import EpsModel
 from dcgen.diffusion.samplers import DDIM_STEPS, DPMPP_STEPS, ddim_sample, ddpm_sample, dpmpp_sample
 from dcgen.diffusion.schedule import NoiseSchedule, ScheduleConfig
-from dcgen.generate.conditions import CONDITION_GUIDANCE, SAMPLING_CONDITIONS, SPEC_GUIDANCE, SceneRequest
+from dcgen.generate.conditions import (CONDITION_GUIDANCE, DEFAULT_SAMPLER, SAMPLERS, SAMPLING_CONDITIONS,
+                                       SPEC_GUIDANCE, SceneRequest)
 from dcgen.models.dit import DiT
 from dcgen.models.motion_frame import TRAJECTORY_DEGREE, smooth_trajectory
 from dcgen.models.rollout import RolloutLayout
 from dcgen.models.vae import HexPlaneVAE
 from dcgen.runtime import scene_seed
 
-SAMPLERS = ("ddim", "ddpm", "dpm++")
-
 
 @dataclass(frozen=True)
 class SamplerDefaults:
-    sampler: str = "ddim"
+    sampler: str = DEFAULT_SAMPLER
     steps: int = DDIM_STEPS
     ddpm_steps: int = 1000
     dpmpp_steps: int = DPMPP_STEPS
@@ -310,7 +309,7 @@ class GenerationPipeline:
     # ---- sampling ---------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample_latents(self, requests: Sequence[SceneRequest], seeds: Sequence[int], sampler: str = "ddim",
+    def sample_latents(self, requests: Sequence[SceneRequest], seeds: Sequence[int], sampler: str = DEFAULT_SAMPLER,
                        steps: int | None = None, eta: float = 0.0) -> torch.Tensor:
         """Sampled rollouts ``[N, C, S, S]`` (on CPU) of the requests, scene i from ``seeds[i]``."""
         if sampler not in SAMPLERS:
@@ -383,13 +382,13 @@ class GenerationPipeline:
         return ddpm_sample(model_fn, self.schedule, shape, gens, num_steps=steps, valid_SS=self.valid_SS,
                            inpaint=inpaint, device=self.device, x0_range=self.x0_range)
 
-    def generate(self, requests: Sequence[SceneRequest], seeds: Sequence[int], sampler: str = "ddim",
+    def generate(self, requests: Sequence[SceneRequest], seeds: Sequence[int], sampler: str = DEFAULT_SAMPLER,
                  steps: int | None = None, eta: float = 0.0) -> np.ndarray:
         """Scenes ``[N, T, X, Y, Z] uint8``; scene i depends only on ``requests[i]`` and ``seeds[i]``."""
         return self.decode(self.sample_latents(requests, seeds, sampler, steps, eta),
                            [r.trajectory for r in requests])
 
-    def chain(self, requests: Sequence[SceneRequest], seeds: Sequence[int], k: int, sampler: str = "ddim",
+    def chain(self, requests: Sequence[SceneRequest], seeds: Sequence[int], k: int, sampler: str = DEFAULT_SAMPLER,
               steps: int | None = None, eta: float = 0.0) -> np.ndarray:
         """``[N, k·T, X, Y, Z]``: k clips per scene, clip j > 0 conditioned on clip j − 1 (``prev_clip``) and the
         first request's command and guidance (trajectory, layouts and edits describe one clip and are not carried

@@ -19,7 +19,7 @@ import numpy as np
 
 from dcgen.data.derive import bev_semantics, command_from_trajectory, pose_from_xyyaw, vehicle_layout
 from dcgen.data.grid import Grid
-from dcgen.generate.conditions import SceneRequest
+from dcgen.generate.conditions import DEFAULT_SAMPLER, SceneRequest
 
 SOURCE = "dcgen-sample"
 
@@ -132,7 +132,7 @@ def build_requests(n: int, cond: dict, sources: dict[str, str], split: str | Non
 
 
 def sample_to_store(vae: str, dit: str, out: str, *, n: int, cond: dict, sources: dict[str, str],
-                    split: str | None = None, seed: int = 0, sampler: str = "ddim", steps: int | None = None,
+                    split: str | None = None, seed: int = 0, sampler: str = DEFAULT_SAMPLER, steps: int | None = None,
                     guidance: float | None = None, chain: int = 1, device: str = "auto", micro_batch: int = 8,
                     overwrite: bool = False, estimate_trajectory: bool = False, eta: float = 0.0,
                     trajectory_degree: int | None = None) -> dict:

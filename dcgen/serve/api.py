@@ -25,11 +25,10 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from dcgen.generate.conditions import SceneRequest
+from dcgen.generate.conditions import DEFAULT_SAMPLER, SAMPLERS, SceneRequest
 
 API_VERSION = "v1"
 NPZ_MEDIA_TYPE = "application/x-npz"
-SAMPLERS = ("ddim", "ddpm", "dpm++")
 MAX_SEED = 2**32 - 1  # scene_seed keeps 32 bits of the request seed; larger ones would alias
 ARRAY_DTYPES = ("bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "int64", "float32", "float64")
 ARRAY_FIELDS = ("trajectory", "layout", "bev", "prev_clip", "source", "inpaint_mask")
@@ -87,8 +86,8 @@ class ScenesRequest(BaseModel):
                              "scene_seed(S, i), as `dcgen synth` draws scene i of a job with seed S; omitted = random")
     count: int = Field(1, ge=1, description="scenes to draw with these conditions (the server's limit is in "
                        "/v1/info limits.max_count)")
-    sampler: Literal[SAMPLERS] = Field("ddim", description="ddim (deterministic, fast), ddpm (ancestral) or dpm++ "
-                                       "(DPM-Solver++(2M): deterministic, few steps)")
+    sampler: Literal[SAMPLERS] = Field(DEFAULT_SAMPLER, description="ddim (deterministic, fast), ddpm (ancestral) "
+                                       "or dpm++ (DPM-Solver++(2M): deterministic, few steps)")
     steps: int | None = Field(None, ge=1, le=1000, description="sampling steps (default: the model's, 50 for "
                               "ddim, 1000 for ddpm, 10 for dpm++; dpm++ takes 2..999)")
     guidance: float | None = Field(None, ge=0.0, le=100.0, description="classifier-free guidance scale on epsilon "

@@ -36,9 +36,9 @@ class Scenes:
 
 def scene_body(count: int = 1, seed: int | None = None, *, command: int | None = None, trajectory=None, layout=None,
                bev=None, prev_clip=None, source=None, inpaint_mask=None, outpaint_shift: int | None = None,
-               sampler: str = "ddim", steps: int | None = None, guidance: float | None = None,
+               sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
                trajectory_degree: int | None = None) -> dict:
-    """The JSON body of ``POST /v1/scenes`` (fields left at None are omitted)."""
+    """The JSON body of ``POST /v1/scenes`` (fields left at None are omitted: the server's defaults apply)."""
     body = {"count": count, "seed": seed, "command": command, "outpaint_shift": outpaint_shift, "sampler": sampler,
             "steps": steps, "guidance": guidance, "trajectory_degree": trajectory_degree}
     arrays = {"trajectory": trajectory, "layout": layout, "bev": bev, "prev_clip": prev_clip, "source": source,

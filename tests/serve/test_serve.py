@@ -287,13 +287,6 @@ def test_openapi_lists_the_versioned_routes(server):
     assert "security" not in spec["paths"]["/v1/health"]["get"]
 
 
-def test_samplers_match_the_pipeline():
-    from dcgen.generate.pipeline import SAMPLERS
-    from dcgen.serve.api import SAMPLERS as API_SAMPLERS
-
-    assert API_SAMPLERS == SAMPLERS
-
-
 def test_the_model_handle_inside_the_cluster_gives_the_same_scene(server, client):
     from ray import serve
 

@@ -120,6 +120,27 @@ def test_array_decoding_errors_name_the_field(value, message):
         ScenesRequest.model_validate({"bev": value}).to_scene_request("body")
 
 
+def test_one_sampler_table_and_one_default_sampler_everywhere():
+    import inspect
+
+    import typer
+
+    from dcgen.cli import app
+    from dcgen.generate import conditions, job, pipeline
+    from dcgen.generate.sample_store import sample_to_store
+
+    assert pipeline.SAMPLERS is job.SAMPLERS is api.SAMPLERS is conditions.SAMPLERS
+    default = conditions.DEFAULT_SAMPLER
+    assert pipeline.SamplerDefaults().sampler == ScenesRequest().sampler == job.SynthJob.sampler == default
+    for function in (sample_to_store, job.build_job, pipeline.GenerationPipeline.generate):
+        assert inspect.signature(function).parameters["sampler"].default == default, function
+    assert "sampler" not in scene_body()  # a client leaves it to the server's default
+    # the CLI writes its defaults as literals (it imports no numpy at start-up): they must be the same
+    commands = typer.main.get_command(app).commands
+    for command in (commands["sample"], commands["synth"]):
+        assert next(p.default for p in command.params if p.name == "sampler") == default, command.name
+
+
 def test_a_condition_the_model_was_not_trained_with_is_a_422_naming_that_field():
     from dcgen.serve.errors import api_error
 
