@@ -39,7 +39,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from dcgen.bench.downstream_checks import (Pool, collapse_report, diversity, evaluation_clips, overlap_report,
-                                           same_grid, store_key, ungated_pool, whole_store_pool)
+                                           same_grid, store_key, sweep_ints, sweep_ratios, ungated_pool,
+                                           whole_store_pool)
 from dcgen import storage
 from dcgen.data.grid import GRIDS
 from dcgen.data.store import SceneStore
@@ -67,28 +68,6 @@ def _preset_of(store: SceneStore) -> str | None:
         if (pg.num_frames, pg.size, pg.num_classes) == (g.num_frames, g.size, g.num_classes):
             return name
     return None
-
-
-def _ints(name: str, values, minimum: int) -> tuple[int, ...]:
-    out = tuple(values)
-    if not out:
-        raise ValueError(f"{name}: expected at least one value")
-    if any(isinstance(v, bool) or int(v) != v or v < minimum for v in out):
-        raise ValueError(f"{name} {list(out)}: expected integers >= {minimum}")
-    if len(set(out)) != len(out):
-        raise ValueError(f"{name} {list(out)}: a value is listed twice")
-    return tuple(sorted(int(v) for v in out))
-
-
-def _ratios(values) -> tuple[float, ...]:
-    out = tuple(float(v) for v in values)
-    if not out:
-        raise ValueError("--ratios: expected at least one synthetic:real ratio")
-    if any(not (math.isfinite(v) and v > 0) for v in out):
-        raise ValueError(f"--ratios {list(out)}: expected positive numbers (synthetic clips per real clip)")
-    if len(set(out)) != len(out):
-        raise ValueError(f"--ratios {list(out)}: a ratio is listed twice")
-    return tuple(sorted(out))
 
 
 def _pool_name(path: str, taken: set[str]) -> str:
@@ -317,9 +296,9 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | Path, *, real
                          "widths and the sweep's defaults" if preset is None else
                          f"unknown preset {preset!r}; expected one of {', '.join(DOWNSTREAM_DEFAULTS)}")
     d = DOWNSTREAM_DEFAULTS[preset]
-    real_counts = _ints("--real-counts", d["real_counts"] if real_counts is None else real_counts, 1)
-    seeds = _ints("--seeds", d["seeds"] if seeds is None else seeds, 0)
-    ratios = _ratios(d["ratios"] if ratios is None else ratios)
+    real_counts = sweep_ints("--real-counts", d["real_counts"] if real_counts is None else real_counts, 1)
+    seeds = sweep_ints("--seeds", d["seeds"] if seeds is None else seeds, 0)
+    ratios = sweep_ratios(d["ratios"] if ratios is None else ratios)
     steps = d["steps"] if steps is None else steps
     batch_size = d["batch_size"] if batch_size is None else batch_size
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:

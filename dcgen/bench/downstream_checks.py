@@ -1,5 +1,6 @@
-"""What the downstream benchmark checks before it trains anything: that the stores can be compared, which clips each
-synthetic pool holds, whether a generator saw the evaluation clips, and whether a pool is collapsed.
+"""What the downstream benchmark checks before it trains anything: the sweep's numbers, that the stores can be
+compared, which clips are scored, which clips each synthetic pool holds, whether a generator saw the evaluation
+clips, and whether a pool is collapsed.
 
 A *pool* is the set of clips one arm draws its generated data from: a whole store, or for the gate-value comparison
 the first attempt of every scene of a ``dcgen synth`` job, which is what the job would have written without gates
@@ -17,6 +18,7 @@ synthetic store identical to an evaluation clip is a leak too, whatever the prov
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -45,6 +47,30 @@ class Pool:
 
     def clips(self) -> list[tuple[str, int]]:
         return [(p, int(i)) for p, idx in self.parts for i in idx]
+
+
+def sweep_ints(name: str, values, minimum: int) -> tuple[int, ...]:
+    """Clip counts or seeds of a sweep: at least one, integers >= ``minimum``, none twice; sorted."""
+    out = tuple(values)
+    if not out:
+        raise ValueError(f"{name}: expected at least one value")
+    if any(isinstance(v, bool) or int(v) != v or v < minimum for v in out):
+        raise ValueError(f"{name} {list(out)}: expected integers >= {minimum}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} {list(out)}: a value is listed twice")
+    return tuple(sorted(int(v) for v in out))
+
+
+def sweep_ratios(values) -> tuple[float, ...]:
+    """Synthetic:real ratios of a sweep: at least one, positive and finite, none twice; sorted."""
+    out = tuple(float(v) for v in values)
+    if not out:
+        raise ValueError("--ratios: expected at least one synthetic:real ratio")
+    if any(not (math.isfinite(v) and v > 0) for v in out):
+        raise ValueError(f"--ratios {list(out)}: expected positive numbers (synthetic clips per real clip)")
+    if len(set(out)) != len(out):
+        raise ValueError(f"--ratios {list(out)}: a ratio is listed twice")
+    return tuple(sorted(out))
 
 
 def same_grid(a: SceneStore, b: SceneStore) -> str | None:

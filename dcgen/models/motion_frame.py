@@ -70,9 +70,18 @@ def smooth_trajectory(traj_BT3: torch.Tensor, degree: int = TRAJECTORY_DEGREE) -
     num_frames = traj_BT3.shape[1]
     if num_frames < 2:
         return traj_BT3.clone()
-    t = torch.arange(num_frames, dtype=torch.float64, device=traj_BT3.device) / (num_frames - 1)
-    basis_TD = torch.stack([t ** k for k in range(1, min(degree, num_frames - 1) + 1)], dim=1)
-    hat_TT = basis_TD @ torch.linalg.pinv(basis_TD)
+    degree = min(degree, num_frames - 1)
+    # Legendre polynomials in 2t - 1 less their value at frame 0 span what t, ..., t^d do, but stay well conditioned
+    # at high degrees, where the monomials' pseudo-inverse depended on the CPU's LAPACK kernels; every basis function
+    # is 0 at frame 0, so the fit is over frames 1.. and an orthonormal basis of them (QR) gives the projection
+    x = torch.linspace(-1.0, 1.0, num_frames, dtype=torch.float64, device=traj_BT3.device)
+    legendre = [torch.ones_like(x), x]
+    for k in range(1, degree):
+        legendre.append(((2 * k + 1) * x * legendre[k] - k * legendre[k - 1]) / (k + 1))
+    basis_TD = torch.stack([p - p[0] for p in legendre[1:degree + 1]], dim=1)
+    q_SD, _ = torch.linalg.qr(basis_TD[1:])
+    hat_TT = torch.zeros(num_frames, num_frames, dtype=torch.float64, device=traj_BT3.device)
+    hat_TT[1:, 1:] = q_SD @ q_SD.T
     return torch.einsum("st,btc->bsc", hat_TT, traj_BT3.double()).to(traj_BT3.dtype)
 
 
