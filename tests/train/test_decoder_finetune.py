@@ -53,6 +53,19 @@ def test_perturb_leaves_a_reference_frame_vaes_trajectory_slot_exact():
     assert not torch.equal(noisy["tz"][:, keep], planes["tz"][:, keep])
 
 
+def test_the_cli_defaults_are_the_fine_tunes_own():
+    """The CLI writes its defaults as literals (it imports no torch-side module at start-up); they must be
+    ``train_decoder``'s, which the pipeline's decoder stage uses."""
+    import typer
+
+    from dcgen.train import runs
+
+    command = typer.main.get_command(app).commands["train"].commands["decoder"]
+    defaults = {p.name: p.default for p in command.params}
+    assert (defaults["latent_noise"], defaults["lr"], defaults["epochs"]) == (runs.DECODER_NOISE, runs.DECODER_LR,
+                                                                                runs.DECODER_EPOCHS)
+
+
 def test_config_needs_the_vae_to_start_from_and_a_sane_noise_level():
     base = {"model": get_preset("debug").vae.to_dict(), "class_weights": [1.0] * 11, "steps_per_epoch": 1}
     with pytest.raises(ValueError, match="frozen encoder needs the trained VAE"):
