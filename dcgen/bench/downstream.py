@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from dcgen.bench.downstream_checks import (Pool, collapse_report, diversity, evaluation_clips, overlap_report,
-                                           same_grid, store_key, sweep_ints, sweep_ratios, ungated_pool,
+                                           same_grid, sweep_ints, sweep_ratios, ungated_pool,
                                            whole_store_pool)
 from dcgen import storage
 from dcgen.data.grid import GRIDS
@@ -328,7 +328,7 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | Path, *, real
     taken: set[str] = set()
     seen_paths: set[str] = set()
     for path in synthetic:
-        key = store_key(path)
+        key = storage.resolve(path)
         if key in seen_paths:
             raise ValueError(f"synthetic store {path} is listed twice")
         seen_paths.add(key)
@@ -353,7 +353,7 @@ def run_downstream(real: str, synthetic: Sequence[str], out: str | Path, *, real
                              "--rejected STORE") from None
         if (why := same_grid(real_store, rejected)) is not None:
             raise ValueError(why)
-        gated_name = next((n for n, s in stores.items() if store_key(s.path) == store_key(gated_store)), None)
+        gated_name = next((n for n, s in stores.items() if storage.resolve(s.path) == gated_store), None)
         if gated_name is None:
             gated_name = _pool_name("gated", taken)
             stores[gated_name], pools[gated_name] = gated, whole_store_pool(gated_name, gated)

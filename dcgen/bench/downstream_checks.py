@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dcgen import storage
 from dcgen.data.integrity import CHECKSUM_PREFIX, clip_checksum
 from dcgen.data.store import SceneStore
 
@@ -124,18 +125,13 @@ def ungated_pool(name: str, gated: SceneStore, rejected: SceneStore) -> Pool:
 
 # ---- generator provenance and overlap ---------------------------------------------------------------------------
 
-def store_key(path: str) -> str:
-    """``path`` as two names of one store compare equal: resolved on this machine, a URI as given."""
-    return str(path) if "://" in str(path) else os.path.realpath(str(path))
-
-
 def evaluation_clips(real: SceneStore, real_split: str, eval_path: str, eval_split: str,
                      eval_clips: int | None) -> tuple[SceneStore, np.ndarray, int, dict[int, int]]:
     """The clips every arm is scored on: the store (``real`` itself when ``eval_path`` names it), the indices (the
     first ``eval_clips`` of ``eval_split`` in store order, so every run and seed scores the same ones; None: all),
     the split's size and the scored clips' checksums; or a ``ValueError`` naming what is wrong: the real arms' own
     split, another grid or class table, an empty split, a bad count, copies of the real training clips."""
-    eval_is_real = store_key(eval_path) == store_key(real.path)
+    eval_is_real = storage.resolve(eval_path) == storage.resolve(real.path)
     if eval_is_real and real_split == eval_split:
         raise ValueError(f"--real-split and --eval-split are both {eval_split!r}: the real arm would train on the "
                          "clips it is scored on")
@@ -227,7 +223,7 @@ def overlap_report(pool_store: SceneStore, evaluation: SceneStore, eval_split: s
             trained = None
         if trained is None:
             entry["verified"] = "path"
-            same = store_key(entry["store"]) == store_key(evaluation.path)
+            same = storage.resolve(entry["store"]) == storage.resolve(evaluation.path)
             entry["eval_clips_seen"] = None
             if same and eval_split == entry["split"]:
                 problems.append(f"{pool_store.path}: its {entry['role']} {entry['checkpoint']} trained on split "
