@@ -46,6 +46,7 @@ COMMAND_OPTIONS: dict[str, dict[str, str]] = {
     "train vae": {"data": "data", "preset": "preset", "out": "runs/vae"},
     "train dit": {"latents": "latents", "vae": "vae", "preset": "preset", "out": "runs/dit"},
     "train decoder": {"vae": "vae", "data": "data", "out": "runs/decoder"},
+    "train calibrate": {"vae": "vae", "data": "data"},
     "train features": {"data": "data", "preset": "preset", "out": "runs/features"},
     "encode": {"vae": "vae", "data": "data", "out": "latents"},
     "sample": {"vae": "decoder", "dit": "dit", "out": "outputs.sample"},

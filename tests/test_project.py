@@ -244,6 +244,7 @@ def test_a_project_file_drives_train_and_synth(ray_local, tmp_path, monkeypatch,
     """`dcgen train`, `dcgen eval reference` and `dcgen synth --n 8 --cond layout` with no path options: the VAE,
     latents and feature networks are in the project's runs already (their stages skip), the DiT trains one epoch and
     the decoder stage fine-tunes the VAE's decoder one epoch on Ray Train; synth decodes with that decoder."""
+    from dcgen.train.calibrate import is_calibrated
     from dcgen.train.pipeline import train_pipeline
 
     proj = tmp_path / "proj"
@@ -277,7 +278,12 @@ def test_a_project_file_drives_train_and_synth(ray_local, tmp_path, monkeypatch,
     assert f"decoder: fine-tuning {runs / 'vae' / 'best'}'s decoder into {runs / 'decoder'} (epochs: 1)" in text
     meta = checkpoint.read_meta(decoder, kind="vae")  # a decoder checkpoint is a VAE's, its encoder kept
     assert meta["train"]["freeze_encoder"] and meta["train"]["epochs"] == 1
-    assert checkpoint.latent_space_id(decoder) == checkpoint.checkpoint_id(runs / "vae" / "best")
+    # the VAE trained before decode calibration is calibrated where it is (its latent space kept), and so is the
+    # fine-tuned decoder when its stage ends
+    assert f"calibrated {runs / 'vae' / 'best'} -> {runs / 'vae' / 'best'}" in text
+    assert is_calibrated(runs / "vae" / "best") and is_calibrated(decoder)
+    assert checkpoint.latent_space_id(runs / "vae" / "best") == checkpoint.checkpoint_id(debug_vae)
+    assert checkpoint.latent_space_id(decoder) == checkpoint.checkpoint_id(debug_vae)
     assert checkpoint.checkpoint_id(decoder) != checkpoint.checkpoint_id(runs / "vae" / "best")
     assert f"generate with --vae {decoder} --dit {runs / 'dit' / 'best'}" in " ".join(text.split())
 

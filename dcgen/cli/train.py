@@ -12,7 +12,8 @@ from dcgen.cli.common import (ADDRESS_OPTION, CLUSTER_OPTION, CONFIG_OPTION, DRY
                               print_dry_run, remote, user_errors)
 from dcgen.cli.project import require
 
-train_app = typer.Typer(help="Train models on Ray Train: vae, dit, decoder, features (or the whole pipeline).",
+train_app = typer.Typer(help="Train models on Ray Train: vae, dit, decoder, features (or the whole pipeline); "
+                        "calibrate a trained VAE's decode.",
                         invoke_without_command=True)
 
 CPU_BF16_OPTION = typer.Option(False, "--cpu-bf16", help="Train on CPU under bf16 autocast (VAE 1.25–1.4×, small "
@@ -137,6 +138,30 @@ def train_decoder_cmd(
     typer.echo(f"decoder fine-tuned: best val mIoU on perturbed latents {m.get('best_val_miou', float('nan')):.4f} "
                f"(clean {m.get('val_miou_clean', float('nan')):.4f} last) after {m.get('step')} steps; best "
                f"checkpoint {summary['best']}")
+
+
+@train_app.command("calibrate", help="Fit a trained VAE's decode calibration: per-class offsets on its logits so "
+                   "that its reconstructions of the store's training clips have the real class mix (the "
+                   "class-weighted loss paints rare classes, vehicles and pedestrians, over their neighbours). The "
+                   "encoder is kept, so DiTs trained on the VAE decode through the result. 'dcgen train' does this "
+                   "after the VAE and decoder stages; this command calibrates a checkpoint trained before.\n\n"
+                   "Example: dcgen train calibrate --vae runs/vae/best --data city.zarr --out runs/vae-calibrated")
+def train_calibrate_cmd(
+    vae: str = typer.Option(..., help="The trained VAE (or fine-tuned decoder) checkpoint."),
+    data: str = typer.Option(..., help="Scene store of the VAE's grid (its training store, normally)."),
+    out: str = typer.Option(..., help="Checkpoint directory to write (the --vae path itself: calibrate in place)."),
+    split: str = typer.Option("train", help="Split whose class mix the decode should reproduce."),
+    clips: int = typer.Option(32, help="Clips of the split to fit on (the first ones, in store order)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
+    overwrite: bool = typer.Option(False, help="Replace an existing checkpoint at --out."),
+) -> None:
+    from dcgen.train.calibrate import calibrate_vae
+
+    with user_errors():
+        record = calibrate_vae(vae, data, out, split=split, clips=clips, device=device, overwrite=overwrite)
+    offsets = ", ".join(f"{b:+.2f}" for b in record["class_bias"])
+    typer.echo(f"calibrated {vae} -> {out} on {record['clips']} {split} clips: largest class-share error "
+               f"{record['share_error_before']:.0%} -> {record['share_error_after']:.1%}; offsets [{offsets}]")
 
 
 @train_app.command("dit", help="Fit the DiT on a latent store (from 'dcgen encode') with Ray Train.\n\n"

@@ -139,12 +139,22 @@ class HexPlaneVAE(nn.Module):
                                            for n in PLANE_NAMES})
         for head in self.to_posterior.values():
             nn.init.constant_(head.bias[c.latent_channels:], INIT_LOGVAR)
+        # per-class offsets added to the decoder's logits outside training (``dcgen.train.calibrate``): zero until
+        # a trained VAE is calibrated; part of the weights, so a calibrated checkpoint has its own id
+        self.register_buffer("class_bias", torch.zeros(c.num_classes))
         if c.decoder == "ess":
             self.decoder = ESSDecoder(c.num_classes, self.dims, c.num_frames, c.decoder_width, c.decoder_hidden,
                                       c.decoder_out, c.num_freqs, c.lift_norm)
         else:
             self.decoder = QueryDecoder(c.num_classes, self.dims, c.num_frames, c.decoder_width, c.query_hidden,
                                         c.query_layers, c.num_freqs, c.query_chunk)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # weights saved before decode calibration carry no class_bias: they decode uncalibrated (zero offsets)
+        state_dict.setdefault(prefix + "class_bias", torch.zeros_like(self.class_bias))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     @property
     def plane_shapes(self) -> dict[str, tuple[int, int, int]]:
@@ -231,13 +241,22 @@ class HexPlaneVAE(nn.Module):
 
     def decode(self, planes: dict[str, torch.Tensor]) -> torch.Tensor:
         """Six latent planes → ``logits [B, K, T, X, Y, Z]`` (a permuted view; ``argmax(1)`` gives classes), in every
-        frame's ego coordinates; a reference-frame VAE decodes along the trajectory its ``tz`` slot holds."""
+        frame's ego coordinates; a reference-frame VAE decodes along the trajectory its ``tz`` slot holds. Outside
+        training the logits carry ``class_bias`` (the decode calibration, ``dcgen.train.calibrate``); training
+        losses see the raw logits."""
         check_planes(planes, self.plane_shapes, "HexPlaneVAE.decode")
         if self.slot is None:
-            return self.decoder(dict(planes))
-        trajectory = self.slot.read(planes["tz"])
-        logits_BKTXYZ = self.decoder({**planes, "tz": self.slot.clear(planes["tz"])})
-        return from_reference(logits_BKTXYZ, trajectory, self.config.voxel_xy)
+            logits_BKTXYZ = self.decoder(dict(planes))
+        else:
+            trajectory = self.slot.read(planes["tz"])
+            logits_BKTXYZ = from_reference(self.decoder({**planes, "tz": self.slot.clear(planes["tz"])}),
+                                           trajectory, self.config.voxel_xy)
+        if self.training or not bool(self.class_bias.any()):
+            return logits_BKTXYZ
+        bias_1K1111 = self.class_bias.to(logits_BKTXYZ.dtype).view(1, -1, 1, 1, 1, 1)
+        if torch.is_grad_enabled():
+            return logits_BKTXYZ + bias_1K1111
+        return logits_BKTXYZ.add_(bias_1K1111)  # inference: no second logits-sized tensor
 
     def perturb(self, planes: dict[str, torch.Tensor], scale: float,
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:

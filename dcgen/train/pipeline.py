@@ -2,6 +2,7 @@
 networks into one directory, each stage skipped when its result is there and resumed when its run was interrupted.
 The decoder stage (``runs.train_decoder``) keeps the VAE's latent space, so generation decodes the DiT's samples
 with ``OUT/decoder/best`` (the summary's ``sampling_vae``) while ``OUT/vae/best`` stays the encoder of record.
+Both decode calibrated (``calibrate.py``): the VAE and decoder stages fit their class offsets when they finish.
 """
 
 from __future__ import annotations
@@ -24,6 +25,19 @@ def _stage_summary(name: str, result: dict) -> str:
     parts = [f"{k} {metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k} {metrics[k]}"
              for k in keys if k in metrics]
     return f"{name}: done ({', '.join(parts) or 'no metrics'})"
+
+
+def _calibrate_left(run_dir, data: str, log) -> dict:
+    """Calibrate the decode of a finished stage's checkpoints that are not yet (a run from before decode
+    calibration, or one stopped between training and calibration): ``{"calibration": ...}`` or nothing."""
+    from dcgen.train.calibrate import calibrate_vae, is_calibrated
+
+    done = {}
+    for which in ("best", "last"):
+        path = run_dir / which
+        if stage_done(path, "vae") and not is_calibrated(path):
+            done[which] = calibrate_vae(str(path), data, str(path), log=log)
+    return {"calibration": done} if done else {}
 
 
 def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, scaling: Scaling = Scaling(),
@@ -68,7 +82,7 @@ def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, 
     vae_dir = out / "vae"
     if stage_done(vae_dir / "best", "vae"):
         log(f"vae: {vae_dir / 'best'} exists, skipping")
-        stages["vae"] = {"skipped": True, "best": str(vae_dir / "best")}
+        stages["vae"] = {"skipped": True, "best": str(vae_dir / "best"), **_calibrate_left(vae_dir, data, log)}
     else:
         log(f"vae: training into {vae_dir}")
         stages["vae"] = train_vae(data, preset, vae_dir, scaling=scaling, epochs=vae_epochs, lr=vae_lr,
@@ -117,7 +131,7 @@ def train_pipeline(data: str, preset: str, out: str | Path, *, conditions=None, 
             raise ValueError(f"{decoder_best} decodes the latent space of VAE {decoder_space!r}, not that of "
                              f"{vae_best} ({vae_id!r}); remove {decoder_dir} to fine-tune again")
         log(f"decoder: {decoder_best} exists, skipping")
-        stages["decoder"] = {"skipped": True, "best": str(decoder_best)}
+        stages["decoder"] = {"skipped": True, "best": str(decoder_best), **_calibrate_left(decoder_dir, data, log)}
     else:
         epochs = get_preset(preset).decoder_epochs if decoder_epochs is None else int(decoder_epochs)
         log(f"decoder: fine-tuning {vae_best}'s decoder into {decoder_dir} (epochs: {epochs})")

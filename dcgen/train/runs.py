@@ -107,7 +107,7 @@ def train_vae(data: str, preset: str, out: str | Path, *, scaling: Scaling = Sca
     prepare_run_dir(out, resume, overwrite)
     if resume:
         check_same_model(out, model_cfg.to_dict(), preset)
-    return _fit_vae(run, store, out, scaling, resume, "VAE")
+    return calibrated(_fit_vae(run, store, out, scaling, resume, "VAE"), data)
 
 
 def _fit_vae(run, store: SceneStore, out: Path, scaling: Scaling, resume: bool, what: str) -> dict:
@@ -189,7 +189,19 @@ def train_decoder(data: str, vae: str, out: str | Path, *, scaling: Scaling = Sc
             raise ValueError(f"{out}: the run there is not a decoder fine-tuning of {vae}'s latent space "
                              f"({saved.get('latent_space')!r}); resume with the VAE it started from, or pass "
                              "--overwrite")
-    return _fit_vae(run, store, out, scaling, resume, "Decoder")
+    return calibrated(_fit_vae(run, store, out, scaling, resume, "Decoder"), data)
+
+
+def calibrated(result: dict, data: str) -> dict:
+    """A VAE or decoder run's result after calibrating the decode of its ``best`` and ``last`` checkpoints in place
+    on the store's training split (``calibrate.py``: the class mix the class-weighted loss shifted)."""
+    from dcgen.train.calibrate import calibrate_vae
+
+    for which in ("best", "last"):
+        path = result.get(which)
+        if path and storage.exists(path):
+            result.setdefault("calibration", {})[which] = calibrate_vae(path, data, path)
+    return result
 
 
 # ---- DiT ---------------------------------------------------------------------------------------------------

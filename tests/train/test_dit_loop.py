@@ -210,6 +210,8 @@ def test_train_cli_errors_and_skipped_stages(tmp_path, debug_city, debug_vae, de
                                  "--preset", "debug", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "error: --cond 'command,weather': unknown condition(s) ['weather']" in \
         result.output
+    from dcgen.train.calibrate import is_calibrated
+
     out = tmp_path / "pipe"
     shutil.copytree(debug_vae, out / "vae" / "best")
     shutil.copytree(debug_latents, out / "latents.zarr")
@@ -242,6 +244,9 @@ def test_train_cli_errors_and_skipped_stages(tmp_path, debug_city, debug_vae, de
     assert result.exit_code == 0, result.output
     for stage in ("vae", "dit", "features"):
         assert f"{stage}: {out / stage / 'best'} exists, skipping" in result.output
+    # a VAE from before decode calibration was calibrated by the first run, in place: not again
+    assert is_calibrated(out / "vae" / "best") and "calibrated" not in result.output
+    assert checkpoint.latent_space_id(out / "vae" / "best") == checkpoint.checkpoint_id(debug_vae)
     assert f"encode: {out / 'latents.zarr'} is complete, skipping" in result.output
     assert (f"decoder: left out (--decoder-epochs 0) ({out / 'decoder' / 'best'} is there, unused); generation "
             f"decodes with {out / 'vae' / 'best'}") in result.output
