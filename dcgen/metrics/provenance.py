@@ -16,7 +16,6 @@ fidelity report (issue 23): read from the stores and checkpoints as any downstre
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -83,10 +82,11 @@ def trajectory_origins(store) -> dict[int, str]:
 
 
 def same_store(a: str, b: str) -> bool:
-    """Whether two paths name one store (local paths resolved; URIs compared as written)."""
-    if "://" in str(a) or "://" in str(b):
-        return str(a).rstrip("/") == str(b).rstrip("/")
-    return os.path.realpath(a) == os.path.realpath(b)
+    """Whether two paths name one store: ``storage.resolve``'s comparison (local paths resolved, symlinks too;
+    URIs as written), a URI's trailing slash aside."""
+    from dcgen import storage
+
+    return storage.resolve(a).rstrip("/") == storage.resolve(b).rstrip("/")
 
 
 def train_extra(path: str, meta: dict) -> dict:

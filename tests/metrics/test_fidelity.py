@@ -409,3 +409,18 @@ def test_eval_fidelity_command_prints_the_table_and_writes_the_report(city, tmp_
     bad = CliRunner().invoke(app, ["eval", "fidelity", "--real", f"{city['real']}:nosuch", "--fake", city["copy_b"],
                                    "--features", city["features"]])
     assert bad.exit_code == 2 and "error:" in bad.output and "nosuch" in bad.output
+
+
+def test_same_store_resolves_local_aliases_and_ignores_a_uris_trailing_slash(tmp_path, monkeypatch):
+    from dcgen.metrics.provenance import same_store
+
+    (tmp_path / "city.zarr").mkdir()
+    (tmp_path / "alias.zarr").symlink_to(tmp_path / "city.zarr")
+    monkeypatch.chdir(tmp_path)
+    assert same_store("city.zarr", str(tmp_path / "alias.zarr"))
+    assert same_store("./city.zarr/", str(tmp_path / "city.zarr"))
+    assert same_store("s3://bucket/city.zarr/", "s3://bucket/city.zarr")
+    assert not same_store("s3://bucket/city.zarr", "s3://bucket/other.zarr")
+    assert not same_store("city.zarr", "s3://bucket/city.zarr")
+    (tmp_path / "other.zarr").mkdir()
+    assert not same_store("city.zarr", "other.zarr")
