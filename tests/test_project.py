@@ -6,6 +6,7 @@ a file says how to create one."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from itertools import pairwise
 from pathlib import Path
@@ -282,6 +283,8 @@ def test_a_project_file_drives_train_and_synth(ray_local, tmp_path, monkeypatch,
     # fine-tuned decoder when its stage ends
     assert f"calibrated {runs / 'vae' / 'best'} -> {runs / 'vae' / 'best'}" in text
     assert is_calibrated(runs / "vae" / "best") and is_calibrated(decoder)
+    assert re.search(r"decoder: done \(.*\); decode calibrated: largest class-share error \d+% -> [\d.]+%",
+                     " ".join(text.split()))
     assert checkpoint.latent_space_id(runs / "vae" / "best") == checkpoint.checkpoint_id(debug_vae)
     assert checkpoint.latent_space_id(decoder) == checkpoint.checkpoint_id(debug_vae)
     assert checkpoint.checkpoint_id(decoder) != checkpoint.checkpoint_id(runs / "vae" / "best")

@@ -136,7 +136,7 @@ def calibrate_vae(vae: str, data: str, out: str | Path, *, split: str = "train",
 
     check_calibration_args(clips, voxels)
     same = storage.resolve(str(out)) == storage.resolve(str(vae))
-    if not same and not overwrite and Path(out).exists():
+    if not same and not overwrite and storage.exists(out):
         raise ValueError(f"{out}: already exists; pass --overwrite to replace it (or --out the VAE itself)")
     meta, _ = checkpoint.load(vae, kind="vae", mmap=True)
     space = checkpoint.latent_space_id(vae)

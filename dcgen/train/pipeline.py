@@ -24,7 +24,10 @@ def _stage_summary(name: str, result: dict) -> str:
             "val_voxel_acc")
     parts = [f"{k} {metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k} {metrics[k]}"
              for k in keys if k in metrics]
-    return f"{name}: done ({', '.join(parts) or 'no metrics'})"
+    fit = (result.get("calibration") or {}).get("best")
+    calibrated = "" if not fit else (f"; decode calibrated: largest class-share error {fit['share_error_before']:.0%}"
+                                     f" -> {fit['share_error_after']:.1%}")
+    return f"{name}: done ({', '.join(parts) or 'no metrics'}){calibrated}"
 
 
 def _calibrate_left(run_dir, data: str, log) -> dict:
