@@ -148,17 +148,23 @@ def train_decoder_cmd(
                    "Example: dcgen train calibrate --vae runs/vae/best --data city.zarr --out runs/vae-calibrated")
 def train_calibrate_cmd(
     vae: str = typer.Option(..., help="The trained VAE (or fine-tuned decoder) checkpoint."),
-    data: str = typer.Option(..., help="Scene store of the VAE's grid (its training store, normally)."),
+    data: Optional[str] = typer.Option(None, help="Scene store of the VAE's grid (its training store, normally)."),
     out: str = typer.Option(..., help="Checkpoint directory to write (the --vae path itself: calibrate in place)."),
     split: str = typer.Option("train", help="Split whose class mix the decode should reproduce."),
     clips: int = typer.Option(32, help="Clips of the split to fit on (the first ones, in store order)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
     overwrite: bool = typer.Option(False, help="Replace an existing checkpoint at --out."),
+    raw: bool = typer.Option(False, "--raw", help="Write zero offsets instead: the raw class-weighted decode (on "
+                             "the debug quickstart's models better for unconditional scenes, worse for the rest; "
+                             "see the README); recorded, so 'dcgen train' leaves it."),
 ) -> None:
     from dcgen.train.calibrate import calibrate_vae
 
     with user_errors():
-        record = calibrate_vae(vae, data, out, split=split, clips=clips, device=device, overwrite=overwrite)
+        record = calibrate_vae(vae, data, out, split=split, clips=clips, device=device, overwrite=overwrite,
+                               raw=raw)
+    if raw:
+        return typer.echo(f"{vae} -> {out}: zero class offsets (the raw decode)")
     offsets = ", ".join(f"{b:+.2f}" for b in record["class_bias"])
     typer.echo(f"calibrated {vae} -> {out} on {record['clips']} {split} clips: largest class-share error "
                f"{record['share_error_before']:.0%} -> {record['share_error_after']:.1%}; offsets [{offsets}]")

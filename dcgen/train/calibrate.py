@@ -120,14 +120,14 @@ def check_calibration_args(clips, voxels) -> None:
             raise ValueError(f"{name} {value!r}: expected a whole number >= 1")
 
 
-def calibrate_vae(vae: str, data: str, out: str | Path, *, split: str = "train", clips: int = CALIBRATION_CLIPS,
-                  voxels: int = VOXELS_PER_CLIP, seed: int = 0, device: str = "auto", overwrite: bool = False,
-                  log=None) -> dict:
+def calibrate_vae(vae: str, data: str | None, out: str | Path, *, split: str = "train",
+                  clips: int = CALIBRATION_CLIPS, voxels: int = VOXELS_PER_CLIP, seed: int = 0, device: str = "auto",
+                  overwrite: bool = False, raw: bool = False, log=None) -> dict:
     """Fit ``vae``'s decode offsets on the first ``clips`` clips of ``data``'s ``split`` (its training split: the
     class mix it learned) and write the calibrated checkpoint to ``out`` (``out`` may be ``vae`` itself, replaced
-    atomically). Everything is checked before anything is written. Returns the calibration record."""
-    import torch
-
+    atomically). ``raw`` writes zero offsets instead (the class-weighted decode; no data needed), recorded as a
+    calibration so ``dcgen train`` leaves it. Everything is checked before anything is written. Returns the
+    calibration record."""
     from dcgen import checkpoint, storage
     from dcgen.data.store import SceneStore
     from dcgen.models.loading import load_vae
@@ -142,6 +142,15 @@ def calibrate_vae(vae: str, data: str, out: str | Path, *, split: str = "train",
     space = checkpoint.latent_space_id(vae)
     dev = pick_device(device)
     loaded = load_vae(vae, dev)
+    if raw:
+        bias_K = np.zeros(loaded.model.config.num_classes, np.float32)
+        record = {"raw": True, "class_bias": [0.0] * bias_K.size, "from_checkpoint": checkpoint.checkpoint_id(vae)}
+        _save(loaded.model, meta, space, record, bias_K, out)
+        if log is not None:
+            log(f"{vae} -> {out}: zero class offsets (the raw decode)")
+        return record
+    if data is None:
+        raise ValueError("calibrating needs --data, a scene store of the VAE's grid (or --raw for zero offsets)")
     store = SceneStore.open(data)
     check_vae_matches_store(loaded.model.config, store.grid, vae, data)
     indices = store.indices(split)
@@ -155,13 +164,7 @@ def calibrate_vae(vae: str, data: str, out: str | Path, *, split: str = "train",
     record = {"store": str(data), "split": split, "clips": int(indices.size), "voxels_per_clip": int(voxels),
               "seed": int(seed), "class_bias": [float(b) for b in bias_K], "target_share":
               [float(c) for c in counts_K / counts_K.sum()], **fit, "from_checkpoint": checkpoint.checkpoint_id(vae)}
-    state = {k: v.cpu() for k, v in loaded.model.state_dict().items()}
-    state["class_bias"] = torch.from_numpy(bias_K)
-    extra = {k: v for k, v in meta.items() if k not in ("format_version", "kind", "config", "step", "metrics",
-                                                          "saved", "versions", "git_sha")}
-    extra.update(latent_space=space, calibration=record)
-    checkpoint.save(out, kind="vae", config=meta["config"], state={"model": state}, step=meta["step"],
-                    metrics=meta.get("metrics"), extra=extra)
+    _save(loaded.model, meta, space, record, bias_K, out)
     if log is not None:
         note = "" if fit["converged"] else (f"; not within {TOLERANCE:.0%}: the VAE cannot decode some class at its "
                                             "share at any offset (undertrained?)")
@@ -171,8 +174,23 @@ def calibrate_vae(vae: str, data: str, out: str | Path, *, split: str = "train",
     return record
 
 
+def _save(model, meta: dict, space: str, record: dict, bias_K: np.ndarray, out) -> None:
+    """``model``'s weights with the offsets ``bias_K`` and ``meta`` plus the latent space and the record, at ``out``."""
+    import torch
+
+    from dcgen import checkpoint
+
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    state["class_bias"] = torch.from_numpy(bias_K)
+    extra = {k: v for k, v in meta.items() if k not in ("format_version", "kind", "config", "step", "metrics",
+                                                          "saved", "versions", "git_sha")}
+    extra.update(latent_space=space, calibration=record)
+    checkpoint.save(out, kind="vae", config=meta["config"], state={"model": state}, step=meta["step"],
+                    metrics=meta.get("metrics"), extra=extra)
+
+
 def is_calibrated(path) -> bool:
-    """Whether the VAE checkpoint at ``path`` carries a decode calibration."""
+    """Whether the VAE checkpoint at ``path`` carries a decode calibration (fitted, or the raw decode chosen)."""
     from dcgen import checkpoint
 
     return bool(checkpoint.read_meta(path, kind="vae").get("calibration"))

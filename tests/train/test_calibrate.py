@@ -194,3 +194,24 @@ def test_bad_input_is_refused_before_anything_is_written(debug_vae, debug_city, 
                                       str(tmp_path / "cli"), "--clips", "-2"])
     assert result.exit_code == 2 and "error: --clips -2: expected a whole number >= 1" in result.output
     assert not (tmp_path / "cli").exists()
+
+
+def test_raw_writes_zero_offsets_that_the_pipeline_leaves(calibrated, debug_city, tmp_path):
+    from dcgen.train.pipeline import _calibrate_left
+
+    source, _ = calibrated
+    run = tmp_path / "vae"
+    result = CliRunner().invoke(app, ["train", "calibrate", "--vae", str(source), "--out", str(run / "best"),
+                                      "--raw"])
+    assert result.exit_code == 0, result.output
+    assert f"{source} -> {run / 'best'}: zero class offsets (the raw decode)" in result.output
+    assert torch.equal(load_vae(run / "best", "cpu").model.class_bias, torch.zeros(11))
+    assert is_calibrated(run / "best") and checkpoint.read_meta(run / "best")["calibration"]["raw"]
+    assert checkpoint.latent_space_id(run / "best") == checkpoint.latent_space_id(source)
+    before = checkpoint.checkpoint_id(run / "best")
+    assert _calibrate_left(run, debug_city, log=None) == {}  # a chosen raw decode is not calibrated again
+    assert checkpoint.checkpoint_id(run / "best") == before
+    # without --raw the offsets need a store to fit on
+    result = CliRunner().invoke(app, ["train", "calibrate", "--vae", str(source), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "calibrating needs --data" in result.output
+    assert not (tmp_path / "x").exists()
