@@ -39,8 +39,8 @@ def fit_class_bias(logits_NK, target_K, *, tolerance: float = TOLERANCE, max_ite
                    free_class: int = 0) -> tuple[np.ndarray, dict]:
     """Offsets ``b [K]`` (``b[free_class] = 0``) such that the argmax of ``logits_NK + b`` gives each class its share
     of ``target_K`` (voxel counts or shares; a class that never occurs there is not fitted: it keeps its raw logit
-    relative to the free class). Returns ``(b, fit)``, the
-    fit's report: iterations, the largest relative share error before and after, converged."""
+    relative to the free class). Returns ``(b, fit)``, the fit's report: iterations, the largest relative share
+    error before and after, converged."""
     import torch
 
     logits = torch.as_tensor(logits_NK).float()
