@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dcgen import storage
 from dcgen.data.integrity import CHECKSUM_PREFIX, clip_checksum
 from dcgen.data.store import SceneStore
+from dcgen.metrics.provenance import same_store
 
 TRAIN_SPLIT, SELECTION_SPLIT = "train", "val"  # what train/runs.py fits generators on and picks their best by
 PROCEDURAL = ("dcgen.data.synth_city",)  # generators with no training data
@@ -131,7 +131,7 @@ def evaluation_clips(real: SceneStore, real_split: str, eval_path: str, eval_spl
     first ``eval_clips`` of ``eval_split`` in store order, so every run and seed scores the same ones; None: all),
     the split's size and the scored clips' checksums; or a ``ValueError`` naming what is wrong: the real arms' own
     split, another grid or class table, an empty split, a bad count, copies of the real training clips."""
-    eval_is_real = storage.resolve(eval_path) == storage.resolve(real.path)
+    eval_is_real = same_store(eval_path, real.path)
     if eval_is_real and real_split == eval_split:
         raise ValueError(f"--real-split and --eval-split are both {eval_split!r}: the real arm would train on the "
                          "clips it is scored on")
@@ -223,7 +223,7 @@ def overlap_report(pool_store: SceneStore, evaluation: SceneStore, eval_split: s
             trained = None
         if trained is None:
             entry["verified"] = "path"
-            same = storage.resolve(entry["store"]) == storage.resolve(evaluation.path)
+            same = same_store(entry["store"], evaluation.path)
             entry["eval_clips_seen"] = None
             if same and eval_split == entry["split"]:
                 problems.append(f"{pool_store.path}: its {entry['role']} {entry['checkpoint']} trained on split "

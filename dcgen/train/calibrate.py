@@ -128,7 +128,7 @@ def calibrate_vae(vae: str, data: str | None, out: str | Path, *, split: str = "
     atomically). ``raw`` writes zero offsets instead (the class-weighted decode; no data needed), recorded as a
     calibration so ``dcgen train`` leaves it. Everything is checked before anything is written. Returns the
     calibration record."""
-    from dcgen import checkpoint, storage
+    from dcgen import storage
     from dcgen.data.store import SceneStore
     from dcgen.models.loading import load_vae
     from dcgen.runtime import pick_device
@@ -138,14 +138,11 @@ def calibrate_vae(vae: str, data: str | None, out: str | Path, *, split: str = "
     same = storage.resolve(str(out)) == storage.resolve(str(vae))
     if not same and not overwrite and storage.exists(out):
         raise ValueError(f"{out}: already exists; pass --overwrite to replace it (or --out the VAE itself)")
-    meta, _ = checkpoint.load(vae, kind="vae", mmap=True)
-    space = checkpoint.latent_space_id(vae)
-    dev = pick_device(device)
-    loaded = load_vae(vae, dev)
+    loaded = load_vae(vae, pick_device(device))
     if raw:
         bias_K = np.zeros(loaded.model.config.num_classes, np.float32)
-        record = {"raw": True, "class_bias": [0.0] * bias_K.size, "from_checkpoint": checkpoint.checkpoint_id(vae)}
-        _save(loaded.model, meta, space, record, bias_K, out)
+        record = {"raw": True, "class_bias": [0.0] * bias_K.size, "from_checkpoint": loaded.checkpoint_id}
+        _save(loaded, record, bias_K, out)
         if log is not None:
             log(f"{vae} -> {out}: zero class offsets (the raw decode)")
         return record
@@ -157,14 +154,15 @@ def calibrate_vae(vae: str, data: str | None, out: str | Path, *, split: str = "
     if indices.size == 0:
         raise ValueError(f"{data}: split {split!r} has no clips to calibrate on")
     indices = indices[:clips]
-    logits_NK, counts_K = _sample_logits(loaded.model, store, indices, voxels, seed, dev)
+    logits_NK, counts_K = _sample_logits(loaded.model, store, indices, voxels, seed,
+                                         next(loaded.model.parameters()).device)
     if counts_K.sum() == 0:
         raise ValueError(f"{data}: the {indices.size} clips of split {split!r} have no valid voxel (mask all 0)")
     bias_K, fit = fit_class_bias(logits_NK, counts_K)
     record = {"store": str(data), "split": split, "clips": int(indices.size), "voxels_per_clip": int(voxels),
               "seed": int(seed), "class_bias": [float(b) for b in bias_K], "target_share":
-              [float(c) for c in counts_K / counts_K.sum()], **fit, "from_checkpoint": checkpoint.checkpoint_id(vae)}
-    _save(loaded.model, meta, space, record, bias_K, out)
+              [float(c) for c in counts_K / counts_K.sum()], **fit, "from_checkpoint": loaded.checkpoint_id}
+    _save(loaded, record, bias_K, out)
     if log is not None:
         note = "" if fit["converged"] else (f"; not within {TOLERANCE:.0%}: the VAE cannot decode some class at its "
                                             "share at any offset (undertrained?)")
@@ -174,19 +172,35 @@ def calibrate_vae(vae: str, data: str | None, out: str | Path, *, split: str = "
     return record
 
 
-def _save(model, meta: dict, space: str, record: dict, bias_K: np.ndarray, out) -> None:
-    """``model``'s weights with the offsets ``bias_K`` and ``meta`` plus the latent space and the record, at ``out``."""
+def _save(loaded, record: dict, bias_K: np.ndarray, out) -> None:
+    """The loaded VAE's weights with the offsets ``bias_K``, its metadata plus its latent space and the record, at
+    ``out``."""
     import torch
 
     from dcgen import checkpoint
 
-    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    meta = loaded.meta
+    state = {k: v.cpu() for k, v in loaded.model.state_dict().items()}
     state["class_bias"] = torch.from_numpy(bias_K)
     extra = {k: v for k, v in meta.items() if k not in ("format_version", "kind", "config", "step", "metrics",
                                                           "saved", "versions", "git_sha")}
-    extra.update(latent_space=space, calibration=record)
+    extra.update(latent_space=loaded.latent_space, calibration=record)
     checkpoint.save(out, kind="vae", config=meta["config"], state={"model": state}, step=meta["step"],
                     metrics=meta.get("metrics"), extra=extra)
+
+
+def calibrate_run(run_dir, data: str, *, missing_only: bool = False, log=None) -> dict:
+    """Calibrate in place the ``best`` and ``last`` VAE checkpoints of a training run directory (a path or a URI)
+    on ``data``'s training split; with ``missing_only``, only those that carry no calibration yet. Returns
+    ``{which: record}`` of what it calibrated."""
+    from dcgen import storage
+
+    done = {}
+    for which in ("best", "last"):
+        path = storage.join(run_dir, which)
+        if storage.exists(path) and not (missing_only and is_calibrated(path)):
+            done[which] = calibrate_vae(path, data, path, log=log)
+    return done
 
 
 def is_calibrated(path) -> bool:

@@ -33,13 +33,9 @@ def _stage_summary(name: str, result: dict) -> str:
 def _calibrate_left(run_dir, data: str, log) -> dict:
     """Calibrate the decode of a finished stage's checkpoints that are not yet (a run from before decode
     calibration, or one stopped between training and calibration): ``{"calibration": ...}`` or nothing."""
-    from dcgen.train.calibrate import calibrate_vae, is_calibrated
+    from dcgen.train.calibrate import calibrate_run
 
-    done = {}
-    for which in ("best", "last"):
-        path = run_dir / which
-        if stage_done(path, "vae") and not is_calibrated(path):
-            done[which] = calibrate_vae(str(path), data, str(path), log=log)
+    done = calibrate_run(run_dir, data, missing_only=True, log=log)
     return {"calibration": done} if done else {}
 
 

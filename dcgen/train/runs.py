@@ -195,13 +195,9 @@ def train_decoder(data: str, vae: str, out: str | Path, *, scaling: Scaling = Sc
 def calibrated(result: dict, data: str) -> dict:
     """A VAE or decoder run's result after calibrating the decode of its ``best`` and ``last`` checkpoints in place
     on the store's training split (``calibrate.py``: the class mix the class-weighted loss shifted)."""
-    from dcgen.train.calibrate import calibrate_vae
+    from dcgen.train.calibrate import calibrate_run
 
-    for which in ("best", "last"):
-        path = result.get(which)
-        if path and storage.exists(path):
-            result.setdefault("calibration", {})[which] = calibrate_vae(path, data, path)
-    return result
+    return {**result, "calibration": calibrate_run(result["run_dir"], data)}
 
 
 # ---- DiT ---------------------------------------------------------------------------------------------------
