@@ -253,6 +253,25 @@ def update_provenance(path: str, updates: dict) -> None:
     group.attrs["dcgen"] = meta
 
 
+def _calibrated_since(stored: dict, job: SynthJob) -> str:
+    """Why the VAE's id changed, when the job's VAE is the store's VAE calibrated since (``dcgen train calibrate``,
+    or ``dcgen train`` calibrating a finished stage in place): its decode offsets are part of its weights, so its
+    scenes differ and the store cannot be continued with it. Empty when that is not the reason."""
+    from dcgen import checkpoint
+
+    before = (stored.get("checkpoints") or {}).get("vae")
+    if job.vae is None or before is None or before == job.checkpoints.get("vae"):
+        return ""
+    try:
+        record = checkpoint.read_meta(job.vae, kind="vae").get("calibration") or {}
+    except (OSError, ValueError):
+        return ""
+    if record.get("from_checkpoint") != before:
+        return ""
+    return (f". The VAE {job.vae} is the store's VAE {before} calibrated since (dcgen train calibrate: new decode "
+            "offsets, so other scenes): --overwrite regenerates the store with it")
+
+
 def open_output(job: SynthJob, out: str, overwrite: bool, calibration: dict | None) -> OutputState:
     """Create the output stores, or reopen those of the same job to continue it."""
     from dcgen.data.store import _exists
@@ -274,7 +293,8 @@ def open_output(job: SynthJob, out: str, overwrite: bool, calibration: dict | No
             diff = identity_difference(stored, job.to_dict())
             if diff:
                 raise ValueError(f"--out {out}: holds another synth job (differs in {'; '.join(diff)}); re-run that "
-                                 "job's command to continue it, or pass --overwrite to replace it")
+                                 "job's command to continue it, or pass --overwrite to replace it"
+                                 + _calibrated_since(stored, job))
             rejected = SceneStore.open(rej_path, "a") if _exists(rej_path) else SceneStore.create(
                 rej_path, grid, source=SOURCE + "-rejected", with_mask=False, extra_arrays=extra,
                 capacity=job.max_attempts * job.padded_n)

@@ -171,6 +171,29 @@ def test_exactly_n_scenes_with_the_requested_conditions(layout_run, ckpts, debug
     assert result.exit_code == 2 and "holds another synth job (differs in seed: 0 -> 1)" in text, text
 
 
+def test_a_vae_calibrated_since_is_named_as_why_the_store_cannot_be_continued(layout_run, ckpts, debug_city,
+                                                                              tmp_path):
+    from dcgen import checkpoint
+    from dcgen.train.calibrate import calibrate_vae
+
+    out, _ = layout_run
+    vae, dit = ckpts
+    calibrated = tmp_path / "vae-calibrated"
+    calibrate_vae(vae, debug_city, calibrated, clips=4, voxels=1024)
+    before = SceneStore.open(str(out)).read(slice(0, 12))
+    argv = ("--n", "12", "--cond", "layout", "--source", debug_city)
+    result, text = _invoke(_synth((calibrated, dit), out, *argv))
+    text = " ".join(text.split())  # the error box wraps lines
+    assert result.exit_code == 2 and "holds another synth job (differs in checkpoints" in text, text
+    assert f"is the store's VAE {checkpoint.checkpoint_id(vae)} calibrated since" in text, text
+    assert "--overwrite regenerates the store with it" in text, text
+    after = SceneStore.open(str(out)).read(slice(0, 12))
+    assert all(np.array_equal(before[k], after[k]) for k in before)  # nothing written
+    # another difference is not blamed on a calibration
+    result, text = _invoke(_synth(ckpts, out, *argv, "--seed", "1"))
+    assert result.exit_code == 2 and "calibrated since" not in text, text
+
+
 def test_same_seed_gives_identical_bytes_with_different_batch_sizes(layout_run, ckpts, debug_city, tmp_path):
     out16 = tmp_path / "b16.zarr"
     result, text = _invoke(_synth(ckpts, out16, "--n", "16", "--cond", "layout", "--source", debug_city,
