@@ -46,8 +46,28 @@ def curves(results: list[dict]) -> list[dict]:
         for key in ("miou", "completion_iou", "miou_all_voxels", "completion_iou_all_voxels"):
             row[key] = [r[key] for r in rs]
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(row[key])
+        row["per_class_iou"] = [r.get("per_class_iou") or {} for r in rs]
+        names = dict.fromkeys(name for ious in row["per_class_iou"] for name in ious if name != "free")
+        row["per_class_iou_mean"] = {name: _mean_std([ious.get(name) for ious in row["per_class_iou"]])[0]
+                                     for name in names}
         out.append(row)
     return out
+
+
+def class_gaps(a: dict | None, b: dict | None) -> list[dict]:
+    """Per class, ``a - b`` IoU in points, seed by seed, most negative first: where one arm trails the other
+    (a class scored in neither arm of a seed is left out of that seed)."""
+    if a is None or b is None:
+        return []
+    by_seed = dict(zip(b["seeds"], b["per_class_iou"]))
+    diffs: dict[str, list[float]] = {}
+    for seed, ious in zip(a["seeds"], a["per_class_iou"]):
+        other = by_seed.get(seed, {})
+        for name, iou in ious.items():
+            if name != "free" and iou is not None and other.get(name) is not None:
+                diffs.setdefault(name, []).append(100 * (iou - other[name]))
+    gaps = [{"class": name, "points": _mean_std(v)[0], "std": _mean_std(v)[1]} for name, v in diffs.items()]
+    return sorted(gaps, key=lambda g: g["points"])
 
 
 def find_curve(rows: list[dict], arm: str, pool: str | None, ratio: float | None, count: int) -> dict | None:
@@ -105,7 +125,8 @@ def targets(rows: list[dict], pools: list[str], counts: tuple[int, ...], ratios:
                 "points": diff["mean"], "std": diff["std"], "per_seed": diff["points"],
                 "target": TARGET_GAIN_POINTS, "met": diff["mean"] >= TARGET_GAIN_POINTS,
                 "missed_by": max(0.0, TARGET_GAIN_POINTS - diff["mean"]),
-                "exceeds_spread": diff["std"] is not None and diff["mean"] > diff["std"]}
+                "exceeds_spread": diff["std"] is not None and diff["mean"] > diff["std"],
+                "by_class": class_gaps(mix, aug)}
         out["pools"][pool] = entry
     return out
 
@@ -196,6 +217,7 @@ def format_table(report: dict) -> str:
             completion.append(f"{label} {_pct(row['completion_iou_mean'])}")
     if completion:
         lines += ["", f"completion IoU % at n={n_top}: " + " · ".join(completion)]
+    lines += class_table(rows, keys, n_top)
     controls = [r for r in rows if r["arm"] in ("leak", "shuffled")]
     parts = [f"leak (trained on the {r['count']} eval clips) {_pct(r['miou_mean'], r['miou_std'])}"
              if r["arm"] == "leak" else f"shuffled targets (n={r['count']}) {_pct(r['miou_mean'], r['miou_std'])}"
@@ -214,6 +236,10 @@ def format_table(report: dict) -> str:
             spread = f" ± {g['std']:.1f}" if g["std"] is not None else ""
             tl.append(f"  {pool}: real+gen - real+aug = {g['points']:+.1f}{spread} points (target >= "
                       f"+{g['target']:.0f}: " + ("met)" if g["met"] else f"missed by {g['missed_by']:.1f})"))
+            worst = [c for c in g.get("by_class", []) if c["points"] < 0][:3]
+            if worst:
+                tl.append("    where it trails, IoU points by class: "
+                          + ", ".join(f"{c['class']} {c['points']:+.1f}" for c in worst))
     tl.append(f"  seeds: {t['seeds']['value']} (target >= {t['seeds']['target']}: "
               + ("met)" if t["seeds"]["met"] else "missed)"))
     lines += [""] + tl
@@ -231,6 +257,24 @@ def format_table(report: dict) -> str:
     for flag in report["flags"]:
         lines.append(f"! {flag}")
     return "\n".join(lines)
+
+
+def class_table(rows: list[dict], keys: list[tuple], n: int) -> list[str]:
+    """Lines of per-class IoU % at ``n`` real clips (mean over seeds), an arm per line: which classes generated
+    data teaches and which it does not (empty when the runs recorded no per-class IoU)."""
+    picked = [(key, next((r for r in rows if (r["arm"], r["pool"], r["ratio"], r["count"]) == (*key, n)), None))
+              for key in keys]
+    picked = [(key, row) for key, row in picked if row is not None and row["per_class_iou_mean"]]
+    if not picked:
+        return []
+    names = list(dict.fromkeys(name for _, row in picked for name in row["per_class_iou_mean"]))
+    width = 8  # names cut to 7 characters: ten classes fit a screen
+    head = f"{'arm':<9} {'pool':<16} {'ratio':>5} |" + "".join(name[:width - 1].rjust(width) for name in names)
+    lines = ["", f"per-class IoU % at n={n} (mean over seeds):", head, "-" * len(head)]
+    for (arm, pool, ratio), row in picked:
+        cells = "".join(_pct(row["per_class_iou_mean"].get(name), None, width) for name in names)
+        lines.append(f"{arm:<9} {(pool or '-')[:16]:<16} {('-' if ratio is None else f'{ratio:g}'):>5} |" + cells)
+    return lines
 
 
 # ---- the plot ---------------------------------------------------------------------------------------------------

@@ -224,6 +224,51 @@ def shown_command(report: dict, out: Path) -> dict:
     return command.make_context("downstream", argv[3:]).params
 
 
+def test_the_report_breaks_the_gap_down_by_class_seed_by_seed():
+    from dcgen.bench.downstream_report import curves, format_table, targets
+
+    def run(arm, ratio, seed, miou, ious):
+        return {"arm": arm, "pool": None if arm.startswith("real") and arm != "real+gen" else "gen", "ratio": ratio,
+                "count": 64, "seed": seed, "real_clips": 64, "synthetic_clips": 0, "miou": miou,
+                "completion_iou": 0.9, "miou_all_voxels": miou, "completion_iou_all_voxels": 0.9,
+                "per_class_iou": ious}
+
+    aug = [{"free": 0.9, "pole": 0.40, "road": 0.80, "vehicle": 0.30}, {"free": 0.9, "pole": 0.50, "road": 0.82,
+                                                                        "vehicle": None}]
+    mix = [{"free": 0.9, "pole": 0.05, "road": 0.81, "vehicle": 0.20}, {"free": 0.9, "pole": 0.15, "road": 0.82,
+                                                                        "vehicle": 0.25}]
+    results = ([run("real", None, s, 0.5, aug[s]) for s in (0, 1)] + [run("real+aug", 4.0, s, 0.5, aug[s])
+                                                                      for s in (0, 1)]
+               + [run("real+gen", 4.0, s, 0.4, mix[s]) for s in (0, 1)] + [run("gen", None, s, 0.3, mix[s])
+                                                                           for s in (0, 1)])
+    rows = curves(results)
+    mixed = next(r for r in rows if r["arm"] == "real+gen")
+    assert mixed["per_class_iou_mean"]["pole"] == pytest.approx(0.10) and "free" not in mixed["per_class_iou_mean"]
+    aug_row = next(r for r in rows if r["arm"] == "real+aug")
+    assert aug_row["per_class_iou_mean"]["vehicle"] == pytest.approx(0.30)  # a seed without the class: left out
+    t = targets(rows, ["gen"], (64,), (4.0,), (0, 1))
+    gaps = t["pools"]["gen"]["gain_over_augmentation"]["by_class"]
+    assert [g["class"] for g in gaps] == ["pole", "vehicle", "road"]  # most negative first
+    assert gaps[0]["points"] == pytest.approx(-35.0) and gaps[1]["points"] == pytest.approx(-10.0)  # seed 0 only
+    assert gaps[2]["points"] == pytest.approx(0.5)
+    table = format_table({"preset": "debug", "config": {"real_counts": [64], "seeds": [0, 1], "steps": 2,
+                                                        "batch_size": 2, "synthetic_share": None},
+                          "eval": {"path": "heldout.zarr", "split": "val", "clips": 4, "split_clips": 4},
+                          "curves": rows, "targets": t, "chance": {"miou": 0.1}, "flags": []})
+    assert "per-class IoU % at n=64 (mean over seeds):" in table
+    assert "where it trails, IoU points by class: pole -35.0, vehicle -10.0" in table and "road +" not in table
+    line = next(ln for ln in table.splitlines() if ln.startswith("real+gen") and "|" in ln and "10.0" in ln)
+    assert line.split("|")[1].split() == ["10.0", "81.5", "22.5"]  # pole, road, vehicle in first-seen order
+    # runs from before per-class IoU was recorded: no breakdown, no error
+    bare = [{k: v for k, v in r.items() if k != "per_class_iou"} for r in results]
+    assert "per-class IoU" not in format_table({"preset": "debug", "config": {"real_counts": [64], "seeds": [0, 1],
+                                                "steps": 2, "batch_size": 2, "synthetic_share": None},
+                                                "eval": {"path": "h.zarr", "split": "val", "clips": 4,
+                                                         "split_clips": 4}, "curves": curves(bare),
+                                                "targets": targets(curves(bare), ["gen"], (64,), (4.0,), (0, 1)),
+                                                "chance": {"miou": 0.1}, "flags": []})
+
+
 def test_an_evaluation_store_scores_every_arm_and_the_leak_control_trains_on_its_clips(stores, tmp_path):
     from dcgen.runtime import rng
 
