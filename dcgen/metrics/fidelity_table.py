@@ -17,6 +17,7 @@ COLUMNS = (  # header, where the value is, format
     ("veh p90", ("class", "vehicle", "size_p90"), ".4g"),
     ("ped med", ("class", "pedestrian", "size_median"), ".4g"),
     ("pole med", ("class", "pole", "size_median"), ".4g"),
+    ("pole ht", ("class", "pole", "height_median"), ".4g"),
     ("bldg sh", ("class", "building", "share"), ".3f"),
     ("flicker", ("set", "flicker"), ".3f"),
     ("static", ("set", "static_change"), ".3f"),

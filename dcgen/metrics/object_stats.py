@@ -115,6 +115,9 @@ class ClipStats:
     num_frames: int
     class_voxels_K: np.ndarray
     component_sizes: dict[int, np.ndarray]  # class id -> sizes in voxels of its components, all frames
+    # class id -> vertical extent (voxels along Z) of the same components, in the same order: a pole, a column of
+    # four voxels, and a four-voxel blob on the ground have one size and different heights
+    component_heights: dict[int, np.ndarray]
     flicker_KK: np.ndarray  # raw grid
     static_KK: np.ndarray  # ego-compensated, cells inside frame t+1's grid only; zeros without a trajectory
     persist_kept_K: np.ndarray
@@ -171,6 +174,7 @@ def clip_stats(occ_TXYZ, trajectory_T3=None, voxel_size: tuple[float, float, flo
 
     persist_kept_K, persist_tracked_K = np.zeros(_K, np.int64), np.zeros(_K, np.int64)
     sizes: dict[int, np.ndarray] = {}
+    heights: dict[int, np.ndarray] = {}
     for c in np.flatnonzero(class_voxels_K[1:]) + 1:
         c = int(c)
         mask_TXYZ = occ_TXYZ == c
@@ -181,6 +185,7 @@ def clip_stats(occ_TXYZ, trajectory_T3=None, voxel_size: tuple[float, float, flo
         labels_TZYX, num = ndimage.label(np.ascontiguousarray(mask_TXYZ.transpose(0, 3, 2, 1)),
                                          structure=_WITHIN_FRAME_3333)
         sizes[c] = np.bincount(labels_TZYX[labels_TZYX > 0], minlength=num + 1)[1:].astype(np.int64)
+        heights[c] = np.array([z.stop - z.start for _, z, _, _ in ndimage.find_objects(labels_TZYX)], np.int64)
         labels_TXYZ = labels_TZYX.transpose(0, 3, 2, 1)
         if c in MOVER_CLASSES and num_frames > 1:
             cur_c, labels_cur = mask_TXYZ[:-1], labels_TXYZ[:-1]
@@ -190,7 +195,8 @@ def clip_stats(occ_TXYZ, trajectory_T3=None, voxel_size: tuple[float, float, flo
             persist_tracked_K[c] = tracked.size
             persist_kept_K[c] = np.intersect1d(tracked, touched, assume_unique=True).size
     return ClipStats(size_XYZ=tuple(int(n) for n in occ_TXYZ.shape[1:]), num_frames=num_frames,
-                     class_voxels_K=class_voxels_K, component_sizes=sizes, flicker_KK=flicker_KK,
+                     class_voxels_K=class_voxels_K, component_sizes=sizes, component_heights=heights,
+                     flicker_KK=flicker_KK,
                      static_KK=static_KK, persist_kept_K=persist_kept_K, persist_tracked_K=persist_tracked_K,
                      compensated=traj_T3 is not None)
 
@@ -225,6 +231,7 @@ class SetStats:
     num_compensated: int = 0
     class_voxels_K: np.ndarray = field(default_factory=lambda: np.zeros(_K, np.int64))
     sizes: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    heights: dict[int, list[np.ndarray]] = field(default_factory=dict)
     flicker_KK: np.ndarray = field(default_factory=lambda: np.zeros((_K, _K), np.int64))
     static_KK: np.ndarray = field(default_factory=lambda: np.zeros((_K, _K), np.int64))
     persist_kept_K: np.ndarray = field(default_factory=lambda: np.zeros(_K, np.int64))
@@ -241,6 +248,7 @@ class SetStats:
         self.num_compensated += int(cs.compensated)
         for c, s in cs.component_sizes.items():
             self.sizes.setdefault(c, []).append(s)
+            self.heights.setdefault(c, []).append(cs.component_heights[c])
         for name in ("class_voxels_K", "flicker_KK", "static_KK", "persist_kept_K", "persist_tracked_K"):
             setattr(self, name, getattr(self, name) + getattr(cs, name))
         return self
@@ -248,6 +256,10 @@ class SetStats:
     def component_sizes(self, c: int) -> np.ndarray:
         """Sizes in voxels of every component of class ``c`` in the set (empty when the class never occurs)."""
         return np.concatenate(self.sizes[c]) if c in self.sizes else np.zeros(0, np.int64)
+
+    def component_heights(self, c: int) -> np.ndarray:
+        """Vertical extents in voxels of every component of class ``c`` in the set (empty when it never occurs)."""
+        return np.concatenate(self.heights[c]) if c in self.heights else np.zeros(0, np.int64)
 
     def classes(self) -> list[int]:
         """Non-free class ids with at least one voxel in the set."""
@@ -262,6 +274,7 @@ class SetStats:
             "size_median": float(np.median(s)) if s.size else None,
             "size_p90": float(np.percentile(s, 90)) if s.size else None,
             "size_mean": float(s.mean()) if s.size else None,
+            "height_median": float(np.median(self.component_heights(c))) if s.size else None,
             "flicker": _class_change(self.flicker_KK, c),
         }
         if c in MOVER_CLASSES:

@@ -64,6 +64,28 @@ def test_two_vehicles_and_a_pole_give_exact_components():
     assert s["flicker"] is None and veh["flicker"] is None and veh["persistence"] is None
 
 
+def test_a_column_and_a_flat_blob_of_one_size_differ_in_height():
+    occ = _frames(2)
+    occ[:, 12, 3, 0:4] = POLE  # a pole: a 1x1x4 column
+    occ[0, 2:4, 8:10, 0] = POLE  # in frame 0 a 2x2x1 piece on the ground: the same 4 voxels
+    occ[1, 6, 6, 2] = POLE  # in frame 1 a floating voxel
+    cs = clip_stats(occ)
+    assert cs.component_sizes[POLE].tolist() == [4, 4, 4, 1]
+    assert sorted(zip(cs.component_sizes[POLE].tolist(), cs.component_heights[POLE].tolist())) == [
+        (1, 1), (4, 1), (4, 4), (4, 4)]
+    s = SetStats().add(cs).add(cs)
+    assert s.component_heights(POLE).size == 8 and s.component_heights(VEHICLE).size == 0
+    pole = s.summary()["classes"]["pole"]
+    assert (pole["size_median"], pole["height_median"]) == (4, 2.5)
+    # a set whose poles are all whole columns against this one: same median size, taller by 1.5 voxels
+    whole = _frames(2)
+    whole[:, 12, 3, 0:4] = POLE
+    whole[:, 3, 12, 0:4] = POLE
+    out = compare(set_stats([whole]), set_stats([occ]))
+    assert out["classes"]["pole"]["size_median"]["relative_gap"] == 0.0
+    assert out["classes"]["pole"]["height_median"] == {"real": 4.0, "fake": 2.5, "relative_gap": -0.375}
+
+
 def test_components_join_at_corners_but_never_across_frames():
     occ = _frames(2)
     occ[:, 2:4, 2:4, 0:2] = VEHICLE
