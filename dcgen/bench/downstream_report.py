@@ -56,7 +56,7 @@ def curves(results: list[dict]) -> list[dict]:
 
 def class_gaps(a: dict | None, b: dict | None) -> list[dict]:
     """Per class, ``a - b`` IoU in points, seed by seed, most negative first: where one arm trails the other
-    (a class scored in neither arm of a seed is left out of that seed)."""
+    (a class not scored in both arms of a seed is left out of that seed)."""
     if a is None or b is None:
         return []
     by_seed = dict(zip(b["seeds"], b["per_class_iou"]))

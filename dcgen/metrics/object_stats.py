@@ -3,16 +3,17 @@
 Feature-space scores (FID, KID, precision/recall) say that generated clips differ from real ones, not how: issue 23
 found generated vehicles at half their real size, poles and pedestrians reduced to single voxels and motion halved,
 and none of those scores names any of it. These statistics make each measurable, in voxels and shares: per class,
-the connected components of every frame (count per frame, median / p90 / mean size, and the raw sizes for a 1D
-Wasserstein distance between two sets), the class mix and occupied share, temporal flicker, static consistency after
-ego-motion compensation, and the persistence of moving objects from frame to frame (slowed motion shows as lower
-mover flicker: an object moving less overlaps itself more from frame to frame). ``clip_stats`` measures one
-clip, ``SetStats`` pools clips (counts and sizes, never voxels), ``compare`` sets a real and a generated set side
-by side.
+the connected components of every frame (count per frame, median / p90 / mean size, median height, and the raw sizes
+for a 1D Wasserstein distance between two sets), the class mix and occupied share, temporal flicker, static
+consistency after ego-motion compensation, and the persistence of moving objects from frame to frame (slowed motion
+shows as lower mover flicker: an object moving less overlaps itself more from frame to frame). ``clip_stats``
+measures one clip, ``SetStats`` pools clips (counts and sizes, never voxels), ``compare`` sets a real and a
+generated set side by side.
 
 Definitions, for consecutive frames (t, t+1) pooled over all pairs of all clips of a set:
 
-- component: a 26-connected set of voxels of one class within one frame (see ``CONNECTIVITY``).
+- component: a 26-connected set of voxels of one class within one frame (see ``CONNECTIVITY``); its height is its
+  extent along Z in voxels (a pole, a column, is as tall as the grid; the same voxels lying flat are 1 tall).
 - flicker = #{voxels whose class differs} / #{voxels occupied in either frame}; per class c,
   #{voxels holding c in exactly one frame} / #{voxels holding c in either frame}, i.e. 1 - IoU of the class masks.
   Measured on the raw grid, without compensation.
@@ -196,8 +197,8 @@ def clip_stats(occ_TXYZ, trajectory_T3=None, voxel_size: tuple[float, float, flo
             persist_kept_K[c] = np.intersect1d(tracked, touched, assume_unique=True).size
     return ClipStats(size_XYZ=tuple(int(n) for n in occ_TXYZ.shape[1:]), num_frames=num_frames,
                      class_voxels_K=class_voxels_K, component_sizes=sizes, component_heights=heights,
-                     flicker_KK=flicker_KK,
-                     static_KK=static_KK, persist_kept_K=persist_kept_K, persist_tracked_K=persist_tracked_K,
+                     flicker_KK=flicker_KK, static_KK=static_KK, persist_kept_K=persist_kept_K,
+                     persist_tracked_K=persist_tracked_K,
                      compensated=traj_T3 is not None)
 
 
