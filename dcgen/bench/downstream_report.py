@@ -66,7 +66,7 @@ def class_gaps(a: dict | None, b: dict | None) -> list[dict]:
         for name, iou in ious.items():
             if name != "free" and iou is not None and other.get(name) is not None:
                 diffs.setdefault(name, []).append(100 * (iou - other[name]))
-    gaps = [{"class": name, "points": _mean_std(v)[0], "std": _mean_std(v)[1]} for name, v in diffs.items()]
+    gaps = [dict(zip(("class", "points", "std"), (name, *_mean_std(v)))) for name, v in diffs.items()]
     return sorted(gaps, key=lambda g: g["points"])
 
 
@@ -262,8 +262,7 @@ def format_table(report: dict) -> str:
 def class_table(rows: list[dict], keys: list[tuple], n: int) -> list[str]:
     """Lines of per-class IoU % at ``n`` real clips (mean over seeds), an arm per line: which classes generated
     data teaches and which it does not (empty when the runs recorded no per-class IoU)."""
-    picked = [(key, next((r for r in rows if (r["arm"], r["pool"], r["ratio"], r["count"]) == (*key, n)), None))
-              for key in keys]
+    picked = [(key, find_curve(rows, *key, n)) for key in keys]
     picked = [(key, row) for key, row in picked if row is not None and row["per_class_iou_mean"]]
     if not picked:
         return []
