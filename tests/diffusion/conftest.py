@@ -11,8 +11,8 @@ import torch
 from dcgen.models.dit import DiT
 from dcgen.presets import get_preset
 
-# pinned (not the preset's current width or output parametrisation) so the recorded golden sums stay valid
-TINY = replace(get_preset("debug").dit, width=64, heads=2, prediction="eps")
+# pinned (not the preset's current depth, width or output parametrisation) so the recorded golden sums stay valid
+TINY = replace(get_preset("debug").dit, depth=2, width=64, heads=2, prediction="eps")
 
 
 @pytest.fixture(scope="module")
