@@ -79,6 +79,21 @@ def save(path: str | os.PathLike, *, kind: str, config: dict, state: dict[str, A
     return path
 
 
+def update_meta(path: str | os.PathLike, *, kind: str, **entries) -> None:
+    """Set ``entries`` in a checkpoint's metadata, its weights untouched (so its ``checkpoint_id`` stays); the
+    metadata file is replaced atomically (on a URI: the directory is written back)."""
+    from dcgen import storage
+
+    local = _local(path)
+    meta = _read_meta(local, kind)
+    meta.update(entries)
+    tmp = local / f".{META_FILE}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    os.replace(tmp, local / META_FILE)
+    if storage.is_uri(path):
+        storage.upload_dir(local, str(path))
+
+
 def _local(path) -> Path:
     """The checkpoint's local directory (a URI's is a cached download)."""
     from dcgen import storage

@@ -66,6 +66,7 @@ def run_quickstart(cfg: QuickstartConfig, log: Callable[[str], None] = print) ->
     from dcgen.data.synth_city import write_synthetic_city
     from dcgen.generate.batch import run_synth
     from dcgen.generate.job import build_job
+    from dcgen.generate.sample_calibration import ensure_sample_calibration
     from dcgen.metrics.gen_eval import evaluate_generation, format_table
     from dcgen.metrics.reference import make_reference
     from dcgen.render.clip import save_clip
@@ -107,6 +108,7 @@ def run_quickstart(cfg: QuickstartConfig, log: Callable[[str], None] = print) ->
     trained = train_pipeline(str(city), cfg.preset, runs, conditions=CONDITIONS, vae_epochs=vae_epochs,
                              dit_epochs=dit_epochs, decoder_epochs=0, features_epochs=feat_epochs,
                              max_minutes=cfg.max_minutes_per_stage, seed=cfg.seed, log=log)
+    ensure_sample_calibration(trained["sampling_vae"], trained["dit"], str(city), log=log)
     done("train", runs)
     features = runs / "features" / "best"
 

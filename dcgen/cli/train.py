@@ -170,6 +170,32 @@ def train_calibrate_cmd(
                f"{record['share_error_before']:.0%} -> {record['share_error_after']:.1%}; offsets [{offsets}]")
 
 
+@train_app.command("calibrate-samples", help="Fit the decode offsets of a VAE + DiT pair on the DiT's own "
+                   "unconditional samples so that they have the training split's class mix, and keep them in the DiT "
+                   "checkpoint: sample, synth and serve decode unconditional scenes with them whenever that VAE is "
+                   "passed (conditioned scenes keep the VAE's offsets). 'dcgen train' and the quickstart do this "
+                   "after the DiT stage; this command fits a pair trained before.\n\n"
+                   "Example: dcgen train calibrate-samples --vae runs/vae/best --dit runs/dit/best --data city.zarr")
+def train_calibrate_samples_cmd(
+    vae: str = typer.Option(..., help="The VAE checkpoint generation decodes with (the DiT's, or its fine-tuned "
+                            "decoder)."),
+    dit: str = typer.Option(..., help="The DiT checkpoint; its metadata gets the offsets (weights untouched)."),
+    data: str = typer.Option(..., help="Scene store the DiT was trained on (its class mix is the target)."),
+    split: str = typer.Option("train", help="Split whose class mix the samples should have."),
+    scenes: int = typer.Option(128, help="Unconditional scenes to sample for the fit."),
+    seed: int = typer.Option(0, help="Seed of the scenes and of the voxels kept."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
+) -> None:
+    from dcgen.generate.sample_calibration import calibrate_samples
+
+    with user_errors():
+        record = calibrate_samples(vae, dit, data, split=split, scenes=scenes, seed=seed, device=device)
+    fit = record["fit"]["unconditional"]
+    offsets = ", ".join(f"{b:+.2f}" for b in record["class_bias"]["unconditional"])
+    typer.echo(f"sample calibration of {dit} through {vae} on {scenes} unconditional scenes: largest class-share "
+               f"error {fit['share_error_before']:.0%} -> {fit['share_error_after']:.1%}; offsets [{offsets}]")
+
+
 @train_app.command("dit", help="Fit the DiT on a latent store (from 'dcgen encode') with Ray Train.\n\n"
                    "Example: dcgen train dit --latents latents.zarr --vae runs/vae/best "
                    "--cond command,trajectory,layout --preset small --out runs/dit")
@@ -322,6 +348,9 @@ def train_all_cmd(
                                  dit_epochs=dit_epochs, decoder_epochs=decoder_epochs, vae_lr=vae_lr,
                                  dit_lr=dit_lr, max_minutes=max_minutes, seed=seed, cpu_bf16=cpu_bf16,
                                  prediction=prediction, log=typer.echo)
+        from dcgen.generate.sample_calibration import ensure_sample_calibration
+
+        ensure_sample_calibration(summary["sampling_vae"], summary["dit"], data, log=typer.echo)
     typer.echo(f"pipeline done in {summary['run_dir']}: VAE {summary['vae']}, latents {summary['latents']}, "
                f"DiT {summary['dit']}, decoder {summary['decoder'] or 'left out'}; generate with --vae "
                f"{summary['sampling_vae']} --dit {summary['dit']} (sample, synth, serve)")

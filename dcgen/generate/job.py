@@ -411,16 +411,21 @@ def checkpoint_facts(vae: str, dit: str) -> dict:
     """Grid, accepted conditions, latent downsampling and checkpoint ids of a VAE + DiT pair, from their metadata
     and a memory-mapped read of their weights (no tensor data loaded), the pairing checked: a checkpoint the workers
     could not load (missing, corrupt, carrying pickled objects, of the wrong kind) fails here, before any Ray work."""
+    from dcgen.generate.sample_calibration import decode_offsets_id
     from dcgen.models.loading import check_checkpoints, vae_config
 
     checked = check_checkpoints(vae, dit)
     dit_meta = checked["dit"]
+    ids = dict(checked["ids"])
+    offsets = decode_offsets_id(dit_meta, ids["vae"])  # the workers decode with them (GenerationPipeline)
+    if offsets is not None:
+        ids["decode_offsets"] = offsets
     grid = Grid.from_dict(dit_meta["grid"])
     latent_x = int(dit_meta["config"]["latent"]["x"])
     # a reference-frame VAE is the one with a trajectory slot (HexPlaneVAE.needs_trajectory)
     reference_frame = vae_config(checked["vae"], vae).frame == "reference"
     return {"grid": grid, "accepted": tuple(dit_meta.get("conditions", ())) + ("inpaint", "outpaint"),
-            "latent_down": grid.size[0] // latent_x, "checkpoints": dict(checked["ids"]),
+            "latent_down": grid.size[0] // latent_x, "checkpoints": ids,
             "trajectory_slot": reference_frame}
 
 

@@ -99,12 +99,20 @@ class GenerationPipeline:
         self.checkpoint_ids = dict(checkpoint_ids or {})
         self.defaults = SamplerDefaults()
         self._down = grid.size[0] // vae.dims.x
+        # added to the logits of scenes without a model condition: the DiT's sample calibration's offsets for them
+        # less the VAE's own (sample_calibration.py); None: every scene decodes with the VAE's
+        self.unconditional_shift: torch.Tensor | None = None
 
     @classmethod
     def from_checkpoints(cls, vae: str, dit: str, device: str = "auto", use_ema: bool = True,
-                         micro_batch: int = 8, buckets: bool = False) -> "GenerationPipeline":
+                         micro_batch: int = 8, buckets: bool = False,
+                         sample_calibrated: bool = True) -> "GenerationPipeline":
         """Load a VAE and a DiT checkpoint; the DiT must have been trained on latents of this VAE's latent space
-        (this very VAE, or the one whose encoder its fine-tuned decoder kept)."""
+        (this very VAE, or the one whose encoder its fine-tuned decoder kept). Unconditional scenes decode with the
+        DiT's sample calibration when it was fitted through this VAE (``sample_calibration.py``;
+        ``sample_calibrated=False`` keeps the VAE's own offsets); then ``checkpoint_ids["decode_offsets"]`` names
+        them."""
+        from dcgen.generate.sample_calibration import decode_offsets_id, sample_bias
         from dcgen.models.loading import load_dit, load_vae
         from dcgen.runtime import pick_device
 
@@ -120,8 +128,15 @@ class GenerationPipeline:
                              "VAE checkpoint the DiT was trained with (or a decoder fine-tuned from it)")
         grid = Grid.from_dict(d.meta["grid"])
         schedule = NoiseSchedule.linear(ScheduleConfig.from_dict(d.meta["schedule"]))
-        return cls(v.model, d.model, grid, schedule, device=dev, micro_batch=micro_batch, buckets=buckets,
-                   checkpoint_ids={"vae": v.checkpoint_id, "dit": d.checkpoint_id})
+        ids = {"vae": v.checkpoint_id, "dit": d.checkpoint_id}
+        bias = sample_bias(d.meta, v.checkpoint_id) if sample_calibrated else None
+        if bias is not None:
+            ids["decode_offsets"] = decode_offsets_id(d.meta, v.checkpoint_id)
+        pipe = cls(v.model, d.model, grid, schedule, device=dev, micro_batch=micro_batch, buckets=buckets,
+                   checkpoint_ids=ids)
+        if bias is not None:  # in place of the VAE's own offsets (its class_bias), for unconditional scenes
+            pipe.unconditional_shift = torch.from_numpy(bias["unconditional"]).to(dev) - pipe.vae.class_bias
+        return pipe
 
     @property
     def trajectory_degree(self) -> int | None:
@@ -194,22 +209,32 @@ class GenerationPipeline:
         return torch.cat(out) if out else torch.zeros(0, *self._latent_shape(), device=self.device)
 
     @torch.no_grad()
-    def decode(self, rollout_NCSS: torch.Tensor, trajectories: Sequence | None = None) -> np.ndarray:
+    def decode(self, rollout_NCSS: torch.Tensor, trajectories: Sequence | None = None,
+               unconditional: Sequence[bool] | None = None) -> np.ndarray:
         """Class ids ``[N, T, X, Y, Z] uint8`` of DiT-space rollouts (argmax of the VAE decoder). A reference-frame
         VAE renders scene i along ``trajectories[i]`` (``[T, 3]``) where one is given, else along the trajectory
-        its latent carries (the DiT generates the ego motion with the scene)."""
+        its latent carries (the DiT generates the ego motion with the scene). ``unconditional[i]``: scene i was
+        sampled without a model condition (its decode offsets, where the DiT's sample calibration has them)."""
         out = [logits_MKTXYZ.argmax(1).to(torch.uint8).cpu().numpy()
-               for logits_MKTXYZ in self._decoded(rollout_NCSS, trajectories)]
+               for logits_MKTXYZ in self._decoded(rollout_NCSS, trajectories, unconditional)]
         return np.concatenate(out) if out else np.zeros((0, *self.grid.shape), np.uint8)
 
     @torch.no_grad()
-    def logits(self, rollout_NCSS: torch.Tensor, trajectories: Sequence | None = None) -> torch.Tensor:
+    def logits(self, rollout_NCSS: torch.Tensor, trajectories: Sequence | None = None,
+               unconditional: Sequence[bool] | None = None) -> torch.Tensor:
         """The VAE decoder's class logits ``[N, K, T, X, Y, Z]`` (on CPU) that ``decode`` takes the argmax of: how
         clear each voxel's class is (K·4 bytes per voxel; for a few scenes at a time)."""
-        out = [logits_MKTXYZ.float().cpu() for logits_MKTXYZ in self._decoded(rollout_NCSS, trajectories)]
+        out = [logits_MKTXYZ.float().cpu()
+               for logits_MKTXYZ in self._decoded(rollout_NCSS, trajectories, unconditional)]
         return torch.cat(out) if out else torch.zeros(0, self.vae.config.num_classes, *self.grid.shape)
 
-    def _decoded(self, rollout_NCSS: torch.Tensor, trajectories: Sequence | None):
+    @staticmethod
+    def unconditional_rows(requests: Sequence[SceneRequest]) -> list[bool]:
+        """Which requests name no model condition (``decode``'s ``unconditional``)."""
+        return [not r.used() for r in requests]
+
+    def _decoded(self, rollout_NCSS: torch.Tensor, trajectories: Sequence | None,
+                 unconditional: Sequence[bool] | None = None):
         """Logits of each micro-batch of ``rollout_NCSS`` in turn, padding rows dropped."""
         for a in range(0, rollout_NCSS.shape[0], self.micro_batch):
             part = rollout_NCSS[a:a + self.micro_batch].to(self.device, torch.float32)
@@ -226,7 +251,12 @@ class GenerationPipeline:
                     if t is not None:
                         carried_MT3[k] = torch.as_tensor(np.asarray(t, np.float32), device=self.device)
                 planes = self.vae.with_trajectory(planes, carried_MT3)
-            yield self.vae.decode(planes)[:n]
+            logits = self.vae.decode(planes)[:n]
+            if self.unconditional_shift is not None and unconditional is not None:
+                rows = torch.as_tensor(list(unconditional[a:a + n]), dtype=torch.bool, device=logits.device)
+                shift = self.unconditional_shift.to(logits.dtype).view(1, -1, *([1] * (logits.dim() - 2)))
+                logits = logits + rows.view(-1, *([1] * (logits.dim() - 1))) * shift
+            yield logits
 
     def _latent_shape(self) -> tuple[int, int, int]:
         return (self.dit.config.latent.channels, self.rollout.size, self.rollout.size)
@@ -386,7 +416,7 @@ class GenerationPipeline:
                  steps: int | None = None, eta: float = 0.0) -> np.ndarray:
         """Scenes ``[N, T, X, Y, Z] uint8``; scene i depends only on ``requests[i]`` and ``seeds[i]``."""
         return self.decode(self.sample_latents(requests, seeds, sampler, steps, eta),
-                           [r.trajectory for r in requests])
+                           [r.trajectory for r in requests], self.unconditional_rows(requests))
 
     def chain(self, requests: Sequence[SceneRequest], seeds: Sequence[int], k: int, sampler: str = DEFAULT_SAMPLER,
               steps: int | None = None, eta: float = 0.0) -> np.ndarray:
