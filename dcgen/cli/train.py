@@ -190,10 +190,9 @@ def train_calibrate_samples_cmd(
 
     with user_errors():
         record = calibrate_samples(vae, dit, data, split=split, scenes=scenes, seed=seed, device=device)
-    fit = record["fit"]["unconditional"]
-    offsets = ", ".join(f"{b:+.2f}" for b in record["class_bias"]["unconditional"])
+    offsets = ", ".join(f"{b:+.2f}" for b in record["class_bias"])
     typer.echo(f"sample calibration of {dit} through {vae} on {scenes} unconditional scenes: largest class-share "
-               f"error {fit['share_error_before']:.0%} -> {fit['share_error_after']:.1%}; offsets [{offsets}]")
+               f"error {record['share_error_before']:.0%} -> {record['share_error_after']:.1%}; offsets [{offsets}]")
 
 
 @train_app.command("dit", help="Fit the DiT on a latent store (from 'dcgen encode') with Ray Train.\n\n"

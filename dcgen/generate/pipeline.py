@@ -135,7 +135,7 @@ class GenerationPipeline:
         pipe = cls(v.model, d.model, grid, schedule, device=dev, micro_batch=micro_batch, buckets=buckets,
                    checkpoint_ids=ids)
         if bias is not None:  # in place of the VAE's own offsets (its class_bias), for unconditional scenes
-            pipe.unconditional_shift = torch.from_numpy(bias["unconditional"]).to(dev) - pipe.vae.class_bias
+            pipe.unconditional_shift = torch.from_numpy(bias).to(dev) - pipe.vae.class_bias
         return pipe
 
     @property

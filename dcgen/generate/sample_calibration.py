@@ -35,12 +35,6 @@ SCENES = 128  # unconditional scenes sampled for the fit
 # 5 %, +0.3 and -0.75 (vehicle 2.71, 2.83)
 TOLERANCE = 0.05
 KEY = "sample_calibration"  # the DiT checkpoint's metadata entry
-GROUPS = ("unconditional",)  # the scenes with offsets of their own: those without a model condition
-
-
-def check_scenes(scenes) -> None:
-    if isinstance(scenes, bool) or not isinstance(scenes, (int, np.integer)) or scenes < 1:
-        raise ValueError(f"--scenes {scenes!r}: expected a whole number >= 1")
 
 
 def calibrate_samples(vae: str, dit: str, data: str, *, split: str = "train", scenes: int = SCENES,
@@ -56,9 +50,8 @@ def calibrate_samples(vae: str, dit: str, data: str, *, split: str = "train", sc
     from dcgen.generate.pipeline import GenerationPipeline
     from dcgen.train.calibrate import VOXELS_PER_CLIP, check_calibration_args, fit_class_bias
 
-    check_scenes(scenes)
     voxels = VOXELS_PER_CLIP if voxels is None else voxels
-    check_calibration_args(scenes, voxels)
+    check_calibration_args(scenes, voxels, count_name="--scenes")
     pipe = GenerationPipeline.from_checkpoints(vae, dit, device=device, sample_calibrated=False)
     store = SceneStore.open(data)
     if tuple(store.grid.shape) != tuple(pipe.grid.shape) or store.grid.num_classes > pipe.vae.config.num_classes:
@@ -86,10 +79,10 @@ def calibrate_samples(vae: str, dit: str, data: str, *, split: str = "train", sc
     finally:
         pipe.vae.class_bias.copy_(kept_bias)
     bias_K, fit = fit_class_bias(torch.cat(kept), counts_K, tolerance=TOLERANCE)
-    record = {"class_bias": {"unconditional": [float(b) for b in bias_K]}, "fit": {"unconditional": fit},
-              "vae_checkpoint_id": pipe.checkpoint_ids["vae"], "store": str(data), "split": split,
-              "scenes": int(scenes), "voxels_per_scene": int(voxels), "seed": int(seed), "tolerance": TOLERANCE,
-              "target_share": [float(c) for c in counts_K / counts_K.sum()]}
+    record = {"class_bias": [float(b) for b in bias_K], "vae_checkpoint_id": pipe.checkpoint_ids["vae"],
+              "store": str(data), "split": split, "scenes": int(scenes), "voxels_per_scene": int(voxels),
+              "seed": int(seed), "tolerance": TOLERANCE, "target_share": [float(c) for c in counts_K / counts_K.sum()],
+              **fit}
     checkpoint.update_meta(dit, kind="dit", **{KEY: record})
     if log is not None:
         note = "" if fit["converged"] else (f" (not within {TOLERANCE:.0%}: some class cannot reach its share at "
@@ -103,20 +96,20 @@ def ensure_sample_calibration(vae: str, dit: str, data: str, *, log=print, **opt
     """``calibrate_samples`` unless ``dit`` already carries a sample calibration fitted through ``vae`` (a re-run
     pipeline skips it, as it skips finished stages). Returns the new record, or None when it was there."""
     from dcgen import checkpoint
-    meta = checkpoint.read_meta(dit, kind="dit")
-    if (meta.get(KEY) or {}).get("vae_checkpoint_id") == checkpoint.checkpoint_id(vae):
+
+    if sample_bias(checkpoint.read_meta(dit, kind="dit"), checkpoint.checkpoint_id(vae)) is not None:
         log(f"sample calibration: {dit} has one fitted through {vae}, skipping")
         return None
     return calibrate_samples(vae, dit, data, log=log, **options)
 
 
-def sample_bias(dit_meta: dict, vae_checkpoint_id: str) -> dict[str, np.ndarray] | None:
-    """The DiT's sample-calibration offsets, ``{"unconditional": [K]}``, when they were fitted through the VAE
+def sample_bias(dit_meta: dict, vae_checkpoint_id: str) -> np.ndarray | None:
+    """The DiT's sample-calibration offsets ``[K]`` (for unconditional scenes) when they were fitted through the VAE
     ``vae_checkpoint_id``, else None (decode with that VAE's own offsets)."""
     record = dit_meta.get(KEY)
     if not record or record.get("vae_checkpoint_id") != vae_checkpoint_id:
         return None
-    return {group: np.asarray(record["class_bias"][group], np.float32) for group in GROUPS}
+    return np.asarray(record["class_bias"], np.float32)
 
 
 def decode_offsets_id(dit_meta: dict, vae_checkpoint_id: str) -> str | None:
@@ -128,4 +121,4 @@ def decode_offsets_id(dit_meta: dict, vae_checkpoint_id: str) -> str | None:
     bias = sample_bias(dit_meta, vae_checkpoint_id)
     if bias is None:
         return None
-    return f"sample-{hashlib.sha256(b''.join(bias[g].tobytes() for g in GROUPS)).hexdigest()[:12]}"
+    return f"sample-{hashlib.sha256(bias.tobytes()).hexdigest()[:12]}"

@@ -114,8 +114,9 @@ def _sample_logits(model, store, indices: np.ndarray, voxels: int, seed: int, de
     return torch.cat(kept), counts_K
 
 
-def check_calibration_args(clips, voxels) -> None:
-    for name, value in (("--clips", clips), ("voxels per clip", voxels)):
+def check_calibration_args(clips, voxels, count_name: str = "--clips") -> None:
+    """``clips`` (named ``count_name`` in the error) and ``voxels`` are whole numbers >= 1."""
+    for name, value in ((count_name, clips), ("voxels per clip", voxels)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name} {value!r}: expected a whole number >= 1")
 

@@ -50,7 +50,7 @@ def test_offsets_give_unconditional_samples_the_training_class_mix(fitted, debug
     seeds = list(range(SCENES))  # seed 0: scene i takes seed i (calibrate_samples)
     requests = [SceneRequest() for _ in seeds]
     before, after = raw.generate(requests, seeds), cal.generate(requests, seeds)
-    fit = record["fit"]["unconditional"]
+    fit = record
     got = [np.bincount(x.ravel(), minlength=k)[:k] / x.size for x in (before, after)]
     # the debug grid has fewer voxels per scene than the fit keeps: it saw every voxel of these very scenes
     assert _worst(got[1], target) == pytest.approx(fit["share_error_after"], abs=1e-6)
@@ -83,7 +83,7 @@ def test_the_checkpoint_keeps_its_weights_and_the_pipeline_applies_the_offsets_w
     pipe = GenerationPipeline.from_checkpoints(debug_vae, dit, device="cpu")
     own = checkpoint.load(debug_vae, kind="vae")[1]["model"]["class_bias"].numpy()
     assert np.allclose(pipe.vae.class_bias.numpy(), own)  # the VAE's offsets stay for conditioned scenes
-    assert np.allclose(pipe.unconditional_shift.numpy() + own, record["class_bias"]["unconditional"])
+    assert np.allclose(pipe.unconditional_shift.numpy() + own, record["class_bias"])
     assert pipe.checkpoint_ids["decode_offsets"].startswith("sample-")
     assert pipe.info()["checkpoints"]["decode_offsets"] == pipe.checkpoint_ids["decode_offsets"]
     # the same DiT through another VAE of its latent space (here: calibrated afresh) decodes with that VAE's own
