@@ -109,7 +109,10 @@ def sample_bias(dit_meta: dict, vae_checkpoint_id: str) -> np.ndarray | None:
     record = dit_meta.get(KEY)
     if not record or record.get("vae_checkpoint_id") != vae_checkpoint_id:
         return None
-    return np.asarray(record["class_bias"], np.float32)
+    bias = record["class_bias"]
+    if isinstance(bias, dict):  # a record of be8c1d6, which grouped the offsets: {"unconditional": [K]}
+        bias = bias["unconditional"]
+    return np.asarray(bias, np.float32)
 
 
 def decode_offsets_id(dit_meta: dict, vae_checkpoint_id: str) -> str | None:

@@ -104,6 +104,19 @@ def test_ensure_skips_a_fitted_pair(fitted, debug_vae, debug_city):
     assert checkpoint.read_meta(dit, kind="dit")[KEY] == record
 
 
+def test_a_record_of_the_grouped_format_decodes_alike(fitted, debug_vae, tmp_path):
+    """DiTs calibrated before the offsets were recorded flat keep theirs: the same offsets and the same id."""
+    dit, record = fitted
+    old = tmp_path / "dit-grouped"
+    shutil.copytree(dit, old)
+    grouped = record | {"class_bias": {"unconditional": record["class_bias"]}}
+    checkpoint.update_meta(str(old), kind="dit", **{KEY: grouped})
+    new_pipe = GenerationPipeline.from_checkpoints(debug_vae, dit, device="cpu")
+    old_pipe = GenerationPipeline.from_checkpoints(debug_vae, str(old), device="cpu")
+    assert np.array_equal(old_pipe.unconditional_shift.numpy(), new_pipe.unconditional_shift.numpy())
+    assert old_pipe.checkpoint_ids["decode_offsets"] == new_pipe.checkpoint_ids["decode_offsets"]
+
+
 def _small_store(path) -> str:
     """One clip of the small preset's grid (not the models')."""
     from dcgen.data.grid import GRIDS
