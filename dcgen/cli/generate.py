@@ -51,7 +51,7 @@ def sample_cmd(
     prev_from: Optional[str] = typer.Option(None, help="Scene store whose clip i is continued by scene i."),
     from_split: Optional[str] = typer.Option(None, help="Split of the --*-from stores to take clips from."),
     seed: int = typer.Option(0, help="Job seed: scene k uses scene_seed(seed, k)."),
-    sampler: str = typer.Option("ddim", help="ddim | ddpm | dpm++ (DPM-Solver++(2M): few steps, deterministic)."),
+    sampler: str = typer.Option("dpm++", help="dpm++ (DPM-Solver++(2M): few steps, deterministic) | ddim | ddpm."),
     steps: Optional[int] = typer.Option(None, help="Sampling steps (default 50 DDIM, 1000 DDPM, 10 DPM++)."),
     eta: float = typer.Option(0.0, help="DDIM noise level: 0 deterministic; 1 draws fresh noise each step, which on "
                               "briefly trained models matched DDPM-1000 quality at DDIM-50 speed (bench dit)."),
@@ -106,9 +106,10 @@ def synth_cmd(
     scenario: Optional[str] = typer.Option(None, "--scenario", help="JSON/YAML scenario file mixing conditions and "
                                            "guidance per entry (schemas/scenario.schema.json); replaces --cond."),
     seed: int = typer.Option(0, "--seed", help="Job seed: scene k uses scene_seed(seed, k)."),
-    sampler: str = typer.Option("ddim", "--sampler", help="ddim | ddpm | dpm++ (DPM-Solver++(2M): few steps, "
-                                "deterministic; give it --steps 10)."),
-    steps: int = typer.Option(50, "--steps", help="Sampling steps (dpm++: 2..999)."),
+    sampler: str = typer.Option("dpm++", "--sampler", help="dpm++ (DPM-Solver++(2M): few steps, deterministic) | "
+                                "ddim | ddpm (ancestral, respaced to --steps)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (dpm++: 2..999) [default: 10 dpm++, "
+                                        "50 ddim and ddpm]."),
     trajectory_degree: Optional[int] = typer.Option(None, "--trajectory-degree", help="Ego-motion prior of a "
                                                     "reference-frame VAE's generated trajectories, as in 'dcgen "
                                                     "sample' (0 keeps the DiT's cells as sampled; recorded in "

@@ -36,6 +36,9 @@ COMMAND_NAMES = {"static": 0, "forward": 1, "left": 2, "right": 3}
 CLIPS_PER_SHARD = 8  # SceneStore.clips_per_chunk: job batches are whole shards so writers never share one
 ATTEMPT_STRIDE = 2 ** 40  # seed index of scene k's attempt a is k + a * ATTEMPT_STRIDE
 MAX_ATTEMPTS = 100
+# the steps of a job that names none, per sampler: DPM-Solver++'s usual 10 (samplers.DPMPP_STEPS), DDIM's and respaced
+# DDPM's 50 (a synth job's DDPM was always respaced; `dcgen sample`'s DDPM default is the full 1000)
+SYNTH_STEPS = {"ddim": 50, "ddpm": 50, "dpm++": 10}
 SOURCE_STREAM = 2 ** 47  # seed index of the source-clip permutation (no scene attempt reaches it)
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "scenario.schema.json"
 
@@ -226,7 +229,7 @@ class SynthJob:
     scenario: Scenario
     seed: int = 0
     sampler: str = DEFAULT_SAMPLER
-    steps: int = 50
+    steps: int | None = None  # None: SYNTH_STEPS of the sampler, resolved when the job is made
     guidance: float | None = None  # None: each scene's conditions' default (conditions.default_guidance)
     # the ego-motion prior (SamplerDefaults.trajectory_degree; 0 keeps the sampled trajectory); None for an ego-frame
     # VAE, which has no trajectory slot to project (build_job resolves it from the VAE checkpoint)
@@ -256,6 +259,8 @@ class SynthJob:
                              "clips per shard), so every block of scenes owns whole shards")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
+        if self.steps is None:  # the job's identity records the steps it ran, never None
+            object.__setattr__(self, "steps", SYNTH_STEPS[self.sampler])
         # DPM-Solver++ is multistep (>= 2 steps) and needs one timestep past its last (the training schedule's 1000)
         low, limit = (2, 999) if self.sampler == "dpm++" else (1, 1000)
         if int(self.steps) != self.steps or not low <= self.steps <= limit:
@@ -438,7 +443,7 @@ def _abs(path: str | None) -> str | None:
 
 def build_job(*, vae: str, dit: str, n: int, cond: str = "none", scenario: str | None = None,
               source: str | None = None, source_split: str | None = None, seed: int = 0, sampler: str = DEFAULT_SAMPLER,
-              steps: int = 50, guidance: float | None = None, batch_size: int = 8, micro_batch: int = 8,
+              steps: int | None = None, guidance: float | None = None, batch_size: int = 8, micro_batch: int = 8,
               estimate_trajectory: bool = False, max_attempts: int = 3, gates: dict | None = None,
               serve_app: str | None = None, workers: int | None = None,
               trajectory_degree: int | None = None) -> SynthJob:

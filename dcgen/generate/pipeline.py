@@ -57,7 +57,7 @@ from dcgen.runtime import scene_seed
 @dataclass(frozen=True)
 class SamplerDefaults:
     sampler: str = DEFAULT_SAMPLER
-    steps: int = DDIM_STEPS
+    steps: int = DDIM_STEPS  # DDIM's steps (the name is older than the other samplers' fields)
     ddpm_steps: int = 1000
     dpmpp_steps: int = DPMPP_STEPS
     eta: float = 0.0

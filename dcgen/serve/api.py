@@ -86,8 +86,8 @@ class ScenesRequest(BaseModel):
                              "scene_seed(S, i), as `dcgen synth` draws scene i of a job with seed S; omitted = random")
     count: int = Field(1, ge=1, description="scenes to draw with these conditions (the server's limit is in "
                        "/v1/info limits.max_count)")
-    sampler: Literal[SAMPLERS] = Field(DEFAULT_SAMPLER, description="ddim (deterministic, fast), ddpm (ancestral) "
-                                       "or dpm++ (DPM-Solver++(2M): deterministic, few steps)")
+    sampler: Literal[SAMPLERS] = Field(DEFAULT_SAMPLER, description="dpm++ (DPM-Solver++(2M): deterministic, few "
+                                       "steps), ddim (deterministic) or ddpm (ancestral)")
     steps: int | None = Field(None, ge=1, le=1000, description="sampling steps (default: the model's, 50 for "
                               "ddim, 1000 for ddpm, 10 for dpm++; dpm++ takes 2..999)")
     guidance: float | None = Field(None, ge=0.0, le=100.0, description="classifier-free guidance scale on epsilon "

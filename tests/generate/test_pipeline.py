@@ -59,7 +59,8 @@ def test_info_and_accepted_conditions(pipe, debug_vae, debug_dit):
     assert info["frames"] == 4 and info["grid"]["size"] == [32, 32, 4] or tuple(info["grid"]["size"]) == (32, 32, 4)
     assert info["classes"][6] == {"id": 6, "name": "road", "rgb": [255, 0, 255]}
     assert info["checkpoints"] == {"vae": checkpoint.checkpoint_id(debug_vae), "dit": checkpoint.checkpoint_id(debug_dit)}
-    assert info["sampler_defaults"]["sampler"] == "ddim" and info["sampler_defaults"]["steps"] == 50
+    # the default sampler, DPM-Solver++ at its 10 steps; "steps" is DDIM's
+    assert info["sampler_defaults"]["sampler"] == "dpm++" and info["sampler_defaults"]["steps"] == 50
     assert info["sampler_defaults"]["samplers"] == ["ddim", "ddpm", "dpm++"]
     assert info["sampler_defaults"]["dpmpp_steps"] == 10
     json.dumps(info)
@@ -86,7 +87,7 @@ def test_scene_bytes_do_not_depend_on_the_batch(pipe, clips, sampler):
 def test_guidance_scale_one_is_the_conditional_model(pipe, clips):
     req = SceneRequest(command=2, trajectory=clips["trajectory"][0], layout=clips["layout"][0], bev=clips["bev"][0],
                        prev_clip=clips["occupancy"][1], guidance=1.0)
-    got = pipe.sample_latents([req], [7], steps=STEPS)
+    got = pipe.sample_latents([req], [7], "ddim", steps=STEPS)
     m = pipe.micro_batch
     cond = {"command": torch.full((m,), 2), "trajectory": torch.from_numpy(clips["trajectory"][[0] * m]),
             "layout": torch.from_numpy(clips["layout"][[0] * m]).float(),
@@ -96,7 +97,7 @@ def test_guidance_scale_one_is_the_conditional_model(pipe, clips):
     want = ddim_sample(lambda x, t: pipe.eps(x, t, cond), pipe.schedule, (m, 16, 20, 20), gens, num_steps=STEPS,
                        valid_SS=pipe.valid_SS, x0_range=pipe.x0_range)
     assert torch.equal(got[0], want[0])
-    guided = pipe.sample_latents([replace(req, guidance=4.0)], [7], steps=STEPS)
+    guided = pipe.sample_latents([replace(req, guidance=4.0)], [7], "ddim", steps=STEPS)
     assert not torch.equal(guided[0], got[0])
 
 
@@ -151,7 +152,7 @@ def test_bad_inputs_raise_clear_errors(pipe, clips, debug_vae, debug_dit, tmp_pa
     with pytest.raises(ValueError, match="unknown sampler 'euler'"):
         pipe.generate([SceneRequest()], [0], sampler="euler")
     with pytest.raises(ValueError, match=r"sampling steps must be in \[1, 1000\]"):
-        pipe.generate([SceneRequest()], [0], steps=0)
+        pipe.generate([SceneRequest()], [0], sampler="ddim", steps=0)
     with pytest.raises(ValueError, match=r"dpm\+\+ sampling steps must be in \[2, 999\], got 1"):
         pipe.generate([SceneRequest()], [0], sampler="dpm++", steps=1)
     with pytest.raises(ValueError, match="multiple of 2"):
@@ -229,8 +230,8 @@ def test_sample_cli_eta(tmp_path, debug_vae, debug_dit, monkeypatch):
 
     monkeypatch.setattr(GenerationPipeline, "sample_latents", recording)
     runner = CliRunner()
-    base = ["sample", "--vae", debug_vae, "--dit", debug_dit, "--n", "2", "--cond", "command=left", "--steps", "4",
-            "--device", "cpu"]
+    base = ["sample", "--vae", debug_vae, "--dit", debug_dit, "--n", "2", "--cond", "command=left", "--sampler", "ddim",
+            "--steps", "4", "--device", "cpu"]
     occ = {}
     for name, extra in (("eta0", []), ("eta1", ["--eta", "1"]), ("eta1-again", ["--eta", "1"])):
         out = tmp_path / f"{name}.zarr"

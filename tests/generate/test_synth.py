@@ -151,7 +151,7 @@ def test_exactly_n_scenes_with_the_requested_conditions(layout_run, ckpts, debug
     assert not np.asarray(store.array("trajectory")[:]).any()
     job = store.meta["provenance"]["job"]
     assert job["n"] == 12 and job["cond"] == "layout" and job["source"] == str(Path(debug_city).resolve())
-    assert job["sampler"] == "ddim" and job["steps"] == 2
+    assert job["sampler"] == "dpm++" and job["steps"] == 2  # the default sampler, at the steps asked for
     assert job["trajectory_degree"] is None  # an ego-frame VAE: no trajectory slot, no ego-motion prior applied
     assert store.meta["provenance"]["checkpoints"]["dit"].startswith("dit-0-")
     assert set(store.array_names) >= {"occupancy", "cond_layout", "cond_source_index", "cond_guidance"}
@@ -235,10 +235,14 @@ def test_command_without_source_cycles_and_conditions_follow_the_scenario(debug_
 
 
 def test_the_job_checks_steps_per_sampler():
+    from dcgen.diffusion.samplers import DPMPP_STEPS
     from dcgen.generate.job import SynthJob
 
     base = {"n": 8, "checkpoints": {}, "scenario": scenario_for_kind("command", DEBUG, False), "grid": DEBUG.to_dict()}
     assert SynthJob(**base, sampler="dpm++", steps=10).steps == 10
+    # a job that names no steps runs its sampler's usual number, and records it
+    assert [SynthJob(**base, sampler=s).steps for s in ("dpm++", "ddim", "ddpm")] == [DPMPP_STEPS, 50, 50]
+    assert SynthJob(**base).sampler == "dpm++" and SynthJob(**base).identity()["steps"] == 10
     assert SynthJob(**base, sampler="ddim", steps=1000).steps == 1000
     for steps in (1, 1000):  # DPM-Solver++ is multistep and needs a timestep past its last
         with pytest.raises(ValueError, match=rf"--steps {steps}: expected an integer in 2\.\.999 for --sampler "
@@ -569,7 +573,7 @@ def test_trajectory_degree_is_applied_recorded_and_part_of_the_job(ray_local, re
     assert result.exit_code == 0, text
     store = SceneStore.open(str(out))
     job = store.meta["provenance"]["job"]
-    assert job["trajectory_degree"] == 1 and job["sampler"] == "ddim" and job["steps"] == 2
+    assert job["trajectory_degree"] == 1 and job["sampler"] == "dpm++" and job["steps"] == 2
     got = store.read(slice(0, 8), ("occupancy",))["occupancy"]
     # the workers' scenes are the pipeline's at degree 1 (one thread, as Ray's workers run), not at the default's
     pipe = GenerationPipeline.from_checkpoints(*reference_ckpts, device="cpu", micro_batch=8)

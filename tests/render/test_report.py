@@ -111,7 +111,7 @@ def test_each_section_names_the_command_that_produced_it(project, page):
             f"{meta['batch_size']} --lr {meta['lr']} --seed 0") in page
     assert "dcgen eval recon --vae runs/vae/best --data city.zarr --split val --max-clips 8 --renders 1 --out " \
            "eval-recon" in page
-    assert re.search(r"dcgen sample --vae \S+/vae --dit \S+/dit --n 6 --sampler ddim --steps 2 --seed 0 "
+    assert re.search(r"dcgen sample --vae \S+/vae --dit \S+/dit --n 6 --sampler dpm\+\+ --steps 2 --seed 0 "
                      r"--out samples.zarr", page)
     assert re.search(r"dcgen eval gen --real city.zarr --fake samples.zarr --features \S+/best --real-split val "
                      r"--json metrics.json", page)
@@ -209,8 +209,8 @@ def test_a_synth_store_shows_its_gates_and_the_attempts_they_rejected(ray_local,
     rejected = SceneStore.open(str(out / "rejected")).manifest().to_pylist()
     html, _ = build_report(folder)
 
-    assert re.search(r"dcgen synth --vae \S+/vae --dit \S+/dit --n 8 --cond layout --source city.zarr --sampler ddim "
-                     r"--steps 2 --guidance 1.0 --seed 0 --max-attempts 1 --reference-data city.zarr "
+    assert re.search(r"dcgen synth --vae \S+/vae --dit \S+/dit --n 8 --cond layout --source city.zarr "
+                     r"--sampler dpm\+\+ --steps 2 --guidance 1.0 --seed 0 --max-attempts 1 --reference-data city.zarr "
                      r"--gate-min-occupied 1.0 --out scenes.zarr", html)
     gate = json.loads(rejected[0]["gate"])
     checks = list(SceneStore.open(str(out)).meta["provenance"]["gates"]["thresholds"])  # the page's column order

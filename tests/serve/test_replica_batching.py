@@ -130,9 +130,9 @@ def test_each_scene_is_decoded_with_its_own_trajectory_degree(reference_ckpts):
     results = asyncio.run(replica.generate_batch(jobs))
     # each group is one pipeline call of its scenes (the same bucket shapes as here)
     pipe = GenerationPipeline.from_checkpoints(*reference_ckpts, device="cpu", micro_batch=8, buckets=True)
-    want_default = pipe.generate([jobs[i].request for i in default], [jobs[i].seed for i in default], steps=STEPS)
+    want_default = pipe.generate([jobs[i].request for i in default], [jobs[i].seed for i in default], "ddim", STEPS)
     pipe.defaults = replace(pipe.defaults, trajectory_degree=1)
-    want_linear = pipe.generate([jobs[i].request for i in linear], [jobs[i].seed for i in linear], steps=STEPS)
+    want_linear = pipe.generate([jobs[i].request for i in linear], [jobs[i].seed for i in linear], "ddim", STEPS)
     for i, want in zip(linear + default, [*want_linear, *want_default]):
         assert results[i].error is None and np.array_equal(results[i].occupancy_TXYZ, want), i
     assert [results[i].trajectory_degree for i in linear + default] == [1, 1, 3]

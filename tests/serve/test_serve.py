@@ -79,7 +79,7 @@ def test_health_is_open_and_info_describes_the_model(server, client):
     assert info["batching"]["max_batch_size"] == 8
     # what a request without its own settings gets; the ego-motion prior shapes a reference-frame VAE's scenes only,
     # and this server's VAE is ego-frame, so none is reported
-    assert info["sampler_defaults"]["sampler"] == "ddim" and info["sampler_defaults"]["trajectory_degree"] is None
+    assert info["sampler_defaults"]["sampler"] == "dpm++" and info["sampler_defaults"]["trajectory_degree"] is None
 
 
 @pytest.mark.parametrize("authorization", [None, "Bearer wrong-token-0123456789", f"Basic {TOKEN}", "Bearer"])
@@ -115,7 +115,7 @@ def test_npz_headers_and_json_metadata(server):
         jsonschema.validate(meta, _response_schema())
         assert meta["shape"] == [2, 4, 32, 32, 4] and meta["seed"] == 9 and meta["conditions"] == ["command"]
         assert meta["class_counts"] == [np.bincount(o.ravel(), minlength=11).tolist() for o in occ]
-        assert meta["sampler"] == "ddim" and meta["steps"] == STEPS and meta["trajectory_degree"] is None
+        assert meta["sampler"] == "dpm++" and meta["steps"] == STEPS and meta["trajectory_degree"] is None
 
 
 def test_same_scenes_as_the_in_process_pipeline(client, pipeline):
