@@ -126,7 +126,10 @@ def run_quickstart(cfg: QuickstartConfig, log: Callable[[str], None] = print) ->
                     source_split="val", seed=cfg.seed, sampler=DEFAULT_SAMPLER, steps=steps,
                     gates={"reference": str(ref), "features": str(features), "reference_data": str(city),
                            "reference_split": "train", "use_2d": False, "thresholds": {}})
-    summary = run_synth(job, str(scenes_path), overwrite=False)
+    stale = stale_synth(scenes_path, job)
+    if stale:  # e.g. made by an earlier quickstart's sampler: the quickstart's own output, so made anew
+        log(f"[synth] {scenes_path} holds another job's scenes ({stale}): generating them anew")
+    summary = run_synth(job, str(scenes_path), overwrite=bool(stale))
     done("synth", scenes_path)
 
     stage("render")
@@ -199,8 +202,10 @@ def fidelity_stage(out: Path, cfg: QuickstartConfig, trained: dict, features: Pa
     """The fidelity report (``dcgen eval fidelity``) of the layout-conditioned scenes of ``synth`` and of as many
     unconditional ones, against a second city the models never saw, with the VAE's reconstructions (the
     ceiling) beside them; the one-screen table goes to OUT/fidelity.txt. Returns where each report is."""
+    from dcgen.data.store import SceneStore
     from dcgen.data.synth_city import write_synthetic_city
     from dcgen.generate.conditions import DEFAULT_SAMPLER
+    from dcgen.generate.job import checkpoint_facts
     from dcgen.generate.sample_store import sample_to_store
     from dcgen.metrics.fidelity import fidelity_report
     from dcgen.metrics.fidelity_table import format_comparison
@@ -209,9 +214,14 @@ def fidelity_stage(out: Path, cfg: QuickstartConfig, trained: dict, features: Pa
     if not heldout.exists():
         write_synthetic_city(str(heldout), cfg.preset, HELDOUT_CLIPS, seed=cfg.seed + 1, val_fraction=0.9)
     uncond = out / "scenes-uncond.zarr"
-    if not uncond.exists():  # the same sampler as synth, no condition (and no gates): what the DiT makes alone
+    # the same sampler as synth, no condition (and no gates): what the DiT makes alone; made anew when the store
+    # there came from other checkpoints or another sampler (an earlier quickstart's)
+    wanted = {"checkpoints": checkpoint_facts(trained["vae"], trained["dit"])["checkpoints"], "seed": cfg.seed,
+              "sampler": DEFAULT_SAMPLER, "steps": steps}
+    made = SceneStore.open(str(uncond)).meta.get("provenance", {}) if uncond.exists() else None
+    if made is None or {k: made.get(k) for k in wanted} != wanted or made.get("generator") != "dcgen sample":
         sample_to_store(trained["vae"], trained["dit"], str(uncond), n=scenes, cond={}, sources={}, seed=cfg.seed,
-                        sampler=DEFAULT_SAMPLER, steps=steps)
+                        sampler=DEFAULT_SAMPLER, steps=steps, overwrite=made is not None)
     reports = {}
     for label, store, vae in (("generated, layout", scenes_path, trained["vae"]), ("generated, uncond", uncond, None)):
         name = "fidelity-layout" if vae else "fidelity-uncond"
@@ -220,3 +230,21 @@ def fidelity_stage(out: Path, cfg: QuickstartConfig, trained: dict, features: Pa
     (out / "fidelity.txt").write_text(format_comparison(reports) + "\n")
     return {"heldout": str(heldout), "uncond": str(uncond), "table": str(out / "fidelity.txt"),
             "layout": str(out / "fidelity-layout"), "unconditional": str(out / "fidelity-uncond")}
+
+
+def stale_synth(path: Path, job) -> str:
+    """How the synth job stored at ``path`` differs from ``job`` ("" when there is none, or it is that job, which
+    run_synth continues; a store not made by synth is left for run_synth to refuse, untouched)."""
+    from dcgen.data.store import SceneStore
+    from dcgen.generate.job import identity_difference
+
+    if not path.exists():
+        return ""
+    try:
+        prov = SceneStore.open(str(path)).meta.get("provenance", {})
+    except ValueError:
+        return ""
+    stored = prov.get("job")
+    if prov.get("generator") != "dcgen synth" or not isinstance(stored, dict):
+        return ""
+    return "; ".join(identity_difference(stored, job.to_dict()))

@@ -35,7 +35,8 @@ def test_cli_refuses_bad_sizes_before_writing_anything(tmp_path):
 
 
 def test_fidelity_stage_scores_layout_and_unconditional_scenes_on_a_city_never_seen(debug_city, debug_vae, debug_dit,
-                                                                                     debug_features, tmp_path):
+                                                                                     debug_features, tmp_path,
+                                                                                     monkeypatch):
     import json
 
     from dcgen.data.store import SceneStore
@@ -63,3 +64,38 @@ def test_fidelity_stage_scores_layout_and_unconditional_scenes_on_a_city_never_s
     for label in ("real A (reference)", "real B (real-vs-real)", "generated, layout", "generated, uncond",
                   "VAE reconstruction"):
         assert label in rows, label
+    # a second run keeps the unconditional scenes of the same checkpoints and sampler, and makes anew those of
+    # another sampler (an earlier quickstart's)
+    from dcgen.generate import sample_store
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("the unconditional scenes of these checkpoints and this sampler were sampled again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sample_store, "sample_to_store", no_sampling)
+        fidelity_stage(tmp_path, cfg, {"vae": debug_vae, "dit": debug_dit}, debug_features, layout, scenes=8,
+                       steps=2)
+    fidelity_stage(tmp_path, cfg, {"vae": debug_vae, "dit": debug_dit}, debug_features, layout, scenes=8, steps=3)
+    assert SceneStore.open(result["uncond"]).meta["provenance"]["steps"] == 3
+
+
+def test_a_synth_store_of_another_job_is_stale_and_one_of_the_same_job_is_continued(ray_local, debug_city, debug_vae,
+                                                                                    debug_dit, tmp_path):
+    import shutil
+
+    from dcgen.generate.batch import run_synth
+    from dcgen.generate.job import build_job
+    from dcgen.quickstart import stale_synth
+
+    job = build_job(vae=debug_vae, dit=debug_dit, n=8, cond="layout", source=debug_city, steps=2, workers=1)
+    scenes = tmp_path / "scenes.zarr"
+    assert stale_synth(scenes, job) == ""  # nothing there yet
+    run_synth(job, str(scenes), overwrite=False)
+    assert stale_synth(scenes, job) == ""  # the same job: run_synth continues it
+    other = build_job(vae=debug_vae, dit=debug_dit, n=8, cond="layout", source=debug_city, sampler="ddim", steps=2,
+                      workers=1)
+    assert stale_synth(scenes, other) == 'sampler: "dpm++" -> "ddim"'
+    city = shutil.copytree(debug_city, tmp_path / "city.zarr")  # not a synth store: left to run_synth to refuse
+    assert stale_synth(city, other) == ""
+    with pytest.raises(ValueError, match="was not made by 'dcgen synth'"):
+        run_synth(other, str(city), overwrite=False)
