@@ -303,11 +303,11 @@ def test_a_project_file_drives_train_and_synth(ray_local, tmp_path, monkeypatch,
     assert result.exit_code == 0, text
     assert (proj / "reference.npz").is_file()
 
-    result, text = _invoke("synth", "--n", "8", "--cond", "layout", "--steps", "1")
+    result, text = _invoke("synth", "--n", "8", "--cond", "layout", "--steps", "2")
     assert result.exit_code == 0, text
     store = SceneStore.open(str(proj / "synth.zarr"))
     job = store.meta["provenance"]["job"]
-    assert store.num_clips == 8 and job["steps"] == 1 and job["guidance"] == 1  # the flag beat the file's 2
+    assert store.num_clips == 8 and job["steps"] == 2 and job["guidance"] == 1  # the flag beat the file's 2
     assert job["source"] == debug_city and job["vae"] == str(decoder)  # generation decodes with the decoder
     assert job["checkpoints"]["vae"] == decoder_id
     assert job["dit"] == str(runs / "dit" / "best") and job["gates"]["reference"] == str(proj / "reference.npz")
