@@ -99,20 +99,21 @@ class GenerationPipeline:
         self.checkpoint_ids = dict(checkpoint_ids or {})
         self.defaults = SamplerDefaults()
         self._down = grid.size[0] // vae.dims.x
-        # added to the logits of scenes without a model condition: the DiT's sample calibration's offsets for them
-        # less the VAE's own (sample_calibration.py); None: every scene decodes with the VAE's
-        self.unconditional_shift: torch.Tensor | None = None
+        # added to the logits of the scenes of a decode group (``decode_groups``): the DiT's sample calibration's
+        # offsets for that group less the VAE's own (sample_calibration.py); a scene of no group here decodes with
+        # the VAE's
+        self.decode_shifts: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_checkpoints(cls, vae: str, dit: str, device: str = "auto", use_ema: bool = True,
                          micro_batch: int = 8, buckets: bool = False,
                          sample_calibrated: bool = True) -> "GenerationPipeline":
         """Load a VAE and a DiT checkpoint; the DiT must have been trained on latents of this VAE's latent space
-        (this very VAE, or the one whose encoder its fine-tuned decoder kept). Unconditional scenes decode with the
-        DiT's sample calibration when it was fitted through this VAE (``sample_calibration.py``;
-        ``sample_calibrated=False`` keeps the VAE's own offsets); then ``checkpoint_ids["decode_offsets"]`` names
-        them."""
-        from dcgen.generate.sample_calibration import decode_offsets_id, sample_bias
+        (this very VAE, or the one whose encoder its fine-tuned decoder kept). Unconditional and layout-conditioned
+        scenes decode with the DiT's sample calibration when it was fitted through this VAE
+        (``sample_calibration.py``; ``sample_calibrated=False`` keeps the VAE's own offsets); then
+        ``checkpoint_ids["decode_offsets"]`` names them."""
+        from dcgen.generate.sample_calibration import decode_offsets_id, sample_biases
         from dcgen.models.loading import load_dit, load_vae
         from dcgen.runtime import pick_device
 
@@ -129,13 +130,14 @@ class GenerationPipeline:
         grid = Grid.from_dict(d.meta["grid"])
         schedule = NoiseSchedule.linear(ScheduleConfig.from_dict(d.meta["schedule"]))
         ids = {"vae": v.checkpoint_id, "dit": d.checkpoint_id}
-        bias = sample_bias(d.meta, v.checkpoint_id) if sample_calibrated else None
-        if bias is not None:
+        biases = sample_biases(d.meta, v.checkpoint_id) if sample_calibrated else {}
+        if biases:
             ids["decode_offsets"] = decode_offsets_id(d.meta, v.checkpoint_id)
         pipe = cls(v.model, d.model, grid, schedule, device=dev, micro_batch=micro_batch, buckets=buckets,
                    checkpoint_ids=ids)
-        if bias is not None:  # in place of the VAE's own offsets (its class_bias), for unconditional scenes
-            pipe.unconditional_shift = torch.from_numpy(bias).to(dev) - pipe.vae.class_bias
+        # in place of the VAE's own offsets (its class_bias), for the scenes of each group
+        pipe.decode_shifts = {group: torch.from_numpy(bias).to(dev) - pipe.vae.class_bias
+                              for group, bias in biases.items()}
         return pipe
 
     @property
@@ -210,31 +212,34 @@ class GenerationPipeline:
 
     @torch.no_grad()
     def decode(self, rollout_NCSS: torch.Tensor, trajectories: Sequence | None = None,
-               unconditional: Sequence[bool] | None = None) -> np.ndarray:
+               groups: Sequence[str | None] | None = None) -> np.ndarray:
         """Class ids ``[N, T, X, Y, Z] uint8`` of DiT-space rollouts (argmax of the VAE decoder). A reference-frame
         VAE renders scene i along ``trajectories[i]`` (``[T, 3]``) where one is given, else along the trajectory
-        its latent carries (the DiT generates the ego motion with the scene). ``unconditional[i]``: scene i was
-        sampled without a model condition (its decode offsets, where the DiT's sample calibration has them)."""
+        its latent carries (the DiT generates the ego motion with the scene). ``groups[i]``: scene i's decode group
+        (``decode_groups``: its offsets, where the DiT's sample calibration has them)."""
         out = [logits_MKTXYZ.argmax(1).to(torch.uint8).cpu().numpy()
-               for logits_MKTXYZ in self._decoded(rollout_NCSS, trajectories, unconditional)]
+               for logits_MKTXYZ in self._decoded(rollout_NCSS, trajectories, groups)]
         return np.concatenate(out) if out else np.zeros((0, *self.grid.shape), np.uint8)
 
     @torch.no_grad()
     def logits(self, rollout_NCSS: torch.Tensor, trajectories: Sequence | None = None,
-               unconditional: Sequence[bool] | None = None) -> torch.Tensor:
+               groups: Sequence[str | None] | None = None) -> torch.Tensor:
         """The VAE decoder's class logits ``[N, K, T, X, Y, Z]`` (on CPU) that ``decode`` takes the argmax of: how
         clear each voxel's class is (K·4 bytes per voxel; for a few scenes at a time)."""
         out = [logits_MKTXYZ.float().cpu()
-               for logits_MKTXYZ in self._decoded(rollout_NCSS, trajectories, unconditional)]
+               for logits_MKTXYZ in self._decoded(rollout_NCSS, trajectories, groups)]
         return torch.cat(out) if out else torch.zeros(0, self.vae.config.num_classes, *self.grid.shape)
 
     @staticmethod
-    def unconditional_rows(requests: Sequence[SceneRequest]) -> list[bool]:
-        """Which requests name no model condition (``decode``'s ``unconditional``)."""
-        return [not r.used() for r in requests]
+    def decode_groups(requests: Sequence[SceneRequest]) -> list[str | None]:
+        """Each request's decode group (``decode``'s ``groups``): "layout" with a layout, "unconditional" with no
+        model condition, None otherwise and for edits (inpainting and outpainting keep much of an encoded clip,
+        which the VAE's own offsets are fitted to)."""
+        return [None if r.edit is not None else "layout" if r.layout is not None else None if r.used()
+                else "unconditional" for r in requests]
 
     def _decoded(self, rollout_NCSS: torch.Tensor, trajectories: Sequence | None,
-                 unconditional: Sequence[bool] | None = None):
+                 groups: Sequence[str | None] | None = None):
         """Logits of each micro-batch of ``rollout_NCSS`` in turn, padding rows dropped."""
         for a in range(0, rollout_NCSS.shape[0], self.micro_batch):
             part = rollout_NCSS[a:a + self.micro_batch].to(self.device, torch.float32)
@@ -252,9 +257,9 @@ class GenerationPipeline:
                         carried_MT3[k] = torch.as_tensor(np.asarray(t, np.float32), device=self.device)
                 planes = self.vae.with_trajectory(planes, carried_MT3)
             logits = self.vae.decode(planes)[:n]
-            if self.unconditional_shift is not None and unconditional is not None:
-                rows = torch.as_tensor(list(unconditional[a:a + n]), dtype=torch.bool, device=logits.device)
-                shift = self.unconditional_shift.to(logits.dtype).view(1, -1, *([1] * (logits.dim() - 2)))
+            for group, shift_K in self.decode_shifts.items() if groups is not None else ():
+                rows = torch.as_tensor([g == group for g in groups[a:a + n]], device=logits.device)
+                shift = shift_K.to(logits.dtype).view(1, -1, *([1] * (logits.dim() - 2)))
                 logits = logits + rows.view(-1, *([1] * (logits.dim() - 1))) * shift
             yield logits
 
@@ -416,7 +421,7 @@ class GenerationPipeline:
                  steps: int | None = None, eta: float = 0.0) -> np.ndarray:
         """Scenes ``[N, T, X, Y, Z] uint8``; scene i depends only on ``requests[i]`` and ``seeds[i]``."""
         return self.decode(self.sample_latents(requests, seeds, sampler, steps, eta),
-                           [r.trajectory for r in requests], self.unconditional_rows(requests))
+                           [r.trajectory for r in requests], self.decode_groups(requests))
 
     def chain(self, requests: Sequence[SceneRequest], seeds: Sequence[int], k: int, sampler: str = DEFAULT_SAMPLER,
               steps: int | None = None, eta: float = 0.0) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Sample calibration (``dcgen train calibrate-samples``, ``dcgen.generate.sample_calibration``): decode offsets
-fitted on a DiT's own unconditional samples, kept in the DiT checkpoint's metadata and applied by the pipeline to
-unconditional scenes only, and only with the VAE they were fitted through."""
+fitted on a DiT's own samples, kept in the DiT checkpoint's metadata and applied by the pipeline to unconditional
+scenes and (object classes only) layout-conditioned ones, and only with the VAE they were fitted through."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from dcgen import checkpoint
@@ -16,7 +17,9 @@ from dcgen.data.store import SceneStore
 from dcgen.generate.conditions import SceneRequest
 from dcgen.generate.job import checkpoint_facts
 from dcgen.generate.pipeline import GenerationPipeline
-from dcgen.generate.sample_calibration import KEY, TOLERANCE, calibrate_samples, ensure_sample_calibration
+from dcgen.data.classes import CLASS_IDS
+from dcgen.generate.sample_calibration import (KEY, OBJECT_CLASSES, TOLERANCE, calibrate_samples,
+                                               ensure_sample_calibration, fit_object_offsets)
 from dcgen.train.calibrate import calibrate_vae
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -59,19 +62,61 @@ def test_offsets_give_unconditional_samples_the_training_class_mix(fitted, debug
     assert fit["converged"] == (fit["share_error_after"] <= TOLERANCE)
 
 
-def test_conditioned_scenes_keep_the_vae_offsets_whatever_shares_their_micro_batch(fitted, debug_vae, debug_city):
-    dit, _ = fitted
+def test_each_scene_decodes_with_its_groups_offsets_whatever_shares_its_micro_batch(fitted, debug_vae, debug_city):
+    dit, record = fitted
     store = SceneStore.open(debug_city)
-    layouts = store.read(store.indices("val")[:2], ("layout",))["layout"]
-    requests = [SceneRequest(layout=layouts[0]), SceneRequest(), SceneRequest(layout=layouts[1]), SceneRequest()]
-    seeds = [11, 12, 13, 14]
+    clips = store.read(store.indices("val")[:2], ("layout", "occupancy"))
+    mask = np.zeros(store.grid.size[:2], bool)
+    mask[16:, 16:] = True
+    requests = [SceneRequest(layout=clips["layout"][0]), SceneRequest(), SceneRequest(command=1),
+                SceneRequest(source=clips["occupancy"][1], inpaint_mask=mask), SceneRequest(layout=clips["layout"][1])]
+    seeds = [11, 12, 13, 14, 15]
     cal = GenerationPipeline.from_checkpoints(debug_vae, dit, device="cpu")
     plain = GenerationPipeline.from_checkpoints(debug_vae, dit, device="cpu", sample_calibrated=False)
+    groups = cal.decode_groups(requests)
+    assert groups == ["layout", "unconditional", None, None, "layout"]  # an edit keeps the VAE's offsets
     mixed = cal.generate(requests, seeds)
-    assert np.array_equal(mixed[[0, 2]], plain.generate([requests[0], requests[2]], [seeds[0], seeds[2]]))
     alone = np.concatenate([cal.generate([r], [s]) for r, s in zip(requests, seeds)])
     assert np.array_equal(alone, mixed)
-    assert not np.array_equal(mixed[[1, 3]], plain.generate([requests[1], requests[3]], [seeds[1], seeds[3]]))
+    # the same latents, decoded with the VAE's offsets moved to the group's
+    base = plain.logits(plain.sample_latents(requests, seeds))
+    own = plain.vae.class_bias
+    offsets = {"unconditional": record["class_bias"], "layout": record["layout"]["class_bias"]}
+    for i, group in enumerate(groups):
+        shift = torch.zeros_like(own) if group is None else torch.tensor(offsets[group]) - own
+        want = (base[i] + shift.view(-1, 1, 1, 1, 1)).argmax(0).to(torch.uint8).numpy()
+        assert np.array_equal(mixed[i], want), (i, group)
+    assert not np.array_equal(mixed[[0, 1, 4]], plain.generate([requests[i] for i in (0, 1, 4)],
+                                                               [seeds[i] for i in (0, 1, 4)]))
+
+
+def test_layout_offsets_move_the_object_classes_only(fitted, debug_vae):
+    _, record = fitted
+    layout = record["layout"]
+    own = checkpoint.load(debug_vae, kind="vae")[1]["model"]["class_bias"].numpy()
+    moved = np.asarray(layout["class_bias"]) - own
+    objects = [CLASS_IDS[name] for name in layout["classes"]]
+    assert set(layout["classes"]) <= set(OBJECT_CLASSES) and layout["classes"]
+    assert np.allclose(np.delete(moved, objects), 0.0, atol=1e-6)
+    assert np.allclose(moved[objects], layout["delta"], atol=1e-6)
+    assert layout["share_error_after"] <= layout["share_error_before"]
+
+
+def test_fit_object_offsets_gives_each_object_class_its_share():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(40_000, 11, generator=gen)
+    logits[:, 0] += 2.0  # mostly free space, as a scene is
+    counts = np.array([60, 15, 1, 1, 1, 1, 8, 4, 3, 1, 5], np.float64)
+    vae_bias = np.linspace(-0.5, 0.5, 11).astype(np.float32)
+    fit = fit_object_offsets(logits + torch.from_numpy(vae_bias), counts, vae_bias)
+    bias = np.asarray(fit["class_bias"], np.float32)
+    got = np.bincount((logits + torch.from_numpy(bias)).argmax(1).numpy(), minlength=11) / len(logits)
+    target = counts / counts.sum()
+    for name in OBJECT_CLASSES:
+        assert abs(got[CLASS_IDS[name]] - target[CLASS_IDS[name]]) < 5e-4, name
+    others = [c for c in range(11) if c not in {CLASS_IDS[n] for n in OBJECT_CLASSES}]
+    assert np.array_equal(bias[others], vae_bias[others])
+    assert fit["share_error_after"] < 0.02 < fit["share_error_before"]
 
 
 def test_the_checkpoint_keeps_its_weights_and_the_pipeline_applies_the_offsets_with_that_vae_only(
@@ -83,25 +128,33 @@ def test_the_checkpoint_keeps_its_weights_and_the_pipeline_applies_the_offsets_w
     pipe = GenerationPipeline.from_checkpoints(debug_vae, dit, device="cpu")
     own = checkpoint.load(debug_vae, kind="vae")[1]["model"]["class_bias"].numpy()
     assert np.allclose(pipe.vae.class_bias.numpy(), own)  # the VAE's offsets stay for conditioned scenes
-    assert np.allclose(pipe.unconditional_shift.numpy() + own, record["class_bias"])
+    assert np.allclose(pipe.decode_shifts["unconditional"].numpy() + own, record["class_bias"])
+    assert np.allclose(pipe.decode_shifts["layout"].numpy() + own, record["layout"]["class_bias"])
     assert pipe.checkpoint_ids["decode_offsets"].startswith("sample-")
     assert pipe.info()["checkpoints"]["decode_offsets"] == pipe.checkpoint_ids["decode_offsets"]
     # the same DiT through another VAE of its latent space (here: calibrated afresh) decodes with that VAE's own
     other = tmp_path / "other-vae"
     calibrate_vae(debug_vae, debug_city, str(other), clips=4)
     through_other = GenerationPipeline.from_checkpoints(str(other), dit, device="cpu")
-    assert "decode_offsets" not in through_other.checkpoint_ids and through_other.unconditional_shift is None
+    assert "decode_offsets" not in through_other.checkpoint_ids and not through_other.decode_shifts
     # a synth job's identity names the offsets, so a job resumed after a calibration cannot mix two decodes
     assert checkpoint_facts(debug_vae, dit)["checkpoints"]["decode_offsets"] == pipe.checkpoint_ids["decode_offsets"]
     assert "decode_offsets" not in checkpoint_facts(debug_vae, debug_dit)["checkpoints"]
 
 
-def test_ensure_skips_a_fitted_pair(fitted, debug_vae, debug_city):
+def test_ensure_skips_a_fitted_pair_and_completes_one_without_layout_offsets(fitted, debug_vae, debug_city, tmp_path):
     dit, record = fitted
     said = []
     assert ensure_sample_calibration(debug_vae, dit, debug_city, log=said.append) is None
     assert "has one fitted through" in said[0]
     assert checkpoint.read_meta(dit, kind="dit")[KEY] == record
+    # a calibration from before the layout offsets, on a DiT that takes a layout: fitted anew, with them
+    older = tmp_path / "dit-older"
+    shutil.copytree(dit, older)
+    checkpoint.update_meta(str(older), kind="dit", **{KEY: {k: v for k, v in record.items() if k != "layout"}})
+    again = ensure_sample_calibration(debug_vae, str(older), debug_city, log=said.append, scenes=SCENES,
+                                      device="cpu")
+    assert again is not None and "layout" in again
 
 
 def test_a_record_of_the_grouped_format_decodes_alike(fitted, debug_vae, tmp_path):
@@ -113,7 +166,8 @@ def test_a_record_of_the_grouped_format_decodes_alike(fitted, debug_vae, tmp_pat
     checkpoint.update_meta(str(old), kind="dit", **{KEY: grouped})
     new_pipe = GenerationPipeline.from_checkpoints(debug_vae, dit, device="cpu")
     old_pipe = GenerationPipeline.from_checkpoints(debug_vae, str(old), device="cpu")
-    assert np.array_equal(old_pipe.unconditional_shift.numpy(), new_pipe.unconditional_shift.numpy())
+    for group in ("unconditional", "layout"):
+        assert np.array_equal(old_pipe.decode_shifts[group].numpy(), new_pipe.decode_shifts[group].numpy())
     assert old_pipe.checkpoint_ids["decode_offsets"] == new_pipe.checkpoint_ids["decode_offsets"]
 
 
