@@ -173,7 +173,9 @@ def train_calibrate_cmd(
 @train_app.command("calibrate-samples", help="Fit the decode offsets of a VAE + DiT pair on the DiT's own "
                    "unconditional samples so that they have the training split's class mix, and keep them in the DiT "
                    "checkpoint: sample, synth and serve decode unconditional scenes with them whenever that VAE is "
-                   "passed (conditioned scenes keep the VAE's offsets). 'dcgen train' and the quickstart do this "
+                   "passed. A DiT that takes a layout also gets offsets for its layout-conditioned scenes, fitted on "
+                   "as many of them: the VAE's, with those of vehicle, pedestrian and pole moved to their training "
+                   "shares (other conditioned scenes keep the VAE's offsets). 'dcgen train' and the quickstart do this "
                    "after the DiT stage; this command fits a pair trained before.\n\n"
                    "Example: dcgen train calibrate-samples --vae runs/vae/best --dit runs/dit/best --data city.zarr")
 def train_calibrate_samples_cmd(
@@ -182,7 +184,8 @@ def train_calibrate_samples_cmd(
     dit: str = typer.Option(..., help="The DiT checkpoint; its metadata gets the offsets (weights untouched)."),
     data: str = typer.Option(..., help="Scene store the DiT was trained on (its class mix is the target)."),
     split: str = typer.Option("train", help="Split whose class mix the samples should have."),
-    scenes: int = typer.Option(128, help="Unconditional scenes to sample for the fit."),
+    scenes: int = typer.Option(128, help="Unconditional scenes to sample for the fit (and as many layout-conditioned "
+                               "ones)."),
     seed: int = typer.Option(0, help="Seed of the scenes and of the voxels kept."),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
 ) -> None:
