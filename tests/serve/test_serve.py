@@ -35,7 +35,7 @@ def _assert_same_scenes(served, pipeline, requests, seeds):
     torch.set_num_threads(1)  # the replica runs single-threaded
     try:
         latents = pipeline.sample_latents(requests, seeds, steps=STEPS)
-        logits = pipeline.logits(latents, [r.trajectory for r in requests])
+        logits = pipeline.logits(latents, [r.trajectory for r in requests], pipeline.decode_groups(requests))
     finally:
         torch.set_num_threads(threads)
     top2 = logits.topk(2, dim=1).values
