@@ -219,7 +219,10 @@ def fidelity_stage(out: Path, cfg: QuickstartConfig, trained: dict, features: Pa
     wanted = {"checkpoints": checkpoint_facts(trained["vae"], trained["dit"])["checkpoints"], "seed": cfg.seed,
               "sampler": DEFAULT_SAMPLER, "steps": steps}
     made = SceneStore.open(str(uncond)).meta.get("provenance", {}) if uncond.exists() else None
-    if made is None or {k: made.get(k) for k in wanted} != wanted or made.get("generator") != "dcgen sample":
+    if made is not None and made.get("generator") != "dcgen sample":
+        raise ValueError(f"{uncond}: holds a scene store not made by 'dcgen sample' (the quickstart's unconditional "
+                         "scenes are); move it away and re-run the quickstart")
+    if made is None or {k: made.get(k) for k in wanted} != wanted:
         sample_to_store(trained["vae"], trained["dit"], str(uncond), n=scenes, cond={}, sources={}, seed=cfg.seed,
                         sampler=DEFAULT_SAMPLER, steps=steps, overwrite=made is not None)
     reports = {}

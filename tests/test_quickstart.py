@@ -77,6 +77,15 @@ def test_fidelity_stage_scores_layout_and_unconditional_scenes_on_a_city_never_s
                        steps=2)
     fidelity_stage(tmp_path, cfg, {"vae": debug_vae, "dit": debug_dit}, debug_features, layout, scenes=8, steps=3)
     assert SceneStore.open(result["uncond"]).meta["provenance"]["steps"] == 3
+    # a store there that 'dcgen sample' did not make is refused, and left whole
+    import shutil
+
+    shutil.rmtree(result["uncond"])
+    shutil.copytree(debug_city, result["uncond"])
+    with pytest.raises(ValueError, match="holds a scene store not made by 'dcgen sample'"):
+        fidelity_stage(tmp_path, cfg, {"vae": debug_vae, "dit": debug_dit}, debug_features, layout, scenes=8,
+                       steps=2)
+    assert SceneStore.open(result["uncond"]).num_clips == SceneStore.open(debug_city).num_clips
 
 
 def test_a_synth_store_of_another_job_is_stale_and_one_of_the_same_job_is_continued(ray_local, debug_city, debug_vae,

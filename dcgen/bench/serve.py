@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 CONCURRENCY = (1, 8, 32)
-# requests are timed at DDIM (--steps, 50), as every earlier run of this benchmark was, whatever the default
-# sampler: it times batching and Serve, not a sampler (`dcgen bench dit` compares those)
+# requests (and bench synth's scenes) are timed at DDIM (--steps, 50), as every earlier run of these benchmarks was,
+# whatever the default sampler: they time batching, Serve and a job's scaling, not a sampler (`dcgen bench dit`)
 SAMPLER = "ddim"
 MAX_P50_RATIO = 1.2  # batched / unbatched p50 latency at the lowest concurrency
 MIN_THROUGHPUT_RATIO = 1.0  # batched / unbatched requests/s at the highest concurrency
